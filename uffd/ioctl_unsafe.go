@@ -1,0 +1,270 @@
+package uffd
+
+import (
+	"os"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+func ptr[T any](p *T) unsafe.Pointer { return unsafe.Pointer(p) }
+
+func sysUserfaultfd(flags int) (int, error) {
+	r, _, errno := unix.Syscall(unix.SYS_USERFAULTFD, uintptr(flags), 0, 0)
+	if errno != 0 {
+		return -1, errno
+	}
+	return int(r), nil
+}
+
+func ioctlPtr(fd int, req uintptr, arg unsafe.Pointer) error {
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(arg))
+	if errno != 0 {
+		return errnoErr(errno)
+	}
+	return nil
+}
+
+func ioctlInt(fd int, req uintptr, arg uintptr) (int, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+	if errno != 0 {
+		return -1, errnoErr(errno)
+	}
+	return int(r), nil
+}
+
+// errnoErr returns preallocated values for the errors of the fault path, so that EEXIST and
+// EAGAIN cost no allocation.
+func errnoErr(e unix.Errno) error {
+	switch e {
+	case unix.EAGAIN:
+		return unix.EAGAIN
+	case unix.EEXIST:
+		return unix.EEXIST
+	case unix.ENOENT:
+		return unix.ENOENT
+	}
+	return e
+}
+
+func (u *UFFD) ioctl(req uintptr, arg unsafe.Pointer) error {
+	return ioctlPtr(u.fd, req, arg)
+}
+
+// opError wraps errno with the ioctl's name, so errors.Is(err, unix.EEXIST) works. The hot
+// errors (EEXIST, EAGAIN) are wrapped in preallocated values.
+func opError(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if e, ok := err.(unix.Errno); ok {
+		if pre := hotErrors[op]; pre != nil {
+			switch e {
+			case unix.EEXIST:
+				return pre[0]
+			case unix.EAGAIN:
+				return pre[1]
+			}
+		}
+	}
+	return os.NewSyscallError(op, err)
+}
+
+var hotErrors = map[string]*[2]error{}
+
+func init() {
+	for _, op := range []string{"UFFDIO_COPY", "UFFDIO_ZEROPAGE", "UFFDIO_CONTINUE", "UFFDIO_POISON", "UFFDIO_MOVE", "UFFDIO_WRITEPROTECT", "UFFDIO_WAKE"} {
+		hotErrors[op] = &[2]error{os.NewSyscallError(op, unix.EEXIST), os.NewSyscallError(op, unix.EAGAIN)}
+	}
+}
+
+// Register registers [addr, addr+length) for the faults selected by mode (UFFDIO_REGISTER).
+// addr and length must be page aligned, and the range must be anonymous, shmem or hugetlb memory.
+func (u *UFFD) Register(addr uintptr, length int, mode Mode) error {
+	_, err := u.RegisterIoctls(addr, length, mode)
+	return err
+}
+
+// RegisterIoctls is Register that also returns the ioctls usable on the range, corrected for what
+// the kernel over-reports: UFFDIO_MOVE is offered on shmem but only works on private anonymous
+// memory, so it is removed for shared mappings.
+func (u *UFFD) RegisterIoctls(addr uintptr, length int, mode Mode) (Ioctls, error) {
+	if length <= 0 {
+		return 0, &RangeError{Op: "UFFDIO_REGISTER", Addr: addr, Len: length, Why: "length must be positive"}
+	}
+	r := uffdioRegister{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}, Mode: uint64(mode)}
+	if err := u.ioctl(ioctlRegister, ptr(&r)); err != nil {
+		return 0, os.NewSyscallError("UFFDIO_REGISTER", err)
+	}
+	ioctls := Ioctls(r.Ioctls)
+	if ioctls&IoctlMove != 0 && isShared(addr) {
+		ioctls &^= IoctlMove
+	}
+	return ioctls, nil
+}
+
+// Unregister unregisters [addr, addr+length) (UFFDIO_UNREGISTER) and wakes its blocked threads.
+func (u *UFFD) Unregister(addr uintptr, length int) error {
+	r := uffdioRange{Start: uint64(addr), Len: uint64(length)}
+	return opError("UFFDIO_UNREGISTER", u.ioctl(ioctlUnregister, ptr(&r)))
+}
+
+// Wake wakes the threads blocked on faults in [addr, addr+length) (UFFDIO_WAKE). Needed after
+// a resolve made with DontWake, after an error (errors never wake), and for the other view of a
+// mirror: resolving a page through one view does not wake a thread faulting through another.
+func (u *UFFD) Wake(addr uintptr, length int) error {
+	r := uffdioRange{Start: uint64(addr), Len: uint64(length)}
+	return opError("UFFDIO_WAKE", u.ioctl(ioctlWake, ptr(&r)))
+}
+
+// ResolveFlags modify the resolving ioctls.
+type ResolveFlags uint32
+
+const (
+	// DontWake leaves the faulting threads asleep; call Wake after a batch.
+	DontWake ResolveFlags = 1 << iota
+	// WriteProtect maps the page write-protected (COPY and CONTINUE, needs ModeWP on the range).
+	WriteProtect
+	// AllowSrcHoles lets MOVE skip holes in the source.
+	AllowSrcHoles
+)
+
+// Copy atomically copies length bytes from src into the registered range at dst (UFFDIO_COPY)
+// and returns the bytes copied. A short copy returns the bytes done and an error matching
+// unix.EAGAIN: call again for the rest (CopyAll does). EEXIST means the page is already there.
+//
+// Preconditions: src points to at least length readable bytes that stay alive for the call.
+func (u *UFFD) Copy(dst uintptr, src unsafe.Pointer, length int, flags ResolveFlags) (int, error) {
+	c := uffdioCopy{Dst: uint64(dst), Src: uint64(uintptr(src)), Len: uint64(length)}
+	if flags&DontWake != 0 {
+		c.Mode |= copyModeDontwake
+	}
+	if flags&WriteProtect != 0 {
+		c.Mode |= copyModeWP
+	}
+	err := u.ioctl(ioctlCopy, unsafe.Pointer(&c))
+	return doneBytes(c.Copy), opError("UFFDIO_COPY", err)
+}
+
+// CopyAll is Copy that finishes a short copy, retrying while the kernel answers EAGAIN with
+// progress. It returns the bytes copied and the first error that was not a retryable short copy.
+func (u *UFFD) CopyAll(dst uintptr, src []byte, flags ResolveFlags) (int, error) {
+	done := 0
+	for done < len(src) {
+		n, err := u.Copy(dst+uintptr(done), unsafe.Pointer(&src[done]), len(src)-done, flags)
+		done += n
+		if err != nil {
+			if isEAGAIN(err) && n > 0 {
+				continue
+			}
+			return done, err
+		}
+	}
+	return done, nil
+}
+
+// ZeroPage maps zeroed pages over [addr, addr+length) (UFFDIO_ZEROPAGE) and returns the bytes done.
+func (u *UFFD) ZeroPage(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	z := uffdioZeropage{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
+	if flags&DontWake != 0 {
+		z.Mode |= zeropageModeDontwake
+	}
+	err := u.ioctl(ioctlZeropage, unsafe.Pointer(&z))
+	return doneBytes(z.Zeropage), opError("UFFDIO_ZEROPAGE", err)
+}
+
+// Continue maps the pages already in the page cache over [addr, addr+length) to resolve minor
+// faults (UFFDIO_CONTINUE) and returns the bytes done. EFAULT: a page is not in the page cache.
+func (u *UFFD) Continue(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	c := uffdioContinue{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
+	if flags&DontWake != 0 {
+		c.Mode |= continueModeDontwake
+	}
+	if flags&WriteProtect != 0 {
+		c.Mode |= continueModeWP
+	}
+	err := u.ioctl(ioctlContinue, unsafe.Pointer(&c))
+	return doneBytes(c.Mapped), opError("UFFDIO_CONTINUE", err)
+}
+
+// WriteProtectRange sets (protect true) or clears write protection on [addr, addr+length)
+// (UFFDIO_WRITEPROTECT). Clearing it wakes the blocked writers unless flags has DontWake.
+func (u *UFFD) WriteProtectRange(addr uintptr, length int, protect bool, flags ResolveFlags) error {
+	w := uffdioWriteprotect{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
+	if protect {
+		w.Mode |= writeprotectModeWP
+	}
+	if flags&DontWake != 0 {
+		w.Mode |= writeprotectModeDontwake
+	}
+	return opError("UFFDIO_WRITEPROTECT", u.ioctl(ioctlWriteprotect, unsafe.Pointer(&w)))
+}
+
+// Poison marks [addr, addr+length) as poisoned (UFFDIO_POISON, 6.6+): a later access raises
+// SIGBUS as if the memory had failed. Returns the bytes done.
+func (u *UFFD) Poison(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	p := uffdioPoison{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
+	if flags&DontWake != 0 {
+		p.Mode |= poisonModeDontwake
+	}
+	err := u.ioctl(ioctlPoison, unsafe.Pointer(&p))
+	return doneBytes(p.Updated), opError("UFFDIO_POISON", err)
+}
+
+// Move moves pages from src to dst (UFFDIO_MOVE, 6.8+, private anonymous memory only) and
+// returns the bytes moved.
+func (u *UFFD) Move(dst, src uintptr, length int, flags ResolveFlags) (int, error) {
+	m := uffdioMove{Dst: uint64(dst), Src: uint64(src), Len: uint64(length)}
+	if flags&DontWake != 0 {
+		m.Mode |= moveModeDontwake
+	}
+	if flags&AllowSrcHoles != 0 {
+		m.Mode |= moveModeAllowSrcHoles
+	}
+	err := u.ioctl(ioctlMove, unsafe.Pointer(&m))
+	return doneBytes(m.Move), opError("UFFDIO_MOVE", err)
+}
+
+// doneBytes turns the kernel's progress field (bytes, or -errno) into a byte count.
+func doneBytes(v int64) int {
+	if v < 0 {
+		return 0
+	}
+	return int(v)
+}
+
+func isEAGAIN(err error) bool {
+	se, ok := err.(*os.SyscallError)
+	return ok && se.Err == unix.EAGAIN
+}
+
+// ReadMessages reads as many pending messages as fit in msgs with one read(2), blocking (parked
+// in the runtime poller, no OS thread held) until at least one is pending. It returns
+// os.ErrClosed (wrapped) once the UFFD is closed. It allocates nothing.
+func (u *UFFD) ReadMessages(msgs []Msg) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&msgs[0])), len(msgs)*sizeofMsg)
+	n, err := u.f.Read(buf)
+	if err != nil {
+		return 0, err
+	}
+	return n / sizeofMsg, nil
+}
+
+// TryReadMessages is ReadMessages that never blocks: with nothing pending it returns 0, nil.
+func (u *UFFD) TryReadMessages(msgs []Msg) (int, error) {
+	if len(msgs) == 0 {
+		return 0, nil
+	}
+	buf := unsafe.Slice((*byte)(unsafe.Pointer(&msgs[0])), len(msgs)*sizeofMsg)
+	n, err := unix.Read(u.fd, buf)
+	if err == unix.EAGAIN {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, os.NewSyscallError("read", err)
+	}
+	return n / sizeofMsg, nil
+}
