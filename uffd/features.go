@@ -90,18 +90,32 @@ func (f Feature) Since() string {
 // ErrNotSupported matches (with errors.Is) every error saying the running kernel lacks a feature.
 var ErrNotSupported = errors.New("not supported by this kernel")
 
-// FeatureError says which features the kernel did not offer.
+// FeatureError says which features the kernel did not offer. It matches ErrNotSupported.
 type FeatureError struct {
 	Missing Feature
+	// Kernel is the running kernel's release (uname -r), for the message.
+	Kernel string
+}
+
+func newFeatureError(missing Feature) *FeatureError {
+	return &FeatureError{Missing: missing, Kernel: kernelRelease()}
 }
 
 func (e *FeatureError) Error() string {
 	var parts []string
 	for f := e.Missing; f != 0; f &= f - 1 {
 		one := f & -f
-		parts = append(parts, fmt.Sprintf("UFFD_FEATURE_%s (Linux %s+)", one.String(), one.Since()))
+		if since := one.Since(); since != "" {
+			parts = append(parts, fmt.Sprintf("UFFD_FEATURE_%s (Linux %s+)", one.String(), since))
+		} else {
+			parts = append(parts, fmt.Sprintf("feature %s (unknown to this package)", one.String()))
+		}
 	}
-	return "userfaultfd: kernel does not offer " + strings.Join(parts, ", ")
+	kernel := "kernel"
+	if e.Kernel != "" {
+		kernel = "kernel " + e.Kernel
+	}
+	return "userfaultfd: " + kernel + " does not offer " + strings.Join(parts, ", ")
 }
 
 // Is makes errors.Is(err, ErrNotSupported) true.

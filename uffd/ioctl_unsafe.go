@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"fmt"
 	"os"
 	"unsafe"
 
@@ -47,35 +48,65 @@ func errnoErr(e unix.Errno) error {
 	return e
 }
 
-func (u *UFFD) ioctl(req uintptr, arg unsafe.Pointer) error {
+// rawIoctl is for the handshake, before the fd is shared with anyone.
+func (u *UFFD) rawIoctl(req uintptr, arg unsafe.Pointer) error {
 	return ioctlPtr(u.fd, req, arg)
 }
 
-// opError wraps errno with the ioctl's name, so errors.Is(err, unix.EEXIST) works. The hot
-// errors (EEXIST, EAGAIN) are wrapped in preallocated values.
-func opError(op string, err error) error {
+// ioctl runs one ioctl holding a reference, so that Close cannot close (and the process reuse)
+// the descriptor number while the call is in flight.
+func (u *UFFD) ioctl(req uintptr, arg unsafe.Pointer) error {
+	if !u.acquire() {
+		return errClosed
+	}
+	err := ioctlPtr(u.fd, req, arg)
+	u.release()
+	return err
+}
+
+// The operations whose errors are wrapped; opNames[op] is the name in the error.
+type op uint8
+
+const (
+	opCopy op = iota
+	opZeropage
+	opContinue
+	opPoison
+	opMove
+	opWriteprotect
+	opWake
+	opUnregister
+	opRegister
+	nOps
+)
+
+var opNames = [nOps]string{"UFFDIO_COPY", "UFFDIO_ZEROPAGE", "UFFDIO_CONTINUE", "UFFDIO_POISON",
+	"UFFDIO_MOVE", "UFFDIO_WRITEPROTECT", "UFFDIO_WAKE", "UFFDIO_UNREGISTER", "UFFDIO_REGISTER"}
+
+// hotErrors are the preallocated errors of the fault path: EEXIST (someone filled the page
+// first) and EAGAIN (an event is pending, or a short copy), so that they cost no allocation.
+var hotErrors [nOps][2]error
+
+func init() {
+	for i, name := range opNames {
+		hotErrors[i] = [2]error{os.NewSyscallError(name, unix.EEXIST), os.NewSyscallError(name, unix.EAGAIN)}
+	}
+}
+
+// opError wraps errno with the ioctl's name, so errors.Is(err, unix.EEXIST) works.
+func opError(o op, err error) error {
 	if err == nil {
 		return nil
 	}
-	if e, ok := err.(unix.Errno); ok {
-		if pre := hotErrors[op]; pre != nil {
-			switch e {
-			case unix.EEXIST:
-				return pre[0]
-			case unix.EAGAIN:
-				return pre[1]
-			}
-		}
+	switch err {
+	case unix.EEXIST:
+		return hotErrors[o][0]
+	case unix.EAGAIN:
+		return hotErrors[o][1]
+	case errClosed:
+		return err
 	}
-	return os.NewSyscallError(op, err)
-}
-
-var hotErrors = map[string]*[2]error{}
-
-func init() {
-	for _, op := range []string{"UFFDIO_COPY", "UFFDIO_ZEROPAGE", "UFFDIO_CONTINUE", "UFFDIO_POISON", "UFFDIO_MOVE", "UFFDIO_WRITEPROTECT", "UFFDIO_WAKE"} {
-		hotErrors[op] = &[2]error{os.NewSyscallError(op, unix.EEXIST), os.NewSyscallError(op, unix.EAGAIN)}
-	}
+	return os.NewSyscallError(opNames[o], err)
 }
 
 // Register registers [addr, addr+length) for the faults selected by mode (UFFDIO_REGISTER).
@@ -89,15 +120,19 @@ func (u *UFFD) Register(addr uintptr, length int, mode Mode) error {
 // the kernel over-reports: UFFDIO_MOVE is offered on shmem but only works on private anonymous
 // memory, so it is removed for shared mappings.
 func (u *UFFD) RegisterIoctls(addr uintptr, length int, mode Mode) (Ioctls, error) {
-	if length <= 0 {
-		return 0, &RangeError{Op: "UFFDIO_REGISTER", Addr: addr, Len: length, Why: "length must be positive"}
+	if err := checkRange("UFFDIO_REGISTER", addr, length); err != nil {
+		return 0, err
+	}
+	if mode == 0 || mode&^(ModeMissing|ModeWP|ModeMinor) != 0 {
+		return 0, &RangeError{Op: "UFFDIO_REGISTER", Addr: addr, Len: length,
+			Why: fmt.Sprintf("mode %v: give ModeMissing, ModeWP, ModeMinor or a combination", mode)}
 	}
 	r := uffdioRegister{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}, Mode: uint64(mode)}
 	if err := u.ioctl(ioctlRegister, ptr(&r)); err != nil {
-		return 0, os.NewSyscallError("UFFDIO_REGISTER", err)
+		return 0, registerError(u, addr, length, mode, err)
 	}
 	ioctls := Ioctls(r.Ioctls)
-	if ioctls&IoctlMove != 0 && isShared(addr) {
+	if ioctls&IoctlMove != 0 && anyShared(addr, length) {
 		ioctls &^= IoctlMove
 	}
 	return ioctls, nil
@@ -105,8 +140,11 @@ func (u *UFFD) RegisterIoctls(addr uintptr, length int, mode Mode) (Ioctls, erro
 
 // Unregister unregisters [addr, addr+length) (UFFDIO_UNREGISTER) and wakes its blocked threads.
 func (u *UFFD) Unregister(addr uintptr, length int) error {
+	if err := checkRange("UFFDIO_UNREGISTER", addr, length); err != nil {
+		return err
+	}
 	r := uffdioRange{Start: uint64(addr), Len: uint64(length)}
-	return opError("UFFDIO_UNREGISTER", u.ioctl(ioctlUnregister, ptr(&r)))
+	return opError(opUnregister, u.ioctl(ioctlUnregister, ptr(&r)))
 }
 
 // Wake wakes the threads blocked on faults in [addr, addr+length) (UFFDIO_WAKE). Needed after
@@ -114,7 +152,7 @@ func (u *UFFD) Unregister(addr uintptr, length int) error {
 // mirror: resolving a page through one view does not wake a thread faulting through another.
 func (u *UFFD) Wake(addr uintptr, length int) error {
 	r := uffdioRange{Start: uint64(addr), Len: uint64(length)}
-	return opError("UFFDIO_WAKE", u.ioctl(ioctlWake, ptr(&r)))
+	return opError(opWake, u.ioctl(ioctlWake, ptr(&r)))
 }
 
 // ResolveFlags modify the resolving ioctls.
@@ -143,7 +181,7 @@ func (u *UFFD) Copy(dst uintptr, src unsafe.Pointer, length int, flags ResolveFl
 		c.Mode |= copyModeWP
 	}
 	err := u.ioctl(ioctlCopy, unsafe.Pointer(&c))
-	return doneBytes(c.Copy), opError("UFFDIO_COPY", err)
+	return doneBytes(c.Copy), opError(opCopy, err)
 }
 
 // CopyAll is Copy that finishes a short copy, retrying while the kernel answers EAGAIN with
@@ -170,7 +208,7 @@ func (u *UFFD) ZeroPage(addr uintptr, length int, flags ResolveFlags) (int, erro
 		z.Mode |= zeropageModeDontwake
 	}
 	err := u.ioctl(ioctlZeropage, unsafe.Pointer(&z))
-	return doneBytes(z.Zeropage), opError("UFFDIO_ZEROPAGE", err)
+	return doneBytes(z.Zeropage), opError(opZeropage, err)
 }
 
 // Continue maps the pages already in the page cache over [addr, addr+length) to resolve minor
@@ -184,7 +222,7 @@ func (u *UFFD) Continue(addr uintptr, length int, flags ResolveFlags) (int, erro
 		c.Mode |= continueModeWP
 	}
 	err := u.ioctl(ioctlContinue, unsafe.Pointer(&c))
-	return doneBytes(c.Mapped), opError("UFFDIO_CONTINUE", err)
+	return doneBytes(c.Mapped), opError(opContinue, err)
 }
 
 // WriteProtectRange sets (protect true) or clears write protection on [addr, addr+length)
@@ -197,7 +235,7 @@ func (u *UFFD) WriteProtectRange(addr uintptr, length int, protect bool, flags R
 	if flags&DontWake != 0 {
 		w.Mode |= writeprotectModeDontwake
 	}
-	return opError("UFFDIO_WRITEPROTECT", u.ioctl(ioctlWriteprotect, unsafe.Pointer(&w)))
+	return opError(opWriteprotect, u.ioctl(ioctlWriteprotect, unsafe.Pointer(&w)))
 }
 
 // Poison marks [addr, addr+length) as poisoned (UFFDIO_POISON, 6.6+): a later access raises
@@ -208,7 +246,7 @@ func (u *UFFD) Poison(addr uintptr, length int, flags ResolveFlags) (int, error)
 		p.Mode |= poisonModeDontwake
 	}
 	err := u.ioctl(ioctlPoison, unsafe.Pointer(&p))
-	return doneBytes(p.Updated), opError("UFFDIO_POISON", err)
+	return doneBytes(p.Updated), opError(opPoison, err)
 }
 
 // Move moves pages from src to dst (UFFDIO_MOVE, 6.8+, private anonymous memory only) and
@@ -222,7 +260,7 @@ func (u *UFFD) Move(dst, src uintptr, length int, flags ResolveFlags) (int, erro
 		m.Mode |= moveModeAllowSrcHoles
 	}
 	err := u.ioctl(ioctlMove, unsafe.Pointer(&m))
-	return doneBytes(m.Move), opError("UFFDIO_MOVE", err)
+	return doneBytes(m.Move), opError(opMove, err)
 }
 
 // doneBytes turns the kernel's progress field (bytes, or -errno) into a byte count.
@@ -259,7 +297,11 @@ func (u *UFFD) TryReadMessages(msgs []Msg) (int, error) {
 		return 0, nil
 	}
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&msgs[0])), len(msgs)*sizeofMsg)
+	if !u.acquire() {
+		return 0, errClosed
+	}
 	n, err := unix.Read(u.fd, buf)
+	u.release()
 	if err == unix.EAGAIN {
 		return 0, nil
 	}
@@ -268,3 +310,6 @@ func (u *UFFD) TryReadMessages(msgs []Msg) (int, error) {
 	}
 	return n / sizeofMsg, nil
 }
+
+// addrOf returns the address of b's first byte (b must not be empty).
+func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

@@ -5,24 +5,39 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
 
-// UFFD is an open userfaultfd. It owns its file descriptor; Close is idempotent and a cleanup
-// closes a forgotten UFFD when it is garbage collected (a safety net, not a way of life).
+// UFFD is an open userfaultfd. It owns its file descriptor; Close is idempotent, and a UFFD that
+// is garbage collected without Close has its descriptor closed by the *os.File it holds (a
+// safety net, not a way of life).
 //
 // The fd is non-blocking and parked in the Go runtime poller: a goroutine blocked in ReadMessages
 // sleeps without holding an OS thread, and Close wakes it with an error that matches os.ErrClosed.
+//
+// Every method may be called from several goroutines at once. An ioctl that races with Close
+// either completes on this userfaultfd or fails with an error matching os.ErrClosed; it never
+// reaches whatever file a reused descriptor number might name later.
 type UFFD struct {
 	f        *os.File
 	fd       int // cached f.Fd() without switching f to blocking mode
 	features Feature
 	ioctls   Ioctls
+	userMode bool
 
-	closeOnce sync.Once
-	closeErr  error
+	// state counts the ioctls in flight (low bits) and has closingBit set once Close was
+	// called. The descriptor is closed when the count is zero and closingBit is set, by
+	// Close or by the last ioctl to finish.
+	state    atomic.Int64
+	closeErr error
 }
+
+const closingBit = 1 << 62
+
+// errClosed is what an ioctl on a closed UFFD returns; it matches os.ErrClosed.
+var errClosed = fmt.Errorf("userfaultfd: %w", os.ErrClosed)
 
 // Option configures New.
 type Option func(*config)
@@ -30,6 +45,7 @@ type Option func(*config)
 type config struct {
 	features     Feature
 	userModeOnly bool
+	kernelFaults bool
 	device       deviceChoice
 }
 
@@ -50,6 +66,12 @@ func WithFeatures(f Feature) Option { return func(c *config) { c.features |= f }
 // New sets it by itself when the process lacks the privilege for kernel-mode faults.
 func UserModeOnly() Option { return func(c *config) { c.userModeOnly = true } }
 
+// KernelFaults makes New fail rather than fall back to UFFD_USER_MODE_ONLY: the userfaultfd must
+// also report faults the kernel takes on the process's behalf (read(2), write(2) or O_DIRECT I/O
+// into registered memory). Without CAP_SYS_PTRACE that needs vm.unprivileged_userfaultfd = 1 or
+// access to /dev/userfaultfd.
+func KernelFaults() Option { return func(c *config) { c.kernelFaults = true } }
+
 // ViaDevice makes New use /dev/userfaultfd (USERFAULTFD_IOC_NEW, Linux 6.1+) only. By default New
 // tries userfaultfd(2) first and the device after it.
 func ViaDevice() Option { return func(c *config) { c.device = deviceOnly } }
@@ -57,23 +79,28 @@ func ViaDevice() Option { return func(c *config) { c.device = deviceOnly } }
 // ViaSyscall makes New use userfaultfd(2) only.
 func ViaSyscall() Option { return func(c *config) { c.device = deviceNever } }
 
-// New opens a userfaultfd (O_CLOEXEC|O_NONBLOCK) and completes the UFFDIO_API handshake.
+// New opens a userfaultfd with userfaultfd(2) (O_CLOEXEC|O_NONBLOCK) and completes the UFFDIO_API
+// handshake, asking for the features given with WithFeatures.
 //
-// Without CAP_SYS_PTRACE and with vm.unprivileged_userfaultfd = 0, userfaultfd(2) only works with
-// UFFD_USER_MODE_ONLY; New retries that way by itself, then tries /dev/userfaultfd. When every way
-// is refused the error says what to change.
+// Without CAP_SYS_PTRACE and with vm.unprivileged_userfaultfd = 0 (the default since 5.11),
+// userfaultfd(2) only works with UFFD_USER_MODE_ONLY; New retries that way by itself (unless
+// KernelFaults is given), then tries /dev/userfaultfd (ioctl USERFAULTFD_IOC_NEW). When every way
+// is refused, the error matches unix.EPERM or os.ErrPermission and says what to change.
 func New(opts ...Option) (*UFFD, error) {
 	var c config
 	for _, o := range opts {
 		o(&c)
 	}
-	fd, err := open(&c)
+	if c.userModeOnly && c.kernelFaults {
+		return nil, errors.New("uffd: UserModeOnly and KernelFaults contradict each other: pass one")
+	}
+	fd, userMode, err := open(&c)
 	if err != nil {
 		return nil, err
 	}
 	// The handshake comes before the fd joins the runtime poller: until UFFDIO_API is done the
 	// kernel reports EPOLLERR, which the poller would remember as "not pollable".
-	u := &UFFD{fd: fd}
+	u := &UFFD{fd: fd, userMode: userMode}
 	if err := u.handshake(c.features); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -82,7 +109,10 @@ func New(opts ...Option) (*UFFD, error) {
 	return u, nil
 }
 
-func open(c *config) (int, error) {
+const permHint = "run as root or with CAP_SYS_PTRACE, set the sysctl vm.unprivileged_userfaultfd=1, " +
+	"or give this user read-write access to /dev/userfaultfd (Linux 6.1+)"
+
+func open(c *config) (fd int, userMode bool, err error) {
 	flags := unix.O_CLOEXEC | unix.O_NONBLOCK
 	if c.userModeOnly {
 		flags |= userModeOnly
@@ -91,43 +121,52 @@ func open(c *config) (int, error) {
 	if c.device != deviceOnly {
 		fd, err := sysUserfaultfd(flags)
 		if err == nil {
-			return fd, nil
+			return fd, c.userModeOnly, nil
 		}
-		if err == unix.EPERM && !c.userModeOnly {
+		if err == unix.EPERM && !c.userModeOnly && !c.kernelFaults {
 			// Kernel-mode faults need CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd = 1.
 			if fd, err2 := sysUserfaultfd(flags | userModeOnly); err2 == nil {
-				return fd, nil
+				return fd, true, nil
 			}
 		}
-		sysErr = os.NewSyscallError("userfaultfd", err)
 		if err == unix.ENOSYS {
-			return -1, fmt.Errorf("%w: userfaultfd(2) is missing (kernel built without CONFIG_USERFAULTFD): %v", ErrNotSupported, sysErr)
+			sysErr = fmt.Errorf("%w: userfaultfd(2) is missing (kernel built without CONFIG_USERFAULTFD): %w",
+				ErrNotSupported, os.NewSyscallError("userfaultfd", err))
+		} else {
+			sysErr = os.NewSyscallError("userfaultfd", err)
+		}
+		if c.device == deviceNever {
+			if err == unix.EPERM {
+				return -1, false, fmt.Errorf("uffd: %w (%s)", sysErr, permHint)
+			}
+			return -1, false, sysErr
 		}
 	}
-	if c.device != deviceNever {
-		fd, err := openDevice(flags)
-		if err == nil {
-			return fd, nil
-		}
-		devErr = err
+	fd, err = openDevice(flags)
+	if err == nil {
+		return fd, c.userModeOnly, nil
 	}
-	switch {
-	case devErr == nil:
-		return -1, fmt.Errorf("%w (run as root or with CAP_SYS_PTRACE, set vm.unprivileged_userfaultfd=1, or allow /dev/userfaultfd with ViaDevice)", sysErr)
-	case sysErr == nil:
-		return -1, devErr
-	default:
-		return -1, fmt.Errorf("userfaultfd refused: %v; %v (run as root or with CAP_SYS_PTRACE, set vm.unprivileged_userfaultfd=1 or pass UserModeOnly, or give this user read-write access to /dev/userfaultfd)", sysErr, devErr)
+	devErr = err
+	if sysErr == nil {
+		return -1, false, devErr
 	}
+	if errors.Is(sysErr, ErrNotSupported) && errors.Is(devErr, ErrNotSupported) {
+		return -1, false, sysErr
+	}
+	return -1, false, fmt.Errorf("uffd: no way in: %w; %w (%s)", sysErr, devErr, permHint)
 }
 
 func openDevice(flags int) (int, error) {
 	dev, err := unix.Open("/dev/userfaultfd", unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return -1, fmt.Errorf("%w: /dev/userfaultfd does not exist (Linux 6.1+)", ErrNotSupported)
+		pe := &os.PathError{Op: "open", Path: "/dev/userfaultfd", Err: err}
+		if err == unix.ENOENT {
+			return -1, fmt.Errorf("%w: %w (the device came in Linux 6.1)", ErrNotSupported, pe)
 		}
-		return -1, fmt.Errorf("open /dev/userfaultfd: %w (give this user read-write access to the device)", err)
+		if err == unix.EACCES || err == unix.EPERM {
+			return -1, fmt.Errorf("%w (give this user read-write access to the device, e.g. a group with mode 0660)", pe)
+		}
+		return -1, pe
 	}
 	defer unix.Close(dev)
 	fd, err := ioctlInt(dev, ioctlDevNew, uintptr(flags))
@@ -138,31 +177,77 @@ func openDevice(flags int) (int, error) {
 }
 
 // FromFD adopts a userfaultfd made elsewhere: by loopholelabs/userfaultfd-go's mapper.Register,
-// received over a Unix socket, inherited. The UFFD takes ownership of fd and closes it on Close.
-// The fd is switched to non-blocking mode. If the UFFDIO_API handshake was not done yet, FromFD
-// does it with no features; otherwise the negotiated features are read back through the kernel's
-// /proc/self/fdinfo. An fd that is not a userfaultfd is refused and left open for the caller.
+// received over a Unix socket (see ReceiveFD), inherited from a parent, or announced by a fork
+// event (Msg.ForkFD). On success the UFFD owns fd and closes it on Close.
+//
+// The fd may be blocking or not (FromFD makes it non-blocking), and its UFFDIO_API handshake may
+// be done or not: if not, FromFD does it with no features; if so, the features negotiated then
+// are read back from /proc/self/fdinfo. An fd that is not a userfaultfd is refused, with an
+// error, and left open for the caller.
 func FromFD(fd int) (*UFFD, error) {
 	if err := checkIsUserfaultfd(fd); err != nil {
 		return nil, err
 	}
-	if err := unix.SetNonblock(fd, true); err != nil {
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
 		return nil, os.NewSyscallError("fcntl", err)
 	}
+	wasNonblock := fl&unix.O_NONBLOCK != 0
+	if !wasNonblock {
+		if err := unix.SetNonblock(fd, true); err != nil {
+			return nil, os.NewSyscallError("fcntl", err)
+		}
+	}
 	u := &UFFD{fd: fd}
-	if info, ok := readFdinfo(fd); ok && info.apiDone {
-		u.features = info.features
-		u.ioctls = IoctlRegister | IoctlUnregister | IoctlAPI
-	} else if err := u.handshake(0); err != nil {
-		return nil, err // the fd stays the caller's
+	if err := u.adoptHandshake(); err != nil {
+		if !wasNonblock {
+			unix.SetNonblock(fd, false) // give the fd back as it came
+		}
+		return nil, err
 	}
 	u.adopt()
 	return u, nil
 }
 
+// adoptHandshake learns whether the fd finished UFFDIO_API and with which features. The
+// kernel marks a finished handshake with bit 31 (UFFD_FEATURE_INITIALIZED, kernel-internal) in
+// the features it shows in fdinfo; kernels before that bit existed do not show it, so when the
+// bit is absent a handshake is tried: it succeeds on a fresh fd and fails with EINVAL on one that
+// already did it (UFFDIO_API is accepted once per userfaultfd).
+func (u *UFFD) adoptHandshake() error {
+	info, ok := readFdinfo(u.fd)
+	if ok && info.apiDone {
+		u.features = info.features
+		u.ioctls = apiIoctls
+		return nil
+	}
+	api := uffdioAPI{API: uffdAPI}
+	err := u.rawIoctl(ioctlAPI, ptr(&api))
+	switch {
+	case err == nil:
+		u.features = Feature(api.Features)
+		u.ioctls = Ioctls(api.Ioctls)
+		return nil
+	case err == unix.EINVAL && ok:
+		u.features = info.features
+		u.ioctls = apiIoctls
+		return nil
+	}
+	return fmt.Errorf("uffd: adopting fd %d: %w", u.fd, os.NewSyscallError("UFFDIO_API", err))
+}
+
+// apiIoctls is what UFFDIO_API answers on every kernel: UFFD_API_IOCTLS.
+const apiIoctls = IoctlRegister | IoctlUnregister | IoctlAPI
+
 func checkIsUserfaultfd(fd int) error {
+	if fd < 0 {
+		return fmt.Errorf("uffd: fd %d is not a file descriptor", fd)
+	}
 	target, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", fd))
 	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("uffd: fd %d is not open", fd)
+		}
 		return fmt.Errorf("uffd: fd %d: %w", fd, err)
 	}
 	if target != "anon_inode:[userfaultfd]" {
@@ -178,33 +263,37 @@ func (u *UFFD) adopt() {
 
 func (u *UFFD) handshake(want Feature) error {
 	api := uffdioAPI{API: uffdAPI, Features: uint64(want)}
-	if err := u.ioctl(ioctlAPI, ptr(&api)); err != nil {
+	if err := u.rawIoctl(ioctlAPI, ptr(&api)); err != nil {
+		if err == unix.EPERM && want&FeatureEventFork != 0 {
+			return fmt.Errorf("uffd: UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE: %w", os.NewSyscallError("UFFDIO_API", err))
+		}
 		if err == unix.EINVAL && want != 0 {
-			// Ask again with nothing to learn what the kernel offers (a failed UFFDIO_API
-			// leaves the fd usable again since 5.19; older kernels need a new fd).
+			// Ask again with nothing to learn what the kernel offers: a UFFDIO_API refused
+			// for unknown features leaves the fd fresh.
 			probe := uffdioAPI{API: uffdAPI}
-			if u.ioctl(ioctlAPI, ptr(&probe)) == nil {
-				return &FeatureError{Missing: want &^ Feature(probe.Features)}
+			if u.rawIoctl(ioctlAPI, ptr(&probe)) == nil {
+				return newFeatureError(want &^ Feature(probe.Features))
 			}
 			if avail, perr := Available(); perr == nil && want&^avail != 0 {
-				return &FeatureError{Missing: want &^ avail}
+				return newFeatureError(want &^ avail)
 			}
 		}
 		return os.NewSyscallError("UFFDIO_API", err)
 	}
 	if missing := want &^ Feature(api.Features); missing != 0 {
-		return &FeatureError{Missing: missing}
+		return newFeatureError(missing)
 	}
 	u.features = Feature(api.Features)
 	u.ioctls = Ioctls(api.Ioctls)
 	return nil
 }
 
-// Fd returns the file descriptor. It stays owned by u.
+// Fd returns the file descriptor. It stays owned by u and is invalid after Close.
 func (u *UFFD) Fd() int { return u.fd }
 
 // File returns the *os.File that owns the descriptor, for passing it to a child process
-// (exec.Cmd.ExtraFiles) or over a Unix socket. It stays owned by u.
+// (exec.Cmd.ExtraFiles). It stays owned by u: do not close it, and do not call its Fd method,
+// which would switch the descriptor to blocking mode (use UFFD.Fd).
 func (u *UFFD) File() *os.File { return u.f }
 
 // Features returns the features negotiated in the UFFDIO_API handshake.
@@ -213,23 +302,63 @@ func (u *UFFD) Features() Feature { return u.features }
 // Ioctls returns the ioctls the userfaultfd itself accepts (UFFDIO_API's answer).
 func (u *UFFD) Ioctls() Ioctls { return u.ioctls }
 
-// Close closes the userfaultfd. The kernel unregisters every range and wakes every blocked
-// thread; later faults are served as ordinary faults (zero pages). A second Close returns nil.
+// IsUserModeOnly reports whether the userfaultfd was made with UFFD_USER_MODE_ONLY (by request
+// or because the process lacked the privilege for more): faults the kernel takes on the
+// process's behalf, such as read(2) into registered memory, then fail with EFAULT. For a UFFD
+// adopted with FromFD it reports false, as the flag cannot be read back.
+func (u *UFFD) IsUserModeOnly() bool { return u.userMode }
+
+// Close closes the userfaultfd (close(2)). The kernel unregisters every range and wakes every
+// blocked thread; later faults are served as ordinary faults (zero pages). A blocked
+// ReadMessages returns an error matching os.ErrClosed. A second Close returns nil.
+//
+// An ioctl running in another goroutine when Close is called finishes first: the descriptor is
+// closed by whichever of the two ends last.
 func (u *UFFD) Close() error {
-	u.closeOnce.Do(func() {
-		if u.f != nil {
-			u.closeErr = u.f.Close()
+	old := u.state.Or(closingBit)
+	if old&closingBit != 0 {
+		return nil
+	}
+	if old == 0 {
+		u.finalClose()
+		return u.closeErr
+	}
+	return nil
+}
+
+func (u *UFFD) finalClose() {
+	if u.f != nil {
+		u.closeErr = u.f.Close()
+	} else {
+		u.closeErr = unix.Close(u.fd)
+	}
+}
+
+// acquire takes a reference for one ioctl; false means u is closing.
+func (u *UFFD) acquire() bool {
+	for {
+		n := u.state.Load()
+		if n&closingBit != 0 {
+			return false
 		}
-	})
-	return u.closeErr
+		if u.state.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (u *UFFD) release() {
+	if u.state.Add(-1) == closingBit {
+		u.finalClose()
+	}
 }
 
 // Available returns every feature the running kernel offers, probing once with a new
-// userfaultfd. It needs the same privilege as New.
+// userfaultfd. It needs the same privilege as New. Probe tells more.
 func Available() (Feature, error) {
 	availOnce.Do(func() {
 		var c config
-		fd, err := open(&c)
+		fd, _, err := open(&c)
 		if err != nil {
 			availErr = err
 			return
