@@ -1,0 +1,15 @@
+// Package fault serves the userfaultfd faults of mirrored memory with handlers that the Go
+// garbage collector never stops: a C thread (cgo builds) or a handler process (any build, the
+// program re-executes itself). It is the engine behind mirror.ServeFaults; users import mirror.
+//
+// Why not a goroutine: a goroutine that faults inside runtime assembly (copy, clear,
+// bytes.Equal) cannot be preempted, so the collector's stop-the-world waits for it forever
+// while an in-process Go handler waits for the world to restart. A handler that is not a Go
+// thread of this process keeps serving through any GC.
+//
+// Every handler resolves each fault once for the shared page (UFFDIO_COPY, UFFDIO_ZEROPAGE, or
+// a pwrite through an unregistered memfd alias followed by UFFDIO_CONTINUE), wakes the threads
+// blocked on that page through every view (the kernel wakes only the view it filled), maps
+// pages already in the page cache with UFFDIO_CONTINUE on minor faults, and counts, logs and
+// checks what it did in a block of memory that Go reads with atomic loads.
+package fault

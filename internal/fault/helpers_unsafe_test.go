@@ -1,0 +1,87 @@
+package fault
+
+import (
+	"os"
+	"testing"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+// testPair is a shared anonymous mapping and its mremap duplicate, both registered on one uffd.
+type testPair struct {
+	orig, dup []byte
+	u         *uffd.UFFD
+}
+
+func sliceAt(addr uintptr, n int) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(addr)), n) }
+
+func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
+
+func newTestPair(t testing.TB, n int, mode uffd.Mode, feats uffd.Feature) *testPair {
+	t.Helper()
+	orig, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_MREMAP, addrOf(orig), 0, uintptr(n), unix.MREMAP_MAYMOVE, 0, 0)
+	if errno != 0 {
+		unix.Munmap(orig)
+		t.Fatalf("mremap duplicate: %v", errno)
+	}
+	p := &testPair{orig: orig, dup: sliceAt(r, n)}
+	p.u, err = uffd.New(uffd.WithFeatures(feats | uffd.FeatureMissingShmem | uffd.FeatureThreadID))
+	if err != nil {
+		p.unmap()
+		t.Fatal(err)
+	}
+	for _, v := range [][]byte{p.orig, p.dup} {
+		if err := p.u.Register(addrOf(v), n, mode); err != nil {
+			p.close()
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *testPair) unmap() {
+	if p.orig != nil {
+		unix.Munmap(p.orig)
+		p.orig = nil
+	}
+	if p.dup != nil {
+		unix.Syscall(unix.SYS_MUNMAP, addrOf(p.dup), uintptr(len(p.dup)), 0)
+		p.dup = nil
+	}
+}
+
+func (p *testPair) close() {
+	if p.u != nil {
+		p.u.Close()
+		p.u = nil
+	}
+	p.unmap()
+}
+
+func (p *testPair) views() []uintptr { return []uintptr{addrOf(p.orig), addrOf(p.dup)} }
+
+// sourceFile writes n bytes of a pattern into a temporary file and returns it.
+func sourceFile(t testing.TB, n int) (*os.File, []byte) {
+	t.Helper()
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i*7 + i/4096)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "src")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, data
+}

@@ -1,0 +1,81 @@
+package fault
+
+// The shared block: counters, page states, dirty bits and the verification log of one handler,
+// written by the handler (a C thread, or a handler process through a shared memfd) and read by
+// Go with atomic loads. Keep in sync with native.c.
+
+// MaxViews is the most views one handler serves.
+const MaxViews = 8
+
+// Header words.
+const (
+	hMagic = iota
+	hNViews
+	hNPages
+	hPage
+	hLogCap
+	hLogNext
+	hViolations
+	hViolCode
+	hViolOff
+	hErrors
+	hErrno
+	hErrOff
+	hMsgs
+	hRemoves
+	hClosing
+	hHeartbeat
+	hLoops
+	hTakeovers
+	hWords = 32
+)
+
+// Per-view counter words.
+const (
+	cMissing = iota
+	cMinor
+	cWP
+	cCopied
+	cZeroed
+	cContinued
+	cEEXIST
+	cEAGAIN
+	cWakes
+	cStaged
+	cBytes
+	cDirty
+	cAround
+	cWords = 16
+)
+
+// Page states.
+const (
+	stEmpty   = 0 // never filled
+	stFilled  = 1 // filled by the handler
+	stPresent = 2 // already in the page cache when serving started
+	stReset   = 3 // dropped by MADV_DONTNEED/MADV_REMOVE: may be filled again
+)
+
+const magic = 0x6d6972726f726d31 // "mirrorm1"
+
+const logEntrySize = 32
+
+type layout struct {
+	npages, logcap         int
+	counters, state, dirty int
+	log, size              int
+}
+
+func round64(n int) int { return (n + 63) &^ 63 }
+
+func makeLayout(npages, logcap, pageSize int) layout {
+	var l layout
+	l.npages, l.logcap = npages, logcap
+	l.counters = hWords * 8
+	l.state = l.counters + MaxViews*cWords*8
+	l.dirty = l.state + round64(npages)
+	l.log = l.dirty + round64(MaxViews*npages)
+	l.size = l.log + logcap*logEntrySize
+	l.size = (l.size + pageSize - 1) / pageSize * pageSize
+	return l
+}

@@ -1,0 +1,532 @@
+//go:build cgo
+
+#define _GNU_SOURCE
+#include "native.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+// UFFDIO_POISON (6.6) is newer than some installed headers.
+struct mm_uffdio_poison {
+	struct uffdio_range range;
+	uint64_t mode;
+	int64_t updated;
+};
+#define MM_UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct mm_uffdio_poison)
+
+// Layout of the shared block: keep in sync with layout.go.
+enum {
+	H_MAGIC = 0, H_NVIEWS, H_NPAGES, H_PAGE, H_LOGCAP, H_LOGNEXT, H_VIOLATIONS, H_VIOL_CODE,
+	H_VIOL_OFF, H_ERRORS, H_ERRNO, H_ERR_OFF, H_MSGS, H_REMOVES, H_CLOSING, H_HEARTBEAT,
+	H_LOOPS, H_WORDS = 32,
+};
+enum {
+	C_MISSING = 0, C_MINOR, C_WP, C_COPIED, C_ZEROED, C_CONTINUED, C_EEXIST, C_EAGAIN, C_WAKES,
+	C_STAGED, C_BYTES, C_DIRTY, C_AROUND, C_WORDS = 16,
+};
+enum { ST_EMPTY = 0, ST_FILLED = 1, ST_PRESENT = 2, ST_RESET = 3 };
+enum { K_MISSING = 1, K_MINOR = 2, K_WP = 3, K_REMOVE = 4 };
+enum {
+	R_COPIED = 1, R_ZEROED = 2, R_STAGED = 3, R_CONTINUED = 4, R_EEXIST = 5, R_ERROR = 6,
+	R_UNPROTECTED = 7, R_RESET = 8,
+};
+enum { V_TWICE = 1, V_MINOR_UNFILLED = 2 };
+
+struct mm_log {
+	uint64_t time_ns, off;
+	uint32_t tid;
+	uint8_t view, kind, result, pad;
+	uint32_t pages, pad2;
+};
+
+struct mm_handler {
+	struct mm_cfg cfg;
+	pthread_t thread;
+	uint64_t *hdr;
+	uint64_t *counters;
+	uint8_t *state;
+	uint8_t *dirty;
+	struct mm_log *log;
+	uint64_t npages, logcap;
+	char *buf; // max_around pages of staging buffer for pread
+	char *zeros;
+	// sequential detection per view and kind: next expected page and current window
+	uint64_t next[MM_MAX_VIEWS][2];
+	uint32_t win[MM_MAX_VIEWS][2];
+	// backlog of page faults read while draining events
+	struct uffd_msg *backlog;
+	size_t nbacklog, capbacklog;
+};
+
+#define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+
+static uint64_t now_ns(void) {
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t *ctr(struct mm_handler *h, int v, int c) { return &h->counters[v * C_WORDS + c]; }
+
+static void record(struct mm_handler *h, int v, uint64_t off, int kind, int result, uint32_t tid,
+		   uint32_t pages) {
+	if (h->logcap == 0)
+		return;
+	uint64_t i = h->hdr[H_LOGNEXT]; // single writer
+	if (i < h->logcap) {
+		struct mm_log *e = &h->log[i];
+		e->time_ns = now_ns();
+		e->off = off;
+		e->tid = tid;
+		e->view = (uint8_t)v;
+		e->kind = (uint8_t)kind;
+		e->result = (uint8_t)result;
+		e->pages = pages;
+	}
+	STORE(&h->hdr[H_LOGNEXT], i + 1);
+}
+
+static void violation(struct mm_handler *h, int code, uint64_t off) {
+	if (ADD(&h->hdr[H_VIOLATIONS], 1) == 0) {
+		STORE(&h->hdr[H_VIOL_OFF], off);
+		STORE(&h->hdr[H_VIOL_CODE], (uint64_t)code);
+	}
+}
+
+// mark records that pages [p, p+n) were filled by this handler, checking the invariant that a
+// page is filled at most once (a page reset by MADV_REMOVE/DONTNEED may be filled again).
+static void mark_filled(struct mm_handler *h, uint64_t p, uint64_t n) {
+	for (uint64_t i = p; i < p + n && i < h->npages; i++) {
+		uint8_t s = h->state[i];
+		if (s == ST_FILLED || s == ST_PRESENT)
+			violation(h, V_TWICE, i * h->cfg.page);
+		__atomic_store_n(&h->state[i], ST_FILLED, __ATOMIC_RELEASE);
+	}
+}
+
+static int find_view(struct mm_handler *h, uint64_t addr, uint64_t *off) {
+	for (uint32_t v = 0; v < h->cfg.nviews; v++) {
+		uint64_t a = h->cfg.views[v];
+		if (addr >= a && addr < a + h->cfg.len) {
+			*off = (addr - a) & ~(h->cfg.page - 1);
+			return (int)v;
+		}
+	}
+	return -1;
+}
+
+static void wake(struct mm_handler *h, int v, uint64_t off, uint64_t len) {
+	struct uffdio_range r = {.start = h->cfg.views[v] + off, .len = len};
+	if (ioctl(h->cfg.uffd, UFFDIO_WAKE, &r) == 0)
+		ADD(ctr(h, v, C_WAKES), 1);
+}
+
+static void wake_others(struct mm_handler *h, int v, uint64_t off, uint64_t len) {
+	for (uint32_t w = 0; w < h->cfg.nviews; w++)
+		if ((int)w != v)
+			wake(h, (int)w, off, len);
+}
+
+static void read_events(struct mm_handler *h);
+
+// fill_src reads n bytes of the source at object offset off into buf (zeros past its end).
+// Returns 0 or an errno.
+static int fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t n) {
+	uint64_t have = 0;
+	if (off < h->cfg.src_len)
+		have = h->cfg.src_len - off < n ? h->cfg.src_len - off : n;
+	if (h->cfg.src_kind == MM_SRC_MEM) {
+		memcpy(buf, (const char *)(uintptr_t)(h->cfg.src_addr + off), have);
+	} else if (h->cfg.src_kind == MM_SRC_FD) {
+		uint64_t done = 0;
+		while (done < have) {
+			ssize_t r = pread(h->cfg.src_fd, buf + done, have - done, (off_t)(h->cfg.src_off + off + done));
+			if (r < 0) {
+				if (errno == EINTR)
+					continue;
+				return errno;
+			}
+			if (r == 0)
+				break; // the file shrank: the rest reads as zeros
+			done += (uint64_t)r;
+		}
+		have = done;
+	} else {
+		have = 0;
+	}
+	if (have < n)
+		memset(buf + have, 0, n - have);
+	return 0;
+}
+
+static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, uint32_t tid) {
+	ADD(&h->hdr[H_ERRORS], 1);
+	STORE(&h->hdr[H_ERR_OFF], off);
+	STORE(&h->hdr[H_ERRNO], (uint64_t)err);
+	record(h, v, off, K_MISSING, R_ERROR, tid, 1);
+	if (h->cfg.poison) {
+		struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[v] + off, .len = h->cfg.page}};
+		if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) == 0 || errno == EEXIST) {
+			wake(h, v, off, h->cfg.page);
+			return;
+		}
+	}
+	fprintf(stderr,
+		"mirrormem: fault handler: reading the source at offset %llu failed: %s; the faulting thread "
+		"can never get its page, aborting\n",
+		(unsigned long long)off, strerror(err));
+	abort();
+}
+
+// around returns how many pages to resolve from page p of view v, for a fault of kind k
+// (0 = missing, 1 = minor): 1 unless the view's faults are sequential, then a window that
+// doubles per sequential fault up to max_around, cut at the end of the object and, for missing
+// faults, at the first page this handler already filled.
+static uint64_t around(struct mm_handler *h, int v, int k, uint64_t p) {
+	uint64_t n = 1;
+	if (h->cfg.max_around > 1) {
+		if (p == h->next[v][k]) {
+			uint32_t w = h->win[v][k] * 2;
+			h->win[v][k] = w > h->cfg.max_around ? h->cfg.max_around : w;
+		} else {
+			h->win[v][k] = 1;
+		}
+		n = h->win[v][k];
+	}
+	if (p + n > h->npages)
+		n = h->npages - p;
+	if (k == 0) {
+		for (uint64_t i = 1; i < n; i++) {
+			uint8_t s = __atomic_load_n(&h->state[p + i], __ATOMIC_ACQUIRE);
+			if (s == ST_FILLED || s == ST_PRESENT) {
+				n = i;
+				break;
+			}
+		}
+	}
+	h->next[v][k] = p + n;
+	return n;
+}
+
+// resolve_missing serves a MISSING fault at page p of view v: one fill for the shared page
+// (and fault-around pages), then a wake on every view.
+static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
+	uint64_t pg = h->cfg.page;
+	ADD(ctr(h, v, C_MISSING), 1);
+	uint64_t n = around(h, v, 0, p);
+	uint64_t off = p * pg, len = n * pg, done = 0;
+	int data = 0; // source bytes are in h->buf
+	const char *src = NULL;
+	if (h->cfg.src_kind != MM_SRC_ZERO || h->cfg.alias_fd >= 0) {
+		if (h->cfg.src_kind == MM_SRC_MEM && off + len <= h->cfg.src_len) {
+			src = (const char *)(uintptr_t)(h->cfg.src_addr + off); // zero-copy
+		} else {
+			int err = fill_src(h, h->buf, off, len);
+			if (err) {
+				source_failed(h, v, off, err, tid);
+				return;
+			}
+			src = h->buf;
+			data = 1;
+		}
+	}
+	(void)data;
+	int result = R_COPIED;
+	while (done < len) {
+		uint64_t a = h->cfg.views[v] + off + done;
+		long got;
+		int err = 0;
+		if (h->cfg.alias_fd >= 0) {
+			// Staging: write the page cache through the unregistered alias, then map it here.
+			result = R_STAGED;
+			ssize_t w = pwrite(h->cfg.alias_fd, src + done, len - done, (off_t)(off + done));
+			if (w < 0) {
+				if (errno == EINTR)
+					continue;
+				source_failed(h, v, off + done, errno, tid);
+				return;
+			}
+			ADD(ctr(h, v, C_STAGED), (uint64_t)w / pg);
+			struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w}};
+			if (ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0)
+				err = errno;
+			got = c.mapped;
+		} else if (src == NULL) {
+			result = R_ZEROED;
+			struct uffdio_zeropage z = {.range = {.start = a, .len = len - done}};
+			if (ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0)
+				err = errno;
+			got = z.zeropage;
+		} else {
+			struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done};
+			if (ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0)
+				err = errno;
+			got = c.copy;
+		}
+		if (got > 0) {
+			mark_filled(h, (off + done) / pg, (uint64_t)got / pg);
+			ADD(ctr(h, v, result == R_ZEROED ? C_ZEROED : result == R_STAGED ? C_CONTINUED : C_COPIED),
+			    (uint64_t)got / pg);
+			ADD(ctr(h, v, C_BYTES), (uint64_t)got);
+			wake_others(h, v, off + done, (uint64_t)got);
+			done += (uint64_t)got;
+			if (err == EAGAIN)
+				continue; // short: finish the rest
+		}
+		if (err == 0)
+			continue;
+		if (err == EEXIST) {
+			// Someone filled this page first (through another view, or the user staged it):
+			// errors never wake, so wake the faulting range ourselves and go on past it.
+			ADD(ctr(h, v, C_EEXIST), 1);
+			wake(h, v, off + done, pg);
+			if (done == 0)
+				result = R_EEXIST;
+			done += pg;
+			if (h->cfg.alias_fd >= 0 || got <= 0)
+				break; // nothing more to do for this fault: stop fault-around here
+			continue;
+		}
+		if (err == EAGAIN) {
+			ADD(ctr(h, v, C_EAGAIN), 1);
+			read_events(h); // a non-cooperative event is pending: read it, then retry
+			continue;
+		}
+		if (err == EFAULT && h->cfg.alias_fd >= 0 && got <= 0) {
+			// A staged page vanished before CONTINUE (MADV_REMOVE raced): retry the fault.
+			wake(h, v, off + done, pg);
+			break;
+		}
+		source_failed(h, v, off + done, err, tid);
+		return;
+	}
+	if (n > 1)
+		ADD(ctr(h, v, C_AROUND), n - 1);
+	record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+}
+
+// resolve_minor serves a MINOR fault: the page is in the page cache (filled through another
+// view), so map it in this view with UFFDIO_CONTINUE.
+static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
+	uint64_t pg = h->cfg.page;
+	ADD(ctr(h, v, C_MINOR), 1);
+	uint8_t s = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
+	if (s == ST_EMPTY && h->cfg.alias_fd < 0)
+		violation(h, V_MINOR_UNFILLED, p * pg);
+	uint64_t n = around(h, v, 1, p);
+	uint64_t off = p * pg;
+	int result = R_CONTINUED;
+	for (;;) {
+		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = n * pg}};
+		int err = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0 ? errno : 0;
+		if (c.mapped > 0)
+			ADD(ctr(h, v, C_CONTINUED), (uint64_t)c.mapped / pg);
+		if (err == 0)
+			break;
+		if (c.mapped > 0) {
+			// Fault-around stopped at a page already mapped here (EEXIST) or not in the
+			// page cache (EFAULT): the faulting page is done, and CONTINUE woke it.
+			break;
+		}
+		if (err == EAGAIN) {
+			ADD(ctr(h, v, C_EAGAIN), 1);
+			read_events(h);
+			continue;
+		}
+		if (n > 1) {
+			n = 1; // a neighbour was the problem: serve the faulting page alone
+			continue;
+		}
+		if (err == EEXIST) {
+			ADD(ctr(h, v, C_EEXIST), 1);
+			result = R_EEXIST;
+		}
+		// EEXIST: already mapped; EFAULT: removed meanwhile (the retried access will raise a
+		// missing fault). Either way wake the thread.
+		wake(h, v, off, pg);
+		break;
+	}
+	if (n > 1)
+		ADD(ctr(h, v, C_AROUND), n - 1);
+	record(h, v, off, K_MINOR, result, tid, (uint32_t)n);
+}
+
+static void resolve_wp(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
+	uint64_t pg = h->cfg.page;
+	ADD(ctr(h, v, C_WP), 1);
+	if (h->dirty[v * h->npages + p] == 0) {
+		__atomic_store_n(&h->dirty[v * h->npages + p], 1, __ATOMIC_RELEASE);
+		ADD(ctr(h, v, C_DIRTY), 1);
+	}
+	struct uffdio_writeprotect w = {.range = {.start = h->cfg.views[v] + p * pg, .len = pg}, .mode = 0};
+	while (ioctl(h->cfg.uffd, UFFDIO_WRITEPROTECT, &w) < 0 && errno == EAGAIN)
+		read_events(h);
+	record(h, v, p * pg, K_WP, R_UNPROTECTED, tid, 1);
+}
+
+static void on_remove(struct mm_handler *h, uint64_t start, uint64_t end) {
+	ADD(&h->hdr[H_REMOVES], 1);
+	for (uint32_t v = 0; v < h->cfg.nviews; v++) {
+		uint64_t a = h->cfg.views[v], b = a + h->cfg.len;
+		uint64_t s = start > a ? start : a, e = end < b ? end : b;
+		if (s >= e)
+			continue;
+		// MADV_DONTNEED keeps the page cached, MADV_REMOVE frees it: both arrive as REMOVE,
+		// so the page may legitimately be filled again.
+		for (uint64_t p = (s - a) / h->cfg.page; p < (e - a + h->cfg.page - 1) / h->cfg.page; p++)
+			__atomic_store_n(&h->state[p], ST_RESET, __ATOMIC_RELEASE);
+		record(h, (int)v, s - a, K_REMOVE, R_RESET, 0, (uint32_t)((e - s) / h->cfg.page));
+	}
+}
+
+static void handle(struct mm_handler *h, struct uffd_msg *m) {
+	ADD(&h->hdr[H_MSGS], 1);
+	switch (m->event) {
+	case UFFD_EVENT_PAGEFAULT: {
+		uint64_t off;
+		int v = find_view(h, m->arg.pagefault.address, &off);
+		if (v < 0)
+			return; // not ours: cannot happen with one uffd per object
+		uint64_t p = off / h->cfg.page;
+		uint32_t tid = m->arg.pagefault.feat.ptid;
+		if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP)
+			resolve_wp(h, v, p, tid);
+		else if (m->arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR)
+			resolve_minor(h, v, p, tid);
+		else
+			resolve_missing(h, v, p, tid);
+		break;
+	}
+	case UFFD_EVENT_REMOVE:
+		on_remove(h, m->arg.remove.start, m->arg.remove.end);
+		break;
+	default:
+		break;
+	}
+}
+
+// read_events drains the uffd without blocking: events are handled at once (they are what makes
+// the resolving ioctls answer EAGAIN), page faults are kept for later.
+static void read_events(struct mm_handler *h) {
+	struct uffd_msg msgs[64];
+	for (;;) {
+		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
+		if (r <= 0)
+			return;
+		for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT) {
+				handle(h, &msgs[i]);
+				continue;
+			}
+			if (h->nbacklog == h->capbacklog) {
+				size_t c = h->capbacklog ? h->capbacklog * 2 : 64;
+				struct uffd_msg *b = realloc(h->backlog, c * sizeof *b);
+				if (!b) {
+					fprintf(stderr, "mirrormem: fault handler: out of memory\n");
+					abort();
+				}
+				h->backlog = b;
+				h->capbacklog = c;
+			}
+			h->backlog[h->nbacklog++] = msgs[i];
+		}
+	}
+}
+
+static void *run(void *arg) {
+	struct mm_handler *h = arg;
+	struct uffd_msg msgs[64];
+	struct pollfd pf[2] = {{.fd = h->cfg.uffd, .events = POLLIN}, {.fd = h->cfg.stopfd, .events = POLLIN}};
+	for (;;) {
+		while (h->nbacklog > 0) {
+			struct uffd_msg m = h->backlog[--h->nbacklog];
+			handle(h, &m);
+		}
+		ADD(&h->hdr[H_LOOPS], 1);
+		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
+		if (r > 0) {
+			for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++)
+				handle(h, &msgs[i]);
+			continue;
+		}
+		if (r < 0 && errno != EAGAIN && errno != EINTR)
+			break; // the uffd was closed under us
+		if (poll(pf, 2, -1) < 0 && errno != EINTR)
+			break;
+		if (pf[1].revents)
+			break;
+		if (pf[0].revents & (POLLERR | POLLHUP | POLLNVAL))
+			break;
+	}
+	return NULL;
+}
+
+struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
+	struct mm_handler *h = calloc(1, sizeof *h);
+	if (!h) {
+		*err = ENOMEM;
+		return NULL;
+	}
+	h->cfg = *cfg;
+	h->hdr = cfg->shared;
+	h->npages = h->hdr[H_NPAGES];
+	h->logcap = h->hdr[H_LOGCAP];
+	h->counters = h->hdr + H_WORDS;
+	h->state = (uint8_t *)(h->counters + MM_MAX_VIEWS * C_WORDS);
+	h->dirty = h->state + ((h->npages + 63) & ~63ull);
+	h->log = (struct mm_log *)(h->dirty + ((MM_MAX_VIEWS * h->npages + 63) & ~63ull));
+	for (int v = 0; v < MM_MAX_VIEWS; v++)
+		for (int k = 0; k < 2; k++) {
+			h->next[v][k] = UINT64_MAX;
+			h->win[v][k] = 1;
+		}
+	size_t bl = (size_t)cfg->max_around * cfg->page;
+	if (bl < cfg->page)
+		bl = cfg->page;
+	h->buf = mmap(NULL, bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (h->buf == MAP_FAILED) {
+		*err = errno;
+		free(h);
+		return NULL;
+	}
+	// Block every signal in the handler thread: the Go runtime's signals (preemption, profiling)
+	// are for Go threads, and a stray one must not interrupt serving.
+	sigset_t all, old;
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, &old);
+	int e = pthread_create(&h->thread, NULL, run, h);
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (e != 0) {
+		munmap(h->buf, bl);
+		free(h);
+		*err = e;
+		return NULL;
+	}
+	return h;
+}
+
+void mm_join(struct mm_handler *h) {
+	pthread_join(h->thread, NULL);
+	munmap(h->buf, (size_t)(h->cfg.max_around ? h->cfg.max_around : 1) * h->cfg.page);
+	free(h->backlog);
+	free(h);
+}
+
+uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page) {
+	uint64_t s = 0;
+	for (uint64_t o = 0; o < len; o += page)
+		s += *(volatile uint8_t *)(uintptr_t)(addr + o);
+	return s;
+}

@@ -1,0 +1,46 @@
+//go:build cgo
+
+// The native fault handler: a pthread that the Go garbage collector never stops, serving the
+// faults of every view of one shared object from a source that needs no Go code.
+
+#ifndef MIRRORMEM_FAULT_NATIVE_H
+#define MIRRORMEM_FAULT_NATIVE_H
+
+#include <stdint.h>
+
+#define MM_MAX_VIEWS 8
+
+// Source kinds: must match the Go constants in config.go.
+enum { MM_SRC_ZERO = 0, MM_SRC_FD = 1, MM_SRC_MEM = 2 };
+
+struct mm_cfg {
+	int uffd;          // the userfaultfd (shared with Go, not owned)
+	int stopfd;        // eventfd: readable = stop (not owned)
+	int src_kind;      // MM_SRC_*
+	int src_fd;        // MM_SRC_FD: pread from here
+	int alias_fd;      // >= 0: stage pages with pwrite into this memfd, then UFFDIO_CONTINUE
+	int poison;        // UFFDIO_POISON usable: a page whose source fails raises SIGBUS
+	int watch_only;    // watchdog mode: serve nothing, watch a Go server (see mm_watch)
+	uint64_t src_addr; // MM_SRC_MEM: source bytes in this process
+	uint64_t src_off;  // source offset of the object's first byte
+	uint64_t src_len;  // bytes the source has from src_off on; beyond: zeros
+	uint64_t len;      // bytes per view
+	uint64_t page;     // page size
+	uint32_t max_around; // fault-around cap in pages (1 = off)
+	uint32_t nviews;
+	uint64_t views[MM_MAX_VIEWS];
+	void *shared;      // the counters/state/log block (layout in layout.go)
+};
+
+struct mm_handler;
+
+// mm_start starts the handler thread. On error returns NULL with *err = errno.
+struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err);
+// mm_stop signals the stop eventfd (the caller writes it) and joins the thread, then frees h.
+void mm_join(struct mm_handler *h);
+
+// mm_bench_fault_loop: C reference workload, touches n pages of addr with stride page, reading one
+// byte each; returns a checksum. Used by benchmarks to do the faulting side in C.
+uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page);
+
+#endif

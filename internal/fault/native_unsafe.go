@@ -1,0 +1,92 @@
+//go:build cgo
+
+package fault
+
+/*
+#include "native.h"
+*/
+import "C"
+
+import (
+	"fmt"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// NativeAvailable reports whether this build has the native (C thread) handler.
+const NativeAvailable = true
+
+type native struct {
+	h      *C.struct_mm_handler
+	stopfd int
+}
+
+// StartNative starts a C thread serving cfg's faults. The thread is not a Go thread: the
+// garbage collector never stops it, so goroutines may touch the views with copy() and friends.
+func StartNative(cfg Config) (*Handler, error) {
+	page := os.Getpagesize()
+	if err := cfg.check(page); err != nil {
+		return nil, err
+	}
+	b, err := newHandlerBlock(&cfg, -1, page)
+	if err != nil {
+		return nil, err
+	}
+	stopfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		b.unmap()
+		return nil, os.NewSyscallError("eventfd", err)
+	}
+	var c C.struct_mm_cfg
+	c.uffd = C.int(cfg.UFFD.Fd())
+	c.stopfd = C.int(stopfd)
+	c.src_kind = C.int(cfg.Source)
+	c.src_fd = -1
+	if cfg.Source == SourceFD {
+		c.src_fd = C.int(cfg.SourceFD)
+	}
+	c.alias_fd = C.int(cfg.AliasFD)
+	if cfg.Poison {
+		c.poison = 1
+	}
+	c.src_addr = C.uint64_t(cfg.SourceAddr)
+	c.src_off = C.uint64_t(cfg.SourceOff)
+	c.src_len = C.uint64_t(cfg.SourceLen)
+	c.len = C.uint64_t(cfg.Len)
+	c.page = C.uint64_t(page)
+	c.max_around = C.uint32_t(max(cfg.MaxAround, 1))
+	c.nviews = C.uint32_t(len(cfg.Views))
+	for i, v := range cfg.Views {
+		c.views[i] = C.uint64_t(v)
+	}
+	c.shared = b.ptr()
+	var cerr C.int
+	h := C.mm_start(&c, &cerr)
+	if h == nil {
+		unix.Close(stopfd)
+		b.unmap()
+		return nil, fmt.Errorf("fault: starting the handler thread: %w", unix.Errno(cerr))
+	}
+	return &Handler{b: b, cfg: cfg, page: page, backend: &native{h: h, stopfd: stopfd}}, nil
+}
+
+func (n *native) stop() error {
+	one := [8]byte{1}
+	_, err := unix.Write(n.stopfd, one[:])
+	if err != nil {
+		return os.NewSyscallError("write eventfd", err)
+	}
+	C.mm_join(n.h)
+	n.h = nil
+	return unix.Close(n.stopfd)
+}
+
+func (n *native) err() error   { return nil }
+func (n *native) kind() string { return "native" }
+
+// touchC reads one byte of every page of [addr, addr+length) from C: the faulting side of the
+// C reference benchmark.
+func touchC(addr uintptr, length, page int) uint64 {
+	return uint64(C.mm_touch(C.uint64_t(addr), C.uint64_t(length), C.uint64_t(page)))
+}
