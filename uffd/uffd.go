@@ -225,7 +225,7 @@ func (u *UFFD) adoptHandshake() error {
 	err := u.rawIoctl(ioctlAPI, ptr(&api))
 	switch {
 	case err == nil:
-		u.features = Feature(api.Features)
+		u.features = 0 // asked for none; api.Features lists what the kernel offers
 		u.ioctls = Ioctls(api.Ioctls)
 		return nil
 	case err == unix.EINVAL && ok:
@@ -280,10 +280,11 @@ func (u *UFFD) handshake(want Feature) error {
 		}
 		return os.NewSyscallError("UFFDIO_API", err)
 	}
+	// The kernel answers with every feature it offers; the userfaultfd has those asked for.
 	if missing := want &^ Feature(api.Features); missing != 0 {
 		return newFeatureError(missing)
 	}
-	u.features = Feature(api.Features)
+	u.features = want
 	u.ioctls = Ioctls(api.Ioctls)
 	return nil
 }
@@ -296,7 +297,8 @@ func (u *UFFD) Fd() int { return u.fd }
 // which would switch the descriptor to blocking mode (use UFFD.Fd).
 func (u *UFFD) File() *os.File { return u.f }
 
-// Features returns the features negotiated in the UFFDIO_API handshake.
+// Features returns the features negotiated in the UFFDIO_API handshake: those asked for (the
+// kernel offers more; see Available and Probe).
 func (u *UFFD) Features() Feature { return u.features }
 
 // Ioctls returns the ioctls the userfaultfd itself accepts (UFFDIO_API's answer).
