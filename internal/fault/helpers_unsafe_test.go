@@ -2,11 +2,13 @@ package fault
 
 import (
 	"os"
+	"strings"
 	"testing"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -16,7 +18,9 @@ type testPair struct {
 	u         *uffd.UFFD
 }
 
-func sliceAt(addr uintptr, n int) []byte { return unsafe.Slice((*byte)(unsafe.Pointer(addr)), n) }
+func sliceAt(addr uintptr, n int) []byte {
+	return unsafe.Slice(*(**byte)(unsafe.Pointer(&addr)), n)
+}
 
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
@@ -84,4 +88,32 @@ func sourceFile(t testing.TB, n int) (*os.File, []byte) {
 	}
 	t.Cleanup(func() { f.Close() })
 	return f, data
+}
+
+// checkLeaks is leakcheck.Check without the private PROT_NONE anonymous mappings that the Go
+// runtime and the C library add when threads start (heap arenas, thread stack guards, malloc
+// arenas): this package makes no such mapping, so only fds and shared mappings are compared.
+func checkLeaks(t testing.TB) func() {
+	t.Helper()
+	before, err := leakcheck.Take()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		after, err := leakcheck.Take()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var bad []string
+		for _, l := range strings.Split(leakcheck.Diff(before, after, false), "\n") {
+			if l == "" || (strings.Contains(l, " ---p ") && strings.HasSuffix(strings.TrimSpace(l), " 00:00 0")) {
+				continue
+			}
+			bad = append(bad, l)
+		}
+		if len(bad) > 0 {
+			t.Errorf("leaked:\n%s", strings.Join(bad, "\n"))
+		}
+	}
 }

@@ -1,0 +1,339 @@
+package fault
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+// envHandler marks a process started by StartProcess as a handler process. The init function
+// of this package checks it, so any program that imports mirror can be its own handler.
+const envHandler = "MIRRORMEM_FAULT_HANDLER"
+
+// procConfig is what a handler process learns from its environment; the *FD fields are
+// descriptor numbers in the handler process.
+type procConfig struct {
+	Role      string // "primary" or "standby"
+	Views     []uintptr
+	Len       int
+	Page      int
+	NPages    int
+	LogCap    int
+	Source    SourceKind
+	SourceFD  int
+	AliasFD   int
+	SourceOff int64
+	SourceLen int64
+	MaxAround int
+	Poison    bool
+	UFFDFD    int
+	BlockFD   int
+	ParentFD  int // hangs up when the served process stops the handler or dies
+	ReadyFD   int // written once serving starts
+	LiveFD    int // primary: held open while it lives; standby: hangs up when the primary dies
+}
+
+func init() {
+	if v := os.Getenv(envHandler); v != "" {
+		os.Exit(runHandlerProcess(v))
+	}
+}
+
+// runHandlerProcess is the main function of a handler process.
+func runHandlerProcess(env string) int {
+	var c procConfig
+	if err := json.Unmarshal([]byte(env), &c); err != nil {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: bad %s: %v\n", envHandler, err)
+		return 2
+	}
+	u, err := uffd.FromFD(c.UFFDFD)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
+		return 2
+	}
+	b, err := newBlock(c.BlockFD, c.NPages, c.LogCap, c.Page)
+	if err != nil || b.hdr(hMagic) != magic {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: mapping the counters: %v\n", err)
+		return 2
+	}
+	unix.Write(c.ReadyFD, []byte{1})
+	unix.Close(c.ReadyFD)
+	if c.Role == "standby" {
+		// Wait for the primary to die (its end of LiveFD hangs up) or for the end.
+		pfd := []unix.PollFd{{Fd: int32(c.ParentFD), Events: unix.POLLIN}, {Fd: int32(c.LiveFD), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+				return 2
+			}
+			if pfd[0].Revents != 0 || b.hdr(hClosing) != 0 {
+				return 0
+			}
+			if pfd[1].Revents != 0 {
+				break
+			}
+		}
+		b.addHdr(hTakeovers, 1)
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process died; standby handler %d took over serving process %d\n", os.Getpid(), os.Getppid())
+	}
+	newServer(u, b, &c).loop(c.ParentFD)
+	return 0
+}
+
+// ProcessAvailable reports whether this program can start handler processes (it can re-execute
+// itself through /proc/self/exe).
+func ProcessAvailable() error {
+	if _, err := os.Stat("/proc/self/exe"); err != nil {
+		return fmt.Errorf("fault: the handler process re-executes /proc/self/exe: %w", err)
+	}
+	return nil
+}
+
+type process struct {
+	parentW *os.File // closing it stops the handler processes
+	cmds    [2]*exec.Cmd
+	blockF  *os.File
+
+	mu      sync.Mutex
+	closing bool
+	alive   int
+	failure error
+	done    sync.WaitGroup
+	// OnDeath is called (in a goroutine) when the last handler process dies unexpectedly;
+	// the default panics: faulting threads could never be served again.
+	onDeath func(error)
+}
+
+// ProcessOptions tune StartProcess.
+type ProcessOptions struct {
+	// NoStandby starts only the primary handler process (no standby that takes over).
+	NoStandby bool
+	// OnDeath is called when no handler process is left while serving (both died). The default
+	// panics with a message naming the cause: the served threads would block forever.
+	OnDeath func(error)
+}
+
+// StartProcess serves cfg's faults from a handler process: this program re-executed, receiving
+// the userfaultfd, the source and the counters over inherited descriptors. A standby process
+// waits to take over if the primary dies. The caller keeps its own userfaultfd open, so the
+// views stay registered even if every handler dies: faulting threads block, they never read
+// silent zero pages; and the death is reported on standard error and, for the last handler,
+// through OnDeath (a panic by default).
+func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
+	page := os.Getpagesize()
+	if err := cfg.check(page); err != nil {
+		return nil, err
+	}
+	if cfg.Source == SourceMem {
+		return nil, errors.New("fault: a handler process cannot read this process's memory: give it a descriptor (SourceFD)")
+	}
+	if err := ProcessAvailable(); err != nil {
+		return nil, err
+	}
+	npages := cfg.Len / page
+	l := makeLayout(npages, cfg.LogCap, page)
+	bfd, err := unix.MemfdCreate("mirrormem-fault-stats", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("memfd_create", err)
+	}
+	blockF := os.NewFile(uintptr(bfd), "mirrormem-fault-stats")
+	p := &process{blockF: blockF, onDeath: o.OnDeath}
+	var b *block
+	var files []*os.File // closed at the end: the children have their copies
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+		if err != nil {
+			p.kill()
+			if b != nil {
+				b.unmap()
+			}
+			blockF.Close()
+		}
+	}()
+	if err := unix.Ftruncate(bfd, int64(l.size)); err != nil {
+		return nil, os.NewSyscallError("ftruncate", err)
+	}
+	b, err = newHandlerBlock(&cfg, bfd, page)
+	if err != nil {
+		return nil, err
+	}
+	parentR, parentW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	p.parentW = parentW
+	files = append(files, parentR)
+	liveR, liveW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, liveR, liveW)
+
+	// Duplicates of the caller's descriptors: an *os.File wrapping the caller's own would
+	// close it when collected.
+	var srcF, aliasF *os.File
+	if cfg.Source == SourceFD {
+		if srcF, err = dupFile(cfg.SourceFD, "source"); err != nil {
+			return nil, err
+		}
+		files = append(files, srcF)
+	}
+	if cfg.AliasFD >= 0 {
+		if aliasF, err = dupFile(cfg.AliasFD, "alias"); err != nil {
+			return nil, err
+		}
+		files = append(files, aliasF)
+	}
+	roles := []string{"primary", "standby"}
+	if o.NoStandby {
+		roles = roles[:1]
+	}
+	for i, role := range roles {
+		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
+			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
+			MaxAround: cfg.MaxAround, Poison: cfg.Poison}
+		readyR, readyW, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, readyR, readyW)
+		extra := []*os.File{cfg.UFFD.File(), blockF, parentR, readyW}
+		pc.UFFDFD, pc.BlockFD, pc.ParentFD, pc.ReadyFD = 3, 4, 5, 6
+		if role == "primary" {
+			extra = append(extra, liveW)
+		} else {
+			extra = append(extra, liveR)
+		}
+		pc.LiveFD = 7
+		if srcF != nil {
+			pc.SourceFD = 3 + len(extra)
+			extra = append(extra, srcF)
+		}
+		if aliasF != nil {
+			pc.AliasFD = 3 + len(extra)
+			extra = append(extra, aliasF)
+		}
+		env, _ := json.Marshal(pc)
+		cmd := &exec.Cmd{
+			Path:       "/proc/self/exe",
+			Args:       []string{"mirrormem-fault-handler"},
+			Env:        append(os.Environ(), envHandler+"="+string(env)),
+			Stderr:     os.Stderr,
+			ExtraFiles: extra,
+		}
+		if err := cmd.Start(); err != nil {
+			return nil, fmt.Errorf("fault: starting the handler process: %w", err)
+		}
+		p.cmds[i] = cmd
+		readyW.Close()
+		var one [1]byte
+		if _, err := io.ReadFull(readyR, one[:]); err != nil {
+			werr := cmd.Wait()
+			p.cmds[i] = nil
+			return nil, fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
+		}
+		p.alive++
+	}
+	h = &Handler{b: b, cfg: cfg, page: page, backend: p}
+	for _, cmd := range p.cmds {
+		if cmd != nil {
+			p.done.Add(1)
+			go p.watch(cmd)
+		}
+	}
+	return h, nil
+}
+
+func dupFile(fd int, name string) (*os.File, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("fault: duplicating the %s descriptor %d: %w", name, fd, err)
+	}
+	return os.NewFile(uintptr(nfd), name), nil
+}
+
+// watch reports a handler process's death.
+func (p *process) watch(cmd *exec.Cmd) {
+	defer p.done.Done()
+	err := cmd.Wait()
+	p.mu.Lock()
+	closing := p.closing
+	p.alive--
+	alive := p.alive
+	if !closing && alive == 0 {
+		p.failure = fmt.Errorf("fault: every handler process died (last: pid %d, %v): faults on the views can never be served", cmd.Process.Pid, err)
+	}
+	failure := p.failure
+	p.mu.Unlock()
+	if closing {
+		return
+	}
+	if alive > 0 {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process %d died (%v); %d handler process left\n", cmd.Process.Pid, err, alive)
+		return
+	}
+	if p.onDeath != nil {
+		p.onDeath(failure)
+		return
+	}
+	panic("mirrormem: " + failure.Error() + "; threads touching unfilled pages would block forever, so the program stops here")
+}
+
+func (p *process) kill() {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
+	if p.parentW != nil {
+		p.parentW.Close()
+	}
+	for _, cmd := range p.cmds {
+		if cmd != nil && cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	}
+}
+
+func (p *process) stop() error {
+	p.mu.Lock()
+	p.closing = true
+	p.mu.Unlock()
+	err := p.parentW.Close() // the handlers see the hang-up and exit
+	p.done.Wait()
+	if cerr := p.blockF.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+func (p *process) err() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.failure
+}
+
+func (p *process) kind() string { return "process" }
+
+// Pids returns the handler processes' ids (primary first; 0 for a standby not started).
+func (h *Handler) Pids() []int {
+	p, ok := h.backend.(*process)
+	if !ok {
+		return nil
+	}
+	var pids []int
+	for _, c := range p.cmds {
+		if c != nil {
+			pids = append(pids, c.Process.Pid)
+		}
+	}
+	return pids
+}
