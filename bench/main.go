@@ -1,0 +1,232 @@
+// Command bench is the benchmark suite of mirrormem: `go run ./bench` measures what the library does
+// against what a user would use instead (the peer library loopholelabs/userfaultfd-go, channels,
+// bytes.Buffer, a ring with split copies) and against the limit of the machine (the same work in C,
+// the kernel's own page faults, memcpy), and prints every figure as a Markdown table.
+//
+// Usage:
+//
+//	go run ./bench                   # the whole suite, a few minutes
+//	go run ./bench -quick            # a reduced suite, well under a minute
+//	go run ./bench -out DIR          # also write DIR/results.json and PNG plots
+//	go run ./bench -suites faults    # only some suites: create, faults, ring, postcopy
+//
+// Every figure is the median of several runs; the rows of one case are measured interleaved
+// (run 1 of every row, then run 2 of every row, ...) and every comparison is the median of the
+// per-run ratios, so the noise of a shared machine hits both sides of a ratio alike.
+// Rows that cannot run say "not measured: <why>" instead of a figure.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Row names shared by suites and the Markdown output.
+const (
+	refC       = "C reference"
+	refRawC    = "raw syscalls (C reference)"
+	refMemcpy  = "memcpy"
+	rowPeer    = "userfaultfd-go"
+	rowSplit   = "split-copy ring"
+	rowRawGo   = "raw syscalls (Go)"
+	rowMirring = "mirrored ring (examples/ringbuffer)"
+)
+
+type config struct {
+	quick  bool
+	out    string
+	runs   int // 0: the suite's default
+	suites map[string]bool
+	log    io.Writer // progress lines
+	// faultMiB overrides the size of the fault-serving region (tests use a tiny one).
+	faultMiB int
+}
+
+func (c *config) want(suite string) bool { return len(c.suites) == 0 || c.suites[suite] }
+
+// runsOr returns the number of runs per figure: the -runs flag, else def.
+func (c *config) runsOr(def int) int {
+	if c.runs > 0 {
+		return c.runs
+	}
+	return def
+}
+
+func main() {
+	if isChild() {
+		os.Exit(childMain())
+	}
+	var (
+		quick  = flag.Bool("quick", false, "run a reduced suite (well under a minute)")
+		out    = flag.String("out", "", "directory for results.json and PNG plots (created if missing)")
+		runs   = flag.Int("runs", 0, "runs per figure (default: 5, or 3 with -quick)")
+		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, ring, postcopy (default: all)")
+		quiet  = flag.Bool("q", false, "no progress lines on stderr")
+	)
+	flag.Parse()
+	cfg := &config{quick: *quick, out: *out, runs: *runs, log: os.Stderr}
+	if *quiet {
+		cfg.log = io.Discard
+	}
+	if *suites != "" {
+		cfg.suites = map[string]bool{}
+		for _, s := range strings.Split(*suites, ",") {
+			s = strings.TrimSpace(s)
+			if !knownSuite(s) {
+				fmt.Fprintf(os.Stderr, "bench: unknown suite %q (have: create, faults, ring, postcopy)\n", s)
+				os.Exit(2)
+			}
+			cfg.suites[s] = true
+		}
+	}
+	if *runs < 0 {
+		fmt.Fprintf(os.Stderr, "bench: -runs %d: need a positive number of runs\n", *runs)
+		os.Exit(2)
+	}
+	if cfg.out != "" {
+		if err := os.MkdirAll(cfg.out, 0o755); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -out: %v\n", err)
+			os.Exit(1)
+		}
+	}
+	rep := run(cfg)
+	rep.writeMarkdown(os.Stdout)
+	if cfg.out != "" {
+		if err := rep.writeJSON(cfg.out); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: writing results.json: %v\n", err)
+			os.Exit(1)
+		}
+		if err := writePlots(rep, cfg.out); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: writing plots: %v\n", err)
+			os.Exit(1)
+		}
+		fmt.Fprintf(cfg.log, "bench: wrote %s/results.json and plots\n", cfg.out)
+	}
+}
+
+func knownSuite(s string) bool {
+	switch s {
+	case "create", "faults", "ring", "postcopy":
+		return true
+	}
+	return false
+}
+
+// run measures every wanted suite and returns the report.
+func run(cfg *config) *Report {
+	rep := &Report{Started: time.Now().UTC(), Quick: cfg.quick, Host: hostInfo()}
+	b := &bencher{cfg: cfg, rep: rep, start: time.Now()}
+	if cfg.want("create") {
+		suiteCreate(b)
+	}
+	if cfg.want("faults") {
+		suiteFaults(b)
+	}
+	if cfg.want("ring") {
+		suiteRing(b)
+	}
+	if cfg.want("postcopy") {
+		suitePostcopy(b)
+	}
+	rep.DurationSec = time.Since(b.start).Seconds()
+	fmt.Fprintf(cfg.log, "bench: done in %.0fs\n", rep.DurationSec)
+	return rep
+}
+
+func hostInfo() map[string]any {
+	h := map[string]any{
+		"goos": runtime.GOOS, "goarch": runtime.GOARCH, "go": runtime.Version(),
+		"cpus": runtime.NumCPU(), "cgo": cgoEnabled, "page_size": os.Getpagesize(),
+	}
+	var u unix.Utsname
+	if unix.Uname(&u) == nil {
+		h["kernel"] = unix.ByteSliceToString(u.Release[:])
+	}
+	return h
+}
+
+// bencher runs the rows of one case side by side and records the result.
+type bencher struct {
+	cfg   *config
+	rep   *Report
+	start time.Time
+}
+
+// row is one contender in a case. run returns one figure (in the case's unit) or an error;
+// a row whose skip returns a reason is recorded as not measured.
+type row struct {
+	name string
+	skip func() string
+	run  func() (float64, error)
+	note func() string // optional: said under the table after the runs (e.g. failed attempts)
+}
+
+// caseSpec names one case of a suite and the parameters it was measured with.
+type caseSpec struct {
+	suite, name  string
+	params       map[string]any
+	unit, better string
+	runs         int
+}
+
+// measure runs every row of c runs times, interleaved, and records one Measurement per row.
+// A row that fails is recorded as not measured with its error; the other rows go on.
+func (b *bencher) measure(c caseSpec, rows []row) []*Measurement {
+	ms := make([]*Measurement, len(rows))
+	for i, r := range rows {
+		ms[i] = &Measurement{Suite: c.suite, Case: c.name, Row: r.name, Name: c.suite + "/" + c.name + "/" + r.name,
+			Params: c.params, Unit: c.unit, Better: c.better, Runs: []float64{}}
+		if r.skip != nil {
+			ms[i].NotMeasured = r.skip()
+		}
+	}
+	for k := 0; k < c.runs; k++ {
+		fmt.Fprintf(b.cfg.log, "[%4.0fs] %s: %s run %d/%d\n", time.Since(b.start).Seconds(), c.suite, c.name, k+1, c.runs)
+		for i, r := range rows {
+			if ms[i].NotMeasured != "" {
+				continue
+			}
+			v, err := r.run()
+			if err != nil {
+				ms[i].NotMeasured = err.Error()
+				ms[i].Runs = []float64{}
+				continue
+			}
+			ms[i].Runs = append(ms[i].Runs, v)
+		}
+	}
+	for i, m := range ms {
+		if rows[i].note != nil {
+			m.Note = rows[i].note()
+		}
+		m.summarize()
+		b.rep.Measurements = append(b.rep.Measurements, m)
+	}
+	return ms
+}
+
+// notMeasured records a row that cannot run in this build or on this machine.
+func (b *bencher) notMeasured(c caseSpec, rowName, why string) {
+	b.rep.Measurements = append(b.rep.Measurements, &Measurement{Suite: c.suite, Case: c.name, Row: rowName,
+		Name: c.suite + "/" + c.name + "/" + rowName, Params: c.params, Unit: c.unit, Better: c.better,
+		Runs: []float64{}, NotMeasured: why})
+}
+
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%d GiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d B", n)
+}

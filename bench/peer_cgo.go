@@ -1,0 +1,131 @@
+//go:build cgo
+
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+
+	"github.com/loopholelabs/userfaultfd-go/pkg/mapper"
+)
+
+// The peer, loopholelabs/userfaultfd-go: mapper.Register maps private anonymous memory and
+// registers it in MISSING mode; mapper.Handle serves one 4 KiB UFFDIO_COPY per fault from an
+// io.ReaderAt and loops forever. It runs in a child process, one run per child.
+
+const (
+	peerTimeout  = 90 * time.Second
+	peerAttempts = 3
+)
+
+func init() { children["peer"] = peerChild }
+
+type peerArgs struct {
+	Size    int    `json:"size"`
+	Threads int    `json:"threads"`
+	Random  bool   `json:"random"`
+	Seed    uint64 `json:"seed"`
+}
+
+type peerResult struct {
+	NS     int64  `json:"ns"`
+	Errors string `json:"error,omitempty"`
+}
+
+// peerRow runs the peer on a 4 KiB COPY case. Only that case exists for the peer: it has no
+// zero-page, minor or fault-around mode.
+func peerRow(fc faultCase, _ int, _ []byte) row {
+	seed := uint64(1000)
+	var attempts, failed int
+	var lastErr error
+	return row{name: rowPeer, run: func() (float64, error) {
+		// The peer's handler returns on the first EEXIST, which the kernel produces whenever a
+		// fault is delivered twice (a faulting thread interrupted by a signal, two threads on
+		// one page). Such a run is retried, up to peerAttempts times, and counted.
+		for range peerAttempts {
+			seed++
+			attempts++
+			a, _ := json.Marshal(peerArgs{Size: fc.size, Threads: fc.threads, Random: fc.random, Seed: seed})
+			ns, err := runPeerChild(string(a), peerTimeout)
+			if err == nil {
+				return fc.usPerPage(time.Duration(ns)), nil
+			}
+			failed++
+			lastErr = err
+		}
+		return 0, fmt.Errorf("%d of %d attempts failed, the last with: %v", failed, attempts, lastErr)
+	}, note: func() string {
+		if failed == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%d of %d runs of the peer failed and were retried (last error: %v)", failed, attempts, lastErr)
+	}}
+}
+
+func runPeerChild(args string, timeout time.Duration) (int64, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return 0, fmt.Errorf("userfaultfd-go child: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, exe)
+	cmd.Env = append(os.Environ(), childEnv+"=peer", childArgsEnv+"="+args)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	if ctx.Err() != nil {
+		return 0, fmt.Errorf("userfaultfd-go: no result within %v, child killed (its handler stops at the first error and never returns)", timeout)
+	}
+	var res peerResult
+	if jerr := json.Unmarshal(stdout.Bytes(), &res); jerr != nil {
+		return 0, fmt.Errorf("userfaultfd-go child: %v; %s", err, strings.TrimSpace(stderr.String()))
+	}
+	if res.Errors != "" {
+		return 0, errors.New("userfaultfd-go: " + res.Errors)
+	}
+	return res.NS, nil
+}
+
+func peerChild(arg string) int {
+	var a peerArgs
+	out := json.NewEncoder(os.Stdout)
+	fail := func(err error) int {
+		out.Encode(peerResult{Errors: err.Error()})
+		return 1
+	}
+	if err := json.Unmarshal([]byte(arg), &a); err != nil || a.Size <= 0 || a.Threads <= 0 {
+		return fail(fmt.Errorf("bad child arguments %q", arg))
+	}
+	src, err := getFaultSource(a.Size)
+	if err != nil {
+		return fail(err)
+	}
+	b, u, start, err := mapper.Register(a.Size)
+	if err != nil {
+		return fail(fmt.Errorf("mapper.Register: %w", err))
+	}
+	handlerErr := make(chan error, 1)
+	go func() { handlerErr <- mapper.Handle(u, start, bytes.NewReader(src[:a.Size])) }()
+	orders := touchOrder(a.Size/pageSize, a.Threads, a.Random, a.Seed)
+	done := make(chan time.Duration, 1)
+	go func() { done <- touchPages(b, orders) }()
+	select {
+	case d := <-done:
+		if err := checkServed(b, func(p int) byte { return src[p*pageSize+1] }); err != nil {
+			return fail(err)
+		}
+		out.Encode(peerResult{NS: d.Nanoseconds()})
+		return 0
+	case err := <-handlerErr:
+		// The faulting goroutines are stuck for good; report and let the exit end them.
+		return fail(fmt.Errorf("mapper.Handle returned: %v", err))
+	}
+}

@@ -1,0 +1,238 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Measurement is one row of one case: the figures of every run and their summary.
+// A row that could not run has NotMeasured set and no figures.
+type Measurement struct {
+	Suite       string         `json:"suite"`
+	Name        string         `json:"name"` // suite/case/row, unique in one report
+	Case        string         `json:"case"`
+	Row         string         `json:"row"`
+	Params      map[string]any `json:"params"`
+	Unit        string         `json:"unit"`
+	Better      string         `json:"better"` // "lower" or "higher"
+	Median      float64        `json:"median"`
+	Min         float64        `json:"min"`
+	Max         float64        `json:"max"`
+	Runs        []float64      `json:"runs"`
+	NotMeasured string         `json:"not_measured,omitempty"`
+	Note        string         `json:"note,omitempty"`
+}
+
+// Target is one claim of the project, checked as a ratio of figures measured in the same run.
+type Target struct {
+	Suite       string  `json:"suite"`
+	Claim       string  `json:"claim"`   // what is promised, in words
+	Ratio       float64 `json:"ratio"`   // measured ratio (median of per-run ratios)
+	Op          string  `json:"op"`      // "<=" or ">="
+	Limit       float64 `json:"limit"`   // the promised bound
+	Against     string  `json:"against"` // what the ratio is relative to
+	Met         bool    `json:"met"`     // Ratio Op Limit holds
+	NotMeasured string  `json:"not_measured,omitempty"`
+}
+
+// Report is everything one invocation of the suite measured; it is what results.json holds.
+type Report struct {
+	Started      time.Time      `json:"started"`
+	DurationSec  float64        `json:"duration_seconds"`
+	Quick        bool           `json:"quick"`
+	Host         map[string]any `json:"host"`
+	Measurements []*Measurement `json:"measurements"`
+	Targets      []*Target      `json:"targets"`
+	Notes        []string       `json:"notes,omitempty"`
+}
+
+// summarize fills Median, Min and Max from Runs. The median of an even count is the mean
+// of the two middle figures.
+func (m *Measurement) summarize() {
+	if len(m.Runs) == 0 {
+		m.Median, m.Min, m.Max = 0, 0, 0
+		return
+	}
+	m.Median, m.Min, m.Max = stats(m.Runs)
+}
+
+func stats(v []float64) (median, lo, hi float64) {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	n := len(s)
+	if n == 0 {
+		return math.NaN(), math.NaN(), math.NaN()
+	}
+	if n%2 == 1 {
+		median = s[n/2]
+	} else {
+		median = (s[n/2-1] + s[n/2]) / 2
+	}
+	return median, s[0], s[n-1]
+}
+
+// ratioOfRuns is the median of the per-run ratios a[i]/b[i]: each run of a was measured right
+// next to the same run of b, so pairing them cancels most of the noise of a shared machine.
+// If the run counts differ it falls back to the ratio of medians.
+func ratioOfRuns(a, b *Measurement) float64 {
+	if a == nil || b == nil || len(a.Runs) == 0 || len(b.Runs) == 0 {
+		return math.NaN()
+	}
+	if len(a.Runs) != len(b.Runs) {
+		return a.Median / b.Median
+	}
+	r := make([]float64, len(a.Runs))
+	for i := range a.Runs {
+		r[i] = a.Runs[i] / b.Runs[i]
+	}
+	m, _, _ := stats(r)
+	return m
+}
+
+// find returns the measurement of row in suite/case, or nil.
+func (r *Report) find(suite, cas, row string) *Measurement {
+	for _, m := range r.Measurements {
+		if m.Suite == suite && m.Case == cas && m.Row == row {
+			return m
+		}
+	}
+	return nil
+}
+
+// addTarget records a claim "a/b op limit". A missing or unmeasured side makes the target
+// "not measured" with the reason, never a pass.
+func (r *Report) addTarget(suite, claim string, a, b *Measurement, op string, limit float64, against string) *Target {
+	t := &Target{Suite: suite, Claim: claim, Op: op, Limit: limit, Against: against}
+	switch {
+	case a == nil || b == nil:
+		t.NotMeasured = "a row it needs is not in this run"
+	case a.NotMeasured != "":
+		t.NotMeasured = a.Row + ": " + a.NotMeasured
+	case b.NotMeasured != "":
+		t.NotMeasured = b.Row + ": " + b.NotMeasured
+	default:
+		t.Ratio = ratioOfRuns(a, b)
+		if op == "<=" {
+			t.Met = t.Ratio <= limit
+		} else {
+			t.Met = t.Ratio >= limit
+		}
+	}
+	r.Targets = append(r.Targets, t)
+	return t
+}
+
+// String renders a target as one line: "target: … ≤1.10x C reference — measured 1.04x ✓".
+func (t *Target) String() string {
+	sym := "≤"
+	if t.Op == ">=" {
+		sym = "≥"
+	}
+	head := fmt.Sprintf("target: %s: %s%.2fx %s", t.Claim, sym, t.Limit, t.Against)
+	if t.NotMeasured != "" {
+		return head + " — not measured: " + t.NotMeasured
+	}
+	mark := "✗"
+	if t.Met {
+		mark = "✓"
+	}
+	return fmt.Sprintf("%s — measured %.2fx %s", head, t.Ratio, mark)
+}
+
+// writeJSON writes the report as results.json in dir.
+func (r *Report) writeJSON(dir string) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "results.json"), append(b, '\n'), 0o644)
+}
+
+// suiteTitles gives the order and headings of the suites in the Markdown output.
+var suiteTitles = []struct{ id, title, ref string }{
+	{"create", "Mirror creation: adjacent ring, create + destroy", refRawC},
+	{"faults", "Fault serving: time per 4 KiB page touched", refC},
+	{"ring", "Double-mapped buffers: SPSC byte stream between two goroutines", refMemcpy},
+	{"ring-msgs", "Double-mapped buffers: the same streams in messages per second", refMemcpy},
+	{"wrap", "Double-mapped buffers: one message written and read across the wrap", rowSplit},
+	{"postcopy", "Post-copy migration", ""},
+}
+
+// writeMarkdown prints every suite as a Markdown table, then the targets.
+// The "vs" column is the median of per-run ratios against the suite's reference row of the same case.
+func (r *Report) writeMarkdown(w io.Writer) {
+	for _, s := range suiteTitles {
+		var rows []*Measurement
+		for _, m := range r.Measurements {
+			if m.Suite == s.id {
+				rows = append(rows, m)
+			}
+		}
+		if len(rows) == 0 {
+			continue
+		}
+		fmt.Fprintf(w, "\n### %s\n\n", s.title)
+		vs := "vs " + s.ref
+		if s.ref == "" {
+			vs = "—"
+		}
+		fmt.Fprintf(w, "| case | row | median | min | max | unit | runs | %s |\n", vs)
+		fmt.Fprintf(w, "|---|---|---:|---:|---:|---|---:|---:|\n")
+		for _, m := range rows {
+			if m.NotMeasured != "" {
+				fmt.Fprintf(w, "| %s | %s | not measured: %s | | | | | |\n", m.Case, m.Row, mdEscape(m.NotMeasured))
+				continue
+			}
+			ratio := ""
+			if s.ref != "" && m.Row != s.ref {
+				if ref := r.find(s.id, m.Case, s.ref); ref != nil && ref.NotMeasured == "" {
+					ratio = fmt.Sprintf("%.2fx", ratioOfRuns(m, ref))
+				}
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d | %s |\n", m.Case, m.Row,
+				num(m.Median), num(m.Min), num(m.Max), m.Unit, len(m.Runs), ratio)
+		}
+		for _, m := range rows {
+			if m.Note != "" {
+				fmt.Fprintf(w, "\n%s, %s: %s\n", m.Case, m.Row, m.Note)
+			}
+		}
+	}
+	if len(r.Targets) > 0 {
+		fmt.Fprintf(w, "\n### Targets\n\n")
+		for _, t := range r.Targets {
+			fmt.Fprintf(w, "- %s\n", t)
+		}
+	}
+	for _, n := range r.Notes {
+		fmt.Fprintf(w, "\n%s\n", n)
+	}
+}
+
+func mdEscape(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// num prints a figure with three significant digits, without exponent for the usual range.
+func num(v float64) string {
+	a := math.Abs(v)
+	switch {
+	case math.IsNaN(v):
+		return "NaN"
+	case a >= 1000:
+		return fmt.Sprintf("%.0f", v)
+	case a >= 100:
+		return fmt.Sprintf("%.1f", v)
+	case a >= 10:
+		return fmt.Sprintf("%.2f", v)
+	case a >= 0.01 || a == 0:
+		return fmt.Sprintf("%.3f", v)
+	default:
+		return fmt.Sprintf("%.3g", v)
+	}
+}

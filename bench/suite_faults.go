@@ -1,0 +1,240 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// faultKind is what resolves a fault in the fault-serving suite.
+type faultKind int
+
+// The values match the C reference's enum.
+const (
+	kindCopy        faultKind = 0 // shmem, MISSING, UFFDIO_COPY
+	kindZeroPage    faultKind = 1 // shmem, MISSING, UFFDIO_ZEROPAGE
+	kindContinue    faultKind = 2 // shmem in the page cache, MINOR, UFFDIO_CONTINUE
+	kindKernelShmem faultKind = 3 // no userfaultfd, shared anonymous memory
+	kindKernelAnon  faultKind = 4 // no userfaultfd, private anonymous memory
+	kindCopyAnon    faultKind = 5 // private anonymous, MISSING, UFFDIO_COPY
+)
+
+func (k faultKind) String() string {
+	switch k {
+	case kindCopy:
+		return "MISSING+COPY"
+	case kindZeroPage:
+		return "MISSING+ZEROPAGE"
+	case kindContinue:
+		return "MINOR+CONTINUE"
+	case kindKernelShmem:
+		return "kernel first touch (shmem)"
+	case kindKernelAnon:
+		return "kernel first touch (private anon)"
+	case kindCopyAnon:
+		return "MISSING+COPY (private anon)"
+	}
+	return fmt.Sprintf("faultKind(%d)", int(k))
+}
+
+const pageSize = 4096
+
+// errNoCgo is what C and peer rows report in a build without cgo.
+var errNoCgo = errors.New("skipped: built without cgo")
+
+// faultCase is one workload: every page of a region of size bytes is touched once (one store
+// per page) by threads faulting threads, each over its own half, in order or shuffled.
+type faultCase struct {
+	kind    faultKind
+	block   int // bytes resolved per fault
+	threads int
+	random  bool
+	size    int
+}
+
+func (fc faultCase) pattern() string {
+	if fc.random {
+		return "random"
+	}
+	return "sequential"
+}
+
+func (fc faultCase) name() string {
+	t := "1 thread"
+	if fc.threads > 1 {
+		t = fmt.Sprintf("%d threads", fc.threads)
+	}
+	return fmt.Sprintf("%s, %s/fault, %s, %s", fc.kind, sizeName(fc.block), t, fc.pattern())
+}
+
+func (fc faultCase) params() map[string]any {
+	return map[string]any{"resolve": fc.kind.String(), "bytes_per_fault": fc.block, "threads": fc.threads,
+		"pattern": fc.pattern(), "region_bytes": fc.size, "page_bytes": pageSize}
+}
+
+// usPerPage converts the time to touch a case's region into microseconds per 4 KiB page.
+func (fc faultCase) usPerPage(d time.Duration) float64 {
+	return d.Seconds() * 1e6 / float64(fc.size/pageSize)
+}
+
+// touchOrder returns the page indexes each faulting thread touches, in order: thread t gets
+// the t-th equal part of the region, shuffled when random.
+func touchOrder(npages, threads int, random bool, seed uint64) [][]uint32 {
+	per := npages / threads
+	out := make([][]uint32, threads)
+	rng := rand.New(rand.NewPCG(seed, 0x6d6972726f726d65))
+	for t := range threads {
+		lo, cnt := t*per, per
+		if t == threads-1 {
+			cnt = npages - lo
+		}
+		o := make([]uint32, cnt)
+		for i := range o {
+			o[i] = uint32(lo + i)
+		}
+		if random {
+			rng.Shuffle(len(o), func(i, j int) { o[i], o[j] = o[j], o[i] })
+		}
+		out[t] = o
+	}
+	return out
+}
+
+// touchPages stores one byte to every page listed, from one goroutine per list, and returns the
+// time from releasing them to the last one finishing. It uses a plain Go loop, never copy() or
+// other runtime assembly: the memory may be served by a Go handler of this process, and a
+// goroutine faulting inside runtime assembly can deadlock the garbage collector against it.
+func touchPages(b []byte, orders [][]uint32) time.Duration {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for _, o := range orders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for _, p := range o {
+				b[int(p)*pageSize] = 1
+			}
+		}()
+	}
+	t0 := time.Now()
+	close(start)
+	wg.Wait()
+	return time.Since(t0)
+}
+
+// checkServed verifies byte 1 of every page against want(page) (byte 0 was stored by the
+// toucher), with a plain loop.
+func checkServed(b []byte, want func(page int) byte) error {
+	for p := 0; p < len(b)/pageSize; p++ {
+		if g, w := b[p*pageSize+1], want(p); g != w || b[p*pageSize] != 1 {
+			return fmt.Errorf("page %d: served byte %#x, want %#x: wrong data", p, g, w)
+		}
+	}
+	return nil
+}
+
+// sourceByte is the content of the fault source: every byte differs from its neighbours and
+// from the same offset of the next page, so a misplaced page is caught.
+func sourceByte(i int) byte { return byte(i*131 + i>>12) }
+
+// faultSource is the region-sized source that COPY rows read from, allocated once as a
+// mapping (so C may read it too) and filled with sourceByte.
+var faultSource struct {
+	once sync.Once
+	b    []byte
+	err  error
+}
+
+func getFaultSource(size int) ([]byte, error) {
+	faultSource.once.Do(func() {
+		faultSource.b, faultSource.err = mapAnon(size)
+		if faultSource.err == nil {
+			for i := range faultSource.b {
+				faultSource.b[i] = sourceByte(i)
+			}
+		}
+	})
+	if faultSource.err == nil && len(faultSource.b) < size {
+		return nil, fmt.Errorf("fault source has %d bytes, need %d", len(faultSource.b), size)
+	}
+	return faultSource.b, faultSource.err
+}
+
+// suiteFaults measures fault serving: the C reference, the library's server and native mirror
+// path, the peer, and the kernel's own first-touch faults.
+func suiteFaults(b *bencher) {
+	size := 256 << 20
+	if b.cfg.quick {
+		size = 32 << 20
+	}
+	if b.cfg.faultMiB > 0 {
+		size = b.cfg.faultMiB << 20
+	}
+	runs := b.cfg.runsOr(3)
+	src, err := getFaultSource(size)
+	if err != nil {
+		b.rep.Notes = append(b.rep.Notes, "fault suite not measured: source: "+err.Error())
+		return
+	}
+	src = src[:size]
+	seed := uint64(1)
+	nextSeed := func() uint64 { seed++; return seed }
+
+	var cases []faultCase
+	for _, k := range []faultKind{kindCopy, kindZeroPage, kindContinue} {
+		for _, blk := range []int{4 << 10, 64 << 10, 2 << 20} {
+			for _, th := range []int{1, 2} {
+				for _, rnd := range []bool{false, true} {
+					if b.cfg.quick && (th == 2 || rnd) && blk != 4<<10 {
+						continue
+					}
+					cases = append(cases, faultCase{kind: k, block: blk, threads: th, random: rnd, size: size})
+				}
+			}
+		}
+	}
+	for _, fc := range cases {
+		rows := []row{cRow(fc, src, nextSeed)}
+		rows = append(rows, libraryFaultRows(fc, src)...)
+		if fc.kind == kindCopy && fc.block == pageSize {
+			rows = append(rows, cRow(faultCase{kind: kindCopyAnon, block: fc.block, threads: fc.threads,
+				random: fc.random, size: fc.size}, src, nextSeed))
+			rows[len(rows)-1].name = refC + " (private anon)"
+			rows = append(rows, peerRow(fc, runs, src))
+			for _, k := range []faultKind{kindKernelShmem, kindKernelAnon} {
+				r := cRow(faultCase{kind: k, block: pageSize, threads: fc.threads, random: fc.random, size: fc.size}, src, nextSeed)
+				r.name = k.String()
+				rows = append(rows, r)
+			}
+		}
+		b.measure(caseSpec{suite: "faults", name: fc.name(), params: fc.params(), unit: "us/page", better: "lower", runs: runs}, rows)
+	}
+	faultTargets(b, size)
+}
+
+// cRow is the C reference for a case (or, for the kernel kinds, the kernel's own fault timed from C).
+func cRow(fc faultCase, src []byte, seed func() uint64) row {
+	return row{name: refC, run: func() (float64, error) {
+		r, err := cFaultRun(fc.kind, fc.size, fc.block, fc.threads, fc.random, seed(), src)
+		if err != nil {
+			return 0, err
+		}
+		return fc.usPerPage(time.Duration(r.ns)), nil
+	}}
+}
+
+// faultTargets records the fault-serving claims from the measurements of this run.
+func faultTargets(b *bencher, size int) {
+	r := b.rep
+	c4 := faultCase{kind: kindCopy, block: pageSize, threads: 1, size: size}.name()
+	r.addTarget("faults", "fault serving, 4 KiB COPY, sequential: uffd.Server", r.find("faults", c4, rowServer), r.find("faults", c4, refC), "<=", 1.10, refC)
+	r.addTarget("faults", "fault serving, 4 KiB COPY, sequential: native mirror path", r.find("faults", c4, rowNative), r.find("faults", c4, refC), "<=", 1.05, refC)
+	// Fault-around: the server's adaptive mode on the same sequential 4 KiB workload, against the
+	// peer's throughput (time per page of the peer over time per page of the server) and against
+	// the kernel's own first touch of plain anonymous memory.
+	r.addTarget("faults", "sequential with fault-around: uffd.Server throughput", r.find("faults", c4, rowPeer), r.find("faults", c4, rowServerFA), ">=", 3, rowPeer)
+	r.addTarget("faults", "sequential with fault-around: uffd.Server time per page", r.find("faults", c4, rowServerFA), r.find("faults", c4, kindKernelAnon.String()), "<=", 1.0, kindKernelAnon.String())
+}
