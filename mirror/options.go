@@ -1,0 +1,64 @@
+package mirror
+
+import "fmt"
+
+// Option configures Mirror and Of.
+type Option func(*config)
+
+// config collects the options; every Option fills it, and Mirror/Of validate it once.
+type config struct {
+	adjacent   bool
+	views      int // total number of views, the original included
+	backend    Backend
+	backendSet bool
+	err        error
+}
+
+func newConfig(opts []Option) *config {
+	c := &config{views: 2}
+	for _, o := range opts {
+		o(c)
+	}
+	return c
+}
+
+// Adjacent lays the views out back to back: the mirror starts exactly where the original ends
+// (and with Views(n), view i+1 where view i ends), so Contiguous returns one slice over all of
+// them and a ring buffer needs no wrap-around code.
+//
+// The layout is made race-free: every view is mapped with MREMAP_FIXED/MAP_FIXED over address
+// space this package already owns, never by unmapping and hoping to map again at a hint. Where
+// the address space after the original comes from:
+//
+//   - a Region allocated with alloc.WithRoom((n-1)*Len()) lends its room: Original() is
+//     r.Bytes(), and Close hands the room back;
+//   - otherwise, if the address space right after the original is free, it is claimed with
+//     MAP_FIXED_NOREPLACE (which never replaces anything) and Original() is still r.Bytes();
+//   - otherwise a fresh reservation of n*Len() bytes is made and every view, the first one
+//     included, is a new view of the same pages: Original() is then not r.Bytes() but shows
+//     the same memory.
+func Adjacent() Option { return func(c *config) { c.adjacent = true } }
+
+// Views asks for n views of the memory in total, the original included (the default is 2: the
+// original and one mirror). View(i) returns view i; View(0) is Original() and View(1) Mirror().
+func Views(n int) Option {
+	return func(c *config) {
+		if n < 2 {
+			c.err = fmt.Errorf("%w: Views(%d): a pair needs at least 2 views (the original and a mirror)", ErrRange, n)
+		}
+		c.views = n
+	}
+}
+
+// WithBackend chooses how the mirror views are made. Without it, BackendDuplicate is used,
+// falling back to BackendMemfd if the kernel refuses the duplicate and the memory has a file
+// descriptor; Pair.Backend says which was used.
+func WithBackend(b Backend) Option {
+	return func(c *config) {
+		if b != BackendDuplicate && b != BackendMemfd {
+			c.err = fmt.Errorf("%w: unknown backend %d", ErrUnsupported, int(b))
+		}
+		c.backend = b
+		c.backendSet = true
+	}
+}
