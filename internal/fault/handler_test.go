@@ -14,6 +14,9 @@ import (
 // TestMain warms up what the C library and the runtime keep after a first handler thread
 // (a cached thread stack, a malloc arena), so that leak checks see only what handlers leave.
 func TestMain(m *testing.M) {
+	if helper := os.Getenv("FAULT_TEST_HELPER"); helper != "" {
+		os.Exit(runHelper(helper))
+	}
 	if NativeAvailable {
 		warmUp()
 	}
@@ -27,10 +30,7 @@ func warmUp() {
 	if err != nil {
 		panic(err)
 	}
-	var s int
-	for i := range p.dup {
-		s += int(p.dup[i])
-	}
+	sum(p.dup)
 	h.Stop()
 }
 

@@ -117,3 +117,45 @@ func checkLeaks(t testing.TB) func() {
 		}
 	}
 }
+
+// newMemfdPair is newTestPair over a memfd object, whose descriptor is returned too.
+func newMemfdPair(t testing.TB, n int, mode uffd.Mode, feats uffd.Feature) (*testPair, int) {
+	t.Helper()
+	fd, err := unix.MemfdCreate("fault-test", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Ftruncate(fd, int64(n)); err != nil {
+		t.Fatal(err)
+	}
+	orig, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, errno := unix.Syscall6(unix.SYS_MREMAP, addrOf(orig), 0, uintptr(n), unix.MREMAP_MAYMOVE, 0, 0)
+	if errno != 0 {
+		unix.Munmap(orig)
+		t.Fatalf("mremap duplicate: %v", errno)
+	}
+	p := &testPair{orig: orig, dup: sliceAt(r, n)}
+	p.u, err = uffd.New(uffd.WithFeatures(feats | uffd.FeatureMissingShmem | uffd.FeatureThreadID))
+	if err != nil {
+		p.unmap()
+		t.Fatal(err)
+	}
+	t.Cleanup(p.close)
+	for _, v := range [][]byte{p.orig, p.dup} {
+		if err := p.u.Register(addrOf(v), n, mode); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p, fd
+}
+
+func madvise(t testing.TB, b []byte, advice int) {
+	t.Helper()
+	if err := unix.Madvise(b, advice); err != nil {
+		t.Fatalf("madvise %d: %v", advice, err)
+	}
+}

@@ -177,7 +177,8 @@ static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, ui
 	STORE(&h->hdr[H_ERRNO], (uint64_t)err);
 	record(h, v, off, K_MISSING, R_ERROR, tid, 1);
 	if (h->cfg.poison) {
-		struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[v] + off, .len = h->cfg.page}};
+		struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[v] + off, .len = h->cfg.page},
+					     .mode = 1 /* DONTWAKE */};
 		if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) == 0 || errno == EEXIST) {
 			wake(h, v, off, h->cfg.page);
 			return;
@@ -259,18 +260,21 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 				return;
 			}
 			ADD(ctr(h, v, C_STAGED), (uint64_t)w / pg);
-			struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w}};
+			struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w},
+						    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE};
 			if (ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0)
 				err = errno;
 			got = c.mapped;
 		} else if (src == NULL) {
 			result = R_ZEROED;
-			struct uffdio_zeropage z = {.range = {.start = a, .len = len - done}};
+			struct uffdio_zeropage z = {.range = {.start = a, .len = len - done},
+						    .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
 			if (ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0)
 				err = errno;
 			got = z.zeropage;
 		} else {
-			struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done};
+			struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done,
+						.mode = UFFDIO_COPY_MODE_DONTWAKE};
 			if (ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0)
 				err = errno;
 			got = c.copy;
@@ -280,7 +284,6 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			ADD(ctr(h, v, result == R_ZEROED ? C_ZEROED : result == R_STAGED ? C_CONTINUED : C_COPIED),
 			    (uint64_t)got / pg);
 			ADD(ctr(h, v, C_BYTES), (uint64_t)got);
-			wake_others(h, v, off + done, (uint64_t)got);
 			done += (uint64_t)got;
 			if (err == EAGAIN)
 				continue; // short: finish the rest
@@ -291,7 +294,6 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			// Someone filled this page first (through another view, or the user staged it):
 			// errors never wake, so wake the faulting range ourselves and go on past it.
 			ADD(ctr(h, v, C_EEXIST), 1);
-			wake(h, v, off + done, pg);
 			if (done == 0)
 				result = R_EEXIST;
 			done += pg;
@@ -306,7 +308,6 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 		}
 		if (err == EFAULT && h->cfg.alias_fd >= 0 && got <= 0) {
 			// A staged page vanished before CONTINUE (MADV_REMOVE raced): retry the fault.
-			wake(h, v, off + done, pg);
 			break;
 		}
 		source_failed(h, v, off + done, err, tid);
@@ -314,7 +315,13 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	}
 	if (n > 1)
 		ADD(ctr(h, v, C_AROUND), n - 1);
+	// Counters, states and log are written before anyone wakes: when the faulting access
+	// returns, the statistics include it. Then wake every view: the kernel would wake only the
+	// view it filled, and a thread blocked on the same page through another view would wait
+	// for its own message.
 	record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+	wake(h, v, off, len);
+	wake_others(h, v, off, len);
 }
 
 // resolve_minor serves a MINOR fault: the page is in the page cache (filled through another
@@ -329,7 +336,8 @@ static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid)
 	uint64_t off = p * pg;
 	int result = R_CONTINUED;
 	for (;;) {
-		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = n * pg}};
+		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = n * pg},
+					    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE};
 		int err = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0 ? errno : 0;
 		if (c.mapped > 0)
 			ADD(ctr(h, v, C_CONTINUED), (uint64_t)c.mapped / pg);
@@ -354,13 +362,13 @@ static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid)
 			result = R_EEXIST;
 		}
 		// EEXIST: already mapped; EFAULT: removed meanwhile (the retried access will raise a
-		// missing fault). Either way wake the thread.
-		wake(h, v, off, pg);
+		// missing fault). Either way the thread is woken below.
 		break;
 	}
 	if (n > 1)
 		ADD(ctr(h, v, C_AROUND), n - 1);
 	record(h, v, off, K_MINOR, result, tid, (uint32_t)n);
+	wake(h, v, off, n * pg);
 }
 
 static void resolve_wp(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
@@ -370,10 +378,12 @@ static void resolve_wp(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
 		__atomic_store_n(&h->dirty[v * h->npages + p], 1, __ATOMIC_RELEASE);
 		ADD(ctr(h, v, C_DIRTY), 1);
 	}
-	struct uffdio_writeprotect w = {.range = {.start = h->cfg.views[v] + p * pg, .len = pg}, .mode = 0};
+	struct uffdio_writeprotect w = {.range = {.start = h->cfg.views[v] + p * pg, .len = pg},
+					.mode = UFFDIO_WRITEPROTECT_MODE_DONTWAKE};
 	while (ioctl(h->cfg.uffd, UFFDIO_WRITEPROTECT, &w) < 0 && errno == EAGAIN)
 		read_events(h);
 	record(h, v, p * pg, K_WP, R_UNPROTECTED, tid, 1);
+	wake(h, v, p * pg, pg);
 }
 
 static void on_remove(struct mm_handler *h, uint64_t start, uint64_t end) {

@@ -162,7 +162,7 @@ func (s *server) sourceFailed(v, off int, err error, tid uint32) {
 	s.b.setHdr(hErrno, uint64(errnoOf(err)))
 	s.record(v, off, KindMissing, ResultError, tid, 1)
 	if s.poison {
-		if _, perr := s.u.Poison(s.views[v]+uintptr(off), s.page, 0); perr == nil || errnoOf(perr) == unix.EEXIST {
+		if _, perr := s.u.Poison(s.views[v]+uintptr(off), s.page, uffd.DontWake); perr == nil || errnoOf(perr) == unix.EEXIST {
 			s.wake(v, off, s.page)
 			return
 		}
@@ -201,12 +201,12 @@ func (s *server) missing(v, p int, tid uint32) {
 				return
 			}
 			s.b.addCtr(v, cStaged, uint64(w/s.page))
-			got, err = s.u.Continue(a, w, 0)
+			got, err = s.u.Continue(a, w, uffd.DontWake)
 		case src == nil:
 			result = ResultZeroed
-			got, err = s.u.ZeroPage(a, length-done, 0)
+			got, err = s.u.ZeroPage(a, length-done, uffd.DontWake)
 		default:
-			got, err = s.u.Copy(a, unsafe.Pointer(&src[done]), length-done, 0)
+			got, err = s.u.Copy(a, unsafe.Pointer(&src[done]), length-done, uffd.DontWake)
 		}
 		e := errnoOf(err)
 		if got > 0 {
@@ -219,7 +219,6 @@ func (s *server) missing(v, p int, tid uint32) {
 			}
 			s.b.addCtr(v, c, uint64(got/s.page))
 			s.b.addCtr(v, cBytes, uint64(got))
-			s.wakeOthers(v, off+done, got)
 			done += got
 			if e == unix.EAGAIN {
 				continue
@@ -230,7 +229,6 @@ func (s *server) missing(v, p int, tid uint32) {
 			continue
 		case e == unix.EEXIST:
 			s.b.addCtr(v, cEEXIST, 1)
-			s.wake(v, off+done, s.page)
 			if done == 0 {
 				result = ResultExists
 			}
@@ -239,7 +237,6 @@ func (s *server) missing(v, p int, tid uint32) {
 			s.b.addCtr(v, cEAGAIN, 1)
 			s.readEvents()
 		case e == unix.EFAULT && s.aliasFD >= 0 && got <= 0:
-			s.wake(v, off+done, s.page)
 			done = length
 		default:
 			s.sourceFailed(v, off+done, err, tid)
@@ -249,7 +246,10 @@ func (s *server) missing(v, p int, tid uint32) {
 	if n > 1 {
 		s.b.addCtr(v, cAround, uint64(n-1))
 	}
+	// Counters, states and log first, then wake every view (see native.c).
 	s.record(v, off, KindMissing, result, tid, n)
+	s.wake(v, off, length)
+	s.wakeOthers(v, off, length)
 }
 
 func (s *server) minor(v, p int, tid uint32) {
@@ -261,7 +261,7 @@ func (s *server) minor(v, p int, tid uint32) {
 	off := p * s.page
 	result := ResultContinued
 	for {
-		got, err := s.u.Continue(s.views[v]+uintptr(off), n*s.page, 0)
+		got, err := s.u.Continue(s.views[v]+uintptr(off), n*s.page, uffd.DontWake)
 		if got > 0 {
 			s.b.addCtr(v, cContinued, uint64(got/s.page))
 		}
@@ -282,13 +282,13 @@ func (s *server) minor(v, p int, tid uint32) {
 			s.b.addCtr(v, cEEXIST, 1)
 			result = ResultExists
 		}
-		s.wake(v, off, s.page)
 		break
 	}
 	if n > 1 {
 		s.b.addCtr(v, cAround, uint64(n-1))
 	}
 	s.record(v, off, KindMinor, result, tid, n)
+	s.wake(v, off, n*s.page)
 }
 
 func (s *server) wp(v, p int, tid uint32) {
@@ -298,13 +298,14 @@ func (s *server) wp(v, p int, tid uint32) {
 		s.b.addCtr(v, cDirty, 1)
 	}
 	for {
-		err := s.u.WriteProtectRange(s.views[v]+uintptr(p*s.page), s.page, false, 0)
+		err := s.u.WriteProtectRange(s.views[v]+uintptr(p*s.page), s.page, false, uffd.DontWake)
 		if errnoOf(err) != unix.EAGAIN {
 			break
 		}
 		s.readEvents()
 	}
 	s.record(v, p*s.page, KindWP, ResultUnprotected, tid, 1)
+	s.wake(v, p*s.page, s.page)
 }
 
 func (s *server) remove(start, end uintptr) {
