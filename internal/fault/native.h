@@ -43,4 +43,8 @@ void mm_join(struct mm_handler *h);
 // byte each; returns a checksum. Used by benchmarks to do the faulting side in C.
 uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page);
 
+// mm_ref_serve_touch: the C reference handler of the benchmarks (ref.c).
+int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
+		       uint32_t around, int first, uint64_t ns[2]);
+
 #endif

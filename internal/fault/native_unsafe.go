@@ -90,3 +90,15 @@ func (n *native) kind() string { return "native" }
 func touchC(addr uintptr, length, page int) uint64 {
 	return uint64(C.mm_touch(C.uint64_t(addr), C.uint64_t(length), C.uint64_t(page)))
 }
+
+// refServeTouch runs the C reference handler (ref.c) on two registered views and times a C
+// thread reading every page of view first, then of the other view.
+func refServeTouch(u int, v0, v1 uintptr, length, srcfd, around, first int) (missing, minor int64, err error) {
+	var ns [2]C.uint64_t
+	e := C.mm_ref_serve_touch(C.int(u), C.uint64_t(v0), C.uint64_t(v1), C.uint64_t(length),
+		C.uint64_t(os.Getpagesize()), C.int(srcfd), C.uint32_t(around), C.int(first), &ns[0])
+	if e != 0 {
+		return 0, 0, unix.Errno(e)
+	}
+	return int64(ns[0]), int64(ns[1]), nil
+}

@@ -1,0 +1,75 @@
+//go:build cgo
+
+package fault
+
+import (
+	"testing"
+	"time"
+
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+const benchLen = 8 << 20
+
+// BenchmarkServe measures pages served per second: the first pass reads every page of the
+// original (missing faults, filled from a file), the second every page of the mirror (minor
+// faults), both from a C thread; handlers: the native C thread, the handler process, and the C
+// reference (ref.c), side by side in one run. 4k: one page per fault; around: fault-around up
+// to 64 pages.
+func BenchmarkServe(b *testing.B) {
+	f, _ := sourceFile(b, benchLen)
+	for _, around := range []int{1, 64} {
+		name := "4k"
+		if around > 1 {
+			name = "around"
+		}
+		for _, kind := range []string{"cref", "native", "process"} {
+			b.Run(name+"/"+kind, func(b *testing.B) {
+				var missing, minor time.Duration
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					p := newTestPair(b, benchLen, uffd.ModeMissing|uffd.ModeMinor, uffd.FeatureMinorShmem)
+					cfg := Config{UFFD: p.u, Views: p.views(), Len: benchLen, Source: SourceFD, SourceFD: int(f.Fd()),
+						SourceLen: benchLen, AliasFD: -1, MaxAround: around}
+					var h *Handler
+					var err error
+					switch kind {
+					case "native":
+						h, err = StartNative(cfg)
+					case "process":
+						h, err = StartProcess(cfg, ProcessOptions{NoStandby: true})
+					}
+					if err != nil {
+						b.Fatal(err)
+					}
+					b.StartTimer()
+					if kind == "cref" {
+						m, n, err := refServeTouch(p.u.Fd(), addrOf(p.orig), addrOf(p.dup), benchLen, int(f.Fd()), around, 0)
+						if err != nil {
+							b.Fatal(err)
+						}
+						missing += time.Duration(m)
+						minor += time.Duration(n)
+					} else {
+						t0 := time.Now()
+						touchC(addrOf(p.orig), benchLen, pg)
+						t1 := time.Now()
+						touchC(addrOf(p.dup), benchLen, pg)
+						missing += t1.Sub(t0)
+						minor += time.Since(t1)
+					}
+					b.StopTimer()
+					if h != nil {
+						h.Stop()
+					}
+					p.close()
+					b.StartTimer()
+				}
+				pages := float64(b.N) * benchLen / pg
+				b.ReportMetric(pages/missing.Seconds(), "missing-pages/s")
+				b.ReportMetric(pages/minor.Seconds(), "minor-pages/s")
+				b.SetBytes(2 * benchLen)
+			})
+		}
+	}
+}

@@ -1,0 +1,126 @@
+//go:build cgo
+
+// A minimal reference fault handler in plain C, written the way a C programmer would serve a
+// mirrored mapping: poll, read, pread + UFFDIO_COPY for missing faults (fault-around with the
+// same doubling window), UFFDIO_CONTINUE for minor ones, a wake of the other view. No counters,
+// no log. Benchmarks compare the native handler against it; nothing else uses it.
+
+#define _GNU_SOURCE
+#include "native.h"
+
+#include <errno.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+struct ref {
+	int uffd, stopfd, srcfd;
+	uint64_t views[2], len, page;
+	uint32_t around;
+	char *buf;
+	uint64_t next[2][2];
+	uint32_t win[2][2];
+};
+
+static uint64_t ref_window(struct ref *r, int v, int k, uint64_t p) {
+	uint64_t n = 1;
+	if (r->around > 1) {
+		if (p == r->next[v][k])
+			r->win[v][k] = r->win[v][k] * 2 > r->around ? r->around : r->win[v][k] * 2;
+		else
+			r->win[v][k] = 1;
+		n = r->win[v][k];
+	}
+	if (p + n > r->len / r->page)
+		n = r->len / r->page - p;
+	r->next[v][k] = p + n;
+	return n;
+}
+
+static void *ref_run(void *arg) {
+	struct ref *r = arg;
+	struct uffd_msg msgs[64];
+	struct pollfd pf[2] = {{.fd = r->uffd, .events = POLLIN}, {.fd = r->stopfd, .events = POLLIN}};
+	for (;;) {
+		ssize_t got = read(r->uffd, msgs, sizeof msgs);
+		if (got <= 0) {
+			if (got < 0 && errno != EAGAIN)
+				return NULL;
+			poll(pf, 2, -1);
+			if (pf[1].revents)
+				return NULL;
+			continue;
+		}
+		for (size_t i = 0; i < (size_t)got / sizeof msgs[0]; i++) {
+			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
+				continue;
+			uint64_t a = msgs[i].arg.pagefault.address;
+			int v = a >= r->views[1] && a < r->views[1] + r->len;
+			uint64_t off = (a - r->views[v]) & ~(r->page - 1);
+			if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+				uint64_t n = ref_window(r, v, 1, off / r->page);
+				struct uffdio_continue c = {.range = {.start = r->views[v] + off, .len = n * r->page}};
+				if (ioctl(r->uffd, UFFDIO_CONTINUE, &c) < 0 && c.mapped <= 0) {
+					struct uffdio_range w = {.start = r->views[v] + off, .len = r->page};
+					ioctl(r->uffd, UFFDIO_WAKE, &w);
+				}
+				continue;
+			}
+			uint64_t n = ref_window(r, v, 0, off / r->page);
+			uint64_t len = n * r->page;
+			ssize_t rd = pread(r->srcfd, r->buf, len, (off_t)off);
+			if (rd < (ssize_t)len)
+				memset(r->buf + (rd > 0 ? rd : 0), 0, len - (rd > 0 ? (size_t)rd : 0));
+			struct uffdio_copy c = {.dst = r->views[v] + off, .src = (uint64_t)(uintptr_t)r->buf, .len = len};
+			if (ioctl(r->uffd, UFFDIO_COPY, &c) < 0 && c.copy <= 0) {
+				struct uffdio_range w = {.start = r->views[v] + off, .len = r->page};
+				ioctl(r->uffd, UFFDIO_WAKE, &w);
+			}
+			struct uffdio_range w = {.start = r->views[1 - v] + off, .len = len};
+			ioctl(r->uffd, UFFDIO_WAKE, &w);
+		}
+	}
+}
+
+// mm_ref_serve_touch starts the reference handler on two registered views, reads one byte of
+// every page of view `first` and then of view 1-first from this thread, stops the handler and
+// returns the nanoseconds of each pass in ns[0], ns[1]. Returns 0 or an errno.
+int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
+		       uint32_t around, int first, uint64_t ns[2]) {
+	struct ref r = {.uffd = uffd, .srcfd = srcfd, .views = {v0, v1}, .len = len, .page = page,
+			.around = around ? around : 1};
+	for (int v = 0; v < 2; v++)
+		for (int k = 0; k < 2; k++) {
+			r.next[v][k] = UINT64_MAX;
+			r.win[v][k] = 1;
+		}
+	r.buf = malloc((size_t)r.around * page);
+	r.stopfd = eventfd(0, EFD_CLOEXEC);
+	if (!r.buf || r.stopfd < 0)
+		return ENOMEM;
+	pthread_t t;
+	int e = pthread_create(&t, NULL, ref_run, &r);
+	if (e)
+		return e;
+	uint64_t views[2] = {v0, v1};
+	for (int pass = 0; pass < 2; pass++) {
+		struct timespec a, b;
+		clock_gettime(CLOCK_MONOTONIC, &a);
+		mm_touch(views[pass == 0 ? first : 1 - first], len, page);
+		clock_gettime(CLOCK_MONOTONIC, &b);
+		ns[pass] = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000ull + (uint64_t)(b.tv_nsec - a.tv_nsec);
+	}
+	uint64_t one = 1;
+	write(r.stopfd, &one, sizeof one);
+	pthread_join(t, NULL);
+	close(r.stopfd);
+	free(r.buf);
+	return 0;
+}
