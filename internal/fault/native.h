@@ -47,4 +47,10 @@ uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page);
 int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
 		       uint32_t around, int first, uint64_t ns[2]);
 
+// The watchdog of an in-process Go fault server (watchdog.c).
+struct mm_watchdog;
+struct mm_watchdog *mm_watch_start(volatile uint64_t *heartbeat, uint64_t timeout_ms, int stopfd, const char *msg,
+				   int *err);
+void mm_watch_join(struct mm_watchdog *w);
+
 #endif

@@ -2,7 +2,10 @@
 
 package fault
 
-import "errors"
+import (
+	"errors"
+	"time"
+)
 
 // NativeAvailable reports whether this build has the native (C thread) handler.
 const NativeAvailable = false
@@ -12,3 +15,12 @@ var ErrNoNative = errors.New("fault: the native (C thread) handler needs cgo; th
 
 // StartNative is not available without cgo.
 func StartNative(cfg Config) (*Handler, error) { return nil, ErrNoNative }
+
+// Watchdog needs cgo.
+type Watchdog struct{}
+
+// StartWatchdog is not available without cgo.
+func StartWatchdog(timeout time.Duration, msg string) (*Watchdog, error) { return nil, ErrNoNative }
+
+// Stop does nothing.
+func (w *Watchdog) Stop() {}
