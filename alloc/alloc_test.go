@@ -356,3 +356,40 @@ func TestManyCycles(t *testing.T) {
 		}
 	}
 }
+
+func TestCloseWith(t *testing.T) {
+	defer unchanged(t)()
+	ps := PageSize()
+	r, err := Shared(ps, WithRoom(2*ps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := Shared(ps, WithRoom(ps))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	l, err := r.Lend(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := other.CloseWith(l); !errors.Is(err, ErrNoRoom) {
+		t.Fatalf("CloseWith a lease of another region: %v", err)
+	}
+	if _, err := unix.MmapPtr(-1, 0, unsafe.Pointer(&l.Bytes()[0]), uintptr(ps), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_FIXED); err != nil {
+		t.Fatal(err)
+	}
+	base := r.Addr()
+	if err := r.CloseWith(l); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []uintptr{base, base + uintptr(ps), base + uintptr(2*ps)} {
+		if line := mapsLine(t, a); line != "" {
+			t.Fatalf("%#x still mapped after CloseWith: %q", a, line)
+		}
+	}
+	if err := errors.Join(l.Release(), r.Close(), r.CloseWith(l)); err != nil {
+		t.Fatalf("after CloseWith, Release/Close/CloseWith should return nil: %v", err)
+	}
+}

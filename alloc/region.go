@@ -300,23 +300,27 @@ func (r *Region) Close() error {
 func (s *state) release() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return s.releaseLocked()
+}
+
+func (s *state) releaseLocked() error {
 	if s.closed.Load() {
 		return nil
 	}
 	s.closed.Store(true)
-	var errs []error
+	var e1, e2, e3 error
 	if s.lent == 0 {
-		errs = append(errs, mem.Munmap(s.base, uintptr(s.size+s.room)))
+		e1 = mem.Munmap(s.base, uintptr(s.size+s.room))
 	} else {
-		errs = append(errs, mem.Munmap(s.base, uintptr(s.size)))
+		e1 = mem.Munmap(s.base, uintptr(s.size))
 		if rest := s.room - s.lent; rest > 0 {
-			errs = append(errs, mem.Munmap(mem.Add(s.base, uintptr(s.size+s.lent)), uintptr(rest)))
+			e2 = mem.Munmap(mem.Add(s.base, uintptr(s.size+s.lent)), uintptr(rest))
 		}
 	}
 	if s.fd >= 0 {
 		if err := unix.Close(s.fd); err != nil {
-			errs = append(errs, os.NewSyscallError("close", err))
+			e3 = os.NewSyscallError("close", err)
 		}
 	}
-	return errors.Join(errs...)
+	return errors.Join(e1, e2, e3)
 }

@@ -313,3 +313,44 @@ func TestManyCycles(t *testing.T) {
 		}
 	}
 }
+
+// With CloseRegion the Pair's Close closes the region as well, in one munmap with the room.
+func TestCloseRegion(t *testing.T) {
+	defer unchanged(t)()
+	n := alloc.PageSize()
+	for _, room := range []int{n, 0} {
+		r, err := alloc.Memfd("owned", n, alloc.WithRoom(room))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Mirror(r, Adjacent(), CloseRegion())
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Contiguous()[n+1] = 3
+		if r.Bytes()[1] != 3 {
+			t.Fatal("views do not share")
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if r.Bytes() != nil || r.Fd() != -1 {
+			t.Fatalf("room %d: the region is still open after the owning Pair's Close", room)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatalf("Close of the region after its Pair closed it: %v", err)
+		}
+	}
+	// A failed Mirror leaves the region to the caller.
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Mirror(r, CloseRegion(), WithBackend(BackendMemfd)); err == nil {
+		t.Fatal("BackendMemfd on Shared memory should fail")
+	}
+	if r.Bytes() == nil {
+		t.Fatal("a failed Mirror closed the caller's region")
+	}
+	r.Close()
+}

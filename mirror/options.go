@@ -7,11 +7,12 @@ type Option func(*config)
 
 // config collects the options; every Option fills it, and Mirror/Of validate it once.
 type config struct {
-	adjacent   bool
-	views      int // total number of views, the original included
-	backend    Backend
-	backendSet bool
-	err        error
+	adjacent    bool
+	views       int // total number of views, the original included
+	backend     Backend
+	backendSet  bool
+	closeRegion bool
+	err         error
 }
 
 func newConfig(opts []Option) *config {
@@ -62,3 +63,9 @@ func WithBackend(b Backend) Option {
 		c.backendSet = true
 	}
 }
+
+// CloseRegion makes the Pair own the Region given to Mirror: Pair.Close closes it too, after
+// the views (ignored by Of). With Adjacent and a region's room, one munmap then removes the
+// region and every view, exactly what a hand-written ring buffer does; Original() is valid
+// until the Pair's Close. If Mirror fails, the caller still owns the Region.
+func CloseRegion() Option { return func(c *config) { c.closeRegion = true } }

@@ -37,6 +37,7 @@ type state struct {
 	resv   span          // a reservation this pair made; the views inside go with it
 	lease  *alloc.Lease  // room borrowed from the region; Release restores its reservation
 	region *alloc.Region // keeps the region (and its cleanup) away while the views exist
+	owns   bool          // Close closes the region too (CloseRegion), set once create succeeded
 
 	closeOnce sync.Once
 	closeErr  error
@@ -96,6 +97,7 @@ func create(src *source, cfg *config) (*Pair, error) {
 		s.teardown()
 		return nil, src.fail(err)
 	}
+	s.owns = cfg.closeRegion && src.region != nil
 	p := &Pair{s: s}
 	p.cleanup = runtime.AddCleanup(p, func(s *state) { s.teardown() }, s)
 	return p, nil
@@ -291,21 +293,27 @@ func (s *state) teardown() error {
 
 // unmap releases the mappings in a fixed order: loose views, then this pair's own
 // reservation (with the views inside it), then the borrowed room, which gets its PROT_NONE
-// reservation back. It is also how a failed create undoes its work.
+// reservation back, or, with CloseRegion, goes away with the region in one munmap. It is also
+// how a failed create undoes its work (owns is not set yet then: the caller keeps its region).
 func (s *state) unmap() error {
-	var errs []error
+	var e1, e2, e3 error
 	for _, v := range s.loose {
-		errs = append(errs, mem.Munmap(v.p, v.n))
+		e1 = errors.Join(e1, mem.Munmap(v.p, v.n))
 	}
 	s.loose = nil
 	if s.resv.p != nil {
-		errs = append(errs, mem.Munmap(s.resv.p, s.resv.n))
+		e2 = mem.Munmap(s.resv.p, s.resv.n)
 		s.resv = span{}
 	}
-	if s.lease != nil {
-		errs = append(errs, s.lease.Release())
-		s.lease = nil
+	switch {
+	case s.owns && s.lease != nil:
+		e3 = s.region.CloseWith(s.lease)
+	case s.owns:
+		e3 = s.region.Close()
+	case s.lease != nil:
+		e3 = s.lease.Release()
 	}
+	s.lease = nil
 	s.region = nil
-	return errors.Join(errs...)
+	return errors.Join(e1, e2, e3)
 }
