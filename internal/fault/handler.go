@@ -233,6 +233,21 @@ func (h *Handler) Dirty(v, p int) bool { return h.b.dirty(v, p) }
 // ClearDirty forgets page p of view v's dirty bit (before write-protecting it again).
 func (h *Handler) ClearDirty(v, p int) { h.b.setDirty(v, p, false) }
 
+// SetTracked marks view v as under dirty tracking (or not): pages the handler maps into it from
+// then on are mapped write-protected, so that their first write is seen.
+func (h *Handler) SetTracked(v int, on bool) {
+	for {
+		old := h.b.hdr(hTracked)
+		nw := old &^ (1 << v)
+		if on {
+			nw |= 1 << v
+		}
+		if h.b.casHdr(hTracked, old, nw) {
+			return
+		}
+	}
+}
+
 // Report describes the handler in a few lines, for printing.
 func (h *Handler) Report() string {
 	s := h.Stats()

@@ -27,6 +27,7 @@ const (
 	hHeartbeat
 	hLoops
 	hTakeovers
+	hTracked // bit v: view v is under dirty tracking
 	hWords = 32
 )
 

@@ -22,13 +22,16 @@ struct mm_uffdio_poison {
 	uint64_t mode;
 	int64_t updated;
 };
+#ifndef UFFDIO_CONTINUE_MODE_WP
+#define UFFDIO_CONTINUE_MODE_WP ((uint64_t)1 << 1) // 6.3
+#endif
 #define MM_UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct mm_uffdio_poison)
 
 // Layout of the shared block: keep in sync with layout.go.
 enum {
 	H_MAGIC = 0, H_NVIEWS, H_NPAGES, H_PAGE, H_LOGCAP, H_LOGNEXT, H_VIOLATIONS, H_VIOL_CODE,
 	H_VIOL_OFF, H_ERRORS, H_ERRNO, H_ERR_OFF, H_MSGS, H_REMOVES, H_CLOSING, H_HEARTBEAT,
-	H_LOOPS, H_WORDS = 32,
+	H_LOOPS, H_TAKEOVERS, H_TRACKED, H_WORDS = 32,
 };
 enum {
 	C_MISSING = 0, C_MINOR, C_WP, C_COPIED, C_ZEROED, C_CONTINUED, C_EEXIST, C_EAGAIN, C_WAKES,
@@ -141,6 +144,10 @@ static void wake_others(struct mm_handler *h, int v, uint64_t off, uint64_t len)
 
 static void read_events(struct mm_handler *h);
 
+// tracked reports whether view v is under dirty tracking: pages mapped into it are mapped
+// write-protected, so that their first write raises a write-protect fault.
+static int tracked(struct mm_handler *h, int v) { return (LOAD(&h->hdr[H_TRACKED]) >> v) & 1; }
+
 // fill_src reads n bytes of the source at object offset off into buf (zeros past its end).
 // Returns 0 or an errno.
 static int fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t n) {
@@ -245,6 +252,12 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	}
 	(void)data;
 	int result = R_COPIED;
+	int wp = tracked(h, v);
+	if (wp && src == NULL) {
+		// UFFDIO_ZEROPAGE has no write-protect mode: copy zeros instead.
+		memset(h->buf, 0, len);
+		src = h->buf;
+	}
 	while (done < len) {
 		uint64_t a = h->cfg.views[v] + off + done;
 		long got;
@@ -261,7 +274,7 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			}
 			ADD(ctr(h, v, C_STAGED), (uint64_t)w / pg);
 			struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w},
-						    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE};
+						    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (wp ? UFFDIO_CONTINUE_MODE_WP : 0)};
 			if (ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0)
 				err = errno;
 			got = c.mapped;
@@ -274,7 +287,7 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			got = z.zeropage;
 		} else {
 			struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done,
-						.mode = UFFDIO_COPY_MODE_DONTWAKE};
+						.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0)};
 			if (ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0)
 				err = errno;
 			got = c.copy;
@@ -337,7 +350,7 @@ static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid)
 	int result = R_CONTINUED;
 	for (;;) {
 		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = n * pg},
-					    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE};
+					    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (tracked(h, v) ? UFFDIO_CONTINUE_MODE_WP : 0)};
 		int err = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0 ? errno : 0;
 		if (c.mapped > 0)
 			ADD(ctr(h, v, C_CONTINUED), (uint64_t)c.mapped / pg);

@@ -83,6 +83,8 @@ func (s *server) markFilled(p, n int) {
 	}
 }
 
+func (s *server) tracked(v int) bool { return s.b.hdr(hTracked)>>v&1 != 0 }
+
 func (s *server) wake(v, off, n int) {
 	if s.u.Wake(s.views[v]+uintptr(off), n) == nil {
 		s.b.addCtr(v, cWakes, 1)
@@ -185,6 +187,16 @@ func (s *server) missing(v, p int, tid uint32) {
 		}
 	}
 	result := ResultCopied
+	wp := s.tracked(v)
+	var flags uffd.ResolveFlags = uffd.DontWake
+	if wp {
+		flags |= uffd.WriteProtect
+		if src == nil {
+			// UFFDIO_ZEROPAGE has no write-protect mode: copy zeros instead.
+			src = s.buf[:length]
+			clear(src)
+		}
+	}
 	for done < length {
 		a := s.views[v] + uintptr(off+done)
 		var got int
@@ -201,12 +213,12 @@ func (s *server) missing(v, p int, tid uint32) {
 				return
 			}
 			s.b.addCtr(v, cStaged, uint64(w/s.page))
-			got, err = s.u.Continue(a, w, uffd.DontWake)
+			got, err = s.u.Continue(a, w, flags)
 		case src == nil:
 			result = ResultZeroed
 			got, err = s.u.ZeroPage(a, length-done, uffd.DontWake)
 		default:
-			got, err = s.u.Copy(a, unsafe.Pointer(&src[done]), length-done, uffd.DontWake)
+			got, err = s.u.Copy(a, unsafe.Pointer(&src[done]), length-done, flags)
 		}
 		e := errnoOf(err)
 		if got > 0 {
@@ -261,7 +273,11 @@ func (s *server) minor(v, p int, tid uint32) {
 	off := p * s.page
 	result := ResultContinued
 	for {
-		got, err := s.u.Continue(s.views[v]+uintptr(off), n*s.page, uffd.DontWake)
+		flags := uffd.DontWake
+		if s.tracked(v) {
+			flags |= uffd.WriteProtect
+		}
+		got, err := s.u.Continue(s.views[v]+uintptr(off), n*s.page, flags)
 		if got > 0 {
 			s.b.addCtr(v, cContinued, uint64(got/s.page))
 		}
