@@ -28,7 +28,7 @@ const (
 	hLoops
 	hTakeovers
 	hTracked // bit v: view v is under dirty tracking
-	hWords = 32
+	hWords   = 32
 )
 
 // Per-view counter words.
