@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"unsafe"
@@ -161,6 +162,14 @@ func TestFromFD(t *testing.T) {
 	defer w.Close()
 	if r, err = FromFD(int(p.Fd()), PageSize()); !errors.Is(err, ErrUnsupported) {
 		t.Fatalf("FromFD(pipe): %v, want ErrUnsupported", err)
+	}
+	ro, err := os.Open("/proc/self/fd/" + strconv.Itoa(owner.Fd()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if r, err = FromFD(int(ro.Fd()), 0); !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "not open for reading and writing") {
+		t.Fatalf("FromFD(read-only fd): %v, want ErrUnsupported", err)
 	}
 	if r, err = FromFD(-1, PageSize()); !errors.Is(err, unix.EBADF) {
 		t.Fatalf("FromFD(-1): %v, want EBADF", err)

@@ -157,6 +157,9 @@ func FromFD(fd int, size int, opts ...Option) (*Region, error) {
 	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil, &Error{Op: op, Size: size, Err: fmt.Errorf("%w: fd %d is not a regular or memfd file (mode %#o): only files can be mapped shared", ErrUnsupported, fd, st.Mode)}
 	}
+	if fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0); err == nil && fl&unix.O_ACCMODE != unix.O_RDWR {
+		return nil, &Error{Op: op, Size: size, Err: fmt.Errorf("%w: fd %d is not open for reading and writing (FromFD maps the object read-write, MAP_SHARED)", ErrUnsupported, fd)}
+	}
 	if size == 0 {
 		size = int(st.Size)
 		if size == 0 {

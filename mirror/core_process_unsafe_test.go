@@ -162,9 +162,14 @@ func TestOtherProcessSharesMemfd(t *testing.T) {
 	}
 	defer p.Close()
 	copy(p.Mirror(), "from the parent")
-	f := os.NewFile(uintptr(r.Fd()), "memfd") // not closed: the Region owns the fd
+	// The Region owns its fd: hand the child a duplicate, closed here once it is inherited.
+	dup, err := unix.FcntlInt(uintptr(r.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(dup), "memfd")
+	defer f.Close()
 	subprocess(t, "TestOtherProcessSharesMemfd", []string{envMemfd + "=1"}, f)
-	runtime.KeepAlive(f)
 	if got := string(p.Contiguous()[n-4 : n+6]); got != "from child" {
 		t.Fatalf("parent reads %q across its ring's wrap, want the child's %q", got, "from child")
 	}

@@ -93,7 +93,7 @@ func create(src *source, cfg *config) (*Pair, error) {
 		s.unmap()
 		return nil, src.fail(err)
 	}
-	if err := s.afterViews(cfg); err != nil {
+	if err := s.afterViews(src, cfg); err != nil {
 		s.teardown()
 		return nil, src.fail(err)
 	}
@@ -267,8 +267,8 @@ func (p *Pair) Contiguous() []byte {
 // Backend returns the backend that made the mirror views.
 func (p *Pair) Backend() Backend { return p.s.backend }
 
-// Close unmaps the views this package made and gives back borrowed room; it does not close
-// the Region. A second Close returns nil (the first one's error is not repeated). Slices
+// Close unmaps the views this package made and gives back borrowed room; it closes the
+// Region only if the Pair was made with CloseRegion. A second Close returns nil (the first one's error is not repeated). Slices
 // obtained from the Pair must not be used after Close.
 func (p *Pair) Close() error {
 	err := p.s.teardown()
