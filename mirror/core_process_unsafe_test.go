@@ -64,15 +64,28 @@ func TestForkSharesMirror(t *testing.T) {
 		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
 			t.Fatal(err)
 		}
-		defer unix.Close(fds[0])
-		defer unix.Close(fds[1])
 	}
+	// Each end is closed exactly once; the parent drops the ends only the child uses right
+	// after the fork (and the child the parent's), so either side dying gives the other EOF
+	// instead of a hang.
+	closeFd := func(fd *int) {
+		if *fd >= 0 {
+			unix.Close(*fd)
+			*fd = -1
+		}
+	}
+	defer func() {
+		for _, fd := range []*int{&data[0], &data[1], &toChild[0], &toChild[1], &toParent[0], &toParent[1]} {
+			closeFd(fd)
+		}
+	}()
 	if _, err := unix.Write(data[1], fromChild); err != nil {
 		t.Fatal(err)
 	}
 	const at = 1000 // where the parent writes, through its mirror
 	args := forkArgs{
 		dataR: uintptr(data[0]), toChildR: uintptr(toChild[0]), toParentW: uintptr(toParent[1]),
+		toChildW: uintptr(toChild[1]), toParentR: uintptr(toParent[0]),
 		childDst: uintptr(unsafe.Pointer(&p.Mirror()[0])), childLen: uintptr(len(fromChild)),
 		parentSrc: uintptr(unsafe.Pointer(&p.Original()[at])), parentLen: uintptr(len(fromParent)),
 	}
@@ -80,6 +93,9 @@ func TestForkSharesMirror(t *testing.T) {
 	if errno != 0 {
 		t.Fatalf("fork: %v", errno)
 	}
+	closeFd(&toParent[1])
+	closeFd(&toChild[0])
+	closeFd(&data[0])
 	var one [1]byte
 	if _, err := unix.Read(toParent[0], one[:]); err != nil || one[0] != 'w' {
 		t.Fatalf("waiting for the child: %v %q", err, one)
@@ -106,6 +122,7 @@ func TestForkSharesMirror(t *testing.T) {
 
 type forkArgs struct {
 	dataR, toChildR, toParentW uintptr
+	toChildW, toParentR        uintptr // the parent's ends, closed in the child
 	childDst, childLen         uintptr
 	parentSrc, parentLen       uintptr
 }
@@ -130,6 +147,8 @@ func forkChild(a *forkArgs) (uintptr, syscall.Errno) {
 func forkedChild(a *forkArgs) {
 	var b [1]byte
 	status := uintptr(0)
+	syscall.RawSyscall(syscall.SYS_CLOSE, a.toChildW, 0, 0)
+	syscall.RawSyscall(syscall.SYS_CLOSE, a.toParentR, 0, 0)
 	// The kernel writes into the child's mirror view, which must be the parent's pages.
 	if n, _, e := syscall.RawSyscall(syscall.SYS_READ, a.dataR, a.childDst, a.childLen); e != 0 || n != a.childLen {
 		status = 2
