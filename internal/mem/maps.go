@@ -19,6 +19,7 @@ type VMA struct {
 	Dev        string
 	Inode      uint64
 	Path       string // "" for anonymous private memory, "/dev/zero (deleted)" for MAP_SHARED|MAP_ANONYMOUS, "/memfd:name (deleted)", ...
+	PageSize   int    // the area's page size where the kernel reports it (PROCMAP_QUERY), else 0
 }
 
 // Shared reports whether the area is a shared mapping (MAP_SHARED).
@@ -41,9 +42,13 @@ func (v VMA) Prot() int {
 	return p
 }
 
-// HugeTLBPath reports whether the path names a hugetlbfs object that maps cannot disguise:
-// anonymous MAP_HUGETLB memory. (A hugetlb memfd is recognised from its file system.)
-func (v VMA) HugeTLBPath() bool { return strings.HasPrefix(v.Path, "/anon_hugepage") }
+// HugeTLBPath reports whether the area is hugetlb memory as far as the look-up can tell: its
+// page size is larger than the base page (known with PROCMAP_QUERY, 6.11+), or its path is
+// that of anonymous MAP_HUGETLB memory. (A hugetlb memfd is also recognised from its file
+// system, by the caller.)
+func (v VMA) HugeTLBPath() bool {
+	return v.PageSize > pageSize || strings.HasPrefix(v.Path, "/anon_hugepage")
+}
 
 // ParseMapsLine parses one line of /proc/<pid>/maps.
 func ParseMapsLine(line string) (VMA, bool) {
@@ -72,8 +77,18 @@ func ParseMapsLine(line string) (VMA, bool) {
 	return v, true
 }
 
-// FindVMAs returns the areas of this process that overlap [start, end), in address order.
+// FindVMAs returns the areas of this process that overlap [start, end), in address order. It
+// asks the kernel with the PROCMAP_QUERY ioctl (6.11+) and falls back to parsing the text of
+// /proc/self/maps on older kernels.
 func FindVMAs(start, end uintptr) ([]VMA, error) {
+	if out, ok, err := queryVMAs(start, end); ok || err != nil {
+		return out, err
+	}
+	return readVMAs(start, end)
+}
+
+// readVMAs is FindVMAs by parsing the text of /proc/self/maps.
+func readVMAs(start, end uintptr) ([]VMA, error) {
 	data, err := os.ReadFile("/proc/self/maps")
 	if err != nil {
 		return nil, err

@@ -67,3 +67,72 @@ func TestReserveAt(t *testing.T) {
 	}
 	Munmap(p, n)
 }
+
+// PROCMAP_QUERY and the text of /proc/self/maps describe the same areas.
+func TestQueryMatchesText(t *testing.T) {
+	n := uintptr(3 * PageSize())
+	p, err := Mmap(nil, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS, -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Munmap(p, n)
+	if err := unix.Mprotect(Slice(Add(p, uintptr(PageSize())), PageSize()), unix.PROT_READ); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.MemfdCreate("query", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	unix.Ftruncate(fd, int64(n))
+	q, err := Mmap(nil, n, unix.PROT_READ, unix.MAP_SHARED, fd, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer Munmap(q, n)
+	for _, r := range [][2]uintptr{{Addr(p), Addr(p) + n}, {Addr(q), Addr(q) + n}, {Addr(p) + 1, Addr(p) + n - 1}} {
+		got, ok, err := queryVMAs(r[0], r[1])
+		if !ok {
+			t.Skipf("kernel without PROCMAP_QUERY (6.11+): %v", err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := readVMAs(r[0], r[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("[%#x, %#x): %d areas by query, %d by text", r[0], r[1], len(got), len(want))
+		}
+		for i := range got {
+			g := got[i]
+			g.PageSize = 0
+			if g != want[i] {
+				t.Errorf("area %d:\n query %+v\n text  %+v", i, got[i], want[i])
+			}
+		}
+	}
+}
+
+func BenchmarkFindVMAs(b *testing.B) {
+	p, err := Mmap(nil, uintptr(PageSize()), unix.PROT_READ, unix.MAP_SHARED|unix.MAP_ANONYMOUS, -1, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer Munmap(p, uintptr(PageSize()))
+	b.Run("query", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok, err := queryVMAs(Addr(p), Addr(p)+1); !ok || err != nil {
+				b.Skip(err)
+			}
+		}
+	})
+	b.Run("text", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := readVMAs(Addr(p), Addr(p)+1); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
