@@ -27,6 +27,8 @@ func subprocess(t *testing.T, test string, env []string, extra ...*os.File) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), env...)
+	// The race detector's runtime sleeps a second at exit by default; the child need not.
+	cmd.Env = append(cmd.Env, strings.TrimSpace("GORACE="+os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	cmd.ExtraFiles = extra
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+test) {
