@@ -307,7 +307,7 @@ func TestRoomAndLend(t *testing.T) {
 	if line := mapsLine(t, end); line == "" {
 		t.Fatal("region Close unmapped the lent room")
 	}
-	if line := mapsLine(t, end+uintptr(ps)); line != "" && strings.Contains(line, "---p") && addrIn(line, end+uintptr(ps)) {
+	if line := mapsLine(t, end+uintptr(ps)); line != "" {
 		t.Fatalf("unlent room still mapped after Close: %q", line)
 	}
 	if _, err := r.Lend(ps); !errors.Is(err, ErrClosed) {
@@ -319,12 +319,6 @@ func TestRoomAndLend(t *testing.T) {
 	if line := mapsLine(t, end); line != "" {
 		t.Fatalf("lease released after the region closed but still mapped: %q", line)
 	}
-}
-
-func addrIn(line string, a uintptr) bool {
-	var lo, hi uintptr
-	_, err := fmtSscanf(line, &lo, &hi)
-	return err == nil && lo <= a && a < hi
 }
 
 func TestCleanupUnmaps(t *testing.T) {
