@@ -1,0 +1,54 @@
+// Package ring is a single-producer, single-consumer lock-free byte ring on a mirrored buffer.
+//
+// It is for programs that stream bytes between two goroutines or two processes and want to
+// hand the bytes to a parser, a hash or a system call without copying them and without a
+// special case at the end of the buffer. The ring's n bytes are mapped twice, back to back
+// (mirror.Mirror with mirror.Adjacent), so any window of up to n bytes that starts inside the
+// ring is one contiguous slice even when it crosses the wrap point: WriteSlice and ReadSlice
+// never split.
+//
+// # Capacity
+//
+// The capacity is the requested size rounded up to whole pages, since the kernel can only map
+// pages twice. It need not be a power of two: a 3-page ring holds exactly 12288 bytes
+// (on 4 KiB pages). Positions are kept in [0, 2n) and advanced with a compare and subtract,
+// never with a mask, so they stay right for any n and never overflow, however many bytes pass.
+//
+// # Concurrency
+//
+// One goroutine (or process) produces: WriteSlice, Commit, Write, ReadFrom, CloseWrite.
+// One consumes: ReadSlice, ReadSliceAtLeast, Consume, Read, WriteTo. Any goroutine may call
+// Close, Len, Free and Cap. The head (bytes written) and the tail (bytes consumed) are atomics
+// on separate cache lines, and each side caches the other's index so that it touches the
+// other side's cache line only when the ring looks full or empty.
+//
+// A side that must wait (a full ring for the producer, an empty one for the consumer) announces
+// it in a flag and sleeps; the other side signals only when that flag is set, so a stream that
+// never waits pays for no wake-ups. In one process the sleep is a channel receive (the goroutine
+// parks in the Go scheduler); between processes it is a futex on a word of the shared header
+// (FUTEX_WAIT without FUTEX_PRIVATE_FLAG, so it works across address spaces with no extra file
+// descriptor). Nothing polls or sleeps for a fixed time.
+//
+// # Two processes
+//
+// NewShared puts the ring's header and data in two memfds; pass both to another process
+// (exec.Cmd.ExtraFiles, or SCM_RIGHTS over a Unix socket) and call Attach there. Close in
+// either process shuts the ring down for both: a side blocked in the other process wakes with
+// ErrClosed. A peer that dies without closing cannot tell anyone; the program that started it
+// should call Close when it notices (for example when exec.Cmd.Wait returns).
+//
+// # Aliasing
+//
+// Byte i and byte i+n of the 2n view are the same memory. Compilers assume two different
+// offsets of one slice are different bytes, so writing b[i] and reading b[i+n] of the 2n view in
+// one function may be reordered. The slices this package hands out are at most n bytes long,
+// so no byte appears in one twice, and the producer's and the consumer's slices never overlap:
+// every access through them is safe. Do not keep the full 2n view and index it at both i and
+// i+n between two synchronisation points (a Commit, a Consume, an atomic, a channel operation).
+//
+// # Lifetime
+//
+// A slice returned by WriteSlice or ReadSlice is valid until the next Commit or Consume of the
+// same side, and never after Close: Close waits for calls in progress on either side to return
+// (a blocked call is woken and returns ErrClosed) and then unmaps the ring.
+package ring

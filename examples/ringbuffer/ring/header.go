@@ -1,0 +1,43 @@
+package ring
+
+import "sync/atomic"
+
+// lineSize keeps the fields written by different sides on different cache lines. 128 rather
+// than 64 because x86 prefetches cache lines in adjacent pairs.
+const lineSize = 128
+
+const (
+	headerMagic   = 0x676e6972_6d6d6972 // "rimmring" little-endian
+	headerVersion = 1
+	headerSize    = 5 * lineSize
+)
+
+// header is the ring's shared state. For a ring shared between processes it lives at the start
+// of the header memfd, so its layout is fixed: only fixed-size fields, no pointers.
+type header struct {
+	// Line 0: written once at creation, then read-mostly.
+	magic    uint64
+	capacity uint64
+	version  uint32
+	stateBits atomic.Uint32 // stateClosed | stateWriteDone
+	_         [lineSize - 24]byte
+
+	// Line 1: the producer's. head is the write position in [0, 2n).
+	head atomic.Uint64
+	_    [lineSize - 8]byte
+
+	// Line 2: the consumer's. tail is the read position in [0, 2n).
+	tail atomic.Uint64
+	_    [lineSize - 8]byte
+
+	// Line 3: the consumer's sleep. readerWaiting is set by a consumer about to sleep on an
+	// empty ring; readerSeq is the futex word the producer bumps to wake it.
+	readerWaiting atomic.Uint32
+	readerSeq     atomic.Uint32
+	_             [lineSize - 8]byte
+
+	// Line 4: the producer's sleep on a full ring.
+	writerWaiting atomic.Uint32
+	writerSeq     atomic.Uint32
+	_             [lineSize - 8]byte
+}

@@ -1,0 +1,115 @@
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"os"
+
+	"github.com/mirrormem/mirrormem/alloc"
+	"github.com/mirrormem/mirrormem/mirror"
+	"golang.org/x/sys/unix"
+)
+
+// memory is what a ring maps: its header and its data seen twice, back to back.
+type memory struct {
+	hdr    *header
+	view   []byte // 2n: mirror.Pair.Contiguous
+	hdrFD  int    // -1 for a ring made by New
+	dataFD int
+	pair   *mirror.Pair
+	hdrReg *alloc.Region
+	local  []byte // keeps the Go-heap header of a ring made by New alive
+}
+
+// mirrorData mirrors a region with room reserved after it, and gives the region to the pair:
+// one Close removes both views.
+func mirrorData(reg *alloc.Region) (*mirror.Pair, error) {
+	pair, err := mirror.Mirror(reg, mirror.Adjacent(), mirror.CloseRegion())
+	if err != nil {
+		reg.Close()
+		return nil, err
+	}
+	return pair, nil
+}
+
+func newLocalMemory(size int) (*memory, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("ring: New(%d): the size must be positive", size)
+	}
+	reg, err := alloc.Shared(size, alloc.WithRoom(roundPage(size)))
+	if err != nil {
+		return nil, fmt.Errorf("ring: New(%d): %w", size, err)
+	}
+	pair, err := mirrorData(reg)
+	if err != nil {
+		return nil, fmt.Errorf("ring: New(%d): %w", size, err)
+	}
+	h, local := newLocalHeader()
+	return &memory{hdr: h, view: pair.Contiguous(), hdrFD: -1, dataFD: -1, pair: pair, local: local}, nil
+}
+
+func newSharedMemory(name string, size int) (*memory, error) {
+	if size <= 0 {
+		return nil, fmt.Errorf("ring: NewShared(%d): the size must be positive", size)
+	}
+	hreg, err := alloc.Memfd(name+"-header", headerSize)
+	if err != nil {
+		return nil, fmt.Errorf("ring: NewShared(%d): header: %w", size, err)
+	}
+	reg, err := alloc.Memfd(name, size, alloc.WithRoom(roundPage(size)))
+	if err != nil {
+		hreg.Close()
+		return nil, fmt.Errorf("ring: NewShared(%d): %w", size, err)
+	}
+	return finishShared(hreg, reg, "NewShared")
+}
+
+func attachSharedMemory(headerFD, dataFD int) (*memory, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(dataFD, &st); err != nil {
+		return nil, fmt.Errorf("ring: Attach: data fd %d: %w", dataFD, os.NewSyscallError("fstat", err))
+	}
+	size := int(st.Size)
+	if size <= 0 || size%alloc.PageSize() != 0 {
+		return nil, fmt.Errorf("ring: Attach: data fd %d holds %d bytes, not a whole number of pages: it is not the data file of a ring", dataFD, size)
+	}
+	hreg, err := alloc.FromFD(headerFD, headerSize)
+	if err != nil {
+		return nil, fmt.Errorf("ring: Attach: header: %w", err)
+	}
+	reg, err := alloc.FromFD(dataFD, size, alloc.WithRoom(size))
+	if err != nil {
+		hreg.Close()
+		return nil, fmt.Errorf("ring: Attach: data: %w", err)
+	}
+	return finishShared(hreg, reg, "Attach")
+}
+
+func finishShared(hreg, reg *alloc.Region, op string) (*memory, error) {
+	h, err := headerAt(hreg.Bytes())
+	if err != nil {
+		reg.Close()
+		hreg.Close()
+		return nil, fmt.Errorf("ring: %s: %w", op, err)
+	}
+	dataFD := reg.Fd()
+	pair, err := mirrorData(reg)
+	if err != nil {
+		hreg.Close()
+		return nil, fmt.Errorf("ring: %s: %w", op, err)
+	}
+	return &memory{hdr: h, view: pair.Contiguous(), hdrFD: hreg.Fd(), dataFD: dataFD, pair: pair, hdrReg: hreg}, nil
+}
+
+func (m *memory) release() error {
+	err := m.pair.Close()
+	if m.hdrReg != nil {
+		err = errors.Join(err, m.hdrReg.Close())
+	}
+	return err
+}
+
+func roundPage(n int) int {
+	ps := alloc.PageSize()
+	return (n + ps - 1) / ps * ps
+}

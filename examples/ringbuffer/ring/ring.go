@@ -1,0 +1,592 @@
+package ring
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrClosed is returned by every call on a ring that was closed (in this process or, for a
+	// shared ring, in the other one), and by the producer's calls after CloseWrite.
+	ErrClosed = errors.New("ring: closed")
+	// ErrWouldBlock is returned in non-blocking mode where a blocking ring would wait.
+	ErrWouldBlock = errors.New("ring: would block")
+	// ErrTooLarge is returned when a call asks for a window larger than the ring.
+	ErrTooLarge = errors.New("ring: request larger than the ring")
+)
+
+// state bits of header.state.
+const (
+	stateClosed    = 1 << 0 // Close was called
+	stateWriteDone = 1 << 1 // CloseWrite was called
+)
+
+// Ring is a single-producer, single-consumer byte ring on a mirrored buffer. See the package
+// documentation for which goroutine may call what.
+type Ring struct {
+	h   *header
+	buf []byte // the 2n adjacent view: buf[i] and buf[i+n] are the same byte
+	n   uint64
+
+	nonBlocking bool
+	readerW     waiter // wakes the consumer sleeping on an empty ring
+	writerW     waiter // wakes the producer sleeping on a full ring
+
+	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
+	misc    atomic.Int32  // calls of Len, Free, Files in progress
+	closeCh chan struct{} // a side that leaves a call after Close tells Close here
+	done    chan struct{} // closed when Close has released everything
+	mem     *memory
+
+	_    [lineSize]byte
+	prod side // the producer's private state
+	cons side // the consumer's private state
+}
+
+// side is what one side keeps to itself, on its own cache lines.
+type side struct {
+	active atomic.Uint32 // 1 while a call of this side runs (Close waits for 0)
+	pos    uint64        // this side's index (head or tail), in [0, 2n); only this side writes it
+	peer   uint64        // last value read of the other side's index
+	lent   uint64        // bytes handed out by the last WriteSlice/ReadSlice and not yet released
+	_      [lineSize - 32]byte
+}
+
+// Option configures a ring.
+type Option func(*config)
+
+type config struct {
+	nonBlocking bool
+	name        string
+	futex       bool
+}
+
+// NonBlocking makes calls that would wait (a full ring for the producer, an empty one for the
+// consumer) return ErrWouldBlock instead. Write and ReadFrom then return what they did so far.
+func NonBlocking() Option { return func(c *config) { c.nonBlocking = true } }
+
+// Name sets the name of the memfds of a ring made by NewShared (shown in /proc/PID/maps as
+// memfd:NAME-header and memfd:NAME). The default is "ring".
+func Name(name string) Option { return func(c *config) { c.name = name } }
+
+func buildConfig(opts []Option) config {
+	c := config{name: "ring"}
+	for _, o := range opts {
+		o(&c)
+	}
+	return c
+}
+
+// New returns a ring for use inside one process, holding size bytes rounded up to whole pages
+// (the capacity need not be a power of two). Its memory is shared anonymous memory mapped
+// twice, back to back; its header is ordinary Go memory; a waiting side parks in the Go
+// scheduler.
+func New(size int, opts ...Option) (*Ring, error) {
+	c := buildConfig(opts)
+	m, err := newLocalMemory(size)
+	if err != nil {
+		return nil, err
+	}
+	r := newRing(m, c)
+	return r, nil
+}
+
+// NewShared returns a ring whose header and data live in two memfds, so another process can
+// map the same ring with Attach (get the files with Files). A waiting side sleeps on a futex in
+// the shared header. The size is rounded up to whole pages.
+func NewShared(size int, opts ...Option) (*Ring, error) {
+	c := buildConfig(opts)
+	c.futex = true
+	m, err := newSharedMemory(c.name, size)
+	if err != nil {
+		return nil, err
+	}
+	return newRing(m, c), nil
+}
+
+// Attach maps a ring made by NewShared in another process, from its header and data memfds.
+// It does not take ownership of the descriptors: close them when Attach returns if you no
+// longer need them. It refuses descriptors that do not hold a ring header of this version, or
+// whose data size does not match the header.
+func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
+	c := buildConfig(opts)
+	c.futex = true
+	m, err := attachSharedMemory(headerFD, dataFD)
+	if err != nil {
+		return nil, err
+	}
+	h := m.hdr
+	switch {
+	case h.magic != headerMagic:
+		err = fmt.Errorf("ring: Attach: fd %d holds no ring header (magic %#x); pass the header file of a ring made by NewShared first, then its data file", headerFD, h.magic)
+	case h.version != headerVersion:
+		err = fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
+	case h.capacity != uint64(len(m.view)/2):
+		err = fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, len(m.view)/2)
+	}
+	if err != nil {
+		return nil, errors.Join(err, m.release())
+	}
+	return newRing(m, c), nil
+}
+
+func newRing(m *memory, c config) *Ring {
+	r := &Ring{
+		h:           m.hdr,
+		buf:         m.view,
+		n:           uint64(len(m.view) / 2),
+		nonBlocking: c.nonBlocking,
+		closeCh:     make(chan struct{}, 1),
+		done:        make(chan struct{}),
+		mem:         m,
+	}
+	if c.futex {
+		r.readerW, r.writerW = futexWaiter{}, futexWaiter{}
+	} else {
+		r.readerW, r.writerW = newChanWaiter(), newChanWaiter()
+	}
+	if r.h.magic == 0 {
+		r.h.capacity = r.n
+		r.h.version = headerVersion
+		r.h.magic = headerMagic
+	}
+	r.prod.pos = r.h.head.Load()
+	r.cons.pos = r.h.tail.Load()
+	r.prod.peer = r.cons.pos
+	r.cons.peer = r.prod.pos
+	return r
+}
+
+// Cap returns the capacity in bytes: the requested size rounded up to whole pages.
+func (r *Ring) Cap() int { return int(r.n) }
+
+// Len returns the number of bytes written and not yet consumed (0 once closed).
+func (r *Ring) Len() int {
+	if !r.enterMisc() {
+		return 0
+	}
+	defer r.exitMisc()
+	return int(r.used(r.h.head.Load(), r.h.tail.Load()))
+}
+
+// Free returns the number of bytes that can be written without waiting (0 once closed).
+func (r *Ring) Free() int {
+	if !r.enterMisc() {
+		return 0
+	}
+	defer r.exitMisc()
+	return int(r.n - r.used(r.h.head.Load(), r.h.tail.Load()))
+}
+
+// Files returns duplicates of the header and data memfds of a ring made by NewShared or
+// Attach, for another process to Attach (for example through exec.Cmd.ExtraFiles). The caller
+// closes them. Files fails for a ring made by New.
+func (r *Ring) Files() (header, data *os.File, err error) {
+	if !r.enterMisc() {
+		return nil, nil, ErrClosed
+	}
+	defer r.exitMisc()
+	if r.mem.hdrFD < 0 {
+		return nil, nil, errors.New("ring: Files needs a ring made by NewShared or Attach; this one was made by New and has no file descriptors")
+	}
+	hfd, err := unix.FcntlInt(uintptr(r.mem.hdrFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
+	}
+	dfd, err := unix.FcntlInt(uintptr(r.mem.dataFD), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(hfd)
+		return nil, nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
+	}
+	return os.NewFile(uintptr(hfd), "ring-header"), os.NewFile(uintptr(dfd), "ring-data"), nil
+}
+
+// used is the number of bytes between tail and head, both in [0, 2n).
+func (r *Ring) used(head, tail uint64) uint64 {
+	if head >= tail {
+		return head - tail
+	}
+	return head + 2*r.n - tail
+}
+
+// advance moves an index in [0, 2n) forward by k <= n bytes.
+func (r *Ring) advance(pos, k uint64) uint64 {
+	pos += k
+	if pos >= 2*r.n {
+		pos -= 2 * r.n
+	}
+	return pos
+}
+
+// offset is where an index points into the first copy of the buffer.
+func (r *Ring) offset(pos uint64) uint64 {
+	if pos >= r.n {
+		return pos - r.n
+	}
+	return pos
+}
+
+// enter marks a call of side s as running, or refuses it if the ring is closed.
+func (r *Ring) enter(s *side) error {
+	s.active.Store(1)
+	if r.closed.Load() {
+		r.exit(s)
+		return ErrClosed
+	}
+	return nil
+}
+
+func (r *Ring) exit(s *side) {
+	s.active.Store(0)
+	if r.closed.Load() {
+		r.tellCloser()
+	}
+}
+
+func (r *Ring) enterMisc() bool {
+	r.misc.Add(1)
+	if r.closed.Load() {
+		r.exitMisc()
+		return false
+	}
+	return true
+}
+
+func (r *Ring) exitMisc() {
+	r.misc.Add(-1)
+	if r.closed.Load() {
+		r.tellCloser()
+	}
+}
+
+func (r *Ring) tellCloser() {
+	select {
+	case r.closeCh <- struct{}{}:
+	default:
+	}
+}
+
+// WriteSlice returns the free space of the ring as one contiguous slice of at least min bytes
+// (min 0 means at least 1), waiting until that much is free (or returning ErrWouldBlock in
+// non-blocking mode). Fill a prefix of it and publish that prefix with Commit. The slice is
+// never split at the end of the buffer. Producer only.
+func (r *Ring) WriteSlice(min int) ([]byte, error) {
+	if min < 0 || uint64(min) > r.n {
+		return nil, fmt.Errorf("%w: WriteSlice(%d) on a ring of %d bytes", ErrTooLarge, min, r.n)
+	}
+	if err := r.enter(&r.prod); err != nil {
+		return nil, err
+	}
+	defer r.exit(&r.prod)
+	return r.writeSlice(uint64(max(min, 1)))
+}
+
+func (r *Ring) writeSlice(need uint64) ([]byte, error) {
+	p := &r.prod
+	if st := r.h.state(); st != 0 {
+		return nil, ErrClosed // closed, or CloseWrite was called
+	}
+	free := r.n - r.used(p.pos, p.peer)
+	if free < need {
+		var err error
+		if free, err = r.waitWritable(need); err != nil {
+			return nil, err
+		}
+	}
+	off := r.offset(p.pos)
+	p.lent = free
+	return r.buf[off : off+free : off+free], nil
+}
+
+// waitWritable returns the free space once it is at least need.
+func (r *Ring) waitWritable(need uint64) (uint64, error) {
+	p, h := &r.prod, r.h
+	for {
+		p.peer = h.tail.Load()
+		if free := r.n - r.used(p.pos, p.peer); free >= need {
+			return free, nil
+		}
+		if h.state() != 0 {
+			return 0, ErrClosed
+		}
+		if r.nonBlocking {
+			return 0, ErrWouldBlock
+		}
+		tok := r.writerW.prepare(&h.writerSeq)
+		h.writerWaiting.Store(1)
+		p.peer = h.tail.Load()
+		if r.n-r.used(p.pos, p.peer) >= need || h.state() != 0 {
+			h.writerWaiting.Store(0)
+			continue
+		}
+		r.writerW.sleep(&h.writerSeq, tok)
+		h.writerWaiting.Store(0)
+	}
+}
+
+// Commit publishes the first n bytes of the slice returned by the last WriteSlice to the
+// consumer. The rest of that slice stays the producer's until the next WriteSlice. Producer only.
+func (r *Ring) Commit(n int) error {
+	if err := r.enter(&r.prod); err != nil {
+		return err
+	}
+	defer r.exit(&r.prod)
+	if n < 0 || uint64(n) > r.prod.lent {
+		return fmt.Errorf("ring: Commit(%d) but WriteSlice lent %d bytes", n, r.prod.lent)
+	}
+	r.commit(uint64(n))
+	return nil
+}
+
+func (r *Ring) commit(n uint64) {
+	p, h := &r.prod, r.h
+	p.pos = r.advance(p.pos, n)
+	p.lent -= n
+	h.head.Store(p.pos)
+	if h.readerWaiting.Load() != 0 && h.readerWaiting.Swap(0) != 0 {
+		r.readerW.wake(&h.readerSeq)
+	}
+}
+
+// ReadSlice returns every byte written and not yet consumed as one contiguous slice, waiting
+// for at least one byte. It returns io.EOF once CloseWrite was called and everything before it
+// was consumed, and ErrWouldBlock in non-blocking mode where it would wait. Release a prefix of
+// the slice with Consume. Consumer only.
+func (r *Ring) ReadSlice() ([]byte, error) { return r.ReadSliceAtLeast(1) }
+
+// ReadSliceAtLeast is ReadSlice that waits until at least min bytes are readable: a record of up
+// to Cap bytes can be parsed in place whatever its position in the ring. If the producer calls
+// CloseWrite with fewer than min bytes left, it returns io.ErrUnexpectedEOF (io.EOF if none).
+func (r *Ring) ReadSliceAtLeast(min int) ([]byte, error) {
+	if min < 0 || uint64(min) > r.n {
+		return nil, fmt.Errorf("%w: ReadSliceAtLeast(%d) on a ring of %d bytes", ErrTooLarge, min, r.n)
+	}
+	if err := r.enter(&r.cons); err != nil {
+		return nil, err
+	}
+	defer r.exit(&r.cons)
+	return r.readSlice(uint64(max(min, 1)))
+}
+
+func (r *Ring) readSlice(need uint64) ([]byte, error) {
+	c := &r.cons
+	avail := r.used(c.peer, c.pos)
+	if avail < need {
+		var err error
+		if avail, err = r.waitReadable(need); err != nil {
+			return nil, err
+		}
+	}
+	off := r.offset(c.pos)
+	c.lent = avail
+	return r.buf[off : off+avail : off+avail], nil
+}
+
+func (r *Ring) waitReadable(need uint64) (uint64, error) {
+	c, h := &r.cons, r.h
+	for {
+		c.peer = h.head.Load()
+		avail := r.used(c.peer, c.pos)
+		if avail >= need {
+			return avail, nil
+		}
+		if st := h.state(); st != 0 {
+			if st&stateClosed != 0 {
+				return 0, ErrClosed
+			}
+			// CloseWrite stores its flag after the producer's last head: read head again.
+			c.peer = h.head.Load()
+			if avail = r.used(c.peer, c.pos); avail >= need {
+				return avail, nil
+			}
+			if avail == 0 {
+				return 0, io.EOF
+			}
+			return 0, io.ErrUnexpectedEOF
+		}
+		if r.nonBlocking {
+			return 0, ErrWouldBlock
+		}
+		tok := r.readerW.prepare(&h.readerSeq)
+		h.readerWaiting.Store(1)
+		c.peer = h.head.Load()
+		if r.used(c.peer, c.pos) >= need || h.state() != 0 {
+			h.readerWaiting.Store(0)
+			continue
+		}
+		r.readerW.sleep(&h.readerSeq, tok)
+		h.readerWaiting.Store(0)
+	}
+}
+
+// Consume releases the first n bytes of the slice returned by the last ReadSlice back to the
+// producer. Consumer only.
+func (r *Ring) Consume(n int) error {
+	if err := r.enter(&r.cons); err != nil {
+		return err
+	}
+	defer r.exit(&r.cons)
+	if n < 0 || uint64(n) > r.cons.lent {
+		return fmt.Errorf("ring: Consume(%d) but ReadSlice lent %d bytes", n, r.cons.lent)
+	}
+	r.consume(uint64(n))
+	return nil
+}
+
+func (r *Ring) consume(n uint64) {
+	c, h := &r.cons, r.h
+	c.pos = r.advance(c.pos, n)
+	c.lent -= n
+	h.tail.Store(c.pos)
+	if h.writerWaiting.Load() != 0 && h.writerWaiting.Swap(0) != 0 {
+		r.writerW.wake(&h.writerSeq)
+	}
+}
+
+// Write copies p into the ring (io.Writer), waiting for space as needed. In non-blocking mode
+// it copies what fits and returns ErrWouldBlock if that is not all of p. Producer only.
+func (r *Ring) Write(p []byte) (int, error) {
+	if err := r.enter(&r.prod); err != nil {
+		return 0, err
+	}
+	defer r.exit(&r.prod)
+	done := 0
+	for done < len(p) {
+		s, err := r.writeSlice(1)
+		if err != nil {
+			return done, err
+		}
+		k := copy(s, p[done:])
+		r.commit(uint64(k))
+		done += k
+	}
+	return done, nil
+}
+
+// ReadFrom reads from src straight into the ring's free space until src returns io.EOF
+// (io.ReaderFrom, so io.Copy(ring, src) copies once, not twice). It does not call CloseWrite.
+// Producer only.
+func (r *Ring) ReadFrom(src io.Reader) (int64, error) {
+	if err := r.enter(&r.prod); err != nil {
+		return 0, err
+	}
+	defer r.exit(&r.prod)
+	var total int64
+	for {
+		s, err := r.writeSlice(1)
+		if err != nil {
+			return total, err
+		}
+		k, err := src.Read(s)
+		if k < 0 || k > len(s) {
+			return total, fmt.Errorf("ring: ReadFrom: source returned %d bytes for a %d-byte buffer", k, len(s))
+		}
+		r.commit(uint64(k))
+		total += int64(k)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+	}
+}
+
+// Read copies up to len(p) readable bytes into p (io.Reader), waiting for at least one. It
+// returns io.EOF after CloseWrite once the ring is drained. Consumer only.
+func (r *Ring) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if err := r.enter(&r.cons); err != nil {
+		return 0, err
+	}
+	defer r.exit(&r.cons)
+	s, err := r.readSlice(1)
+	if err != nil {
+		return 0, err
+	}
+	k := copy(p, s)
+	r.consume(uint64(k))
+	return k, nil
+}
+
+// WriteTo hands the ring's bytes to w as they arrive, without copying them first (io.WriterTo,
+// so io.Copy(dst, ring) copies once), until CloseWrite and the ring is drained. Consumer only.
+func (r *Ring) WriteTo(w io.Writer) (int64, error) {
+	if err := r.enter(&r.cons); err != nil {
+		return 0, err
+	}
+	defer r.exit(&r.cons)
+	var total int64
+	for {
+		s, err := r.readSlice(1)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			return total, err
+		}
+		k, err := w.Write(s)
+		if k < 0 || k > len(s) {
+			return total, fmt.Errorf("ring: WriteTo: writer returned %d for %d bytes", k, len(s))
+		}
+		r.consume(uint64(k))
+		total += int64(k)
+		if err != nil {
+			return total, err
+		}
+		if k < len(s) {
+			return total, io.ErrShortWrite
+		}
+	}
+}
+
+// CloseWrite tells the consumer that nothing more will be written: once it has read everything,
+// Read and ReadSlice return io.EOF and WriteTo returns. Later producer calls return ErrClosed.
+// Producer only.
+func (r *Ring) CloseWrite() error {
+	if err := r.enter(&r.prod); err != nil {
+		return err
+	}
+	defer r.exit(&r.prod)
+	r.h.stateOr(stateWriteDone)
+	r.h.readerWaiting.Store(0)
+	r.readerW.wake(&r.h.readerSeq)
+	return nil
+}
+
+// Close shuts the ring down and releases its memory. A side waiting in this process or, for a
+// shared ring, in the other process wakes up with ErrClosed. Close waits for calls running in
+// this process to return (they return quickly once woken), then unmaps; slices obtained from
+// WriteSlice or ReadSlice must not be used after it. A second Close waits for the first and
+// returns nil.
+func (r *Ring) Close() error {
+	if !r.closed.CompareAndSwap(false, true) {
+		<-r.done
+		return nil
+	}
+	// Shut the ring down for both sides before waiting for them. The header is still mapped:
+	// only this function unmaps it, below.
+	h := r.h
+	h.stateOr(stateClosed)
+	h.readerWaiting.Store(0)
+	h.writerWaiting.Store(0)
+	r.readerW.wake(&h.readerSeq)
+	r.writerW.wake(&h.writerSeq)
+	for r.prod.active.Load() != 0 || r.cons.active.Load() != 0 || r.misc.Load() != 0 {
+		<-r.closeCh
+	}
+	err := r.mem.release()
+	close(r.done)
+	return err
+}
+
+func (h *header) state() uint32 { return h.stateBits.Load() }
+
+func (h *header) stateOr(bits uint32) { h.stateBits.Or(bits) }
