@@ -1,12 +1,20 @@
 package mirror
 
-// afterViews runs in create once every view exists (s.views, s.contiguous, s.backend are set)
-// and before Mirror/Of return: the place to register the views with userfaultfd and start
-// serving. src says what the views show (its fd, if any, stays open until create returns). An
-// error undoes the whole Pair through teardown, which calls beforeUnmap first.
-func (s *state) afterViews(src *source, cfg *config) error { return nil }
+// afterViews runs in create once every view exists and before Mirror/Of return: with
+// ServeFaults it registers every view with userfaultfd and starts the handler. An error undoes
+// the whole Pair.
+func (s *state) afterViews(src *source, cfg *config) error {
+	if !cfg.faults.serve {
+		return nil
+	}
+	return s.startServing(cfg, src)
+}
 
-// beforeUnmap runs first in Close (once), while every view is still mapped: the place to stop
-// serving and unregister the views. It also runs when afterViews failed halfway, so it must
-// undo whatever part of afterViews happened.
-func (s *state) beforeUnmap() error { return nil }
+// beforeUnmap runs first in Close, while every view is still mapped: it stops the handler and
+// closes the userfaultfd, which unregisters the views.
+func (s *state) beforeUnmap() error {
+	if s.faults == nil {
+		return nil
+	}
+	return s.faults.stop()
+}

@@ -13,12 +13,17 @@ type config struct {
 	backendSet  bool
 	closeRegion bool
 	err         error
+	faults      faultConfig
 }
 
 func newConfig(opts []Option) *config {
 	c := &config{views: 2}
+	c.faults.around = -1
 	for _, o := range opts {
 		o(c)
+	}
+	if c.err == nil {
+		c.err = c.faults.check()
 	}
 	return c
 }

@@ -42,6 +42,8 @@ type state struct {
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
+
+	faults *serving // ServeFaults: the userfaultfd and its handler
 }
 
 // Mirror maps the memory of r a second time (or n-1 more times, with Views(n)) and returns the

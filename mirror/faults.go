@@ -1,0 +1,183 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/mirrormem/mirrormem/internal/fault"
+)
+
+// faultConfig is what ServeFaults and its companion options asked for.
+type faultConfig struct {
+	serve       bool
+	src         io.ReaderAt
+	around      int // bytes; -1: default
+	logCap      int
+	staging     bool
+	trackWrites bool
+	handler     Handler
+	watchdog    time.Duration
+	err         error
+}
+
+// DefaultFaultAround is the default cap of the fault-around window: on sequential access the
+// handler resolves up to this many bytes per fault (the window doubles per sequential fault,
+// from one page), since per-fault costs dominate (4 KiB per fault costs about 4 times more per
+// page than 64 KiB).
+const DefaultFaultAround = 2 << 20
+
+// DefaultWatchdog is how long the Go runtime may stand still, while a thread waits in a fault
+// of a mirror served by Go code, before the watchdog aborts the process.
+const DefaultWatchdog = 10 * time.Second
+
+// ServeFaults registers every view with userfaultfd and serves each missing page from src
+// (offset 0 is the first byte of the region; bytes past the end of src are zeros; nil src means
+// zero-fill). Pages are served lazily: creating the pair reads nothing from src. A page is
+// filled once, through whichever view touches it first, and every view's waiters are woken;
+// a later first touch through another view is a minor fault (mapped with UFFDIO_CONTINUE, Linux
+// 5.14+) where the kernel has MINOR_SHMEM. FaultStats counts both, per view.
+//
+// Who serves the faults depends on src, so that a Go program can never hang under garbage
+// collection (a goroutine faulting inside copy() cannot be stopped by the collector, and an
+// in-process Go handler would wait for the collector forever):
+//
+//   - nil, an *os.File, anything with a file descriptor that pread(2) can read (an Fd() uintptr
+//     or Fd() int method), or another region (RegionSource): a handler that is not Go code of this
+//     process — a C thread in cgo builds, a handler process (this program re-executed) with
+//     CGO_ENABLED=0. Touch the views any way you like, copy() included.
+//   - any other io.ReaderAt is Go code, served by a uffd.Server in this process. Then touch
+//     pages that may be unfilled only with Populate (a system call), plain Go loops, or system
+//     calls; never with copy(), clear(), bytes.Equal, append or other runtime assembly. A
+//     watchdog (a C thread) aborts the process with a message naming the cause if that rule is
+//     broken and the program hangs. With CGO_ENABLED=0 there is no watchdog, and Mirror refuses
+//     such a source with ErrUnsupported.
+//
+// The userfaultfd needs privilege for faults raised inside the kernel (vm.unprivileged_userfaultfd,
+// CAP_SYS_PTRACE); without it, read(2) into an unfilled page and Populate fail with EFAULT.
+func ServeFaults(src io.ReaderAt) Option {
+	return func(c *config) {
+		c.faults.serve = true
+		c.faults.src = src
+	}
+}
+
+// FaultAround sets the cap of the fault-around window in bytes (rounded down to pages; 0 or
+// less: exactly one page per fault). Needs ServeFaults.
+func FaultAround(maxBytes int) Option {
+	return func(c *config) { c.faults.around = max(maxBytes, 0) }
+}
+
+// VerifyFaults keeps a log of the first logEntries faults (view, offset, kind, result, thread
+// id, time), readable with FaultLog and summarised by FaultReport. The invariants (each page
+// filled at most once; a fault on an already filled page is a minor fault or EEXIST, never a
+// second fill) are checked whether or not the log is kept; Verify checks them and the bytes.
+// Needs ServeFaults, and a handler outside Go (the log of the Go server is its own Stats).
+func VerifyFaults(logEntries int) Option {
+	return func(c *config) {
+		if logEntries < 0 {
+			c.faults.err = fmt.Errorf("%w: VerifyFaults(%d): negative log size", ErrRange, logEntries)
+		}
+		c.faults.logCap = logEntries
+	}
+}
+
+// StageMinorFaults serves missing pages the way QEMU, Firecracker and cloud-hypervisor serve
+// shared guest memory: the page is written into the page cache through the region's memfd,
+// which is not registered, and then mapped into the faulting view with UFFDIO_CONTINUE (every
+// fault is a minor fault once the page is staged). The region must be an alloc.Memfd region
+// mirrored with Mirror; the kernel must have MINOR_SHMEM (5.14). Needs ServeFaults.
+func StageMinorFaults() Option { return func(c *config) { c.faults.staging = true } }
+
+// TrackWrites registers every view for write-protect faults too, so that TrackDirty and Dirty
+// can report the pages written through a view (Linux 5.19+ for shmem). Needs ServeFaults.
+func TrackWrites() Option { return func(c *config) { c.faults.trackWrites = true } }
+
+// Handler chooses who serves the faults of a ServeFaults pair.
+type Handler int
+
+const (
+	// HandlerAuto (the default): a C thread in cgo builds, a handler process without cgo;
+	// the Go server when the source is Go code.
+	HandlerAuto Handler = iota
+	// HandlerNative is a C thread of this process (cgo builds only).
+	HandlerNative
+	// HandlerProcess is a handler process: this program re-executed, which receives the
+	// userfaultfd and the source's descriptor. A standby process takes over if it dies.
+	HandlerProcess
+	// HandlerGo is a uffd.Server in this process: for sources that are Go code. See ServeFaults
+	// for the rule it imposes.
+	HandlerGo
+)
+
+func (h Handler) String() string {
+	switch h {
+	case HandlerAuto:
+		return "auto"
+	case HandlerNative:
+		return "native"
+	case HandlerProcess:
+		return "process"
+	case HandlerGo:
+		return "go"
+	}
+	return fmt.Sprintf("Handler(%d)", int(h))
+}
+
+// WithHandler chooses the fault handler instead of letting ServeFaults decide. Needs ServeFaults.
+func WithHandler(h Handler) Option {
+	return func(c *config) {
+		if h < HandlerAuto || h > HandlerGo {
+			c.faults.err = fmt.Errorf("%w: unknown fault handler %d", ErrUnsupported, int(h))
+		}
+		c.faults.handler = h
+	}
+}
+
+// Watchdog sets how long the Go runtime may stand still while a thread waits in a fault of a
+// mirror served by Go code before the process is aborted with a message (default
+// DefaultWatchdog). Needs ServeFaults with a Go source.
+func Watchdog(d time.Duration) Option { return func(c *config) { c.faults.watchdog = d } }
+
+func (f *faultConfig) check() error {
+	if f.err != nil {
+		return f.err
+	}
+	if !f.serve && (f.around >= 0 || f.logCap > 0 || f.staging || f.trackWrites || f.handler != HandlerAuto || f.watchdog != 0) {
+		return fmt.Errorf("%w: FaultAround, VerifyFaults, StageMinorFaults, TrackWrites, WithHandler and Watchdog need ServeFaults", ErrRange)
+	}
+	if f.handler == HandlerNative && !fault.NativeAvailable {
+		return fmt.Errorf("%w: WithHandler(HandlerNative) needs cgo; this program was built with CGO_ENABLED=0 (use HandlerProcess)", ErrUnsupported)
+	}
+	return nil
+}
+
+// FaultStats counts the faults served through one view.
+type FaultStats struct {
+	Missing uint64 // missing faults: the page was not in memory yet
+	Minor   uint64 // minor faults: the page was filled through another view, and mapped here
+	WP      uint64 // write-protect faults (TrackWrites)
+	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged
+	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE
+	Exists  uint64 // resolves answered EEXIST: someone filled the page first (not an error)
+	Bytes   uint64 // bytes filled or mapped through this view
+}
+
+// FaultEvent is one entry of the VerifyFaults log.
+type FaultEvent struct {
+	Time   time.Duration // CLOCK_MONOTONIC
+	View   int           // the view that faulted (0: Original, 1: Mirror, ...)
+	Offset int           // byte offset of the page in the region
+	Kind   string        // "missing", "minor", "wp", "remove" (a MADV_DONTNEED/MADV_REMOVE event)
+	Result string        // "copied", "zeroed", "staged+continued", "continued", "exists", "error", "unprotected", "reset"
+	Pages  int           // pages resolved (more than 1 with fault-around)
+	Thread uint32        // the faulting thread's id
+}
+
+func (e FaultEvent) String() string {
+	return fmt.Sprintf("%v view %d offset %#x: %s -> %s (%d pages, thread %d)", e.Time, e.View, e.Offset, e.Kind, e.Result, e.Pages, e.Thread)
+}
+
+// ErrNotServing is returned by the fault methods of a Pair made without ServeFaults.
+var ErrNotServing = errors.New("the pair does not serve faults (made without ServeFaults)")

@@ -1,0 +1,181 @@
+package mirror
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mirrormem/mirrormem/alloc"
+	"github.com/mirrormem/mirrormem/internal/fault"
+)
+
+const (
+	envGCRun    = "MIRRORMEM_TEST_GC_RUN"   // region size of one no-hang run
+	envWatchdog = "MIRRORMEM_TEST_WATCHDOG" // run the deliberate deadlock
+)
+
+// runChild runs test in a subprocess with env and a timeout; it returns the output and the
+// error of the run (context.DeadlineExceeded for a timeout: a hang).
+func runChild(test string, env []string, timeout time.Duration) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if ctx.Err() != nil {
+		return out, ctx.Err()
+	}
+	return out, err
+}
+
+// The acceptance test of fault serving: a region served from a file, its pages first touched
+// with copy() (runtime assembly) through the original or the mirror while another goroutine
+// forces garbage collection in a loop. A goroutine handler in this process hangs here in about
+// half of all runs; the handlers outside Go must never. 50 runs of a 64 MiB region, in 10
+// subprocesses (5 runs each: a fresh region, pair, handler and collector loop per run) with a
+// timeout, two at a time; 16 MiB under the race detector, which slows copying 64 MiB too much
+// for CI; 10 runs of 16 MiB with -short.
+func TestNoHangUnderGC(t *testing.T) {
+	const perProcess = 5
+	if v := os.Getenv(envGCRun); v != "" {
+		size, _ := strconv.Atoi(v)
+		for i := 0; i < perProcess; i++ {
+			noHangRun(t, size)
+		}
+		return
+	}
+	runs, size := 50, 64<<20
+	if raceEnabled {
+		size = 16 << 20
+	}
+	if testing.Short() {
+		runs, size = 10, 16<<20
+	}
+	var (
+		mu       sync.Mutex
+		failures []string
+		wg       sync.WaitGroup
+		sem      = make(chan struct{}, 2)
+	)
+	for i := 0; i < runs/perProcess; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			out, err := runChild("TestNoHangUnderGC", []string{envGCRun + "=" + strconv.Itoa(size)}, 2*time.Minute)
+			if err == nil && strings.Contains(string(out), "--- PASS: TestNoHangUnderGC") {
+				return
+			}
+			what := fmt.Sprintf("subprocess %d: %v", i, err)
+			if errors.Is(err, context.DeadlineExceeded) {
+				what = fmt.Sprintf("subprocess %d: HUNG (killed after 2 minutes)", i)
+			}
+			mu.Lock()
+			failures = append(failures, what+"\n"+string(out))
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d of %d runs failed:\n%s", len(failures), runs, strings.Join(failures, "\n"))
+	}
+	t.Logf("%d runs of %d MiB in %d subprocesses: every run completed", runs, size>>20, runs/perProcess)
+}
+
+func noHangRun(t *testing.T, size int) {
+	f, data := patternFile(t, size)
+	r, err := alloc.Shared(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := Mirror(r, ServeFaults(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	stop := gcLoop()
+	buf := make([]byte, 4096)
+	views := [2][]byte{p.Original(), p.Mirror()}
+	for off := 0; off < size; off += 4096 {
+		// Which view first touches the page: both, in runs of varying length.
+		v := views[(off/4096*7/5+off/(1<<20))%2]
+		copy(buf, v[off:off+4096])
+		if !bytes.Equal(buf, data[off:off+4096]) {
+			t.Fatalf("page at %d differs from the file", off)
+		}
+	}
+	stop()
+	if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) {
+		t.Fatal("views differ from the file")
+	}
+	o, m := p.FaultStats()
+	if o.Missing == 0 || m.Missing == 0 {
+		t.Fatalf("both views must have served missing faults: original %+v, mirror %+v", o, m)
+	}
+	t.Logf("%v handler: original %+v, mirror %+v", p.FaultHandler(), o, m)
+}
+
+// blockedReader is a Go source that never answers until released.
+type blockedReader struct {
+	called  chan struct{}
+	once    sync.Once
+	release chan struct{}
+}
+
+func (b *blockedReader) ReadAt(p []byte, off int64) (int, error) {
+	b.once.Do(func() { close(b.called) })
+	<-b.release
+	return 0, io.EOF
+}
+
+// The deadlock of an in-process Go server, made deliberately: a goroutine faults inside copy()
+// on a page whose (Go) source does not answer, and the program then collects garbage. The
+// collector waits for the goroutine forever; the watchdog must abort the process with a
+// message that names the cause and the fix, instead of letting it hang.
+func TestWatchdogCatchesGCDeadlock(t *testing.T) {
+	if !fault.NativeAvailable {
+		t.Skip("the watchdog is a C thread (cgo); without cgo a Go source is refused (TestServeFaultsChoosesHandler)")
+	}
+	if os.Getenv(envWatchdog) != "" {
+		src := &blockedReader{called: make(chan struct{}), release: make(chan struct{})}
+		r, err := alloc.Shared(1 << 20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Mirror(r, ServeFaults(src), Watchdog(500*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			buf := make([]byte, 4096)
+			copy(buf, p.Original()) // the forbidden access: runtime.memmove on an unfilled page
+		}()
+		<-src.called
+		runtime.GC() // never returns: the world cannot stop
+		t.Fatal("the collector finished: the deliberate deadlock did not happen")
+	}
+	out, err := runChild("TestWatchdogCatchesGCDeadlock", []string{envWatchdog + "=1"}, time.Minute)
+	if errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("the process hung, the watchdog did not fire:\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("the process exited normally:\n%s", out)
+	}
+	for _, want := range []string{"DEADLOCK", "copy", "Populate", "thread(s) wait in a page fault"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("the watchdog's message lacks %q:\n%s", want, out)
+		}
+	}
+}

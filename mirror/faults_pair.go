@@ -1,0 +1,284 @@
+package mirror
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+func (p *Pair) serving() (*serving, error) {
+	if p.s.closed.Load() {
+		return nil, ErrClosed
+	}
+	if p.s.faults == nil {
+		return nil, ErrNotServing
+	}
+	return p.s.faults, nil
+}
+
+// FaultStats returns the faults served through the original and through the mirror so far
+// (zero values for a pair made without ServeFaults). Safe to call while serving.
+func (p *Pair) FaultStats() (original, mirror FaultStats) {
+	return p.ViewFaultStats(0), p.ViewFaultStats(1)
+}
+
+// ViewFaultStats returns the faults served through view i (see Views).
+func (p *Pair) ViewFaultStats(i int) FaultStats {
+	sv, err := p.serving()
+	if err != nil {
+		return FaultStats{}
+	}
+	return sv.stats(i)
+}
+
+// FaultHandler says who serves the pair's faults: HandlerNative, HandlerProcess or HandlerGo
+// (HandlerAuto for a pair made without ServeFaults).
+func (p *Pair) FaultHandler() Handler {
+	if sv, err := p.serving(); err == nil {
+		return sv.kind
+	}
+	return HandlerAuto
+}
+
+// FaultErr returns nil while faults are served, or why they no longer can be: every handler
+// process died, or the Go server stopped on an error.
+func (p *Pair) FaultErr() error {
+	sv, err := p.serving()
+	if err != nil {
+		return err
+	}
+	if sv.h != nil {
+		return sv.h.Err()
+	}
+	if sv.g != nil {
+		return sv.g.err()
+	}
+	return nil
+}
+
+// FaultLog returns the VerifyFaults log so far (the first entries, up to the size given to
+// VerifyFaults) and how many entries did not fit.
+func (p *Pair) FaultLog() (events []FaultEvent, dropped uint64) {
+	sv, err := p.serving()
+	if err != nil || sv.h == nil {
+		return nil, 0
+	}
+	entries, dropped := sv.h.Log()
+	events = make([]FaultEvent, len(entries))
+	for i, e := range entries {
+		events[i] = FaultEvent{Time: time.Duration(e.Time), View: e.View, Offset: int(e.Offset), Kind: e.Kind.String(),
+			Result: e.Result.String(), Pages: e.Pages, Thread: e.Thread}
+	}
+	return events, dropped
+}
+
+// FaultReport describes the fault serving in a few printable lines: the handler, the counts
+// per view, the invariants, source errors, the log's extent.
+func (p *Pair) FaultReport() string {
+	sv, err := p.serving()
+	if err != nil {
+		return "mirror: " + err.Error() + "\n"
+	}
+	if sv.h != nil {
+		return sv.h.Report()
+	}
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "fault handler (go, in-process uffd.Server serving a %s)\n", sv.srcKind)
+	for i := range sv.views {
+		s := sv.stats(i)
+		fmt.Fprintf(&b, "  view %d: missing %d, minor %d, wp %d; eexist %d; %d bytes\n", i, s.Missing, s.Minor, s.WP, s.Exists, s.Bytes)
+	}
+	return b.String()
+}
+
+// Verify checks what the handler recorded and what the views show: no invariant violation
+// (each page filled at most once, minor faults only on filled pages), no source error, the
+// handler alive, and every filled page showing the same bytes through every view. It reads the
+// filled pages of every view (served like any other access).
+func (p *Pair) Verify() error {
+	sv, err := p.serving()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if err := p.FaultErr(); err != nil {
+		errs = append(errs, err)
+	}
+	if sv.h == nil {
+		return errors.Join(append(errs, p.compareViewsLoop())...)
+	}
+	st := sv.h.Stats()
+	if st.Violations > 0 {
+		errs = append(errs, fmt.Errorf("mirror: %d fault invariant violation(s); first: %s", st.Violations, st.Violation))
+	}
+	if st.Errors > 0 {
+		errs = append(errs, fmt.Errorf("mirror: %d source error(s); last: %s", st.Errors, st.Error))
+	}
+	page := mem.PageSize()
+	views := p.s.views
+	for pg := 0; pg < p.s.n/page; pg++ {
+		if !sv.h.Filled(pg) {
+			continue
+		}
+		a := views[0][pg*page : (pg+1)*page]
+		for i := 1; i < len(views); i++ {
+			if !bytes.Equal(a, views[i][pg*page:(pg+1)*page]) {
+				errs = append(errs, fmt.Errorf("mirror: page at offset %d differs between view 0 and view %d", pg*page, i))
+				break
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// compareViewsLoop compares the resident pages of the views with plain loops (the Go server
+// serves them: no runtime assembly on memory it serves).
+func (p *Pair) compareViewsLoop() error {
+	page := mem.PageSize()
+	vec := make([]byte, p.s.n/page)
+	if err := mincore(p.s.views[0], vec); err != nil {
+		return fmt.Errorf("mirror: Verify: %w", err)
+	}
+	for pg, in := range vec {
+		if in&1 == 0 {
+			continue
+		}
+		a := p.s.views[0][pg*page : (pg+1)*page]
+		for i := 1; i < len(p.s.views); i++ {
+			b := p.s.views[i][pg*page : (pg+1)*page]
+			for j := range a {
+				if a[j] != b[j] {
+					return fmt.Errorf("mirror: page at offset %d differs between view 0 and view %d", pg*page, i)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (p *Pair) pageRange(op string, off, n int) error {
+	page := mem.PageSize()
+	if off < 0 || n <= 0 || off%page != 0 || n%page != 0 || off > p.s.n || n > p.s.n-off {
+		return fmt.Errorf("%w: %s(%d, %d): want a non-empty page-aligned range inside the %d-byte view", ErrRange, op, off, n, p.s.n)
+	}
+	return nil
+}
+
+// Populate makes the pages [off, off+n) present in every view, served by the fault handler
+// while the calling goroutine is inside a system call (MADV_POPULATE_READ, Linux 5.14+), where
+// the garbage collector does not wait for it. This is the safe way to prepare pages that code
+// will then touch with copy() and friends when a Go source serves the pair (see ServeFaults);
+// it works with every handler. A later MADV_DONTNEED (Discard) or Reset undoes it.
+func (p *Pair) Populate(off, n int) error {
+	if p.s.closed.Load() {
+		return ErrClosed
+	}
+	if err := p.pageRange("Populate", off, n); err != nil {
+		return err
+	}
+	for i, v := range p.s.views {
+		if err := unix.Madvise(v[off:off+n], unix.MADV_POPULATE_READ); err != nil {
+			switch {
+			case errors.Is(err, unix.EINVAL):
+				return fmt.Errorf("%w: Populate: MADV_POPULATE_READ needs Linux 5.14: %w", ErrUnsupported, err)
+			case errors.Is(err, unix.EFAULT):
+				return fmt.Errorf("mirror: Populate view %d: the fault was refused (a userfaultfd without privilege serves only faults raised in user mode: allow vm.unprivileged_userfaultfd or CAP_SYS_PTRACE), or the handler failed: %w", i, err)
+			}
+			return fmt.Errorf("mirror: Populate view %d: %w", i, os.NewSyscallError("madvise", err))
+		}
+	}
+	return nil
+}
+
+// Reset frees the pages [off, off+n) (MADV_REMOVE): the memory returns to the unfilled state
+// in every view, and the next touch through any view raises a missing fault again, served again
+// from the source. (MADV_DONTNEED does not do this on shared memory: see Discard.)
+func (p *Pair) Reset(off, n int) error {
+	if p.s.closed.Load() {
+		return ErrClosed
+	}
+	if err := p.pageRange("Reset", off, n); err != nil {
+		return err
+	}
+	if err := unix.Madvise(p.s.views[0][off:off+n], unix.MADV_REMOVE); err != nil {
+		return fmt.Errorf("mirror: Reset: %w", os.NewSyscallError("madvise(MADV_REMOVE)", err))
+	}
+	return nil
+}
+
+// Discard drops view i's page-table entries for [off, off+n) (MADV_DONTNEED). On shared memory
+// this frees nothing: the pages stay in the page cache with their contents (writes included),
+// and the next touch through view i is a minor fault (counted as Minor), not a new fill. Use
+// Reset to free pages.
+func (p *Pair) Discard(i, off, n int) error {
+	if p.s.closed.Load() {
+		return ErrClosed
+	}
+	if err := p.pageRange("Discard", off, n); err != nil {
+		return err
+	}
+	if i < 0 || i >= len(p.s.views) {
+		return fmt.Errorf("%w: Discard: view %d of %d", ErrRange, i, len(p.s.views))
+	}
+	if err := unix.Madvise(p.s.views[i][off:off+n], unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("mirror: Discard: %w", os.NewSyscallError("madvise(MADV_DONTNEED)", err))
+	}
+	return nil
+}
+
+// TrackDirty starts a new dirty-tracking epoch for view i: it forgets the pages recorded as
+// dirty, write-protects the whole view, and from then on records each page written through
+// view i (the first write of a page raises a write-protect fault, which the handler records
+// and lifts). Write protection is per view: writes through other views are not seen unless
+// they are tracked too. Needs TrackWrites and a handler outside Go.
+func (p *Pair) TrackDirty(i int) error {
+	sv, err := p.serving()
+	if err != nil {
+		return err
+	}
+	if sv.mode&uffd.ModeWP == 0 {
+		return fmt.Errorf("%w: TrackDirty: the pair was made without TrackWrites", ErrUnsupported)
+	}
+	if sv.h == nil {
+		return fmt.Errorf("%w: TrackDirty needs a handler outside Go", ErrUnsupported)
+	}
+	if i < 0 || i >= len(sv.views) {
+		return fmt.Errorf("%w: TrackDirty: view %d of %d", ErrRange, i, len(sv.views))
+	}
+	page := mem.PageSize()
+	for pg := 0; pg < sv.n/page; pg++ {
+		sv.h.ClearDirty(i, pg)
+	}
+	sv.h.SetTracked(i, true)
+	if err := sv.u.WriteProtectRange(sv.views[i], sv.n, true, 0); err != nil {
+		return fmt.Errorf("mirror: TrackDirty: %w", err)
+	}
+	return nil
+}
+
+// Dirty returns the offsets of the pages written through view i since TrackDirty(i), in
+// increasing order.
+func (p *Pair) Dirty(i int) ([]int, error) {
+	sv, err := p.serving()
+	if err != nil {
+		return nil, err
+	}
+	if sv.h == nil || i < 0 || i >= len(sv.views) {
+		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
+	}
+	page := mem.PageSize()
+	var offs []int
+	for pg := 0; pg < sv.n/page; pg++ {
+		if sv.h.Dirty(i, pg) {
+			offs = append(offs, pg*page)
+		}
+	}
+	return offs, nil
+}

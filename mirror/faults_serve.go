@@ -1,0 +1,313 @@
+package mirror
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/alloc"
+	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/internal/mem"
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+// serving is the fault serving of one pair: one userfaultfd with every view registered, and
+// the handler that serves it.
+type serving struct {
+	u       *uffd.UFFD
+	views   []uintptr
+	n       int
+	mode    uffd.Mode
+	kind    Handler
+	src     io.ReaderAt
+	srcKind string // for messages
+
+	h   *fault.Handler // native or process
+	fds []int          // descriptors this pair duplicated for the handler
+
+	g *goServing // HandlerGo
+
+	mu      sync.Mutex
+	stopped bool
+}
+
+// startServing registers the views and starts the handler. On error nothing is left behind.
+func (s *state) startServing(cfg *config, src *source) (err error) {
+	f := &cfg.faults
+	page := mem.PageSize()
+	sv := &serving{n: s.n, src: f.src, srcKind: fmt.Sprintf("%T", f.src)}
+	for _, v := range s.views {
+		sv.views = append(sv.views, mem.Addr(mem.Ptr(v)))
+	}
+	if len(sv.views) > fault.MaxViews {
+		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrRange, fault.MaxViews, len(sv.views))
+	}
+	defer func() {
+		if err != nil {
+			sv.stop()
+		}
+	}()
+
+	// Where the bytes come from decides who serves them.
+	fc := fault.Config{Len: s.n, AliasFD: -1, LogCap: f.logCap, SourceLen: int64(s.n)}
+	goSource := false
+	switch rr := f.src.(type) {
+	case nil:
+		fc.Source = fault.SourceZero
+	case *regionReader:
+		v := rr.r
+		if v == s.region || (v.Bytes() != nil && s.region != nil && mem.Ptr(v.Bytes()) == mem.Ptr(s.region.Bytes())) {
+			return fmt.Errorf("%w: ServeFaults: the source is the region being mirrored", ErrRange)
+		}
+		b := v.Bytes()
+		if b == nil {
+			return fmt.Errorf("%w: ServeFaults: the source region is closed", ErrClosed)
+		}
+		fc.SourceLen = int64(min(len(b), s.n))
+		if fd := v.Fd(); fd >= 0 {
+			if fc.SourceFD, err = sv.dup(fd); err != nil {
+				return err
+			}
+			fc.Source = fault.SourceFD
+		} else {
+			fc.Source = fault.SourceMem
+			fc.SourceAddr = mem.Addr(mem.Ptr(b))
+		}
+	default:
+		fd, ok := preadableFd(f.src)
+		if !ok {
+			goSource = true
+			break
+		}
+		if fc.SourceFD, err = sv.dup(fd); err != nil {
+			return err
+		}
+		fc.Source = fault.SourceFD
+	}
+	sv.kind = f.handler
+	if sv.kind == HandlerAuto {
+		switch {
+		case goSource:
+			sv.kind = HandlerGo
+		case fault.NativeAvailable:
+			sv.kind = HandlerNative
+		default:
+			sv.kind = HandlerProcess
+		}
+	}
+	if goSource && sv.kind != HandlerGo {
+		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (no file descriptor to read), which only HandlerGo can serve", ErrUnsupported, sv.srcKind)
+	}
+	if sv.kind == HandlerGo {
+		if !fault.NativeAvailable {
+			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code must be served by Go code in this process, and a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) would then hang the program under garbage collection; without cgo there is no watchdog to catch that. Serve from an *os.File, an *alloc.Region or nil (a handler process serves those), or build with cgo",
+				ErrUnsupported, sv.srcKind)
+		}
+		if f.staging || f.logCap > 0 {
+			return fmt.Errorf("%w: StageMinorFaults and VerifyFaults need a handler outside Go (a source with a file descriptor, a region or nil)", ErrUnsupported)
+		}
+	}
+	if sv.kind == HandlerGo {
+		fc.Source = fault.SourceZero // the Go server reads f.src itself
+	}
+	if sv.kind == HandlerProcess && fc.Source == fault.SourceMem {
+		// A handler process reaches a region without descriptor through map_files.
+		fd, err := openMapFile(mem.Ptr(f.src.(*regionReader).r.Bytes()))
+		if err != nil {
+			return fmt.Errorf("%w: ServeFaults: a handler process cannot read an alloc.Shared region without opening it through /proc/self/map_files (%v): use an alloc.Memfd region, or build with cgo", ErrUnsupported, err)
+		}
+		sv.fds = append(sv.fds, fd)
+		fc.Source, fc.SourceFD = fault.SourceFD, fd
+	}
+
+	// One userfaultfd for every view, with what the kernel offers.
+	avail, err := uffd.Available()
+	if err != nil {
+		return fmt.Errorf("%w: ServeFaults: %w", ErrUnsupported, err)
+	}
+	if avail&uffd.FeatureMissingShmem == 0 {
+		return fmt.Errorf("%w: ServeFaults: userfaultfd on shared memory needs Linux 4.11 (UFFD_FEATURE_MISSING_SHMEM)", ErrUnsupported)
+	}
+	want := uffd.FeatureMissingShmem | avail&(uffd.FeatureThreadID|uffd.FeatureMinorShmem|uffd.FeaturePoison)
+	if sv.kind != HandlerGo {
+		want |= avail & uffd.FeatureEventRemove
+	}
+	sv.mode = uffd.ModeMissing
+	if avail&uffd.FeatureMinorShmem != 0 {
+		sv.mode |= uffd.ModeMinor
+	}
+	if f.staging {
+		if avail&uffd.FeatureMinorShmem == 0 {
+			return fmt.Errorf("%w: StageMinorFaults: minor faults on shmem need Linux 5.14 (UFFD_FEATURE_MINOR_SHMEM)", ErrUnsupported)
+		}
+		if src.region == nil || src.region.Fd() < 0 {
+			return fmt.Errorf("%w: StageMinorFaults stages pages through the region's memfd: mirror an alloc.Memfd region with Mirror", ErrUnsupported)
+		}
+		if fc.AliasFD, err = sv.dup(src.region.Fd()); err != nil {
+			return err
+		}
+	}
+	if f.trackWrites {
+		if avail&uffd.FeatureWPHugetlbfsShmem == 0 {
+			return fmt.Errorf("%w: TrackWrites: write-protect on shmem needs Linux 5.19 (UFFD_FEATURE_WP_HUGETLBFS_SHMEM)", ErrUnsupported)
+		}
+		want |= uffd.FeatureWPHugetlbfsShmem | uffd.FeaturePagefaultFlagWP
+		sv.mode |= uffd.ModeWP
+	}
+	if sv.u, err = uffd.New(uffd.WithFeatures(want)); err != nil {
+		return fmt.Errorf("ServeFaults: %w", err)
+	}
+	fc.UFFD = sv.u
+	fc.Views = sv.views
+	fc.Poison = sv.u.Features()&uffd.FeaturePoison != 0
+	fc.MaxAround = DefaultFaultAround / page
+	if f.around >= 0 {
+		fc.MaxAround = max(f.around/page, 1)
+	}
+
+	// Pages already in the page cache (the region was written before) are not the handler's
+	// fills: tell the invariant checks.
+	vec := make([]byte, s.n/page)
+	if err := mincore(s.views[0], vec); err == nil {
+		fc.Present = make([]bool, len(vec))
+		for i, b := range vec {
+			fc.Present[i] = b&1 != 0
+		}
+	}
+	for i, a := range sv.views {
+		if err := sv.u.Register(a, s.n, sv.mode); err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				return fmt.Errorf("%w: ServeFaults: registering view %d: userfaultfd serves anonymous and shared memory (shmem, memfd) only, not a shared file mapping: %w", ErrUnsupported, i, err)
+			}
+			return fmt.Errorf("ServeFaults: registering view %d: %w", i, err)
+		}
+	}
+
+	switch sv.kind {
+	case HandlerNative:
+		sv.h, err = fault.StartNative(fc)
+	case HandlerProcess:
+		sv.h, err = fault.StartProcess(fc, fault.ProcessOptions{})
+	case HandlerGo:
+		sv.g, err = startGoServing(sv, fc.MaxAround*page, f.watchdog)
+	}
+	if err != nil {
+		return fmt.Errorf("ServeFaults: %w", err)
+	}
+	s.faults = sv
+	return nil
+}
+
+func (sv *serving) dup(fd int) (int, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("ServeFaults: duplicating descriptor %d: %w", fd, os.NewSyscallError("fcntl", err))
+	}
+	sv.fds = append(sv.fds, nfd)
+	return nfd, nil
+}
+
+// RegionSource makes a region the source of ServeFaults: pages are copied from it (a native
+// handler copies straight from its memory; a handler process reads its memfd). Its ReadAt
+// copies from the region, for any other use.
+func RegionSource(r *alloc.Region) io.ReaderAt { return &regionReader{r} }
+
+type regionReader struct{ r *alloc.Region }
+
+func (s *regionReader) ReadAt(p []byte, off int64) (int, error) {
+	b := s.r.Bytes()
+	if b == nil {
+		return 0, ErrClosed
+	}
+	if off < 0 {
+		return 0, fmt.Errorf("mirror: RegionSource.ReadAt: negative offset %d", off)
+	}
+	if off >= int64(len(b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, b[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// preadableFd returns the descriptor of a source that has one and that pread(2) can read.
+func preadableFd(src io.ReaderAt) (int, bool) {
+	fd := -1
+	switch v := src.(type) {
+	case interface{ Fd() uintptr }:
+		fd = int(v.Fd())
+	case interface{ Fd() int }:
+		fd = v.Fd()
+	default:
+		return -1, false
+	}
+	if fd < 0 {
+		return -1, false
+	}
+	var b [1]byte
+	if _, err := unix.Pread(fd, b[:], 0); err != nil {
+		return -1, false // a pipe or socket (ESPIPE), a closed or write-only descriptor
+	}
+	return fd, true
+}
+
+func openMapFile(p mem.Pointer) (int, error) {
+	a := mem.Addr(p)
+	vmas, err := mem.FindVMAs(a, a+1)
+	if err != nil {
+		return -1, err
+	}
+	if len(vmas) == 0 {
+		return -1, fmt.Errorf("%#x is not mapped", a)
+	}
+	return mem.OpenMapFile(vmas[0], unix.O_RDONLY)
+}
+
+// stop stops serving and closes the userfaultfd (which unregisters every view). The handler
+// is stopped first: it must never read a descriptor number that was closed and reused.
+func (sv *serving) stop() error {
+	sv.mu.Lock()
+	if sv.stopped {
+		sv.mu.Unlock()
+		return nil
+	}
+	sv.stopped = true
+	sv.mu.Unlock()
+	var errs []error
+	if sv.h != nil {
+		errs = append(errs, sv.h.Stop())
+	}
+	if sv.g != nil {
+		errs = append(errs, sv.g.stop())
+	}
+	if sv.u != nil {
+		errs = append(errs, sv.u.Close())
+	}
+	for _, fd := range sv.fds {
+		errs = append(errs, unix.Close(fd))
+	}
+	sv.fds = nil
+	return errors.Join(errs...)
+}
+
+func (sv *serving) stats(i int) FaultStats {
+	if sv.h != nil {
+		s := sv.h.Stats()
+		if i >= len(s.Views) {
+			return FaultStats{}
+		}
+		v := s.Views[i]
+		return FaultStats{Missing: v.Missing, Minor: v.Minor, WP: v.WP, Filled: v.Copied + v.Zeroed + v.Staged,
+			Mapped: v.Continued - v.Staged, Exists: v.EEXIST, Bytes: v.Bytes}
+	}
+	if sv.g != nil {
+		return sv.g.stats(i)
+	}
+	return FaultStats{}
+}
