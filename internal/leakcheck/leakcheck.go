@@ -15,7 +15,7 @@ import (
 // calling process at one moment.
 type Snapshot struct {
 	FDs  map[string]string // fd number -> readlink target
-	Maps []string          // lines of /proc/self/maps, sans the volatile [stack]/[heap] sizes
+	Maps []string          // lines of /proc/self/maps
 }
 
 // Take reads /proc/self/fd and /proc/self/maps.
@@ -42,46 +42,80 @@ func Take() (Snapshot, error) {
 	return s, nil
 }
 
-// Diff describes what appeared in after that was not in before: new fds and new mapping lines
-// that name a shared or special mapping. The Go runtime grows its own heap and arena mappings
-// (anonymous, private) at will, so private anonymous lines are compared only if strict is set.
+// Diff describes what after has that before lacks: new or changed fds, and new mappings of
+// the kinds this module makes (see Relevant). The Go runtime, the C library and the race
+// detector's threads grow their own private mappings at will, so those are compared only if
+// strict is set.
 func Diff(before, after Snapshot, strict bool) string {
 	var out []string
 	for fd, target := range after.FDs {
 		if old, ok := before.FDs[fd]; !ok || old != target {
-			out = append(out, fmt.Sprintf("new fd %s -> %s", fd, target))
+			out = append(out, fmt.Sprintf("fd %s -> %s", fd, target))
 		}
 	}
 	old := map[string]bool{}
 	for _, l := range before.Maps {
 		old[l] = true
 	}
-	for _, l := range after.Maps {
-		if old[l] {
-			continue
+	for i, l := range after.Maps {
+		if !old[l] && (strict || Relevant(after.Maps, i)) {
+			out = append(out, "mapping "+l)
 		}
-		if !strict && !interesting(l) {
-			continue
-		}
-		out = append(out, "new mapping "+l)
 	}
 	sort.Strings(out)
 	return strings.Join(out, "\n")
 }
 
-// interesting reports whether a maps line is one this library could have made: shared
-// mappings (s in the permissions), memfd or /dev/zero (shmem) objects, userfaultfd, and
-// PROT_NONE reservations.
-func interesting(line string) bool {
-	f := strings.Fields(line)
-	if len(f) < 2 {
+type vma struct {
+	lo, hi uintptr
+	perms  string
+	rest   string
+}
+
+func parse(l string) (v vma, ok bool) {
+	f := strings.Fields(l)
+	if len(f) < 5 {
+		return v, false
+	}
+	if _, err := fmt.Sscanf(f[0], "%x-%x", &v.lo, &v.hi); err != nil {
+		return v, false
+	}
+	v.perms = f[1]
+	v.rest = strings.Join(f[5:], " ")
+	return v, true
+}
+
+// Relevant reports whether line i of maps is a mapping this module could have made: a shared
+// mapping, a memfd, or a PROT_NONE reservation. PROT_NONE guard pages of the Go runtime, the C
+// library's malloc arenas and thread stacks lie next to a private read-write mapping, while
+// this module's reservations lie next to shared memory or stand alone; only the latter count.
+func Relevant(maps []string, i int) bool {
+	v, ok := parse(maps[i])
+	if !ok {
 		return false
 	}
-	perms := f[1]
-	if strings.HasSuffix(perms, "s") || strings.HasPrefix(perms, "---") {
+	if strings.HasSuffix(v.perms, "s") || strings.Contains(v.rest, "memfd:") || strings.Contains(v.rest, "/dev/zero") {
 		return true
 	}
-	return strings.Contains(line, "memfd:") || strings.Contains(line, "/dev/zero") || strings.Contains(line, "SYSV")
+	if v.perms != "---p" || v.rest != "" {
+		return false
+	}
+	nextToShared, nextToPrivate := false, false
+	for _, j := range []int{i - 1, i + 1} {
+		if j < 0 || j >= len(maps) {
+			continue
+		}
+		w, ok := parse(maps[j])
+		if !ok || (w.hi != v.lo && w.lo != v.hi) {
+			continue
+		}
+		if strings.HasSuffix(w.perms, "s") {
+			nextToShared = true
+		} else if w.perms != "---p" {
+			nextToPrivate = true
+		}
+	}
+	return nextToShared || !nextToPrivate
 }
 
 // T is the part of testing.TB that Check needs.
