@@ -1,0 +1,401 @@
+package uffd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Server resolves the page faults of the ranges it handles, each from its own source: missing
+// pages are copied from an io.ReaderAt (UFFDIO_COPY) or zero-filled (UFFDIO_ZEROPAGE), minor
+// faults are resolved with UFFDIO_CONTINUE, write-protect faults by lifting the protection.
+//
+// Registration: Handle and HandleViews do not register anything unless the server was made with
+// WithRegister. Register the ranges yourself (Register, or a peer library such as
+// userfaultfd-go's mapper.Register) with the modes you need, then tell the server where to find
+// the data. The server never unregisters: closing the UFFD does that.
+//
+// Serving: Serve reads many messages per read(2) and resolves each with one ReadAt into a pooled,
+// page-aligned buffer and one ioctl, without allocating. On sequential access it resolves more
+// than the faulting page (fault-around, see WithFaultAround). Events are handled, never fatal:
+// unmapped views are dropped, moved views follow the move, a duplicate made with mremap (old
+// size 0, EventRemap with length 0) becomes another view of the same source, a forked child's
+// userfaultfd is handed to WithForkHandler or closed.
+//
+// Concurrency: EEXIST means someone else (another thread, another view, an earlier fault-around
+// window) filled the page: the server wakes the waiters and goes on. EAGAIN means a
+// non-cooperative event is pending: the server reads it and retries. Handle, HandleViews, Stats
+// and Close may be called while Serve runs.
+//
+// A Server does not own its UFFD: Close stops serving, and the caller closes the UFFD after it.
+// Mind the Go runtime (see the package documentation): a goroutine of this process must touch
+// served memory only from plain Go loops, system calls or another process.
+type Server struct {
+	u    *UFFD
+	cfg  serverConfig
+	page int
+	pool *bufPool
+
+	// mu guards the fields below it and serialises table updates. It is never held while
+	// resolving faults; readers use tab without locking.
+	mu       sync.Mutex
+	entries  []*viewEntry // every view ever handled, in order, for Stats
+	nobjects int
+	closed   bool
+	serving  bool
+	done     chan struct{} // closed when the running Serve returns
+
+	tab      atomic.Pointer[table] // the current views, replaced whole on every change
+	stopping atomic.Bool           // Serve must return: Close, ctx cancelled, or a fatal error
+	failMu   sync.Mutex
+	failErr  error // first fatal error of the running Serve
+
+	sstats liveServerStats
+}
+
+// ServerOption configures NewServer.
+type ServerOption func(*serverConfig)
+
+type serverConfig struct {
+	workers   int
+	batch     int
+	aroundMax int // bytes; <= one page disables fault-around
+	policy    SourceErrorPolicy
+	register  Mode
+	onFork    func(*UFFD)
+	onError   func(error)
+}
+
+// DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
+// cost of UFFDIO_COPY stops falling.
+const DefaultFaultAround = 2 << 20
+
+// WithWorkers sets how many goroutines read and resolve faults (default 1). They take turns in
+// read(2) and resolve in parallel. One reader that batches wins on few cores; more workers pay
+// when sources are slow (ReadAt waits on disk or network) and faults come from many threads.
+func WithWorkers(n int) ServerOption {
+	return func(c *serverConfig) {
+		if n > 0 {
+			c.workers = n
+		}
+	}
+}
+
+// WithBatch sets how many messages one read(2) may return (default 64).
+func WithBatch(n int) ServerOption {
+	return func(c *serverConfig) {
+		if n > 0 {
+			c.batch = n
+		}
+	}
+}
+
+// WithFaultAround sets the cap of the fault-around window in bytes (rounded down to pages;
+// default DefaultFaultAround). A fault that continues a sequential stream (it lands on the page
+// right after the window resolved last for that stream) doubles the stream's window up to the
+// cap; any other fault resolves one page and starts a new stream. Up to four streams per source
+// are followed at once. A window never passes the end of the view, the source object or the
+// source's data. A cap of one page or less disables fault-around.
+func WithFaultAround(maxBytes int) ServerOption {
+	return func(c *serverConfig) { c.aroundMax = maxBytes }
+}
+
+// WithoutFaultAround resolves exactly the faulting page, always.
+func WithoutFaultAround() ServerOption { return WithFaultAround(0) }
+
+// WithRegister makes Handle and HandleViews register each view with mode (UFFDIO_REGISTER)
+// before handling it. Without it the caller registers. Registering a range again with the same
+// userfaultfd replaces its modes, so do not combine this with your own registration.
+func WithRegister(mode Mode) ServerOption { return func(c *serverConfig) { c.register = mode } }
+
+// WithForkHandler hands the userfaultfd of a forked child (EventFork, negotiated with
+// FeatureEventFork) to f, which owns it from then on (serve it with another Server, or close
+// it). Without a handler the server closes it: the kernel then unregisters the child's ranges,
+// and the child reads zeros where pages were missing.
+func WithForkHandler(f func(child *UFFD)) ServerOption { return func(c *serverConfig) { c.onFork = f } }
+
+// WithErrorHandler calls f (from a serving goroutine) with every error the server survives: a
+// source error under PoisonOnSourceError, an unusable forked userfaultfd. f must not call Close.
+func WithErrorHandler(f func(error)) ServerOption { return func(c *serverConfig) { c.onError = f } }
+
+// SourceErrorPolicy says what the server does when a source's ReadAt fails for a faulting page.
+// It never maps zeros in place of data that failed to read.
+type SourceErrorPolicy int
+
+const (
+	// StopOnSourceError (the default): Serve returns a *SourceError. The faulting thread stays
+	// blocked on its fault; the caller decides (retry with a new Serve, or end the program).
+	// Closing the UFFD instead would let the kernel map zeros: do that only on purpose.
+	StopOnSourceError SourceErrorPolicy = iota
+	// PoisonOnSourceError poisons the faulting page (UFFDIO_POISON, Linux 6.6+, needs
+	// FeaturePoison) and goes on serving: the faulting thread gets SIGBUS (a Go program panics
+	// with "unexpected fault address", recoverable under debug.SetPanicOnFault). The error goes
+	// to WithErrorHandler and counts in RangeStats.SourceErrors.
+	PoisonOnSourceError
+)
+
+// OnSourceError sets the source error policy.
+func OnSourceError(p SourceErrorPolicy) ServerOption { return func(c *serverConfig) { c.policy = p } }
+
+// SourceError reports a failed ReadAt for a fault.
+type SourceError struct {
+	Addr   uintptr // the faulting page
+	Offset int64   // its offset in the source
+	Err    error   // what ReadAt returned (io.ErrUnexpectedEOF when the source ends before the page)
+}
+
+func (e *SourceError) Error() string {
+	return fmt.Sprintf("uffd: source read for page %#x (offset %d) failed: %v", e.Addr, e.Offset, e.Err)
+}
+
+func (e *SourceError) Unwrap() error { return e.Err }
+
+// ErrServerClosed is what Serve returns after Close.
+var ErrServerClosed = errors.New("uffd: server closed")
+
+// ErrServing is what Serve returns when another Serve of the same server is running.
+var ErrServing = errors.New("uffd: Serve is already running on this server")
+
+// ErrUnhandledFault is matched by the error Serve returns for a fault on an address that no
+// handled view covers: a range registered on the userfaultfd but never given to Handle.
+var ErrUnhandledFault = errors.New("uffd: fault outside every handled range")
+
+// NewServer returns a server for the faults of u. u stays the caller's.
+func NewServer(u *UFFD, opts ...ServerOption) *Server {
+	cfg := serverConfig{workers: 1, batch: 64, aroundMax: DefaultFaultAround}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	page := os.Getpagesize()
+	cfg.aroundMax &^= page - 1
+	if cfg.aroundMax < page {
+		cfg.aroundMax = page
+	}
+	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(cfg.aroundMax)}
+	s.tab.Store(&table{})
+	return s
+}
+
+// Handle serves faults on [addr, addr+length) from src, offset 0 being addr; a nil src means
+// zero-fill (UFFDIO_ZEROPAGE). addr and length must be page aligned and the range must not
+// overlap a range already handled. The range must be registered on the server's userfaultfd
+// (by the caller, or by the server under WithRegister).
+func (s *Server) Handle(addr uintptr, length int, src io.ReaderAt) error {
+	return s.handle("Handle", length, src, []uintptr{addr})
+}
+
+// HandleViews serves several views of one shared object (shmem or memfd mapped, or duplicated
+// with mremap, at each address in views), each view length bytes long, offset 0 being the start
+// of every view. A page is filled once: a MISSING fault at offset o through any view copies the
+// page into that view (EEXIST: it was filled through another view, which is fine), then wakes the
+// waiters at offset o on every view, since a resolve through one view does not wake a thread
+// faulting through another. Counts go to the faulting view.
+//
+// Register every view with ModeMissing, and also ModeMinor where the userfaultfd has
+// FeatureMinorShmem (5.14+): a page filled through one view is then reported as a MINOR fault on
+// the others (resolved with UFFDIO_CONTINUE) instead of being mapped by the kernel unseen. A
+// view registered MISSING only still works; its later touches of pages filled elsewhere are just
+// not counted.
+func (s *Server) HandleViews(length int, src io.ReaderAt, views ...uintptr) error {
+	if len(views) == 0 {
+		return &RangeError{Op: "HandleViews", Len: length, Why: "no view given"}
+	}
+	return s.handle("HandleViews", length, src, views)
+}
+
+func (s *Server) handle(op string, length int, src io.ReaderAt, addrs []uintptr) error {
+	if err := s.checkViews(op, length, addrs); err != nil {
+		return err
+	}
+	if s.cfg.register != 0 {
+		for i, a := range addrs {
+			if err := s.u.Register(a, length, s.cfg.register); err != nil {
+				for _, b := range addrs[:i] {
+					s.u.Unregister(b, length)
+				}
+				return fmt.Errorf("uffd: %s: registering view %d: %w", op, i, err)
+			}
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.tab.Load()
+	// Checked again under the lock: another Handle may have raced the first check.
+	for _, a := range addrs {
+		if i := old.overlapping(a, a+uintptr(length)); i >= 0 {
+			return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps the handled range [%#x, %#x)", old.views[i].addr, old.views[i].end)}
+		}
+	}
+	s.nobjects++
+	obj := &object{id: s.nobjects, length: int64(length), src: src}
+	views := append([]view(nil), old.views...)
+	for i, a := range addrs {
+		e := &viewEntry{addr: a, length: length, obj: obj, index: i}
+		s.entries = append(s.entries, e)
+		views = append(views, view{addr: a, end: a + uintptr(length), obj: obj, st: e})
+	}
+	s.tab.Store(buildTable(views, old.dropped))
+	return nil
+}
+
+func (s *Server) checkViews(op string, length int, addrs []uintptr) error {
+	pm := uintptr(s.page - 1)
+	if length <= 0 {
+		return &RangeError{Op: op, Len: length, Why: "length must be positive"}
+	}
+	if uintptr(length)&pm != 0 {
+		return &RangeError{Op: op, Addr: addrs[0], Len: length, Why: fmt.Sprintf("length is not a multiple of the page size (%d)", s.page)}
+	}
+	for i, a := range addrs {
+		if a&pm != 0 {
+			return &RangeError{Op: op, Addr: a, Len: length, Why: "address is not page aligned"}
+		}
+		if a+uintptr(length) < a {
+			return &RangeError{Op: op, Addr: a, Len: length, Why: "range wraps around the address space"}
+		}
+		for _, b := range addrs[:i] {
+			if a < b+uintptr(length) && b < a+uintptr(length) {
+				return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps view %#x of the same call", b)}
+			}
+		}
+	}
+	tab := s.tab.Load()
+	for _, a := range addrs {
+		if i := tab.overlapping(a, a+uintptr(length)); i >= 0 {
+			return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps the handled range [%#x, %#x)", tab.views[i].addr, tab.views[i].end)}
+		}
+	}
+	return nil
+}
+
+// Stats returns the counters of every view handled so far, in the order they were handled
+// (duplicates picked up from remap events come after their originals' calls). Safe to call
+// while serving.
+func (s *Server) Stats() []RangeStats {
+	s.mu.Lock()
+	entries := append([]*viewEntry(nil), s.entries...)
+	s.mu.Unlock()
+	out := make([]RangeStats, len(entries))
+	for i, e := range entries {
+		st := e.live.snapshot()
+		st.Addr, st.Len, st.Object, st.View = e.addr, e.length, e.obj.id, e.index
+		out[i] = st
+	}
+	return out
+}
+
+// ServerStats returns the server-wide counters. Safe to call while serving.
+func (s *Server) ServerStats() ServerStats { return s.sstats.snapshot() }
+
+// Serve reads and resolves faults until ctx is done (it returns ctx.Err()), Close is called
+// (ErrServerClosed), or a fault cannot be served (a *SourceError under StopOnSourceError, an
+// error matching ErrUnhandledFault, a failed ioctl, the userfaultfd closed under it). Faults
+// being resolved when it stops are finished; faults not read yet stay pending in the kernel, and
+// a new Serve picks them up. Only one Serve runs at a time.
+func (s *Server) Serve(ctx context.Context) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrServerClosed
+	}
+	if s.serving {
+		s.mu.Unlock()
+		return ErrServing
+	}
+	if s.cfg.policy == PoisonOnSourceError && s.u.Features()&FeaturePoison == 0 {
+		s.mu.Unlock()
+		return fmt.Errorf("uffd: PoisonOnSourceError needs a userfaultfd made with WithFeatures(FeaturePoison): %w", &FeatureError{Missing: FeaturePoison})
+	}
+	// The deadline is how Close interrupts a read parked in the poller without closing the fd.
+	if err := s.u.File().SetReadDeadline(time.Time{}); err != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("uffd: the userfaultfd is not in the runtime poller, Close could not interrupt Serve: %w", err)
+	}
+	s.serving = true
+	s.stopping.Store(false)
+	s.failErr = nil
+	done := make(chan struct{})
+	s.done = done
+	s.mu.Unlock()
+
+	stopAfter := context.AfterFunc(ctx, s.interrupt)
+	var wg sync.WaitGroup
+	for i := 1; i < s.cfg.workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.runWorker()
+		}()
+	}
+	s.runWorker()
+	wg.Wait()
+	stopAfter()
+
+	s.mu.Lock()
+	s.serving = false
+	s.u.File().SetReadDeadline(time.Time{})
+	closed := s.closed
+	close(done)
+	s.mu.Unlock()
+
+	s.failMu.Lock()
+	err := s.failErr
+	s.failMu.Unlock()
+	switch {
+	case err != nil:
+		return err
+	case closed:
+		return ErrServerClosed
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return errors.New("uffd: Serve stopped for no reason") // unreachable: workers stop only on one of the above
+}
+
+// interrupt makes every worker of the running Serve return soon: a read parked in the poller
+// returns at once with os.ErrDeadlineExceeded.
+func (s *Server) interrupt() {
+	s.mu.Lock()
+	if s.serving {
+		s.stopping.Store(true)
+		s.u.File().SetReadDeadline(time.Unix(1, 0))
+	}
+	s.mu.Unlock()
+}
+
+// fail records the first fatal error of the running Serve and stops it.
+func (s *Server) fail(err error) {
+	s.failMu.Lock()
+	if s.failErr == nil {
+		s.failErr = err
+	}
+	s.failMu.Unlock()
+	s.interrupt()
+}
+
+// Close stops Serve (at once if it is waiting for faults; a fault being resolved is finished)
+// and waits for it to return. Later Serve calls return ErrServerClosed. Close does not close the
+// UFFD. A second Close returns nil.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	serving, done := s.serving, s.done
+	s.mu.Unlock()
+	if serving {
+		s.interrupt()
+		<-done
+	}
+	return nil
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package uffd
+
+const raceEnabled = false
