@@ -16,9 +16,9 @@ const (
 // of the header memfd, so its layout is fixed: only fixed-size fields, no pointers.
 type header struct {
 	// Line 0: written once at creation, then read-mostly.
-	magic    uint64
-	capacity uint64
-	version  uint32
+	magic     uint64
+	capacity  uint64
+	version   uint32
 	stateBits atomic.Uint32 // stateClosed | stateWriteDone
 	_         [lineSize - 24]byte
 

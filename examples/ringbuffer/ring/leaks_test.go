@@ -29,4 +29,3 @@ func checkLeaks(t *testing.T) func() {
 		}
 	}
 }
-

@@ -34,6 +34,10 @@ type Ring struct {
 	n   uint64
 
 	nonBlocking bool
+	// track: calls that touch only the header must tell Close they are running, because the
+	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
+	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
+	track   bool
 	readerW     waiter // wakes the consumer sleeping on an empty ring
 	writerW     waiter // wakes the producer sleeping on a full ring
 
@@ -144,6 +148,7 @@ func newRing(m *memory, c config) *Ring {
 		closeCh:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		mem:         m,
+		track:       m.hdrReg != nil,
 	}
 	if c.futex {
 		r.readerW, r.writerW = futexWaiter{}, futexWaiter{}
@@ -241,6 +246,23 @@ func (r *Ring) enter(s *side) error {
 	return nil
 }
 
+// enterLight is enter for calls that touch only the header (see Ring.track).
+func (r *Ring) enterLight(s *side) error {
+	if r.track {
+		return r.enter(s)
+	}
+	if r.closed.Load() {
+		return ErrClosed
+	}
+	return nil
+}
+
+func (r *Ring) exitLight(s *side) {
+	if r.track {
+		r.exit(s)
+	}
+}
+
 func (r *Ring) exit(s *side) {
 	s.active.Store(0)
 	if r.closed.Load() {
@@ -279,11 +301,12 @@ func (r *Ring) WriteSlice(min int) ([]byte, error) {
 	if min < 0 || uint64(min) > r.n {
 		return nil, fmt.Errorf("%w: WriteSlice(%d) on a ring of %d bytes", ErrTooLarge, min, r.n)
 	}
-	if err := r.enter(&r.prod); err != nil {
+	if err := r.enterLight(&r.prod); err != nil {
 		return nil, err
 	}
-	defer r.exit(&r.prod)
-	return r.writeSlice(uint64(max(min, 1)))
+	b, err := r.writeSlice(uint64(max(min, 1)))
+	r.exitLight(&r.prod)
+	return b, err
 }
 
 func (r *Ring) writeSlice(need uint64) ([]byte, error) {
@@ -332,14 +355,15 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 // Commit publishes the first n bytes of the slice returned by the last WriteSlice to the
 // consumer. The rest of that slice stays the producer's until the next WriteSlice. Producer only.
 func (r *Ring) Commit(n int) error {
-	if err := r.enter(&r.prod); err != nil {
+	if err := r.enterLight(&r.prod); err != nil {
 		return err
 	}
-	defer r.exit(&r.prod)
 	if n < 0 || uint64(n) > r.prod.lent {
+		r.exitLight(&r.prod)
 		return fmt.Errorf("ring: Commit(%d) but WriteSlice lent %d bytes", n, r.prod.lent)
 	}
 	r.commit(uint64(n))
+	r.exitLight(&r.prod)
 	return nil
 }
 
@@ -366,11 +390,12 @@ func (r *Ring) ReadSliceAtLeast(min int) ([]byte, error) {
 	if min < 0 || uint64(min) > r.n {
 		return nil, fmt.Errorf("%w: ReadSliceAtLeast(%d) on a ring of %d bytes", ErrTooLarge, min, r.n)
 	}
-	if err := r.enter(&r.cons); err != nil {
+	if err := r.enterLight(&r.cons); err != nil {
 		return nil, err
 	}
-	defer r.exit(&r.cons)
-	return r.readSlice(uint64(max(min, 1)))
+	b, err := r.readSlice(uint64(max(min, 1)))
+	r.exitLight(&r.cons)
+	return b, err
 }
 
 func (r *Ring) readSlice(need uint64) ([]byte, error) {
@@ -427,14 +452,15 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 // Consume releases the first n bytes of the slice returned by the last ReadSlice back to the
 // producer. Consumer only.
 func (r *Ring) Consume(n int) error {
-	if err := r.enter(&r.cons); err != nil {
+	if err := r.enterLight(&r.cons); err != nil {
 		return err
 	}
-	defer r.exit(&r.cons)
 	if n < 0 || uint64(n) > r.cons.lent {
+		r.exitLight(&r.cons)
 		return fmt.Errorf("ring: Consume(%d) but ReadSlice lent %d bytes", n, r.cons.lent)
 	}
 	r.consume(uint64(n))
+	r.exitLight(&r.cons)
 	return nil
 }
 

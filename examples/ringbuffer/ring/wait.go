@@ -37,7 +37,7 @@ func (c chanWaiter) wake(*atomic.Uint32) {
 // goroutines on other threads meanwhile.
 type futexWaiter struct{}
 
-func (futexWaiter) prepare(seq *atomic.Uint32) uint32       { return seq.Load() }
+func (futexWaiter) prepare(seq *atomic.Uint32) uint32      { return seq.Load() }
 func (futexWaiter) sleep(seq *atomic.Uint32, token uint32) { futexWait(seq, token) }
 func (futexWaiter) wake(seq *atomic.Uint32) {
 	seq.Add(1)
