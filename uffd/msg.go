@@ -3,6 +3,7 @@ package uffd
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 )
 
 // Event is the kind of a userfaultfd message (UFFD_EVENT_*).
@@ -43,8 +44,31 @@ const (
 	FlagMinor PagefaultFlags = 1 << 2 // a minor fault: the page is in the page cache
 )
 
+// String names the flags, "write|wp|minor" style ("read" for none).
+func (f PagefaultFlags) String() string {
+	if f == 0 {
+		return "read"
+	}
+	var parts []string
+	for _, b := range []struct {
+		f    PagefaultFlags
+		name string
+	}{{FlagWrite, "write"}, {FlagWP, "wp"}, {FlagMinor, "minor"}} {
+		if f&b.f != 0 {
+			parts = append(parts, b.name)
+			f &^= b.f
+		}
+	}
+	if f != 0 {
+		parts = append(parts, fmt.Sprintf("%#x", uint64(f)))
+	}
+	return strings.Join(parts, "|")
+}
+
 // Msg is one struct uffd_msg as read from the userfaultfd, 32 bytes, decoded on demand so that
-// reading costs nothing beyond the read(2).
+// reading costs nothing beyond the read(2). Which accessors mean something depends on Event:
+// Flags, Address and ThreadID for EventPagefault; ForkFD for EventFork; Remap for EventRemap;
+// Range for EventRemove and EventUnmap.
 type Msg [sizeofMsg]byte
 
 func (m *Msg) u64(off int) uint64 { return binary.LittleEndian.Uint64(m[off:]) }
@@ -62,7 +86,9 @@ func (m *Msg) Address() uintptr { return uintptr(m.u64(16)) }
 // ThreadID returns the faulting thread's id (needs FeatureThreadID, else 0).
 func (m *Msg) ThreadID() uint32 { return binary.LittleEndian.Uint32(m[24:]) }
 
-// ForkFD returns the new userfaultfd of a fork event (installed in this process's fd table).
+// ForkFD returns the new userfaultfd of a fork event, which the read(2) that returned the message
+// installed in this process's descriptor table: it serves the child's copy of the registered
+// ranges. Adopt it with FromFD, or close it.
 func (m *Msg) ForkFD() int { return int(binary.LittleEndian.Uint32(m[8:])) }
 
 // Remap returns a remap event's old address, new address and length. Length 0 means the
@@ -78,7 +104,7 @@ func (m *Msg) Range() (start, end uintptr) { return uintptr(m.u64(8)), uintptr(m
 func (m *Msg) String() string {
 	switch m.Event() {
 	case EventPagefault:
-		return fmt.Sprintf("pagefault addr=%#x flags=%#x tid=%d", m.Address(), uint64(m.Flags()), m.ThreadID())
+		return fmt.Sprintf("pagefault addr=%#x flags=%v tid=%d", m.Address(), m.Flags(), m.ThreadID())
 	case EventFork:
 		return fmt.Sprintf("fork ufd=%d", m.ForkFD())
 	case EventRemap:
