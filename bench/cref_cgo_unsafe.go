@@ -10,6 +10,7 @@ package main
 #include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,6 +91,7 @@ struct cref_fault_cfg {
 	size_t size;       // region bytes, a multiple of block
 	size_t block;      // bytes resolved per fault
 	const char *src;   // source of COPY: size bytes
+	int pin;           // run the handler and every faulting thread on one CPU
 };
 
 struct cref_fault_res {
@@ -100,8 +102,16 @@ struct cref_fault_res {
 	int step;          // where it failed
 };
 
+static void pin_to(int cpu) {
+	if (cpu < 0) return;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+}
+
 struct handler_ctx {
-	int uffd, kind;
+	int uffd, kind, cpu;
 	char *start;
 	size_t size, block;
 	const char *src;
@@ -144,6 +154,7 @@ static int resolve(struct handler_ctx *h, char *base, size_t len) {
 static void *handler(void *arg) {
 	struct handler_ctx *h = arg;
 	struct uffd_msg msgs[64];
+	pin_to(h->cpu);
 	for (;;) {
 		ssize_t n = read(h->uffd, msgs, sizeof msgs); // blocking; cancelled when the run is over
 		if (n < 0) {
@@ -169,10 +180,12 @@ struct toucher {
 	uint32_t *pages;   // page indexes to touch, in order
 	size_t npages;
 	pthread_barrier_t *go;
+	int cpu;
 };
 
 static void *touch(void *arg) {
 	struct toucher *t = arg;
+	pin_to(t->cpu);
 	pthread_barrier_wait(t->go);
 	for (size_t i = 0; i < t->npages; i++)
 		*(volatile char *)(t->start + (size_t)t->pages[i] * 4096) = 1; // one store per page
@@ -202,6 +215,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 	struct handler_ctx h = { 0 };
 	pthread_barrier_t go;
 	int nthreads = cfg->threads < 1 ? 1 : (cfg->threads > 8 ? 8 : cfg->threads);
+	int cpu = cfg->pin ? sched_getcpu() : -1;
 	int uses_uffd = cfg->kind == K_COPY || cfg->kind == K_ZEROPAGE || cfg->kind == K_CONTINUE || cfg->kind == K_COPY_ANON;
 
 	switch (cfg->kind) {
@@ -232,7 +246,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 		struct uffdio_register reg = { .range = { .start = (uintptr_t)region, .len = n },
 			.mode = cfg->kind == K_CONTINUE ? UFFDIO_REGISTER_MODE_MINOR : UFFDIO_REGISTER_MODE_MISSING };
 		if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) FAIL(7);
-		h.uffd = uffd; h.kind = cfg->kind; h.start = region; h.size = n; h.block = cfg->block; h.src = cfg->src;
+		h.uffd = uffd; h.kind = cfg->kind; h.start = region; h.size = n; h.block = cfg->block; h.src = cfg->src; h.cpu = cpu;
 		if (cfg->kind == K_COPY || cfg->kind == K_COPY_ANON) {
 			h.buf = mmap(NULL, cfg->block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
 			if (h.buf == MAP_FAILED) { h.buf = NULL; FAIL(8); }
@@ -253,7 +267,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 				size_t j = xorshift(&seed) % (i + 1);
 				uint32_t x = order[lo + i]; order[lo + i] = order[lo + j]; order[lo + j] = x;
 			}
-		tt[t] = (struct toucher){ .start = region, .pages = order + lo, .npages = cnt, .go = &go };
+		tt[t] = (struct toucher){ .start = region, .pages = order + lo, .npages = cnt, .go = &go, .cpu = cpu };
 	}
 	pthread_barrier_init(&go, NULL, nthreads + 1);
 	for (int t = 0; t < nthreads; t++)
@@ -323,12 +337,15 @@ type cFaultResult struct {
 
 // cFaultRun runs one C fault-serving (or kernel first-touch) run. src is used by the COPY kinds
 // and must hold size bytes; it is memory the Go collector never moves (a mapping).
-func cFaultRun(kind faultKind, size, block, threads int, random bool, seed uint64, src []byte) (cFaultResult, error) {
+func cFaultRun(fc faultCase, seed uint64, src []byte) (cFaultResult, error) {
 	cfg := C.struct_cref_fault_cfg{
-		kind: C.int(kind), threads: C.int(threads), seed: C.uint64_t(seed),
-		size: C.size_t(size), block: C.size_t(block),
+		kind: C.int(fc.kind), threads: C.int(fc.threads), seed: C.uint64_t(seed),
+		size: C.size_t(fc.size), block: C.size_t(fc.block),
 	}
-	if random {
+	if fc.pinned {
+		cfg.pin = 1
+	}
+	if fc.random {
 		cfg.random = 1
 	}
 	if len(src) > 0 {
@@ -337,7 +354,7 @@ func cFaultRun(kind faultKind, size, block, threads int, random bool, seed uint6
 	var res C.struct_cref_fault_res
 	C.cref_fault_run(&cfg, &res)
 	if res.err != 0 {
-		return cFaultResult{}, fmt.Errorf("C %s run failed at step %d: %w", kind, int(res.step), syscall.Errno(res.err))
+		return cFaultResult{}, fmt.Errorf("C %s run failed at step %d: %w", fc.kind, int(res.step), syscall.Errno(res.err))
 	}
 	return cFaultResult{ns: int64(res.ns), faults: uint64(res.faults), eexist: uint64(res.eexist)}, nil
 }

@@ -14,7 +14,7 @@ type cFaultResult struct {
 	faults, eexist uint64
 }
 
-func cFaultRun(kind faultKind, size, block, threads int, random bool, seed uint64, src []byte) (cFaultResult, error) {
+func cFaultRun(fc faultCase, seed uint64, src []byte) (cFaultResult, error) {
 	return cFaultResult{}, errNoCgo
 }
 

@@ -1,0 +1,173 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+	"strings"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// writePlots draws the figures of the suites that ran into dir as PNG files.
+func writePlots(r *Report, dir string) error {
+	figs := []struct {
+		file string
+		draw func(*Report) (*plot.Plot, error)
+	}{
+		{"create.png", plotCreate},
+		{"faults.png", plotFaults4K},
+		{"faults-per-fault-size.png", plotFaultSizes},
+		{"ring.png", plotRing},
+		{"wrap.png", plotWrap},
+	}
+	for _, f := range figs {
+		p, err := f.draw(r)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.file, err)
+		}
+		if p == nil {
+			continue // the suite did not run
+		}
+		if err := p.Save(8*vg.Inch, 5*vg.Inch, filepath.Join(dir, f.file)); err != nil {
+			return fmt.Errorf("%s: %w", f.file, err)
+		}
+	}
+	return nil
+}
+
+// series collects, per row, the points (x from the case's parameter, y = median) of one suite,
+// in the order the rows first appear. Rows without figures are left out.
+func series(r *Report, suite string, x func(*Measurement) (float64, bool)) (names []string, pts map[string]plotter.XYs) {
+	pts = map[string]plotter.XYs{}
+	for _, m := range r.Measurements {
+		if m.Suite != suite || m.NotMeasured != "" || len(m.Runs) == 0 {
+			continue
+		}
+		xv, ok := x(m)
+		if !ok {
+			continue
+		}
+		if _, seen := pts[m.Row]; !seen {
+			names = append(names, m.Row)
+		}
+		pts[m.Row] = append(pts[m.Row], plotter.XY{X: xv, Y: m.Median})
+	}
+	return names, pts
+}
+
+func intParam(key string) func(*Measurement) (float64, bool) {
+	return func(m *Measurement) (float64, bool) {
+		v, ok := m.Params[key].(int)
+		return float64(v), ok
+	}
+}
+
+func linePlot(title, xl, yl string, names []string, pts map[string]plotter.XYs, logY bool) (*plot.Plot, error) {
+	if len(names) == 0 {
+		return nil, nil
+	}
+	p := plot.New()
+	p.Title.Text = title
+	p.X.Label.Text = xl
+	p.Y.Label.Text = yl
+	p.X.Scale = plot.LogScale{}
+	p.X.Tick.Marker = sizeTicks{}
+	if logY {
+		p.Y.Scale = plot.LogScale{}
+		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
+	}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	var args []any
+	for _, n := range names {
+		args = append(args, n, pts[n])
+	}
+	if err := plotutil.AddLinePoints(p, args...); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// sizeTicks labels a logarithmic byte axis at powers of 4 with KiB/MiB/GiB names.
+type sizeTicks struct{}
+
+func (sizeTicks) Ticks(lo, hi float64) []plot.Tick {
+	var t []plot.Tick
+	for v := 1.0; v <= hi*1.0001; v *= 4 {
+		if v >= lo*0.9999 {
+			t = append(t, plot.Tick{Value: v, Label: sizeName(int(v))})
+		}
+	}
+	return t
+}
+
+func plotCreate(r *Report) (*plot.Plot, error) {
+	names, pts := series(r, "create", intParam("ring_bytes"))
+	return linePlot("Adjacent ring: create + destroy (median)", "ring size", "µs per ring (log)", names, pts, true)
+}
+
+func plotRing(r *Report) (*plot.Plot, error) {
+	names, pts := series(r, "ring", intParam("message_bytes"))
+	return linePlot("SPSC byte stream between two goroutines (median)", "message size", "GB/s (log)", names, pts, true)
+}
+
+func plotWrap(r *Report) (*plot.Plot, error) {
+	names, pts := series(r, "wrap", intParam("message_bytes"))
+	return linePlot("One message written and read across the end of a ring (median)", "message size", "ns per message (log)", names, pts, true)
+}
+
+// plotFaultSizes: time per page against bytes resolved per fault, sequential, one thread,
+// for each way of resolving and each row that has more than one size.
+func plotFaultSizes(r *Report) (*plot.Plot, error) {
+	// One line per (resolution, row): rename the series by the case's resolution.
+	var keep []string
+	byKind := map[string]plotter.XYs{}
+	for _, m := range r.Measurements {
+		if m.Suite != "faults" || m.NotMeasured != "" || len(m.Runs) == 0 || m.Params["threads"] != 1 ||
+			m.Params["pattern"] != "sequential" || strings.HasPrefix(m.Row, "kernel") || m.Row == rowPeer ||
+			strings.Contains(m.Row, "private anon") || strings.Contains(m.Row, "fault-around") {
+			continue
+		}
+		k := fmt.Sprintf("%s: %s", m.Row, m.Params["resolve"])
+		if _, seen := byKind[k]; !seen {
+			keep = append(keep, k)
+		}
+		byKind[k] = append(byKind[k], plotter.XY{X: float64(m.Params["bytes_per_fault"].(int)), Y: m.Median})
+	}
+	return linePlot("Fault serving: time per 4 KiB page vs bytes resolved per fault (1 thread, sequential)",
+		"bytes resolved per fault", "µs per page (log)", keep, byKind, true)
+}
+
+// plotFaults4K: every row of the headline case as horizontal bars.
+func plotFaults4K(r *Report) (*plot.Plot, error) {
+	var labels []string
+	var vals plotter.Values
+	var title string
+	for _, m := range r.Measurements {
+		if m.Suite != "faults" || m.Params["resolve"] != kindCopy.String() || m.Params["bytes_per_fault"] != pageSize ||
+			m.Params["threads"] != 1 || m.Params["pattern"] != "sequential" || m.NotMeasured != "" || len(m.Runs) == 0 {
+			continue
+		}
+		title = m.Case
+		labels = append(labels, m.Row)
+		vals = append(vals, m.Median)
+	}
+	if len(vals) == 0 {
+		return nil, nil
+	}
+	p := plot.New()
+	p.Title.Text = "Time per page touched: " + title + " (median)"
+	p.X.Label.Text = "µs per 4 KiB page (lower is better)"
+	bars, err := plotter.NewBarChart(vals, vg.Points(18))
+	if err != nil {
+		return nil, err
+	}
+	bars.Horizontal = true
+	bars.Color = plotutil.Color(0)
+	p.Add(bars)
+	p.NominalY(labels...)
+	return p, nil
+}
