@@ -38,8 +38,8 @@ type Ring struct {
 	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
 	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
 	track   bool
-	readerW     waiter // wakes the consumer sleeping on an empty ring
-	writerW     waiter // wakes the producer sleeping on a full ring
+	readerW waiter // wakes the consumer sleeping on an empty ring
+	writerW waiter // wakes the producer sleeping on a full ring
 
 	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
 	misc    atomic.Int32  // calls of Len, Free, Files in progress
