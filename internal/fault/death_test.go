@@ -39,7 +39,7 @@ func helperCmd(t *testing.T, name string) *exec.Cmd {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "FAULT_TEST_HELPER="+name)
+	cmd.Env = append(os.Environ(), "FAULT_TEST_HELPER="+name, goraceNoExitSleep())
 	return cmd
 }
 

@@ -197,6 +197,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	if o.NoStandby {
 		roles = roles[:1]
 	}
+	var readies [2]*os.File
 	for i, role := range roles {
 		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
 			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
@@ -226,7 +227,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		cmd := &exec.Cmd{
 			Path:       "/proc/self/exe",
 			Args:       []string{"mirrormem-fault-handler"},
-			Env:        append(os.Environ(), envHandler+"="+string(env)),
+			Env:        append(os.Environ(), envHandler+"="+string(env), goraceNoExitSleep()),
 			Stderr:     os.Stderr,
 			ExtraFiles: extra,
 		}
@@ -235,9 +236,13 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		}
 		p.cmds[i] = cmd
 		readyW.Close()
+		readies[i] = readyR
+	}
+	// Both processes start at once; each says when it serves.
+	for i, role := range roles {
 		var one [1]byte
-		if _, err := io.ReadFull(readyR, one[:]); err != nil {
-			werr := cmd.Wait()
+		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
+			werr := p.cmds[i].Wait()
 			p.cmds[i] = nil
 			return nil, fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
 		}
@@ -251,6 +256,15 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		}
 	}
 	return h, nil
+}
+
+// goraceNoExitSleep keeps a race-detector build of the handler process from sleeping a second
+// when it exits (the detector's default), which would make every Stop take that second.
+func goraceNoExitSleep() string {
+	if v := os.Getenv("GORACE"); v != "" {
+		return "GORACE=" + v + " atexit_sleep_ms=0"
+	}
+	return "GORACE=atexit_sleep_ms=0"
 }
 
 func dupFile(fd int, name string) (*os.File, error) {
