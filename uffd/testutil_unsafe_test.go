@@ -36,7 +36,7 @@ func dupView(t testing.TB, b []byte) []byte {
 	// The kernel's answer is an address outside the Go heap; convert it without vet's complaint
 	// about uintptr-to-pointer conversions, which guard Go-heap memory.
 	v := unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&r))), len(b))
-	t.Cleanup(func() { unix.Munmap(v) })
+	t.Cleanup(func() { unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(v)), uintptr(len(v))) })
 	return v
 }
 
@@ -158,3 +158,10 @@ func page(v byte) []byte {
 }
 
 func ptrOf(b []byte) unsafe.Pointer { return unsafe.Pointer(unsafe.SliceData(b)) }
+
+// bytesOf views n bytes at a mapping the kernel returned (unmapped when the test ends).
+func bytesOf(t testing.TB, a uintptr, n int) []byte {
+	v := unsafe.Slice((*byte)(*(*unsafe.Pointer)(unsafe.Pointer(&a))), n)
+	t.Cleanup(func() { unix.MunmapPtr(unsafe.Pointer(unsafe.SliceData(v)), uintptr(len(v))) })
+	return v
+}
