@@ -313,3 +313,13 @@ func (u *UFFD) TryReadMessages(msgs []Msg) (int, error) {
 
 // addrOf returns the address of b's first byte (b must not be empty).
 func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
+
+// AddrOf returns the address of b's first byte, for Register and the resolving calls, which
+// take addresses: b is typically a mapping from mmap(2), which the garbage collector never
+// moves. It returns 0 for an empty slice.
+func AddrOf(b []byte) uintptr {
+	if len(b) == 0 {
+		return 0
+	}
+	return addrOf(b)
+}

@@ -1,0 +1,141 @@
+package uffd
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// FromFD adopts a userfaultfd whether or not its handshake was done, blocking or not, and the
+// adopted fd is parked in the poller: ReadMessages works and Close wakes it.
+func TestFromFD(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name      string
+		blocking  bool
+		handshake Feature // 0: none done; else the features asked for
+	}{
+		{"fresh-blocking", true, 0},
+		{"fresh-nonblocking", false, 0},
+		{"handshaken-blocking", true, FeatureThreadID | FeatureMissingShmem},
+		{"handshaken-nonblocking", false, FeatureThreadID},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			flags := unix.O_CLOEXEC
+			if !c.blocking {
+				flags |= unix.O_NONBLOCK
+			}
+			fd, err := sysUserfaultfd(flags)
+			mustNil(t, err, "userfaultfd")
+			if c.handshake != 0 {
+				api := uffdioAPI{API: uffdAPI, Features: uint64(c.handshake)}
+				mustNil(t, ioctlPtr(fd, ioctlAPI, ptr(&api)), "UFFDIO_API")
+			}
+			u, err := FromFD(fd)
+			if err != nil {
+				unix.Close(fd)
+				t.Fatalf("FromFD: %v", err)
+			}
+			defer u.Close()
+			if u.Features() != c.handshake {
+				t.Fatalf("features %v, want %v", u.Features(), c.handshake)
+			}
+			if u.Ioctls()&apiIoctls != apiIoctls {
+				t.Fatalf("ioctls %v", u.Ioctls())
+			}
+			fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+			mustNil(t, err, "fcntl")
+			if fl&unix.O_NONBLOCK == 0 {
+				t.Fatal("the adopted fd is blocking")
+			}
+			mem := anonT(t, pg)
+			mustNil(t, u.Register(addr(mem), pg, ModeMissing), "register")
+			done := sumAsync(mem)
+			var msgs [2]Msg
+			n, err := u.ReadMessages(msgs[:])
+			if err != nil || n < 1 || msgs[0].Address() != addr(mem) {
+				t.Fatalf("ReadMessages: %d %v %v", n, err, &msgs[0])
+			}
+			if (msgs[0].ThreadID() != 0) != (c.handshake&FeatureThreadID != 0) {
+				t.Fatalf("thread id %d with features %v", msgs[0].ThreadID(), c.handshake)
+			}
+			_, err = u.CopyAll(addr(mem), page(2), 0)
+			mustNil(t, err, "copy")
+			if s := waitT(t, done, "toucher"); s != 2 {
+				t.Fatalf("sum %d", s)
+			}
+			// Close wakes a blocked ReadMessages with os.ErrClosed.
+			res := make(chan error, 1)
+			go func() {
+				_, err := u.ReadMessages(msgs[:])
+				res <- err
+			}()
+			mustNil(t, u.Close(), "close")
+			if err := waitT(t, res, "ReadMessages across Close"); !errors.Is(err, os.ErrClosed) {
+				t.Fatalf("ReadMessages after Close: %v, want os.ErrClosed", err)
+			}
+		})
+	}
+}
+
+// FromFD refuses what is not a userfaultfd and leaves it open.
+func TestFromFDRefuses(t *testing.T) {
+	t.Parallel()
+	r, w, err := os.Pipe()
+	mustNil(t, err, "pipe")
+	defer r.Close()
+	defer w.Close()
+	if _, err := FromFD(int(r.Fd())); err == nil || !strings.Contains(err.Error(), "not a userfaultfd") {
+		t.Fatalf("FromFD(pipe) = %v", err)
+	}
+	if _, err := unix.FcntlInt(r.Fd(), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the refused fd was closed: %v", err)
+	}
+	if _, err := FromFD(-1); err == nil {
+		t.Fatal("FromFD(-1) succeeded")
+	}
+	if _, err := FromFD(1 << 20); err == nil || !strings.Contains(err.Error(), "not open") {
+		t.Fatalf("FromFD(unopened) = %v", err)
+	}
+}
+
+// Ioctls racing with Close either work or report os.ErrClosed: none reaches a closed (and
+// perhaps reused) descriptor number, which would show as EBADF.
+func TestCloseRacesIoctls(t *testing.T) {
+	t.Parallel()
+	mem := anonT(t, pg)
+	for round := 0; round < 50; round++ {
+		u, err := New()
+		mustNil(t, err, "New")
+		mustNil(t, u.Register(addr(mem), pg, ModeMissing), "register")
+		var wg sync.WaitGroup
+		errs := make(chan error, 64)
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var msgs [1]Msg
+				for i := 0; i < 50; i++ {
+					if err := u.Wake(addr(mem), pg); err != nil && !errors.Is(err, os.ErrClosed) {
+						errs <- err
+						return
+					}
+					if _, err := u.TryReadMessages(msgs[:]); err != nil && !errors.Is(err, os.ErrClosed) {
+						errs <- err
+						return
+					}
+				}
+			}()
+		}
+		mustNil(t, u.Close(), "close")
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatalf("ioctl racing Close: %v", err)
+		}
+	}
+}
