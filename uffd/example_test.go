@@ -37,7 +37,7 @@ func ExampleUFFD_Register() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(ioctls&(uffd.IoctlCopy|uffd.IoctlContinue|uffd.IoctlMove))
+	fmt.Println(ioctls & (uffd.IoctlCopy | uffd.IoctlContinue | uffd.IoctlMove))
 	// Output: COPY|CONTINUE
 }
 
