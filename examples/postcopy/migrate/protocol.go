@@ -1,0 +1,71 @@
+package migrate
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync/atomic"
+)
+
+// Wire protocol. The destination opens two TCP connections to the source and names each with
+// its first byte: connStream carries the source's pre-copy, resume and push messages; on
+// connDemand the destination asks for pages and the source answers at once.
+const (
+	connStream = 'S'
+	connDemand = 'D'
+
+	msgHello    = 'H' // image size u64, page size u32, mode u8
+	msgPage     = 'P' // page index u32, crc32c u32, the page
+	msgResume   = 'R' // count u32, count page indices u32: pages the pre-copy must not supply
+	msgManifest = 'M' // one crc32c u32 per page of the source's final image
+	msgEnd      = 'E' // nothing more on the stream
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+func pageCRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// counter counts bytes through a connection.
+type counter struct {
+	rw io.ReadWriter
+	n  *atomic.Int64
+}
+
+func (c counter) Write(p []byte) (int, error) {
+	n, err := c.rw.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}
+
+func (c counter) Read(p []byte) (int, error) { return c.rw.Read(p) }
+
+func putU32(w io.Writer, vs ...uint32) error {
+	var b [4]byte
+	for _, v := range vs {
+		binary.LittleEndian.PutUint32(b[:], v)
+		if _, err := w.Write(b[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func getU32(r io.Reader) (uint32, error) {
+	var b [4]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return 0, err
+	}
+	return binary.LittleEndian.Uint32(b[:]), nil
+}
+
+// errSourceGone wraps what the destination sees when the source stops answering.
+var errSourceGone = errors.New("the source disappeared mid-migration")
+
+func sourceGone(what string, err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("connection closed: %w", err)
+	}
+	return fmt.Errorf("%w (%s: %v)", errSourceGone, what, err)
+}

@@ -1,0 +1,265 @@
+package migrate
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Mode is the kind of migration.
+type Mode int
+
+const (
+	// PostCopy: pre-copy every page while the workload runs, stop, resume the destination at
+	// once, then push the pages written since the pre-copy while faults fetch them on demand.
+	PostCopy Mode = iota
+	// StopAndCopy: stop, copy every page, resume. The baseline.
+	StopAndCopy
+)
+
+func (m Mode) String() string {
+	switch m {
+	case PostCopy:
+		return "post-copy"
+	case StopAndCopy:
+		return "stop-and-copy"
+	}
+	return fmt.Sprintf("Mode(%d)", int(m))
+}
+
+// Config describes a migration. The zero value of a field means its default.
+type Config struct {
+	Mode            Mode
+	ImageSize       int     // bytes of the source image (default 256 MiB), rounded up to pages
+	HotFraction     float64 // share of the pages that take 90% of the workload's writes (default 0.05)
+	WritesPerSecond int     // the source workload's write rate (default 200000)
+	DestTouches     int     // pages the destination workload reads after resuming (default 4096)
+	Seed            uint64  // workload randomness (default 1)
+	// FailSourceAfter > 0 makes the source drop its connections after pushing that many pages
+	// following the resume, as a crashed source would: the migration must fail with an error.
+	FailSourceAfter int
+	// Stderr receives the destination process's error output (default os.Stderr).
+	Stderr io.Writer
+}
+
+func (c *Config) defaults() error {
+	if c.ImageSize == 0 {
+		c.ImageSize = 256 << 20
+	}
+	if c.HotFraction == 0 {
+		c.HotFraction = 0.05
+	}
+	if c.WritesPerSecond == 0 {
+		c.WritesPerSecond = 200000
+	}
+	if c.DestTouches == 0 {
+		c.DestTouches = 4096
+	}
+	if c.Seed == 0 {
+		c.Seed = 1
+	}
+	if c.FailSourceAfter == 0 {
+		c.FailSourceAfter = -1
+	}
+	if c.Stderr == nil {
+		c.Stderr = os.Stderr
+	}
+	switch {
+	case c.ImageSize < 0:
+		return fmt.Errorf("migrate: ImageSize %d: must be positive", c.ImageSize)
+	case c.HotFraction < 0 || c.HotFraction > 1:
+		return fmt.Errorf("migrate: HotFraction %v: must be in (0, 1]", c.HotFraction)
+	case c.WritesPerSecond < 0 || c.DestTouches < 0:
+		return fmt.Errorf("migrate: WritesPerSecond %d and DestTouches %d must not be negative", c.WritesPerSecond, c.DestTouches)
+	case c.Mode != PostCopy && c.Mode != StopAndCopy:
+		return fmt.Errorf("migrate: unknown mode %d", int(c.Mode))
+	}
+	return nil
+}
+
+// Report is what a migration measured.
+type Report struct {
+	Mode           Mode
+	ImageBytes     int
+	PageSize       int
+	Pages          int
+	SourceWrites   int64         // writes of the source workload before the stop
+	DirtyPages     int           // pages written after the start of the pre-copy: resent
+	PreCopied      int           // pages the destination took from the pre-copy
+	OnDemand       int           // pages fetched because a fault needed them first
+	Pushed         int           // pages pushed by the source after the resume
+	DemandRequests int           // demand round trips
+	DemandWait     time.Duration // time faults spent waiting for the source, in total
+	BytesSent      int64         // bytes the source sent, both connections
+	PreCopyTime    time.Duration // the pre-copy, while the workload ran
+	Downtime       time.Duration // workload stopped at the source until running at the destination
+	Total          time.Duration // start until every page is resident at the destination
+	Touches        int           // pages the destination workload read after resuming
+	TouchMean      time.Duration // mean time of such a read (a fault or not)
+	TouchMax       time.Duration
+	DestFaults     uint64 // missing faults served at the destination
+	VerifiedPages  int    // pages whose checksum matched the source's final image
+}
+
+func (r Report) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s of %d MiB (%d pages):\n", r.Mode, r.ImageBytes>>20, r.Pages)
+	fmt.Fprintf(&b, "  downtime %v, total %v", r.Downtime.Round(time.Microsecond), r.Total.Round(time.Millisecond))
+	if r.Mode == PostCopy {
+		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
+	}
+	fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
+		float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
+	if r.Mode == PostCopy {
+		fmt.Fprintf(&b, "  destination: %d missing faults served; its workload read %d pages right after resuming (mean %v, worst %v per page)\n",
+			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
+	}
+	fmt.Fprintf(&b, "  verified: %d of %d pages match the source's final image", r.VerifiedPages, r.Pages)
+	return b.String()
+}
+
+// Run migrates a freshly made image from this process (the source) to a destination process,
+// the running program started again (see MaybeDestination), over TCP on loopback, and returns
+// what it measured. It fails if the destination does not end with every page equal to the
+// source's final image.
+func Run(cfg Config) (Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return Report{}, err
+	}
+	s, err := newSource(cfg)
+	if err != nil {
+		return Report{}, err
+	}
+	defer s.close()
+	rep := Report{Mode: cfg.Mode, ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
+	if cfg.Mode == PostCopy {
+		if err := s.pair.TrackDirty(0); err != nil {
+			return rep, fmt.Errorf("migrate: dirty tracking: %w", err)
+		}
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return rep, err
+	}
+	defer ln.Close()
+	self, err := os.Executable()
+	if err != nil {
+		return rep, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), envDest+"="+ln.Addr().String(),
+		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+
+	go s.workload()
+	workloadStopped := false
+	defer func() {
+		if !workloadStopped {
+			s.stop()
+		}
+	}()
+	start := time.Now()
+	startNs := monotonic()
+	if err := cmd.Start(); err != nil {
+		return rep, fmt.Errorf("migrate: start destination: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	// The destination dials twice: the stream, then (post-copy) the demand connection.
+	conns := make(chan net.Conn, 2)
+	acceptErr := make(chan error, 1)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				acceptErr <- err
+				return
+			}
+			var kind [1]byte
+			if _, err := io.ReadFull(c, kind[:]); err != nil {
+				c.Close()
+				continue
+			}
+			switch kind[0] {
+			case connStream:
+				conns <- c
+			case connDemand:
+				go func() {
+					defer c.Close()
+					done := make(chan struct{})
+					go func() {
+						select {
+						case <-s.dropConns:
+							c.Close()
+						case <-done:
+						}
+					}()
+					s.serveDemand(c)
+					close(done)
+				}()
+			default:
+				c.Close()
+			}
+		}
+	}()
+	var stream net.Conn
+	select {
+	case stream = <-conns:
+	case err := <-exited:
+		return rep, fmt.Errorf("migrate: destination exited before connecting: %v", err)
+	case err := <-acceptErr:
+		return rep, err
+	}
+	defer stream.Close()
+	var stopNs int64
+	rep.PreCopyTime, _, rep.DirtyPages, err = func() (time.Duration, int64, int, error) {
+		pre, stopAt, dirty, err := s.stream(stream, cfg.Mode)
+		workloadStopped = true
+		rep.SourceWrites = s.writes.Load()
+		stopNs = stopAt
+		return pre, stopAt, dirty, err
+	}()
+	if err != nil {
+		return rep, err
+	}
+	select {
+	case <-s.dropConns:
+		stream.Close() // the simulated crash: the destination sees its connections close
+	default:
+	}
+	werr := <-exited
+	elapsed := time.Since(start)
+	rep.BytesSent = s.sent.Load()
+	rep.Pushed = int(s.pushed.Load())
+
+	var dr destReport
+	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
+		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q", werr, out.String())
+	}
+	rep.PreCopied, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.OnDemand, dr.DemandRequests, dr.DemandWait
+	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
+	if dr.Err != "" || werr != nil {
+		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
+	}
+	rep.Downtime = time.Duration(dr.ResumeNs - stopNs)
+	rep.Total = time.Duration(dr.DoneNs - startNs)
+	_ = elapsed
+	if rep.VerifiedPages != rep.Pages {
+		return rep, errors.New("migrate: not every page was verified")
+	}
+	return rep, nil
+}

@@ -1,0 +1,236 @@
+package migrate
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/mirrormem/mirrormem/alloc"
+	"github.com/mirrormem/mirrormem/mirror"
+)
+
+// source is the migration's source side: the image, its workload and its dirty tracking.
+type source struct {
+	cfg    Config
+	page   int
+	npages int
+	reg    *alloc.Region
+	pair   *mirror.Pair
+	img    []byte // view 0 of the pair: the workload writes here, dirty tracking watches it
+
+	stopWork chan struct{}
+	workDone chan struct{}
+	writes   atomic.Int64
+
+	sent      atomic.Int64  // bytes written to the destination, both connections
+	resent    []atomic.Bool // page sent after the stop (pushed or on demand)
+	onDemand  atomic.Int64
+	requests  atomic.Int64
+	pushed    atomic.Int64
+	dropConns chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
+	dropOnce  sync.Once
+}
+
+// newSource maps the image, fills it, and (for post-copy) starts tracking writes.
+func newSource(cfg Config) (*source, error) {
+	page := alloc.PageSize()
+	reg, err := alloc.Shared(cfg.ImageSize)
+	if err != nil {
+		return nil, err
+	}
+	opts := []mirror.Option{mirror.ServeFaults(nil), mirror.TrackWrites()}
+	pair, err := mirror.Mirror(reg, opts...)
+	if err != nil {
+		reg.Close()
+		return nil, fmt.Errorf("migrate: source image: %w", err)
+	}
+	s := &source{cfg: cfg, page: page, npages: reg.Len() / page, reg: reg, pair: pair, img: pair.Original(),
+		stopWork: make(chan struct{}), workDone: make(chan struct{}), dropConns: make(chan struct{})}
+	s.resent = make([]atomic.Bool, s.npages)
+	// Initial contents: random bytes, different on every page.
+	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
+	block := make([]byte, 64<<10+page)
+	for i := range block {
+		block[i] = byte(rng.Uint32())
+	}
+	for p := 0; p < s.npages; p++ {
+		copy(s.img[p*page:(p+1)*page], block[(p*97)%(len(block)-page):])
+	}
+	return s, nil
+}
+
+func (s *source) close() error {
+	err := s.pair.Close()
+	if e := s.reg.Close(); err == nil {
+		err = e
+	}
+	return err
+}
+
+// workload writes the image until stopped: most writes go to a hot set, the rest anywhere, in
+// batches paced by a ticker (the rate of a busy guest, not a tight loop that would dirty every
+// page at once).
+func (s *source) workload() {
+	defer close(s.workDone)
+	rng := rand.New(rand.NewPCG(s.cfg.Seed, 2))
+	hot := max(1, int(float64(s.npages)*s.cfg.HotFraction))
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	perTick := max(1, s.cfg.WritesPerSecond/1000)
+	var n int64
+	for {
+		select {
+		case <-s.stopWork:
+			return
+		case <-tick.C:
+		}
+		for i := 0; i < perTick; i++ {
+			p := rng.IntN(s.npages)
+			if rng.IntN(10) != 0 {
+				p = rng.IntN(hot)
+			}
+			off := p*s.page + rng.IntN(s.page-8)
+			n++
+			for k := 0; k < 8; k++ {
+				s.img[off+k] = byte(n >> (8 * k))
+			}
+			s.writes.Add(1)
+		}
+	}
+}
+
+func (s *source) stop() {
+	close(s.stopWork)
+	<-s.workDone
+}
+
+func (s *source) drop() { s.dropOnce.Do(func() { close(s.dropConns) }) }
+
+// writePage sends one page on the stream.
+func (s *source) writePage(w io.Writer, p int) error {
+	b := s.img[p*s.page : (p+1)*s.page]
+	if _, err := w.Write([]byte{msgPage}); err != nil {
+		return err
+	}
+	if err := putU32(w, uint32(p), pageCRC(b)); err != nil {
+		return err
+	}
+	_, err := w.Write(b)
+	return err
+}
+
+// serveDemand answers the destination's page requests until the connection closes.
+func (s *source) serveDemand(conn net.Conn) {
+	r := bufio.NewReader(conn)
+	w := bufio.NewWriterSize(counter{conn, &s.sent}, 256<<10)
+	for {
+		first, err := getU32(r)
+		if err != nil {
+			return
+		}
+		count, err := getU32(r)
+		if err != nil {
+			return
+		}
+		if uint64(first)+uint64(count) > uint64(s.npages) || count == 0 {
+			return // a request outside the image: drop the connection, the destination reports it
+		}
+		select {
+		case <-s.dropConns:
+			return
+		default:
+		}
+		s.requests.Add(1)
+		for p := int(first); p < int(first+count); p++ {
+			if _, err := w.Write(s.img[p*s.page : (p+1)*s.page]); err != nil {
+				return
+			}
+			if !s.resent[p].Swap(true) {
+				s.onDemand.Add(1)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return
+		}
+	}
+}
+
+// stream runs the stream connection: hello, pre-copy, stop, resume, push, manifest, end.
+// It returns the times of the stop and of the end of the pre-copy.
+func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt int64, dirty int, err error) {
+	w := bufio.NewWriterSize(counter{conn, &s.sent}, 1<<20)
+	w.Write([]byte{msgHello})
+	putU32(w, uint32(uint64(len(s.img))), uint32(uint64(len(s.img))>>32), uint32(s.page), uint32(mode))
+	start := time.Now()
+	var resend []int
+	if mode == PostCopy {
+		for p := 0; p < s.npages; p++ {
+			if err := s.writePage(w, p); err != nil {
+				return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
+			}
+		}
+		if err := w.Flush(); err != nil {
+			return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
+		}
+		preCopy = time.Since(start)
+		s.stop()
+		stopAt = monotonic()
+		offs, err := s.pair.Dirty(0)
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("migrate: dirty pages: %w", err)
+		}
+		for _, off := range offs {
+			resend = append(resend, off/s.page)
+		}
+	} else {
+		s.stop()
+		stopAt = monotonic()
+		for p := 0; p < s.npages; p++ {
+			if err := s.writePage(w, p); err != nil {
+				return 0, 0, 0, fmt.Errorf("migrate: copy: %w", err)
+			}
+		}
+	}
+	// Resume: the list of pages the destination must not take from the pre-copy.
+	w.Write([]byte{msgResume})
+	putU32(w, uint32(len(resend)))
+	for _, p := range resend {
+		putU32(w, uint32(p))
+	}
+	if err := w.Flush(); err != nil {
+		return 0, 0, 0, fmt.Errorf("migrate: resume: %w", err)
+	}
+	// Push what the destination may still fault on, unless a fault fetched it already.
+	for i, p := range resend {
+		if i == s.cfg.FailSourceAfter {
+			s.drop()
+			return preCopy, stopAt, len(resend), nil
+		}
+		if s.resent[p].Swap(true) {
+			continue
+		}
+		if err := s.writePage(w, p); err != nil {
+			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
+		}
+		s.pushed.Add(1)
+		if i%64 == 63 {
+			w.Flush() // keep the destination's installer busy, not waiting for a full buffer
+		}
+	}
+	// The checksums of the final image, computed now that it is frozen: the destination
+	// checks every page it ends up with against them.
+	w.Write([]byte{msgManifest})
+	for p := 0; p < s.npages; p++ {
+		putU32(w, pageCRC(s.img[p*s.page:(p+1)*s.page]))
+	}
+	w.Write([]byte{msgEnd})
+	if err := w.Flush(); err != nil {
+		return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
+	}
+	return preCopy, stopAt, len(resend), nil
+}
