@@ -15,6 +15,7 @@ type RangeError struct {
 	Why  string
 }
 
+// Error says which call, which range and what is wrong with it.
 func (e *RangeError) Error() string {
 	return fmt.Sprintf("%s [%#x, +%d): %s", e.Op, e.Addr, e.Len, e.Why)
 }

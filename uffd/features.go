@@ -101,6 +101,7 @@ func newFeatureError(missing Feature) *FeatureError {
 	return &FeatureError{Missing: missing, Kernel: kernelRelease()}
 }
 
+// Error names each missing feature and the Linux version that brought it.
 func (e *FeatureError) Error() string {
 	var parts []string
 	for f := e.Missing; f != 0; f &= f - 1 {

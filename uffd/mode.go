@@ -15,6 +15,7 @@ const (
 	ModeMinor Mode = 1 << 2
 )
 
+// String names the modes, "missing|wp|minor" style.
 func (m Mode) String() string {
 	if m == 0 {
 		return "none"

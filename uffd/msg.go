@@ -18,6 +18,7 @@ const (
 	EventUnmap     Event = 0x16
 )
 
+// String names the event ("pagefault", "fork", "remap", "remove", "unmap").
 func (e Event) String() string {
 	switch e {
 	case EventPagefault:

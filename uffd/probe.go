@@ -3,7 +3,6 @@ package uffd
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"os"
 	"strings"
 	"sync"
@@ -78,6 +77,7 @@ type IoctlError struct {
 	Kernel  string
 }
 
+// Error names each missing ioctl, the Linux version that brought it and the memory type.
 func (e *IoctlError) Error() string {
 	var parts []string
 	for f := e.Missing; f != 0; f &= f - 1 {
@@ -217,6 +217,3 @@ func kernelAtLeast(rel, want string) bool {
 	}
 	return a > x || a == x && b >= y
 }
-
-// onesIn counts the bits of s, for tests and reports.
-func onesIn(s uint64) int { return bits.OnesCount64(s) }
