@@ -14,7 +14,7 @@ const benchLen = 8 << 20
 // BenchmarkServe measures pages served per second: the first pass reads every page of the
 // original (missing faults, filled from a file), the second every page of the mirror (minor
 // faults), both from a C thread; handlers: the native C thread, the handler process, and the C
-// reference (ref.c), side by side in one run. 4k: one page per fault; around: fault-around up
+// reference (ref.c, reading the file with pread), side by side in one run. 4k: one page per fault; around: fault-around up
 // to 64 pages.
 func BenchmarkServe(b *testing.B) {
 	f, _ := sourceFile(b, benchLen)
@@ -44,7 +44,7 @@ func BenchmarkServe(b *testing.B) {
 					}
 					b.StartTimer()
 					if kind == "cref" {
-						m, n, err := refServeTouch(p.u.Fd(), addrOf(p.orig), addrOf(p.dup), benchLen, int(f.Fd()), around, 0)
+						m, n, err := refServeTouch(p.u.Fd(), addrOf(p.orig), addrOf(p.dup), benchLen, int(f.Fd()), around, 0, false)
 						if err != nil {
 							b.Fatal(err)
 						}

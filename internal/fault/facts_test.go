@@ -258,3 +258,36 @@ func TestWriteProtectDirtyPerView(t *testing.T) {
 		})
 	}
 }
+
+// A file source that shrinks while served: the native handler copies from a mapping of the
+// file, which faults past the new end; the handler falls back to pread and serves zeros there,
+// as for any short source, instead of failing.
+func TestSourceFileShrinks(t *testing.T) {
+	for _, st := range starters(t) {
+		t.Run(st.name, func(t *testing.T) {
+			const n = 8 * pg
+			f, data := sourceFile(t, n)
+			p := newTestPair(t, n, uffd.ModeMissing, 0)
+			h, err := st.start(Config{UFFD: p.u, Views: p.views(), Len: n, Source: SourceFD, SourceFD: int(f.Fd()), SourceLen: n, AliasFD: -1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Stop()
+			if sum(p.orig[:pg]) != sum(data[:pg]) {
+				t.Fatal("first page differs")
+			}
+			if err := f.Truncate(2 * pg); err != nil {
+				t.Fatal(err)
+			}
+			if sum(p.orig[pg:2*pg]) != sum(data[pg:2*pg]) {
+				t.Fatal("second page (still in the file) differs")
+			}
+			if sum(p.dup[4*pg:]) != 0 {
+				t.Fatal("pages past the new end of the file are not zero")
+			}
+			if s := h.Stats(); s.Errors != 0 || s.Violations != 0 {
+				t.Errorf("errors %d (%s), violations %d", s.Errors, s.Error, s.Violations)
+			}
+		})
+	}
+}

@@ -235,11 +235,14 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	ADD(ctr(h, v, C_MISSING), 1);
 	uint64_t n = around(h, v, 0, p);
 	uint64_t off = p * pg, len = n * pg, done = 0;
-	int data = 0; // source bytes are in h->buf
+	int mapped = 0; // src points into the source's mapping (a truncated file makes COPY fail)
 	const char *src = NULL;
 	if (h->cfg.src_kind != MM_SRC_ZERO || h->cfg.alias_fd >= 0) {
 		if (h->cfg.src_kind == MM_SRC_MEM && off + len <= h->cfg.src_len) {
 			src = (const char *)(uintptr_t)(h->cfg.src_addr + off); // zero-copy
+		} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && off + len <= h->cfg.map_len) {
+			src = (const char *)(uintptr_t)(h->cfg.map_addr + off); // the kernel copies from the page cache
+			mapped = 1;
 		} else {
 			int err = fill_src(h, h->buf, off, len);
 			if (err) {
@@ -247,10 +250,8 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 				return;
 			}
 			src = h->buf;
-			data = 1;
 		}
 	}
-	(void)data;
 	int result = R_COPIED;
 	int wp = tracked(h, v);
 	if (wp && src == NULL) {
@@ -317,6 +318,17 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 		if (err == EAGAIN) {
 			ADD(ctr(h, v, C_EAGAIN), 1);
 			read_events(h); // a non-cooperative event is pending: read it, then retry
+			continue;
+		}
+		if (err == EFAULT && mapped) {
+			// The file shrank under its mapping: read what is left with pread (zeros past the end).
+			int ferr = fill_src(h, h->buf, off, len);
+			if (ferr) {
+				source_failed(h, v, off + done, ferr, tid);
+				return;
+			}
+			src = h->buf;
+			mapped = 0;
 			continue;
 		}
 		if (err == EFAULT && h->cfg.alias_fd >= 0 && got <= 0) {

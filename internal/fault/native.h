@@ -22,6 +22,8 @@ struct mm_cfg {
 	int poison;        // UFFDIO_POISON usable: a page whose source fails raises SIGBUS
 	int watch_only;    // watchdog mode: serve nothing, watch a Go server (see mm_watch)
 	uint64_t src_addr; // MM_SRC_MEM: source bytes in this process
+	uint64_t map_addr; // MM_SRC_FD: a read-only mapping of the source from src_off on (0: none)
+	uint64_t map_len;  // its length: COPY reads straight from it, saving pread's copy
 	uint64_t src_off;  // source offset of the object's first byte
 	uint64_t src_len;  // bytes the source has from src_off on; beyond: zeros
 	uint64_t len;      // bytes per view
@@ -45,7 +47,7 @@ uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page);
 
 // mm_ref_serve_touch: the C reference handler of the benchmarks (ref.c).
 int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
-		       uint32_t around, int first, uint64_t ns[2]);
+		       uint32_t around, int first, int map, uint64_t ns[2]);
 
 // The watchdog of an in-process Go fault server (watchdog.c).
 struct mm_watchdog;

@@ -10,6 +10,8 @@ import "C"
 import (
 	"fmt"
 	"os"
+	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -20,6 +22,7 @@ const NativeAvailable = true
 type native struct {
 	h      *C.struct_mm_handler
 	stopfd int
+	srcMap []byte // read-only mapping of a file source
 }
 
 // StartNative starts a C thread serving cfg's faults. The thread is not a Go thread: the
@@ -60,15 +63,23 @@ func StartNative(cfg Config) (*Handler, error) {
 	for i, v := range cfg.Views {
 		c.views[i] = C.uint64_t(v)
 	}
+	srcMap := mapSource(cfg.Source, cfg.SourceFD, cfg.AliasFD, cfg.SourceOff, cfg.SourceLen, cfg.Len, page)
+	if srcMap != nil {
+		c.map_addr = C.uint64_t(uintptr(unsafe.Pointer(&srcMap[0])))
+		c.map_len = C.uint64_t(len(srcMap))
+	}
 	c.shared = b.ptr()
 	var cerr C.int
 	h := C.mm_start(&c, &cerr)
 	if h == nil {
+		if srcMap != nil {
+			unix.Munmap(srcMap)
+		}
 		unix.Close(stopfd)
 		b.unmap()
 		return nil, fmt.Errorf("fault: starting the handler thread: %w", unix.Errno(cerr))
 	}
-	return &Handler{b: b, cfg: cfg, page: page, backend: &native{h: h, stopfd: stopfd}}, nil
+	return &Handler{b: b, cfg: cfg, page: page, backend: &native{h: h, stopfd: stopfd, srcMap: srcMap}}, nil
 }
 
 func (n *native) stop() error {
@@ -79,6 +90,9 @@ func (n *native) stop() error {
 	}
 	C.mm_join(n.h)
 	n.h = nil
+	if n.srcMap != nil {
+		unix.Munmap(n.srcMap)
+	}
 	return unix.Close(n.stopfd)
 }
 
@@ -93,12 +107,29 @@ func touchC(addr uintptr, length, page int) uint64 {
 
 // refServeTouch runs the C reference handler (ref.c) on two registered views and times a C
 // thread reading every page of view first, then of the other view.
-func refServeTouch(u int, v0, v1 uintptr, length, srcfd, around, first int) (missing, minor int64, err error) {
+func refServeTouch(u int, v0, v1 uintptr, length, srcfd, around, first int, mapSrc bool) (missing, minor int64, err error) {
 	var ns [2]C.uint64_t
+	var m C.int
+	if mapSrc {
+		m = 1
+	}
 	e := C.mm_ref_serve_touch(C.int(u), C.uint64_t(v0), C.uint64_t(v1), C.uint64_t(length),
-		C.uint64_t(os.Getpagesize()), C.int(srcfd), C.uint32_t(around), C.int(first), &ns[0])
+		C.uint64_t(os.Getpagesize()), C.int(srcfd), C.uint32_t(around), C.int(first), m, &ns[0])
 	if e != 0 {
 		return 0, 0, unix.Errno(e)
 	}
 	return int64(ns[0]), int64(ns[1]), nil
 }
+
+// ReferenceServeTouch runs the C reference handler of the benchmarks (a plain C fault handler:
+// poll, read, UFFDIO_COPY from the source file (mapped read-only if mapSrc, as the native
+// handler does, else read with pread), UFFDIO_CONTINUE, a wake of the other view, the same
+// fault-around window) on two views registered on uffd, and times a C thread reading one byte
+// of every page of view first (missing faults) and then of the other view (minor faults).
+func ReferenceServeTouch(uffd int, v0, v1 uintptr, length, srcfd, maxAround, first int, mapSrc bool) (missing, minor time.Duration, err error) {
+	m, n, err := refServeTouch(uffd, v0, v1, length, srcfd, maxAround, first, mapSrc)
+	return time.Duration(m), time.Duration(n), err
+}
+
+// TouchC reads one byte of every page of [addr, addr+length) from C.
+func TouchC(addr uintptr, length int) uint64 { return touchC(addr, length, os.Getpagesize()) }

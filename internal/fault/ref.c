@@ -22,6 +22,7 @@
 
 struct ref {
 	int uffd, stopfd, srcfd;
+	const char *map; // the source mapped read-only (NULL: pread)
 	uint64_t views[2], len, page;
 	uint32_t around;
 	char *buf;
@@ -75,10 +76,13 @@ static void *ref_run(void *arg) {
 			}
 			uint64_t n = ref_window(r, v, 0, off / r->page);
 			uint64_t len = n * r->page;
-			ssize_t rd = pread(r->srcfd, r->buf, len, (off_t)off);
-			if (rd < (ssize_t)len)
-				memset(r->buf + (rd > 0 ? rd : 0), 0, len - (rd > 0 ? (size_t)rd : 0));
-			struct uffdio_copy c = {.dst = r->views[v] + off, .src = (uint64_t)(uintptr_t)r->buf, .len = len};
+			const char *src = r->map ? r->map + off : r->buf;
+			if (!r->map) {
+				ssize_t rd = pread(r->srcfd, r->buf, len, (off_t)off);
+				if (rd < (ssize_t)len)
+					memset(r->buf + (rd > 0 ? rd : 0), 0, len - (rd > 0 ? (size_t)rd : 0));
+			}
+			struct uffdio_copy c = {.dst = r->views[v] + off, .src = (uint64_t)(uintptr_t)src, .len = len};
 			if (ioctl(r->uffd, UFFDIO_COPY, &c) < 0 && c.copy <= 0) {
 				struct uffdio_range w = {.start = r->views[v] + off, .len = r->page};
 				ioctl(r->uffd, UFFDIO_WAKE, &w);
@@ -93,9 +97,16 @@ static void *ref_run(void *arg) {
 // every page of view `first` and then of view 1-first from this thread, stops the handler and
 // returns the nanoseconds of each pass in ns[0], ns[1]. Returns 0 or an errno.
 int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
-		       uint32_t around, int first, uint64_t ns[2]) {
+		       uint32_t around, int first, int map, uint64_t ns[2]) {
 	struct ref r = {.uffd = uffd, .srcfd = srcfd, .views = {v0, v1}, .len = len, .page = page,
 			.around = around ? around : 1};
+	if (map) {
+		// Like the native handler: the kernel copies straight from the source's page cache.
+		void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, srcfd, 0);
+		if (m == MAP_FAILED)
+			return errno;
+		r.map = m;
+	}
 	for (int v = 0; v < 2; v++)
 		for (int k = 0; k < 2; k++) {
 			r.next[v][k] = UINT64_MAX;
@@ -122,5 +133,7 @@ int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_
 	pthread_join(t, NULL);
 	close(r.stopfd);
 	free(r.buf);
+	if (r.map)
+		munmap((void *)r.map, len);
 	return 0;
 }

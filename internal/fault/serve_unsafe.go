@@ -29,6 +29,7 @@ type server struct {
 	poison  bool
 	npages  int
 	buf     []byte
+	srcMap  []byte // read-only mapping of a file source (see mapSource)
 	next    [MaxViews][2]int
 	win     [MaxViews][2]int
 	backlog []uffd.Msg
@@ -41,6 +42,7 @@ func newServer(u *uffd.UFFD, b *block, c *procConfig) *server {
 		aliasFD: c.AliasFD, srcOff: c.SourceOff, srcLen: c.SourceLen, around: max(c.MaxAround, 1), poison: c.Poison}
 	s.npages = s.len / s.page
 	s.buf = make([]byte, s.around*s.page)
+	s.srcMap = mapSource(s.src, s.srcFD, s.aliasFD, s.srcOff, s.srcLen, s.len, s.page)
 	for v := range s.next {
 		s.next[v] = [2]int{-1, -1}
 		s.win[v] = [2]int{1, 1}
@@ -179,7 +181,11 @@ func (s *server) missing(v, p int, tid uint32) {
 	n := s.aroundPages(v, 0, p)
 	off, length, done := p*s.page, n*s.page, 0
 	var src []byte
-	if s.src != SourceZero || s.aliasFD >= 0 {
+	mapped := false // src is the source's mapping: a file that shrank makes COPY fail
+	switch {
+	case s.src == SourceFD && s.aliasFD < 0 && off+length <= len(s.srcMap):
+		src, mapped = s.srcMap[off:off+length], true
+	case s.src != SourceZero || s.aliasFD >= 0:
 		src = s.buf[:length]
 		if err := s.fillSrc(src, off); err != nil {
 			s.sourceFailed(v, off, err, tid)
@@ -248,6 +254,12 @@ func (s *server) missing(v, p int, tid uint32) {
 		case e == unix.EAGAIN:
 			s.b.addCtr(v, cEAGAIN, 1)
 			s.readEvents()
+		case e == unix.EFAULT && mapped:
+			src, mapped = s.buf[:length], false
+			if ferr := s.fillSrc(src, off); ferr != nil {
+				s.sourceFailed(v, off+done, ferr, tid)
+				return
+			}
 		case e == unix.EFAULT && s.aliasFD >= 0 && got <= 0:
 			done = length
 		default:
