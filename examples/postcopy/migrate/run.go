@@ -165,13 +165,7 @@ func Run(cfg Config) (Report, error) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
 	go s.workload()
-	workloadStopped := false
-	defer func() {
-		if !workloadStopped {
-			s.stop()
-		}
-	}()
-	start := time.Now()
+	defer s.stop() // before s.close, deferred earlier: the workload must not outlive the image
 	startNs := monotonic()
 	if err := cmd.Start(); err != nil {
 		return rep, fmt.Errorf("migrate: start destination: %w", err)
@@ -225,16 +219,10 @@ func Run(cfg Config) (Report, error) {
 		return rep, err
 	}
 	defer stream.Close()
-	var stopNs int64
-	rep.PreCopyTime, _, rep.DirtyPages, err = func() (time.Duration, int64, int, error) {
-		pre, stopAt, dirty, err := s.stream(stream, cfg.Mode)
-		workloadStopped = true
-		rep.SourceWrites = s.writes.Load()
-		stopNs = stopAt
-		return pre, stopAt, dirty, err
-	}()
-	if err != nil {
-		return rep, err
+	preCopy, stopNs, dirty, serr := s.stream(stream, cfg.Mode)
+	rep.PreCopyTime, rep.DirtyPages, rep.SourceWrites = preCopy, dirty, s.writes.Load()
+	if serr != nil {
+		stream.Close() // the destination learns at once; its own error says more than ours
 	}
 	select {
 	case <-s.dropConns:
@@ -242,22 +230,23 @@ func Run(cfg Config) (Report, error) {
 	default:
 	}
 	werr := <-exited
-	elapsed := time.Since(start)
 	rep.BytesSent = s.sent.Load()
 	rep.Pushed = int(s.pushed.Load())
 
 	var dr destReport
 	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
-		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q", werr, out.String())
+		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q; source: %v", werr, out.String(), serr)
 	}
 	rep.PreCopied, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.OnDemand, dr.DemandRequests, dr.DemandWait
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
 	if dr.Err != "" || werr != nil {
 		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
 	}
+	if serr != nil {
+		return rep, serr
+	}
 	rep.Downtime = time.Duration(dr.ResumeNs - stopNs)
 	rep.Total = time.Duration(dr.DoneNs - startNs)
-	_ = elapsed
 	if rep.VerifiedPages != rep.Pages {
 		return rep, errors.New("migrate: not every page was verified")
 	}

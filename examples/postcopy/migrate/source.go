@@ -24,6 +24,7 @@ type source struct {
 	img    []byte // view 0 of the pair: the workload writes here, dirty tracking watches it
 
 	stopWork chan struct{}
+	stopOnce sync.Once
 	workDone chan struct{}
 	writes   atomic.Int64
 
@@ -104,16 +105,19 @@ func (s *source) workload() {
 	}
 }
 
+// stop stops the workload and waits until it has; later calls do nothing.
 func (s *source) stop() {
-	close(s.stopWork)
+	s.stopOnce.Do(func() { close(s.stopWork) })
 	<-s.workDone
 }
 
 func (s *source) drop() { s.dropOnce.Do(func() { close(s.dropConns) }) }
 
-// writePage sends one page on the stream.
-func (s *source) writePage(w io.Writer, p int) error {
-	b := s.img[p*s.page : (p+1)*s.page]
+// writePage sends one page on the stream. The page is copied first and the checksum taken
+// of the copy: during the pre-copy the workload may be writing the page at the same time.
+func (s *source) writePage(w io.Writer, p int, scratch []byte) error {
+	b := scratch[:s.page]
+	copy(b, s.img[p*s.page:(p+1)*s.page])
 	if _, err := w.Write([]byte{msgPage}); err != nil {
 		return err
 	}
@@ -167,10 +171,11 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 	w.Write([]byte{msgHello})
 	putU32(w, uint32(uint64(len(s.img))), uint32(uint64(len(s.img))>>32), uint32(s.page), uint32(mode))
 	start := time.Now()
+	scratch := make([]byte, s.page)
 	var resend []int
 	if mode == PostCopy {
 		for p := 0; p < s.npages; p++ {
-			if err := s.writePage(w, p); err != nil {
+			if err := s.writePage(w, p, scratch); err != nil {
 				return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
 			}
 		}
@@ -191,7 +196,7 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		s.stop()
 		stopAt = monotonic()
 		for p := 0; p < s.npages; p++ {
-			if err := s.writePage(w, p); err != nil {
+			if err := s.writePage(w, p, scratch); err != nil {
 				return 0, 0, 0, fmt.Errorf("migrate: copy: %w", err)
 			}
 		}
@@ -214,7 +219,7 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		if s.resent[p].Swap(true) {
 			continue
 		}
-		if err := s.writePage(w, p); err != nil {
+		if err := s.writePage(w, p, scratch); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
 		}
 		s.pushed.Add(1)

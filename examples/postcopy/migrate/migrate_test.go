@@ -1,0 +1,165 @@
+package migrate
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestMain(m *testing.M) {
+	MaybeDestination() // the destination processes Run starts are this test binary
+	os.Exit(m.Run())
+}
+
+func TestPostCopy(t *testing.T) {
+	rep, err := Run(Config{ImageSize: 16 << 20, DestTouches: 512})
+	if err != nil {
+		t.Fatalf("%v\n%v", err, rep)
+	}
+	t.Log("\n" + rep.String())
+	if rep.VerifiedPages != rep.Pages || rep.Pages != 4096 {
+		t.Errorf("verified %d of %d pages, want 4096 of 4096", rep.VerifiedPages, rep.Pages)
+	}
+	if rep.SourceWrites == 0 || rep.DirtyPages == 0 {
+		t.Errorf("the workload wrote %d times and dirtied %d pages: the test did not test dirty tracking", rep.SourceWrites, rep.DirtyPages)
+	}
+	if rep.PreCopied+rep.DirtyPages != rep.Pages {
+		t.Errorf("pre-copied %d + dirty %d != %d pages", rep.PreCopied, rep.DirtyPages, rep.Pages)
+	}
+	if rep.Pushed+rep.OnDemand < rep.DirtyPages {
+		t.Errorf("pushed %d + on demand %d < dirty %d: some dirty page was never resent", rep.Pushed, rep.OnDemand, rep.DirtyPages)
+	}
+	if rep.Touches != 512 || rep.DestFaults == 0 {
+		t.Errorf("destination touched %d pages with %d faults", rep.Touches, rep.DestFaults)
+	}
+	if rep.Downtime <= 0 || rep.Total <= rep.Downtime {
+		t.Errorf("downtime %v, total %v", rep.Downtime, rep.Total)
+	}
+}
+
+func TestStopAndCopy(t *testing.T) {
+	rep, err := Run(Config{Mode: StopAndCopy, ImageSize: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.VerifiedPages != rep.Pages || rep.DirtyPages != 0 || rep.OnDemand != 0 || rep.PreCopied != rep.Pages {
+		t.Errorf("stop-and-copy: %+v", rep)
+	}
+	if rep.BytesSent < int64(rep.ImageBytes) {
+		t.Errorf("sent %d bytes for a %d-byte image", rep.BytesSent, rep.ImageBytes)
+	}
+}
+
+// TestSourceDisappears: the source drops its connections after pushing a few pages; the
+// destination still needs the others and must fail with a clear error, not finish with zeros.
+func TestSourceDisappears(t *testing.T) {
+	var stderr bytes.Buffer
+	rep, err := Run(Config{ImageSize: 8 << 20, FailSourceAfter: 5, HotFraction: 0.2, Stderr: &stderr})
+	if err == nil {
+		t.Fatalf("migration from a source that disappeared succeeded: %v", rep)
+	}
+	if !strings.Contains(err.Error(), "source disappeared") {
+		t.Errorf("error does not say what happened: %v", err)
+	}
+	if rep.VerifiedPages != 0 {
+		t.Errorf("the destination verified %d pages after losing its source", rep.VerifiedPages)
+	}
+	t.Log(err)
+}
+
+func TestBadConfig(t *testing.T) {
+	for _, c := range []Config{{ImageSize: -1}, {HotFraction: 2}, {Mode: 7}, {WritesPerSecond: -1}} {
+		if _, err := Run(c); err == nil {
+			t.Errorf("Run(%+v) succeeded", c)
+		}
+	}
+}
+
+func image(n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*31 + i>>12)
+	}
+	return b
+}
+
+func TestHTTPSource(t *testing.T) {
+	img := image(64 << 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "image", time.Time{}, bytes.NewReader(img))
+	}))
+	defer srv.Close()
+	src := HTTPSource(srv.URL, srv.Client())
+	defer src.Close()
+	for _, tc := range []struct{ off, n int }{{0, 4096}, {8192, 3 * 4096}, {len(img) - 4096, 4096}} {
+		got := make([]byte, tc.n)
+		if err := src.ReadPages(got, int64(tc.off)); err != nil {
+			t.Fatalf("ReadPages(%d, %d): %v", tc.n, tc.off, err)
+		}
+		if !bytes.Equal(got, img[tc.off:tc.off+tc.n]) {
+			t.Errorf("ReadPages(%d, %d): wrong bytes", tc.n, tc.off)
+		}
+	}
+	// Past the end: 416 from ServeContent, an error here, never zeros.
+	if err := src.ReadPages(make([]byte, 4096), int64(len(img))); err == nil {
+		t.Error("a range past the end of the image succeeded")
+	}
+	// A range that runs past the end is answered short by the server: an error too.
+	if err := src.ReadPages(make([]byte, 8192), int64(len(img)-4096)); err == nil {
+		t.Error("a range running past the end of the image succeeded")
+	}
+}
+
+func TestHTTPSourceRefusesBadServers(t *testing.T) {
+	img := image(16 << 10)
+	for name, h := range map[string]http.HandlerFunc{
+		"ignores Range": func(w http.ResponseWriter, r *http.Request) { w.Write(img) },
+		"wrong range": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Range", "bytes 0-4095/16384")
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(img[:4096])
+		},
+		"dies mid-body": func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Range", "bytes 4096-8191/16384")
+			w.Header().Set("Content-Length", "4096")
+			w.WriteHeader(http.StatusPartialContent)
+			w.Write(img[4096:6000])
+			panic(http.ErrAbortHandler)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(h)
+			defer srv.Close()
+			src := HTTPSource(srv.URL, srv.Client())
+			defer src.Close()
+			err := src.ReadPages(make([]byte, 4096), 4096)
+			if err == nil {
+				t.Fatal("succeeded")
+			}
+			t.Log(err)
+		})
+	}
+	// A server that is gone.
+	srv := httptest.NewServer(http.NotFoundHandler())
+	url := srv.URL
+	srv.Close()
+	err := HTTPSource(url, nil).ReadPages(make([]byte, 4096), 0)
+	if !errors.Is(err, errSourceGone) {
+		t.Errorf("unreachable server: %v, want errSourceGone", err)
+	}
+}
+
+// TestSocketSourceGone: the demand connection's peer closes: ReadPages says so.
+func TestSocketSourceGone(t *testing.T) {
+	_, err := DialSource("127.0.0.1:1", 4096)
+	if err == nil {
+		t.Fatal("dialing a closed port succeeded")
+	}
+	var _ io.Closer = HTTPSource("http://x", nil)
+}
