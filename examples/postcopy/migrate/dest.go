@@ -24,6 +24,7 @@ const (
 	envDest    = "MIRRORMEM_POSTCOPY_DESTINATION" // the source's address: this process is the destination
 	envTouches = "MIRRORMEM_POSTCOPY_TOUCHES"
 	envSeed    = "MIRRORMEM_POSTCOPY_SEED"
+	envHTTP    = "MIRRORMEM_POSTCOPY_HTTP" // fetch on demand from this URL with HTTP Range requests
 )
 
 // destReport is what the destination process tells the source, as JSON on its stdout.
@@ -60,6 +61,7 @@ type dest struct {
 	staging []byte // pages received, before the fault handler copies them into the region
 
 	ready    chan struct{} // new pages in staging: wake the installer
+	ended    atomic.Bool   // the stream ended: no page will be pushed any more
 	failOnce sync.Once
 	failed   chan struct{}
 	failErr  error
@@ -191,7 +193,9 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	var pair *mirror.Pair
 	var mem []byte
 	if mode == PostCopy {
-		if d.src, err = DialSource(addr, page); err != nil {
+		if url := os.Getenv(envHTTP); url != "" {
+			d.src = HTTPSource(url, nil)
+		} else if d.src, err = DialSource(addr, page); err != nil {
 			reg.Close()
 			return rep, err
 		}
@@ -284,6 +288,8 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 					}
 				}
 			case msgEnd:
+				d.ended.Store(true)
+				d.notify()
 				return
 			default:
 				d.fail(fmt.Errorf("unknown message %q on the stream", typ))
@@ -312,7 +318,7 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 		installDone = make(chan struct{})
 		go func() {
 			defer close(installDone)
-			if err := d.install(pair); err != nil {
+			if err := d.install(mem); err != nil {
 				d.fail(err)
 			}
 		}()
@@ -321,19 +327,28 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 		close(touchDone)
 		close(installDone)
 	}
-	for _, ch := range []chan struct{}{streamDone, installDone, touchDone} {
+	wait := func(chs ...chan struct{}) error {
+		for _, ch := range chs {
+			select {
+			case <-ch:
+			case <-d.failed:
+				return d.failErr
+			}
+		}
 		select {
-		case <-ch:
 		case <-d.failed:
-			return rep, d.failErr
+			return d.failErr
+		default:
+			return nil
 		}
 	}
-	select {
-	case <-d.failed:
-		return rep, d.failErr
-	default:
+	if err := wait(streamDone, installDone); err != nil {
+		return rep, err
 	}
-	rep.DoneNs = monotonic()
+	rep.DoneNs = monotonic() // every page is resident: the migration is over
+	if err := wait(touchDone); err != nil {
+		return rep, err
+	}
 	if os.Getenv("MIRRORMEM_POSTCOPY_DEBUG") != "" {
 		fmt.Fprintf(os.Stderr, "resume->done %v\n", time.Duration(rep.DoneNs-rep.ResumeNs))
 	}
@@ -403,31 +418,44 @@ func touch(mem []byte, page int, hot []int, n int, seed uint64) (count int, mean
 	return count, mean, worst
 }
 
-// install makes every page resident with Populate (MADV_POPULATE_READ: the fault is raised
-// inside a system call, where the garbage collector does not wait for this goroutine), as
-// soon as the destination holds it.
-func (d *dest) install(pair *mirror.Pair) error {
+// install makes every page resident in view as soon as the destination holds it, with
+// MADV_POPULATE_READ: the fault is raised inside a system call, where the garbage collector
+// does not wait for this goroutine (what Pair.Populate does, but for the one view this program
+// uses: Populate makes the page present in every view of the pair, a minor fault per page in
+// the mirror view that nobody here reads).
+func populate(view []byte) error {
+	if err := unix.Madvise(view, unix.MADV_POPULATE_READ); err != nil {
+		return fmt.Errorf("install: %w", os.NewSyscallError("madvise(MADV_POPULATE_READ)", err))
+	}
+	return nil
+}
+
+// install makes every page resident (see populate) as soon as the destination holds it.
+func (d *dest) install(view []byte) error {
 	installed := make([]bool, d.npages)
 	left := d.npages
-	const maxRun = 512 // pages per Populate: 2 MiB
+	const maxRun = 512 // pages per system call: 2 MiB
 	for left > 0 {
+		// Once the stream has ended nothing more will be pushed: pull what is still stale
+		// (the faults fetch it on demand).
+		pull := d.ended.Load()
 		d.mu.Lock()
-		have := make([]bool, d.npages)
+		ready := make([]bool, d.npages)
 		for pg, st := range d.state {
-			have[pg] = st == pageHave && !installed[pg]
+			ready[pg] = !installed[pg] && (st == pageHave || pull)
 		}
 		d.mu.Unlock()
 		for pg := 0; pg < d.npages; {
-			if !have[pg] {
+			if !ready[pg] {
 				pg++
 				continue
 			}
 			end := pg
-			for end < d.npages && have[end] && end-pg < maxRun {
+			for end < d.npages && ready[end] && end-pg < maxRun {
 				end++
 			}
-			if err := pair.Populate(pg*d.page, (end-pg)*d.page); err != nil {
-				return fmt.Errorf("install pages %d-%d: %w", pg, end-1, err)
+			if err := populate(view[pg*d.page : end*d.page]); err != nil {
+				return err
 			}
 			for ; pg < end; pg++ {
 				installed[pg] = true

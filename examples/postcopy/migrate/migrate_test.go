@@ -43,6 +43,50 @@ func TestPostCopy(t *testing.T) {
 	}
 }
 
+func TestPostCopyOverHTTP(t *testing.T) {
+	rep, err := Run(Config{ImageSize: 8 << 20, DemandOverHTTP: true, DestTouches: 256, HotFraction: 0.3})
+	if err != nil {
+		t.Fatalf("%v\n%v", err, rep)
+	}
+	t.Log("\n" + rep.String())
+	if rep.VerifiedPages != rep.Pages || rep.Demand != "HTTP Range" || rep.DirtyPages == 0 {
+		t.Errorf("%+v", rep)
+	}
+}
+
+// TestOnDemandOnly: with no push, every page written after the pre-copy comes on demand,
+// over the socket and over HTTP.
+func TestOnDemandOnly(t *testing.T) {
+	for _, http := range []bool{false, true} {
+		rep, err := Run(Config{ImageSize: 8 << 20, NoPush: true, DemandOverHTTP: http, HotFraction: 0.2})
+		if err != nil {
+			t.Fatalf("%v\n%v", err, rep)
+		}
+		t.Log("\n" + rep.String())
+		if rep.Pushed != 0 || rep.OnDemand != rep.DirtyPages || rep.DemandRequests == 0 || rep.VerifiedPages != rep.Pages {
+			t.Errorf("over %s: want every dirty page on demand: %+v", rep.Demand, rep)
+		}
+	}
+}
+
+// TestSourceDisappearsOnDemand: the source dies while faults fetch pages from it.
+func TestSourceDisappearsOnDemand(t *testing.T) {
+	for _, http := range []bool{false, true} {
+		_, err := Run(Config{ImageSize: 8 << 20, NoPush: true, DemandOverHTTP: http, FailSourceAfter: 5, HotFraction: 0.2, Stderr: io.Discard})
+		if err == nil || !strings.Contains(err.Error(), "source disappeared") || !strings.Contains(err.Error(), "page") {
+			t.Fatalf("http=%v: migration from a source that vanished during demand faults: %v", http, err)
+		}
+		t.Log(err)
+	}
+}
+
+func TestSourceDisappearsHTTP(t *testing.T) {
+	_, err := Run(Config{ImageSize: 8 << 20, DemandOverHTTP: true, FailSourceAfter: 5, HotFraction: 0.2, Stderr: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "source disappeared") {
+		t.Fatalf("migration from a vanished HTTP source: %v", err)
+	}
+}
+
 func TestStopAndCopy(t *testing.T) {
 	rep, err := Run(Config{Mode: StopAndCopy, ImageSize: 8 << 20})
 	if err != nil {
@@ -59,8 +103,7 @@ func TestStopAndCopy(t *testing.T) {
 // TestSourceDisappears: the source drops its connections after pushing a few pages; the
 // destination still needs the others and must fail with a clear error, not finish with zeros.
 func TestSourceDisappears(t *testing.T) {
-	var stderr bytes.Buffer
-	rep, err := Run(Config{ImageSize: 8 << 20, FailSourceAfter: 5, HotFraction: 0.2, Stderr: &stderr})
+	rep, err := Run(Config{ImageSize: 8 << 20, FailSourceAfter: 5, HotFraction: 0.2, Stderr: io.Discard})
 	if err == nil {
 		t.Fatalf("migration from a source that disappeared succeeded: %v", rep)
 	}

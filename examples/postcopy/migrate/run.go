@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -44,8 +46,16 @@ type Config struct {
 	WritesPerSecond int     // the source workload's write rate (default 200000)
 	DestTouches     int     // pages the destination workload reads after resuming (default 4096)
 	Seed            uint64  // workload randomness (default 1)
-	// FailSourceAfter > 0 makes the source drop its connections after pushing that many pages
-	// following the resume, as a crashed source would: the migration must fail with an error.
+	// DemandOverHTTP makes the destination fetch pages on demand with HTTP Range requests
+	// (HTTPSource) from an HTTP server the source runs on loopback, instead of over the demand
+	// socket: the path a restore from an object store takes.
+	DemandOverHTTP bool
+	// NoPush makes the source push nothing after the resume: every page written after the
+	// pre-copy then comes on demand, fetched by the destination's faults or by its installer.
+	NoPush bool
+	// FailSourceAfter > 0 makes the source drop its connections once it has sent that many
+	// pages after the resume (pushed or on demand), as a crashed source would: the migration
+	// must fail with an error.
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
@@ -89,6 +99,7 @@ func (c *Config) defaults() error {
 // Report is what a migration measured.
 type Report struct {
 	Mode           Mode
+	Demand         string // how faults fetched pages: "socket" or "HTTP Range"
 	ImageBytes     int
 	PageSize       int
 	Pages          int
@@ -112,7 +123,11 @@ type Report struct {
 
 func (r Report) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%s of %d MiB (%d pages):\n", r.Mode, r.ImageBytes>>20, r.Pages)
+	fmt.Fprintf(&b, "%s of %d MiB (%d pages)", r.Mode, r.ImageBytes>>20, r.Pages)
+	if r.Mode == PostCopy {
+		fmt.Fprintf(&b, ", pages on demand over %s", r.Demand)
+	}
+	b.WriteString(":\n")
 	fmt.Fprintf(&b, "  downtime %v, total %v", r.Downtime.Round(time.Microsecond), r.Total.Round(time.Millisecond))
 	if r.Mode == PostCopy {
 		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
@@ -140,7 +155,10 @@ func Run(cfg Config) (Report, error) {
 		return Report{}, err
 	}
 	defer s.close()
-	rep := Report{Mode: cfg.Mode, ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
+	rep := Report{Mode: cfg.Mode, Demand: "socket", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
+	if cfg.DemandOverHTTP {
+		rep.Demand = "HTTP Range"
+	}
 	if cfg.Mode == PostCopy {
 		if err := s.pair.TrackDirty(0); err != nil {
 			return rep, fmt.Errorf("migrate: dirty tracking: %w", err)
@@ -159,6 +177,16 @@ func Run(cfg Config) (Report, error) {
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), envDest+"="+ln.Addr().String(),
 		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+	if cfg.DemandOverHTTP {
+		hln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return rep, err
+		}
+		hs := &http.Server{Handler: s.httpHandler()}
+		go hs.Serve(countingListener{hln, &s.sent})
+		defer hs.Close()
+		cmd.Env = append(cmd.Env, envHTTP+"=http://"+hln.Addr().String()+"/image")
+	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
 	cmd.Stderr = cfg.Stderr
@@ -251,4 +279,29 @@ func Run(cfg Config) (Report, error) {
 		return rep, errors.New("migrate: not every page was verified")
 	}
 	return rep, nil
+}
+
+// countingListener counts the bytes written to the connections it accepts (HTTP answers).
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countingConn{c, l.n}, nil
+}
+
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.n.Add(int64(n))
+	return n, err
 }

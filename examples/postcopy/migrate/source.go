@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,7 @@ type source struct {
 	onDemand  atomic.Int64
 	requests  atomic.Int64
 	pushed    atomic.Int64
+	afterStop atomic.Int64  // pages sent after the resume, pushed or on demand
 	dropConns chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
 	dropOnce  sync.Once
 }
@@ -113,6 +115,19 @@ func (s *source) stop() {
 
 func (s *source) drop() { s.dropOnce.Do(func() { close(s.dropConns) }) }
 
+// sendingAfterStop counts n pages about to be sent after the resume and reports whether the
+// source must instead play dead now (Config.FailSourceAfter).
+func (s *source) sendingAfterStop(n int) bool {
+	if s.cfg.FailSourceAfter < 0 {
+		return false
+	}
+	if s.afterStop.Add(int64(n)) > int64(s.cfg.FailSourceAfter) {
+		s.drop()
+		return true
+	}
+	return false
+}
+
 // writePage sends one page on the stream. The page is copied first and the checksum taken
 // of the copy: during the pre-copy the workload may be writing the page at the same time.
 func (s *source) writePage(w io.Writer, p int, scratch []byte) error {
@@ -148,6 +163,9 @@ func (s *source) serveDemand(conn net.Conn) {
 		case <-s.dropConns:
 			return
 		default:
+		}
+		if s.sendingAfterStop(int(count)) {
+			return
 		}
 		s.requests.Add(1)
 		for p := int(first); p < int(first+count); p++ {
@@ -212,12 +230,14 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 	}
 	// Push what the destination may still fault on, unless a fault fetched it already.
 	for i, p := range resend {
-		if i == s.cfg.FailSourceAfter {
-			s.drop()
-			return preCopy, stopAt, len(resend), nil
+		if s.cfg.NoPush {
+			break
 		}
 		if s.resent[p].Swap(true) {
 			continue
+		}
+		if s.sendingAfterStop(1) {
+			return preCopy, stopAt, len(resend), nil
 		}
 		if err := s.writePage(w, p, scratch); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
@@ -238,4 +258,46 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
 	}
 	return preCopy, stopAt, len(resend), nil
+}
+
+// httpHandler serves the image with HTTP Range support (http.ServeContent) for a destination
+// that fetches on demand with HTTPSource. Only pages of the frozen image are asked for: the
+// destination asks after the resume.
+func (s *source) httpHandler() http.Handler {
+	size := int64(len(s.img))
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-s.dropConns:
+			panic(http.ErrAbortHandler) // the simulated crash
+		default:
+		}
+		s.requests.Add(1)
+		if rg := r.Header.Get("Range"); rg != "" {
+			var first, last int
+			if _, err := fmt.Sscanf(rg, "bytes=%d-%d", &first, &last); err == nil && s.sendingAfterStop((last-first+1)/s.page) {
+				panic(http.ErrAbortHandler)
+			}
+		}
+		http.ServeContent(w, r, "image", time.Time{}, io.NewSectionReader(imageReader{s}, 0, size))
+	})
+}
+
+// imageReader reads the image and counts the pages it hands out as sent on demand.
+type imageReader struct{ s *source }
+
+func (ir imageReader) ReadAt(p []byte, off int64) (int, error) {
+	s := ir.s
+	if off >= int64(len(s.img)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.img[off:])
+	for pg := int(off) / s.page; pg*s.page < int(off)+n; pg++ {
+		if !s.resent[pg].Swap(true) {
+			s.onDemand.Add(1)
+		}
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
 }
