@@ -62,6 +62,7 @@ struct mm_handler {
 	struct mm_log *log;
 	uint64_t npages, logcap;
 	char *buf; // max_around pages of staging buffer for pread
+	uint8_t *saved; // page states before a fast-path fill, to undo a failed one
 	char *zeros;
 	// sequential detection per view and kind: next expected page and current window
 	uint64_t next[MM_MAX_VIEWS][2];
@@ -83,10 +84,11 @@ static uint64_t now_ns(void) {
 
 static uint64_t *ctr(struct mm_handler *h, int v, int c) { return &h->counters[v * C_WORDS + c]; }
 
-static void record(struct mm_handler *h, int v, uint64_t off, int kind, int result, uint32_t tid,
-		   uint32_t pages) {
+// record appends a log entry and returns its index (-1 if it was not kept).
+static int64_t record(struct mm_handler *h, int v, uint64_t off, int kind, int result, uint32_t tid,
+		      uint32_t pages) {
 	if (h->logcap == 0)
-		return;
+		return -1;
 	uint64_t i = h->hdr[H_LOGNEXT]; // single writer
 	if (i < h->logcap) {
 		struct mm_log *e = &h->log[i];
@@ -99,7 +101,18 @@ static void record(struct mm_handler *h, int v, uint64_t off, int kind, int resu
 		e->pages = pages;
 	}
 	STORE(&h->hdr[H_LOGNEXT], i + 1);
+	return i < h->logcap ? (int64_t)i : -1;
 }
+
+// amend corrects the result and page count of an entry written before its ioctl failed.
+static void amend(struct mm_handler *h, int64_t i, int result, uint32_t pages) {
+	if (i < 0)
+		return;
+	__atomic_store_n(&h->log[i].result, (uint8_t)result, __ATOMIC_RELAXED);
+	__atomic_store_n(&h->log[i].pages, pages, __ATOMIC_RELAXED);
+}
+
+#define SUB(p, v) __atomic_fetch_sub((p), (v), __ATOMIC_RELAXED)
 
 static void violation(struct mm_handler *h, int code, uint64_t off) {
 	if (ADD(&h->hdr[H_VIOLATIONS], 1) == 0) {
@@ -259,6 +272,66 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 		memset(h->buf, 0, len);
 		src = h->buf;
 	}
+	// Fast path, the common case (a page not known to be filled): account for the fill first,
+	// then let the resolving ioctl wake the faulting thread itself. When its access returns the
+	// statistics and the log include it, and no extra UFFDIO_WAKE is spent on it.
+	int64_t logi = -1;
+	int fast = 0;
+	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
+	if (h->cfg.alias_fd < 0 && s0 != ST_FILLED && s0 != ST_PRESENT) {
+		fast = 1;
+		int ck = src ? C_COPIED : C_ZEROED;
+		result = src ? R_COPIED : R_ZEROED;
+		for (uint64_t i = 0; i < n; i++)
+			h->saved[i] = __atomic_load_n(&h->state[p + i], __ATOMIC_ACQUIRE);
+		mark_filled(h, p, n);
+		ADD(ctr(h, v, ck), n);
+		ADD(ctr(h, v, C_BYTES), len);
+		if (n > 1)
+			ADD(ctr(h, v, C_AROUND), n - 1);
+		logi = record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+		long got;
+		int err = 0;
+		for (;;) {
+			if (src) {
+				struct uffdio_copy c = {.dst = h->cfg.views[v] + off, .src = (uint64_t)(uintptr_t)src, .len = len,
+							.mode = wp ? UFFDIO_COPY_MODE_WP : 0};
+				err = ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0 ? errno : 0;
+				got = c.copy;
+			} else {
+				struct uffdio_zeropage z = {.range = {.start = h->cfg.views[v] + off, .len = len}};
+				err = ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0 ? errno : 0;
+				got = z.zeropage;
+			}
+			if (err == EAGAIN && got <= 0) {
+				ADD(ctr(h, v, C_EAGAIN), 1);
+				read_events(h); // an event is pending: read it, then retry
+				continue;
+			}
+			break;
+		}
+		if (err == 0) {
+			wake_others(h, v, off, len);
+			return;
+		}
+		// Undo the accounting of what was not filled, and finish on the slow path.
+		done = got > 0 ? (uint64_t)got : 0;
+		SUB(ctr(h, v, ck), (len - done) / pg);
+		SUB(ctr(h, v, C_BYTES), len - done);
+		for (uint64_t i = done / pg; i < n; i++)
+			__atomic_store_n(&h->state[p + i], h->saved[i], __ATOMIC_RELEASE);
+		if (done > 0)
+			wake_others(h, v, off, done);
+		if (err == EFAULT && mapped) {
+			int ferr = fill_src(h, h->buf, off, len);
+			if (ferr) {
+				source_failed(h, v, off + done, ferr, tid);
+				return;
+			}
+			src = h->buf;
+			mapped = 0;
+		}
+	}
 	while (done < len) {
 		uint64_t a = h->cfg.views[v] + off + done;
 		long got;
@@ -338,13 +411,17 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 		source_failed(h, v, off + done, err, tid);
 		return;
 	}
-	if (n > 1)
-		ADD(ctr(h, v, C_AROUND), n - 1);
 	// Counters, states and log are written before anyone wakes: when the faulting access
 	// returns, the statistics include it. Then wake every view: the kernel would wake only the
 	// view it filled, and a thread blocked on the same page through another view would wait
 	// for its own message.
-	record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+	if (fast) {
+		amend(h, logi, result, (uint32_t)n);
+	} else {
+		if (n > 1)
+			ADD(ctr(h, v, C_AROUND), n - 1);
+		record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+	}
 	wake(h, v, off, len);
 	wake_others(h, v, off, len);
 }
@@ -360,6 +437,28 @@ static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid)
 	uint64_t n = around(h, v, 1, p);
 	uint64_t off = p * pg;
 	int result = R_CONTINUED;
+	// Fast path: account first, let UFFDIO_CONTINUE wake the thread (see resolve_missing).
+	int wpm = tracked(h, v) ? UFFDIO_CONTINUE_MODE_WP : 0;
+	ADD(ctr(h, v, C_CONTINUED), n);
+	if (n > 1)
+		ADD(ctr(h, v, C_AROUND), n - 1);
+	int64_t logi = record(h, v, off, K_MINOR, R_CONTINUED, tid, (uint32_t)n);
+	struct uffdio_continue fc = {.range = {.start = h->cfg.views[v] + off, .len = n * pg}, .mode = wpm};
+	int ferr = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &fc) < 0 ? errno : 0;
+	if (ferr == 0)
+		return;
+	uint64_t fm = fc.mapped > 0 ? (uint64_t)fc.mapped : 0;
+	SUB(ctr(h, v, C_CONTINUED), n - fm / pg);
+	if (n > 1)
+		SUB(ctr(h, v, C_AROUND), n - 1);
+	if (fm > 0) {
+		// Fault-around stopped at a page already mapped here or not in the page cache: the
+		// faulting page is mapped, and CONTINUE woke its thread.
+		if (fm / pg > 1)
+			ADD(ctr(h, v, C_AROUND), fm / pg - 1);
+		amend(h, logi, R_CONTINUED, (uint32_t)(fm / pg));
+		return;
+	}
 	for (;;) {
 		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = n * pg},
 					    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (tracked(h, v) ? UFFDIO_CONTINUE_MODE_WP : 0)};
@@ -392,7 +491,7 @@ static void resolve_minor(struct mm_handler *h, int v, uint64_t p, uint32_t tid)
 	}
 	if (n > 1)
 		ADD(ctr(h, v, C_AROUND), n - 1);
-	record(h, v, off, K_MINOR, result, tid, (uint32_t)n);
+	amend(h, logi, result, (uint32_t)n);
 	wake(h, v, off, n * pg);
 }
 
@@ -531,8 +630,12 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 	if (bl < cfg->page)
 		bl = cfg->page;
 	h->buf = mmap(NULL, bl, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (h->buf == MAP_FAILED) {
-		*err = errno;
+	h->saved = calloc(cfg->max_around ? cfg->max_around : 1, 1);
+	if (h->buf == MAP_FAILED || !h->saved) {
+		*err = h->buf == MAP_FAILED ? errno : ENOMEM;
+		if (h->buf != MAP_FAILED)
+			munmap(h->buf, bl);
+		free(h->saved);
 		free(h);
 		return NULL;
 	}
@@ -545,6 +648,7 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (e != 0) {
 		munmap(h->buf, bl);
+		free(h->saved);
 		free(h);
 		*err = e;
 		return NULL;
@@ -556,6 +660,7 @@ void mm_join(struct mm_handler *h) {
 	pthread_join(h->thread, NULL);
 	munmap(h->buf, (size_t)(h->cfg.max_around ? h->cfg.max_around : 1) * h->cfg.page);
 	free(h->backlog);
+	free(h->saved);
 	free(h);
 }
 
