@@ -38,5 +38,30 @@
 //   - any number of reads through several views with no write in between;
 //   - reading and writing through one view only, in any pattern.
 //
-// Mirrored memory served by userfaultfd has a further rule, set out in package uffd.
+// # Serving faults
+//
+// With ServeFaults, every view is registered with one userfaultfd and each page is filled on
+// first touch, through whichever view touches it, from a source: a file, another region, zeros,
+// or any io.ReaderAt. A page is filled once; the other views map it through a minor fault;
+// FaultStats counts both per view; VerifyFaults logs every fault and Verify checks the
+// invariants and the bytes. StageMinorFaults fills pages through the region's memfd and maps
+// them with UFFDIO_CONTINUE (the QEMU/Firecracker pattern for shared guest memory), TrackWrites
+// with TrackDirty and Dirty report the pages written through a view, Reset (MADV_REMOVE) and
+// Discard (MADV_DONTNEED) undo fills in their two different ways.
+//
+//	f, _ := os.Open("snapshot.img")
+//	p, _ := mirror.Mirror(r, mirror.ServeFaults(f)) // nothing is read yet
+//	copy(buf, p.Mirror()[off:])                     // served on first touch
+//	orig, mirr := p.FaultStats()
+//
+// A Go program must never hang on this memory. A goroutine that touches an unfilled page inside
+// runtime assembly (copy, clear, bytes.Equal, append) cannot be stopped by the garbage
+// collector; if the fault handler were a goroutine of the same process it would wait for the
+// collector, and the collector for the goroutine, forever. So the faults of a file, a region
+// or zeros are served by a C thread (cgo builds) or by a handler process (this program
+// re-executed; CGO_ENABLED=0), which the collector never stops: touch those views any way you
+// like. A source that is Go code can only be served by Go code in this process: then touch
+// unfilled pages only after Populate, or with plain loops and system calls; a watchdog thread
+// aborts the process with a message naming this rule if it is broken, and without cgo such a
+// source is refused. See ServeFaults.
 package mirror
