@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 )
 
 func TestMain(m *testing.M) {
@@ -18,6 +20,7 @@ func TestMain(m *testing.M) {
 }
 
 func TestPostCopy(t *testing.T) {
+	defer leakcheck.Check(t)()
 	rep, err := Run(Config{ImageSize: 16 << 20, DestTouches: 512})
 	if err != nil {
 		t.Fatalf("%v\n%v", err, rep)
@@ -103,6 +106,7 @@ func TestStopAndCopy(t *testing.T) {
 // TestSourceDisappears: the source drops its connections after pushing a few pages; the
 // destination still needs the others and must fail with a clear error, not finish with zeros.
 func TestSourceDisappears(t *testing.T) {
+	defer leakcheck.Check(t)()
 	rep, err := Run(Config{ImageSize: 8 << 20, FailSourceAfter: 5, HotFraction: 0.2, Stderr: io.Discard})
 	if err == nil {
 		t.Fatalf("migration from a source that disappeared succeeded: %v", rep)
@@ -117,6 +121,7 @@ func TestSourceDisappears(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
+	defer leakcheck.Check(t)()
 	for _, c := range []Config{{ImageSize: -1}, {HotFraction: 2}, {Mode: 7}, {WritesPerSecond: -1}} {
 		if _, err := Run(c); err == nil {
 			t.Errorf("Run(%+v) succeeded", c)

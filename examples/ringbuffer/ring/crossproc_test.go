@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 )
 
 const childEnv = "RING_TEST_CHILD"
@@ -70,7 +72,7 @@ func startChild(t *testing.T, r *Ring, mode string) (*exec.Cmd, io.ReadCloser) {
 }
 
 func TestTwoProcesses(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	r := makeRing(t, "shared", 5*page)
 	defer r.Close()
 	const seed, total = 99, 8 << 20
@@ -97,7 +99,7 @@ func TestTwoProcesses(t *testing.T) {
 
 // TestCloseWakesOtherProcess: Close in this process wakes a consumer blocked in another.
 func TestCloseWakesOtherProcess(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	r := makeRing(t, "shared", page)
 	cmd, out := startChild(t, r, "block")
 	line := make([]byte, 6)
@@ -115,7 +117,7 @@ func TestCloseWakesOtherProcess(t *testing.T) {
 }
 
 func TestAttachRefusesNonRing(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	f, err := os.CreateTemp(t.TempDir(), "notaring")
 	if err != nil {
 		t.Fatal(err)

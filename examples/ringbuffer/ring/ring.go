@@ -297,6 +297,10 @@ func (r *Ring) tellCloser() {
 // (min 0 means at least 1), waiting until that much is free (or returning ErrWouldBlock in
 // non-blocking mode). Fill a prefix of it and publish that prefix with Commit. The slice is
 // never split at the end of the buffer. Producer only.
+//
+// A producer waiting for m free bytes and a consumer waiting (ReadSliceAtLeast) for k readable
+// bytes wait for each other forever if k+m > Cap()+1: with records of up to (Cap()+1)/2 bytes
+// on both sides that cannot happen. Write, Read, ReadFrom and WriteTo wait for one byte only.
 func (r *Ring) WriteSlice(min int) ([]byte, error) {
 	if min < 0 || uint64(min) > r.n {
 		return nil, fmt.Errorf("%w: WriteSlice(%d) on a ring of %d bytes", ErrTooLarge, min, r.n)

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
 	"sync"
 	"testing"
+
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"testing/iotest"
 
 	"golang.org/x/sys/unix"
@@ -66,7 +69,7 @@ func makeRing(t testing.TB, kind string, size int, opts ...Option) *Ring {
 }
 
 func TestCapacityRoundedToPages(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	for _, size := range []int{1, page - 1, page, page + 1, 3 * page, 5*page - 7} {
 		r, err := New(size)
 		if err != nil {
@@ -86,8 +89,8 @@ func TestCapacityRoundedToPages(t *testing.T) {
 }
 
 func TestBadSizes(t *testing.T) {
-	defer checkLeaks(t)()
-	for _, size := range []int{0, -1} {
+	defer leakcheck.Check(t)()
+	for _, size := range []int{0, -1, math.MaxInt, math.MaxInt / 2} {
 		if r, err := New(size); err == nil {
 			r.Close()
 			t.Errorf("New(%d) succeeded", size)
@@ -120,7 +123,7 @@ func TestBadSizes(t *testing.T) {
 // TestWrapIsContiguous writes records that straddle the end of the buffer and checks that
 // each comes back as one slice that runs past the first copy of the buffer.
 func TestWrapIsContiguous(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	for _, kind := range []string{"local", "shared"} {
 		r := makeRing(t, kind, 3*page) // not a power of two
 		const rec = 1000
@@ -165,7 +168,7 @@ func TestWrapIsContiguous(t *testing.T) {
 // and a random mix of every API, on rings whose capacity is not a power of two, starting at
 // random positions (including just before the end of the index space), and checks every byte.
 func TestRandomized(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	total := 4 << 20
 	if testing.Short() {
 		total = 1 << 20
@@ -363,7 +366,7 @@ func waitUntil(cond func() bool) {
 }
 
 func TestCloseWakesBlockedReader(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	for _, kind := range []string{"local", "shared"} {
 		r := makeRing(t, kind, page)
 		errc := make(chan error)
@@ -385,7 +388,7 @@ func TestCloseWakesBlockedReader(t *testing.T) {
 }
 
 func TestCloseWakesBlockedWriter(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	for _, kind := range []string{"local", "shared"} {
 		r := makeRing(t, kind, page)
 		errc := make(chan error)
@@ -406,8 +409,52 @@ func TestCloseWakesBlockedWriter(t *testing.T) {
 	}
 }
 
+// TestCloseWhileStreaming closes the ring from a third goroutine while both sides copy data
+// through it: both stop with ErrClosed, Close waits for them, and nothing faults on the unmapped
+// memory.
+func TestCloseWhileStreaming(t *testing.T) {
+	defer leakcheck.Check(t)()
+	for _, kind := range []string{"local", "shared"} {
+		for i := 0; i < 20; i++ {
+			r := makeRing(t, kind, 3*page)
+			errs := make(chan error, 2)
+			started := make(chan struct{}, 2)
+			go func() {
+				buf := make([]byte, 5000)
+				started <- struct{}{}
+				for {
+					if _, err := r.Write(buf); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+			go func() {
+				buf := make([]byte, 7000)
+				started <- struct{}{}
+				for {
+					if _, err := r.Read(buf); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+			<-started
+			<-started
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for k := 0; k < 2; k++ {
+				if err := <-errs; !errors.Is(err, ErrClosed) {
+					t.Fatalf("%s: a side stopped with %v, want ErrClosed", kind, err)
+				}
+			}
+		}
+	}
+}
+
 func TestCloseWriteWakesReader(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	r := makeRing(t, "local", page)
 	defer r.Close()
 	errc := make(chan error)
@@ -428,7 +475,7 @@ func TestCloseWriteWakesReader(t *testing.T) {
 }
 
 func TestNonBlocking(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	for _, kind := range []string{"local", "shared"} {
 		r := makeRing(t, kind, page, NonBlocking())
 		if _, err := r.ReadSlice(); !errors.Is(err, ErrWouldBlock) {
@@ -451,7 +498,7 @@ func TestNonBlocking(t *testing.T) {
 
 // TestIOInterfaces checks the ring through the standard library's own users of the interfaces.
 func TestIOInterfaces(t *testing.T) {
-	defer checkLeaks(t)()
+	defer leakcheck.Check(t)()
 	var (
 		_ io.Writer     = (*Ring)(nil)
 		_ io.Reader     = (*Ring)(nil)
