@@ -159,3 +159,15 @@ func madvise(t testing.TB, b []byte, advice int) {
 		t.Fatalf("madvise %d: %v", advice, err)
 	}
 }
+
+// duplicate makes another view of b with the mremap duplicate.
+func duplicate(t testing.TB, b []byte) []byte {
+	t.Helper()
+	r, _, errno := unix.Syscall6(unix.SYS_MREMAP, addrOf(b), 0, uintptr(len(b)), unix.MREMAP_MAYMOVE, 0, 0)
+	if errno != 0 {
+		t.Fatalf("mremap duplicate: %v", errno)
+	}
+	d := sliceAt(r, len(b))
+	t.Cleanup(func() { unix.Syscall(unix.SYS_MUNMAP, r, uintptr(len(b)), 0) })
+	return d
+}
