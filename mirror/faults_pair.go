@@ -47,6 +47,15 @@ func (p *Pair) FaultHandler() Handler {
 	return HandlerAuto
 }
 
+// FaultHandlerPids returns the process ids of the handler processes (HandlerProcess: the
+// primary, then the standby that takes over if it dies), nil for other handlers.
+func (p *Pair) FaultHandlerPids() []int {
+	if sv, err := p.serving(); err == nil && sv.h != nil && sv.kind == HandlerProcess {
+		return sv.h.Pids()
+	}
+	return nil
+}
+
 // FaultErr returns nil while faults are served, or why they no longer can be: every handler
 // process died, or the Go server stopped on an error.
 func (p *Pair) FaultErr() error {

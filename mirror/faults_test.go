@@ -537,3 +537,38 @@ func TestServeFaultsManyViews(t *testing.T) {
 }
 
 var _ = unix.Getpagesize
+
+// The handler process dies: its standby takes over at once, the pair keeps serving the file's
+// bytes (never zeros), and FaultReport tells. The case where every handler dies (a panic that
+// names the cause) is tested in internal/fault.
+func TestFaultHandlerProcessDies(t *testing.T) {
+	const n = 64 * 4096
+	f, data := patternFile(t, n)
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	pids := p.FaultHandlerPids()
+	if len(pids) != 2 {
+		t.Fatalf("handler pids %v, want a primary and a standby", pids)
+	}
+	copy(make([]byte, 4096), p.Original()[:4096])
+	if err := unix.Kill(pids[0], unix.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(p.Mirror(), data) || !bytes.Equal(p.Original(), data) {
+		t.Fatal("after the handler died the views differ from the file")
+	}
+	if err := p.FaultErr(); err != nil {
+		t.Errorf("FaultErr = %v with the standby serving", err)
+	}
+	if rep := p.FaultReport(); !strings.Contains(rep, "standby took over") {
+		t.Errorf("report does not tell of the takeover:\n%s", rep)
+	}
+}

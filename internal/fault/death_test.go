@@ -3,6 +3,7 @@ package fault
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"runtime/debug"
@@ -29,6 +30,16 @@ func runHelper(name string) int {
 		sum(p.orig) // blocks: the uffd is still open here, so no silent zero page
 		os.Stdout.WriteString("the page was served after the handler died\n")
 		return 0
+	case "parent-dies":
+		const n = 4 * pg
+		p := newTestPair(panicTB{}, n, uffd.ModeMissing, 0)
+		h, err := StartProcess(zeroConfig(p, n), ProcessOptions{})
+		if err != nil {
+			panic(err)
+		}
+		fmt.Println(h.Pids()[0], h.Pids()[1])
+		os.Stdin.Read(make([]byte, 1)) // until killed
+		return 0
 	}
 	return 99
 }
@@ -41,6 +52,48 @@ func helperCmd(t *testing.T, name string) *exec.Cmd {
 	cmd := exec.Command(exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), "FAULT_TEST_HELPER="+name, goraceNoExitSleep())
 	return cmd
+}
+
+// The handler processes exit when the process they serve dies (their end of its pipe hangs up):
+// no orphan keeps serving, or holding the userfaultfd, after its program is gone.
+func TestHandlersExitWithServedProcess(t *testing.T) {
+	cmd := helperCmd(t, "parent-dies")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var primary, standby int
+	if _, err := fmt.Fscan(out, &primary, &standby); err != nil {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("reading the handler pids: %v", err)
+	}
+	var pidfds []int
+	for _, pid := range []int{primary, standby} {
+		fd, err := unix.PidfdOpen(pid, 0)
+		if err != nil {
+			t.Fatalf("pidfd_open(%d): %v", pid, err)
+		}
+		defer unix.Close(fd)
+		pidfds = append(pidfds, fd)
+	}
+	cmd.Process.Kill()
+	cmd.Wait()
+	for i, fd := range pidfds {
+		pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		n, err := unix.Poll(pfd, 30_000)
+		if err != nil || n != 1 {
+			t.Errorf("handler process %d still runs 30 s after the served process died (%v)", []int{primary, standby}[i], err)
+		}
+	}
 }
 
 // KERNEL.md: when the userfaultfd is closed the kernel serves later faults as ordinary faults,
