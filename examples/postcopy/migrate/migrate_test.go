@@ -35,8 +35,8 @@ func TestPostCopy(t *testing.T) {
 	if rep.PreCopied+rep.DirtyPages != rep.Pages {
 		t.Errorf("pre-copied %d + dirty %d != %d pages", rep.PreCopied, rep.DirtyPages, rep.Pages)
 	}
-	if rep.Pushed+rep.OnDemand < rep.DirtyPages {
-		t.Errorf("pushed %d + on demand %d < dirty %d: some dirty page was never resent", rep.Pushed, rep.OnDemand, rep.DirtyPages)
+	if rep.Pushed+rep.OnDemand != rep.DirtyPages {
+		t.Errorf("pushed %d + on demand %d != dirty %d: each dirty page must arrive again exactly once", rep.Pushed, rep.OnDemand, rep.DirtyPages)
 	}
 	if rep.Touches != 512 || rep.DestFaults == 0 {
 		t.Errorf("destination touched %d pages with %d faults", rep.Touches, rep.DestFaults)
@@ -116,6 +116,24 @@ func TestSourceDisappears(t *testing.T) {
 	}
 	if rep.VerifiedPages != 0 {
 		t.Errorf("the destination verified %d pages after losing its source", rep.VerifiedPages)
+	}
+	t.Log(err)
+}
+
+// TestNotADestination: a program that forgot MaybeDestination gets an error, not a cascade of
+// processes that each start another one.
+func TestNotADestination(t *testing.T) {
+	t.Setenv(envDest, "127.0.0.1:1")
+	if _, err := Run(Config{ImageSize: 1 << 20}); err == nil || !strings.Contains(err.Error(), "MaybeDestination") {
+		t.Fatalf("Run in a destination process: %v", err)
+	}
+}
+
+// TestTimeout: a migration that cannot finish in time is ended, with an error saying so.
+func TestTimeout(t *testing.T) {
+	_, err := Run(Config{ImageSize: 64 << 20, Timeout: time.Millisecond, Stderr: io.Discard})
+	if err == nil {
+		t.Fatal("a 64 MiB migration finished within 1ms")
 	}
 	t.Log(err)
 }

@@ -9,7 +9,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 )
 
 // PageSource fetches pages of a source image on demand: the destination's faults end here.
@@ -28,7 +27,6 @@ type socketSource struct {
 	conn     net.Conn
 	r        *bufio.Reader
 	pageSize int
-	requests atomic.Int64
 }
 
 // DialSource opens a demand connection to a migration source listening at addr.
@@ -50,7 +48,6 @@ func (s *socketSource) ReadPages(dst []byte, off int64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.requests.Add(1)
 	if err := putU32(s.conn, uint32(off/int64(s.pageSize)), uint32(len(dst)/s.pageSize)); err != nil {
 		return sourceGone("demand request", err)
 	}

@@ -59,6 +59,9 @@ type Config struct {
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
+	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
+	// is killed and Run fails, rather than wait for ever.
+	Timeout time.Duration
 }
 
 func (c *Config) defaults() error {
@@ -82,6 +85,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Stderr == nil {
 		c.Stderr = os.Stderr
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 2 * time.Minute
 	}
 	switch {
 	case c.ImageSize < 0:
@@ -107,7 +113,7 @@ type Report struct {
 	DirtyPages     int           // pages written after the start of the pre-copy: resent
 	PreCopied      int           // pages the destination took from the pre-copy
 	OnDemand       int           // pages fetched because a fault needed them first
-	Pushed         int           // pages pushed by the source after the resume
+	Pushed         int           // pages the destination took from the push stream
 	DemandRequests int           // demand round trips
 	DemandWait     time.Duration // time faults spent waiting for the source, in total
 	BytesSent      int64         // bytes the source sent, both connections
@@ -147,6 +153,9 @@ func (r Report) String() string {
 // what it measured. It fails if the destination does not end with every page equal to the
 // source's final image.
 func Run(cfg Config) (Report, error) {
+	if os.Getenv(envDest) != "" {
+		return Report{}, errors.New("migrate: Run called in a destination process: the program must call migrate.MaybeDestination first thing in main (and in TestMain)")
+	}
 	if err := cfg.defaults(); err != nil {
 		return Report{}, err
 	}
@@ -198,8 +207,20 @@ func Run(cfg Config) (Report, error) {
 	if err := cmd.Start(); err != nil {
 		return rep, fmt.Errorf("migrate: start destination: %w", err)
 	}
+	var timedOut atomic.Bool
+	killer := time.AfterFunc(cfg.Timeout, func() {
+		timedOut.Store(true)
+		cmd.Process.Kill()
+	})
+	defer killer.Stop()
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		err := cmd.Wait()
+		if timedOut.Load() {
+			err = fmt.Errorf("the destination did not finish within %v and was killed: %v", cfg.Timeout, err)
+		}
+		exited <- err
+	}()
 
 	// The destination dials twice: the stream, then (post-copy) the demand connection.
 	conns := make(chan net.Conn, 2)
@@ -242,7 +263,7 @@ func Run(cfg Config) (Report, error) {
 	select {
 	case stream = <-conns:
 	case err := <-exited:
-		return rep, fmt.Errorf("migrate: destination exited before connecting: %v", err)
+		return rep, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
 	case err := <-acceptErr:
 		return rep, err
 	}
@@ -259,13 +280,12 @@ func Run(cfg Config) (Report, error) {
 	}
 	werr := <-exited
 	rep.BytesSent = s.sent.Load()
-	rep.Pushed = int(s.pushed.Load())
 
 	var dr destReport
 	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
 		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q; source: %v", werr, out.String(), serr)
 	}
-	rep.PreCopied, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.OnDemand, dr.DemandRequests, dr.DemandWait
+	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.Pushed, dr.OnDemand, dr.DemandRequests, dr.DemandWait
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
 	if dr.Err != "" || werr != nil {
 		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)

@@ -32,8 +32,6 @@ type source struct {
 	sent      atomic.Int64  // bytes written to the destination, both connections
 	resent    []atomic.Bool // page sent after the stop (pushed or on demand)
 	onDemand  atomic.Int64
-	requests  atomic.Int64
-	pushed    atomic.Int64
 	afterStop atomic.Int64  // pages sent after the resume, pushed or on demand
 	dropConns chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
 	dropOnce  sync.Once
@@ -167,7 +165,6 @@ func (s *source) serveDemand(conn net.Conn) {
 		if s.sendingAfterStop(int(count)) {
 			return
 		}
-		s.requests.Add(1)
 		for p := int(first); p < int(first+count); p++ {
 			if _, err := w.Write(s.img[p*s.page : (p+1)*s.page]); err != nil {
 				return
@@ -242,7 +239,6 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		if err := s.writePage(w, p, scratch); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
 		}
-		s.pushed.Add(1)
 		if i%64 == 63 {
 			w.Flush() // keep the destination's installer busy, not waiting for a full buffer
 		}
@@ -271,7 +267,6 @@ func (s *source) httpHandler() http.Handler {
 			panic(http.ErrAbortHandler) // the simulated crash
 		default:
 		}
-		s.requests.Add(1)
 		if rg := r.Header.Get("Range"); rg != "" {
 			var first, last int
 			if _, err := fmt.Sscanf(rg, "bytes=%d-%d", &first, &last); err == nil && s.sendingAfterStop((last-first+1)/s.page) {
