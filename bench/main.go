@@ -69,9 +69,10 @@ func main() {
 		runs   = flag.Int("runs", 0, "runs per figure (default: 5, or 3 with -quick)")
 		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, ring, postcopy (default: all)")
 		quiet  = flag.Bool("q", false, "no progress lines on stderr")
+		fmib   = flag.Int("fault-mib", 0, "size of the fault-serving region in MiB (default: 256, or 32 with -quick)")
 	)
 	flag.Parse()
-	cfg := &config{quick: *quick, out: *out, runs: *runs, log: os.Stderr}
+	cfg := &config{quick: *quick, out: *out, runs: *runs, log: os.Stderr, faultMiB: *fmib}
 	if *quiet {
 		cfg.log = io.Discard
 	}
@@ -85,6 +86,10 @@ func main() {
 			}
 			cfg.suites[s] = true
 		}
+	}
+	if *fmib < 0 || *fmib > 1<<16 {
+		fmt.Fprintf(os.Stderr, "bench: -fault-mib %d: need a size between 1 and 65536 MiB\n", *fmib)
+		os.Exit(2)
 	}
 	if *runs < 0 {
 		fmt.Fprintf(os.Stderr, "bench: -runs %d: need a positive number of runs\n", *runs)

@@ -53,6 +53,7 @@ type faultCase struct {
 	random  bool
 	size    int
 	pinned  bool // C only: the handler and the faulting thread share one CPU
+	starve  bool // Go server only: keep GOMAXPROCS even if every P may be held by a faulting goroutine
 }
 
 func (fc faultCase) pattern() string {
@@ -199,7 +200,7 @@ func suiteFaults(b *bencher) {
 	}
 	for _, fc := range cases {
 		rows := []row{cRow(fc, src, nextSeed)}
-		rows = append(rows, libraryFaultRows(fc, src)...)
+		rows = append(rows, libraryFaultRows(fc, src, b.cfg.quick)...)
 		if fc.kind == kindCopy && fc.block == pageSize {
 			rows = append(rows, cRow(faultCase{kind: kindCopyAnon, block: fc.block, threads: fc.threads,
 				random: fc.random, size: fc.size}, src, nextSeed))
@@ -239,11 +240,24 @@ func cRow(fc faultCase, src []byte, seed func() uint64) row {
 func faultTargets(b *bencher, size int) {
 	r := b.rep
 	c4 := faultCase{kind: kindCopy, block: pageSize, threads: 1, size: size}.name()
+	cr := faultCase{kind: kindCopy, block: pageSize, threads: 1, random: true, size: size}.name()
 	r.addTarget("faults", "fault serving, 4 KiB COPY, sequential: uffd.Server", r.find("faults", c4, rowServer), r.find("faults", c4, refC), "<=", 1.10, refC)
 	r.addTarget("faults", "fault serving, 4 KiB COPY, sequential: native mirror path", r.find("faults", c4, rowNative), r.find("faults", c4, refC), "<=", 1.05, refC)
+	for _, row := range []string{rowServer, rowNative} {
+		for _, cas := range []faultCase{
+			{kind: kindCopy, block: pageSize, threads: 1, random: true, size: size},
+			{kind: kindCopy, block: pageSize, threads: 2, size: size},
+		} {
+			r.addTarget("faults", fmt.Sprintf("fault serving, 4 KiB COPY, %d thread(s), %s: %s", cas.threads, cas.pattern(), row),
+				r.find("faults", cas.name(), row), r.find("faults", cas.name(), refC), "<=", 1.10, refC)
+		}
+	}
 	// Fault-around: the server's adaptive mode on the same sequential 4 KiB workload, against the
 	// peer's throughput (time per page of the peer over time per page of the server) and against
 	// the kernel's own first touch of plain anonymous memory.
 	r.addTarget("faults", "sequential with fault-around: uffd.Server throughput", r.find("faults", c4, rowPeer), r.find("faults", c4, rowServerFA), ">=", 3, rowPeer)
 	r.addTarget("faults", "sequential with fault-around: uffd.Server time per page", r.find("faults", c4, rowServerFA), r.find("faults", c4, kindKernelAnon.String()), "<=", 1.0, kindKernelAnon.String())
+	r.addTarget("faults", "sequential with fault-around: native mirror path throughput", r.find("faults", c4, rowPeer), r.find("faults", c4, rowNativeFA), ">=", 3, rowPeer)
+	r.addTarget("faults", "sequential with fault-around: native mirror path time per page", r.find("faults", c4, rowNativeFA), r.find("faults", c4, kindKernelAnon.String()), "<=", 1.0, kindKernelAnon.String())
+	r.addTarget("faults", "random access: uffd.Server throughput", r.find("faults", cr, rowPeer), r.find("faults", cr, rowServer), ">=", 1.0, rowPeer)
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -106,10 +105,4 @@ func ringFileGo(n, iters int, open func() (*os.File, error)) (time.Duration, err
 		}
 	}
 	return time.Since(t0), nil
-}
-
-// bytesAt is the memory of a mapping this package made at addr, as a slice.
-func bytesAt(addr uintptr, n int) []byte {
-	// Through a pointer to the address, so vet does not take the mapping for Go memory.
-	return unsafe.Slice(*(**byte)(unsafe.Pointer(&addr)), n)
 }
