@@ -221,6 +221,13 @@ func Run(cfg Config) (Report, error) {
 		}
 		exited <- err
 	}()
+	waited := false
+	defer func() {
+		if !waited { // an early return: the destination must not outlive Run
+			cmd.Process.Kill()
+			<-exited
+		}
+	}()
 
 	// The destination dials twice: the stream, then (post-copy) the demand connection.
 	conns := make(chan net.Conn, 2)
@@ -263,6 +270,7 @@ func Run(cfg Config) (Report, error) {
 	select {
 	case stream = <-conns:
 	case err := <-exited:
+		waited = true
 		return rep, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
 	case err := <-acceptErr:
 		return rep, err
@@ -279,6 +287,7 @@ func Run(cfg Config) (Report, error) {
 	default:
 	}
 	werr := <-exited
+	waited = true
 	rep.BytesSent = s.sent.Load()
 
 	var dr destReport
