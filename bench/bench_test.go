@@ -214,7 +214,8 @@ func TestQuickEndToEnd(t *testing.T) {
 	for _, want := range [][3]string{
 		{"create", "1 MiB", rowRawGo},
 		{"ring", "64 KiB messages", refMemcpy},
-		{"ring", "64 KiB messages", rowSplit},
+		{"ring", "64 KiB messages", rowSplitEx},
+		{"wrap", "64 KiB message across the end", rowSplit},
 	} {
 		m := rep.find(want[0], want[1], want[2])
 		if m == nil || m.NotMeasured != "" || len(m.Runs) != 1 || !(m.Median > 0) {

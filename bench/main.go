@@ -34,7 +34,7 @@ const (
 	refRawC    = "raw syscalls (C reference)"
 	refMemcpy  = "memcpy"
 	rowPeer    = "userfaultfd-go"
-	rowSplit   = "split-copy ring"
+	rowSplit   = "bench ring, split copies"
 	rowRawGo   = "raw syscalls (Go)"
 	rowMirring = "mirrored ring (examples/ringbuffer)"
 )
