@@ -19,7 +19,9 @@
 //     a Go source (a PageSource): a fault on a page it already holds is served locally, a
 //     fault on a dirty page not yet pushed fetches it from the source over the demand
 //     connection. Meanwhile the source pushes the dirty pages, and the destination installs
-//     every page it holds with Pair.Populate (a system call, safe under the Go collector).
+//     every page it holds with MADV_POPULATE_READ (a system call, safe under the Go collector;
+//     Pair.Populate does the same for every view of a pair). What was not pushed when the
+//     stream ends is pulled the same way, through faults that fetch it on demand.
 //  5. The source sends the checksums of its final image; the destination checks every page.
 //
 // A stop-and-copy migration of the same image (Mode StopAndCopy) is the baseline: stop, send
@@ -29,7 +31,7 @@
 //
 // The destination's pages are served by Go code (the PageSource reads a socket), so package
 // mirror's rule applies: its workload touches pages that may be unfilled with plain Go loops
-// only, and everything else goes through Populate. Checksums (runtime assembly) are computed
+// only, and everything else goes through MADV_POPULATE_READ. Checksums (runtime assembly) are computed
 // only once every page is resident. The program must be built with cgo (mirror's watchdog);
 // with CGO_ENABLED=0 mirror refuses a Go source and Run says so.
 //

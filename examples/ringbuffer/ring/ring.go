@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -236,6 +237,22 @@ func (r *Ring) offset(pos uint64) uint64 {
 	return pos
 }
 
+// spinTries bounds how long a side of a shared ring polls before it sleeps on the futex.
+const spinTries = 64
+
+// spin yields the processor up to spinTries times until ready returns true, and reports
+// whether it did. A futex sleep and wake-up cost a few microseconds each way; when the other
+// side is running on another core, what we wait for often comes sooner than that.
+func (r *Ring) spin(ready func() bool) bool {
+	for i := 0; i < spinTries; i++ {
+		if ready() {
+			return true
+		}
+		runtime.Gosched()
+	}
+	return false
+}
+
 // enter marks a call of side s as running, or refuses it if the ring is closed.
 func (r *Ring) enter(s *side) error {
 	s.active.Store(1)
@@ -344,6 +361,9 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
 		}
+		if r.track && r.spin(func() bool { return r.n-r.used(p.pos, h.tail.Load()) >= need || h.state() != 0 }) {
+			continue
+		}
 		tok := r.writerW.prepare(&h.writerSeq)
 		h.writerWaiting.Store(1)
 		p.peer = h.tail.Load()
@@ -440,6 +460,9 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 		}
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
+		}
+		if r.track && r.spin(func() bool { return r.used(h.head.Load(), c.pos) >= need || h.state() != 0 }) {
+			continue
 		}
 		tok := r.readerW.prepare(&h.readerSeq)
 		h.readerWaiting.Store(1)
