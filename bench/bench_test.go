@@ -9,12 +9,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mirrormem/mirrormem/examples/postcopy/migrate"
 )
 
 func TestMain(m *testing.M) {
 	if isChild() { // the peer's child process is this binary re-executed
 		os.Exit(childMain())
 	}
+	migrate.MaybeDestination() // the post-copy suite's destination process
 	os.Exit(m.Run())
 }
 

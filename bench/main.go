@@ -26,6 +26,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/examples/postcopy/migrate"
 )
 
 // Row names shared by suites and the Markdown output.
@@ -63,6 +65,7 @@ func main() {
 	if isChild() {
 		os.Exit(childMain())
 	}
+	migrate.MaybeDestination() // the post-copy suite's destination process ends here
 	var (
 		quick  = flag.Bool("quick", false, "run a reduced suite (well under a minute)")
 		out    = flag.String("out", "", "directory for results.json and PNG plots (created if missing)")

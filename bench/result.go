@@ -162,7 +162,7 @@ var suiteTitles = []struct{ id, title, ref string }{
 	{"ring", "Double-mapped buffers: SPSC byte stream between two goroutines", refMemcpy},
 	{"ring-msgs", "Double-mapped buffers: the same streams in messages per second", refMemcpy},
 	{"wrap", "Double-mapped buffers: one message written and read across the wrap", rowSplit},
-	{"postcopy", "Post-copy migration", ""},
+	{"postcopy", "Post-copy migration (examples/postcopy, two processes over loopback)", rowStopAndCopy},
 }
 
 // writeMarkdown prints every suite as a Markdown table, then the targets.
@@ -193,7 +193,9 @@ func (r *Report) writeMarkdown(w io.Writer) {
 			ratio := ""
 			if s.ref != "" && m.Row != s.ref {
 				if ref := r.find(s.id, m.Case, s.ref); ref != nil && ref.NotMeasured == "" {
-					ratio = fmt.Sprintf("%.2fx", ratioOfRuns(m, ref))
+					if x := ratioOfRuns(m, ref); !math.IsInf(x, 0) && !math.IsNaN(x) {
+						ratio = fmt.Sprintf("%.2fx", x)
+					}
 				}
 			}
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d | %s |\n", m.Case, m.Row,
