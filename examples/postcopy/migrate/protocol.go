@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"sync/atomic"
 )
 
 // Wire protocol. The destination opens two TCP connections to the source and names each with
@@ -26,20 +25,6 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func pageCRC(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
-
-// counter counts bytes through a connection.
-type counter struct {
-	rw io.ReadWriter
-	n  *atomic.Int64
-}
-
-func (c counter) Write(p []byte) (int, error) {
-	n, err := c.rw.Write(p)
-	c.n.Add(int64(n))
-	return n, err
-}
-
-func (c counter) Read(p []byte) (int, error) { return c.rw.Read(p) }
 
 func putU32(w io.Writer, vs ...uint32) error {
 	var b [4]byte

@@ -28,6 +28,7 @@ const (
 	StopAndCopy
 )
 
+// String names the mode.
 func (m Mode) String() string {
 	switch m {
 	case PostCopy:
@@ -127,6 +128,7 @@ type Report struct {
 	VerifiedPages  int    // pages whose checksum matched the source's final image
 }
 
+// String formats the report in a few lines for people.
 func (r Report) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s of %d MiB (%d pages)", r.Mode, r.ImageBytes>>20, r.Pages)
@@ -174,11 +176,12 @@ func Run(cfg Config) (Report, error) {
 		}
 	}
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return rep, err
 	}
-	defer ln.Close()
+	defer tcp.Close()
+	ln := countingListener{tcp, &s.sent}
 	self, err := os.Executable()
 	if err != nil {
 		return rep, err
@@ -310,7 +313,7 @@ func Run(cfg Config) (Report, error) {
 	return rep, nil
 }
 
-// countingListener counts the bytes written to the connections it accepts (HTTP answers).
+// countingListener counts the bytes written to the connections it accepts.
 type countingListener struct {
 	net.Listener
 	n *atomic.Int64

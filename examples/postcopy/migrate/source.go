@@ -29,7 +29,7 @@ type source struct {
 	workDone chan struct{}
 	writes   atomic.Int64
 
-	sent      atomic.Int64  // bytes written to the destination, both connections
+	sent      atomic.Int64  // bytes written to the destination, every connection (countingListener)
 	resent    []atomic.Bool // page sent after the stop (pushed or on demand)
 	onDemand  atomic.Int64
 	afterStop atomic.Int64  // pages sent after the resume, pushed or on demand
@@ -144,7 +144,7 @@ func (s *source) writePage(w io.Writer, p int, scratch []byte) error {
 // serveDemand answers the destination's page requests until the connection closes.
 func (s *source) serveDemand(conn net.Conn) {
 	r := bufio.NewReader(conn)
-	w := bufio.NewWriterSize(counter{conn, &s.sent}, 256<<10)
+	w := bufio.NewWriterSize(conn, 256<<10)
 	for {
 		first, err := getU32(r)
 		if err != nil {
@@ -182,7 +182,7 @@ func (s *source) serveDemand(conn net.Conn) {
 // stream runs the stream connection: hello, pre-copy, stop, resume, push, manifest, end.
 // It returns the times of the stop and of the end of the pre-copy.
 func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt int64, dirty int, err error) {
-	w := bufio.NewWriterSize(counter{conn, &s.sent}, 1<<20)
+	w := bufio.NewWriterSize(conn, 1<<20)
 	w.Write([]byte{msgHello})
 	putU32(w, uint32(uint64(len(s.img))), uint32(uint64(len(s.img))>>32), uint32(s.page), uint32(mode))
 	start := time.Now()
