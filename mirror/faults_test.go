@@ -536,7 +536,6 @@ func TestServeFaultsManyViews(t *testing.T) {
 	}
 }
 
-var _ = unix.Getpagesize
 
 // The handler process dies: its standby takes over at once, the pair keeps serving the file's
 // bytes (never zeros), and FaultReport tells. The case where every handler dies (a panic that
