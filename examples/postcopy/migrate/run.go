@@ -112,7 +112,7 @@ type Report struct {
 	Pages          int
 	SourceWrites   int64         // writes of the source workload before the stop
 	DirtyPages     int           // pages written after the start of the pre-copy: resent
-	PreCopied      int           // pages the destination took from the pre-copy
+	PreCopied      int           // pages the destination took from the pre-copy (stop-and-copy: all)
 	OnDemand       int           // pages fetched because a fault needed them first
 	Pushed         int           // pages the destination took from the push stream
 	DemandRequests int           // demand round trips
@@ -140,11 +140,13 @@ func (r Report) String() string {
 	if r.Mode == PostCopy {
 		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
 	}
-	fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
-		float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
 	if r.Mode == PostCopy {
+		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
+			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
 		fmt.Fprintf(&b, "  destination: %d missing faults served; its workload read %d pages right after resuming (mean %v, worst %v per page)\n",
 			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
+	} else {
+		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d copied while the workload was stopped\n", float64(r.BytesSent)/(1<<20), r.PreCopied)
 	}
 	fmt.Fprintf(&b, "  verified: %d of %d pages match the source's final image", r.VerifiedPages, r.Pages)
 	return b.String()
