@@ -349,9 +349,6 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	if err := wait(touchDone); err != nil {
 		return rep, err
 	}
-	if os.Getenv("MIRRORMEM_POSTCOPY_DEBUG") != "" {
-		fmt.Fprintf(os.Stderr, "resume->done %v\n", time.Duration(rep.DoneNs-rep.ResumeNs))
-	}
 	if manifest == nil {
 		return rep, errors.New("the source sent no checksums")
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -157,8 +158,21 @@ func image(n int) []byte {
 
 func TestHTTPSource(t *testing.T) {
 	img := image(64 << 10)
+	name := filepath.Join(t.TempDir(), "image")
+	if err := os.WriteFile(name, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "image", time.Time{}, bytes.NewReader(img))
+		http.ServeContent(w, r, "image", st.ModTime(), f) // an *os.File is an io.ReadSeeker
 	}))
 	defer srv.Close()
 	src := HTTPSource(srv.URL, srv.Client())
