@@ -172,7 +172,7 @@ func TestHTTPSource(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "image", st.ModTime(), f) // an *os.File is an io.ReadSeeker
+		http.ServeContent(w, r, "image", st.ModTime(), io.NewSectionReader(f, 0, st.Size())) // one reader per request: safe when requests overlap
 	}))
 	defer srv.Close()
 	src := HTTPSource(srv.URL, srv.Client())
