@@ -3,6 +3,7 @@ package ring
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 
 	"github.com/mirrormem/mirrormem/alloc"
@@ -32,9 +33,21 @@ func mirrorData(reg *alloc.Region) (*mirror.Pair, error) {
 	return pair, nil
 }
 
-func newLocalMemory(size int) (*memory, error) {
+// checkSize refuses sizes that are not positive or whose two views could not fit in the
+// address space (the rounding to pages would overflow first).
+func checkSize(op string, size int) error {
 	if size <= 0 {
-		return nil, fmt.Errorf("ring: New(%d): the size must be positive", size)
+		return fmt.Errorf("ring: %s(%d): the size must be positive", op, size)
+	}
+	if size > math.MaxInt/4 {
+		return fmt.Errorf("ring: %s(%d): too large: the ring is mapped twice, back to back, and needs twice its size in address space", op, size)
+	}
+	return nil
+}
+
+func newLocalMemory(size int) (*memory, error) {
+	if err := checkSize("New", size); err != nil {
+		return nil, err
 	}
 	reg, err := alloc.Shared(size, alloc.WithRoom(roundPage(size)))
 	if err != nil {
@@ -49,8 +62,8 @@ func newLocalMemory(size int) (*memory, error) {
 }
 
 func newSharedMemory(name string, size int) (*memory, error) {
-	if size <= 0 {
-		return nil, fmt.Errorf("ring: NewShared(%d): the size must be positive", size)
+	if err := checkSize("NewShared", size); err != nil {
+		return nil, err
 	}
 	hreg, err := alloc.Memfd(name+"-header", headerSize)
 	if err != nil {
