@@ -309,11 +309,12 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	// Running again. The workload touches the pages it was using (the ones written last at
 	// the source) and then others at random; the installer makes every page resident.
 	var touchDone, installDone chan struct{}
+	var tr destReport // the touch goroutine's results: read only after touchDone
 	if mode == PostCopy {
 		touchDone = make(chan struct{})
 		go func() {
 			defer close(touchDone)
-			rep.Touches, rep.TouchMean, rep.TouchMax = touch(mem, page, stale, touches, seed)
+			tr.Touches, tr.TouchMean, tr.TouchMax = touch(mem, page, stale, touches, seed)
 		}()
 		installDone = make(chan struct{})
 		go func() {
@@ -349,6 +350,7 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	if err := wait(touchDone); err != nil {
 		return rep, err
 	}
+	rep.Touches, rep.TouchMean, rep.TouchMax = tr.Touches, tr.TouchMean, tr.TouchMax
 	if manifest == nil {
 		return rep, errors.New("the source sent no checksums")
 	}
