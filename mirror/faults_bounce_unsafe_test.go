@@ -24,6 +24,7 @@ import (
 // equal the increments made, through both views, and the handler's invariants must hold.
 // Bounded to about 15 seconds (3 with -short).
 func TestBounceAcrossViews(t *testing.T) {
+	t.Parallel()
 	const pages = 1024
 	page := alloc.PageSize()
 	size := pages * page

@@ -54,6 +54,7 @@ func TestNoHangUnderGC(t *testing.T) {
 		}
 		return
 	}
+	t.Parallel() // mostly waits for its subprocesses: overlap it with the bounce test
 	runs, size := 50, 64<<20
 	if raceEnabled {
 		size = 16 << 20

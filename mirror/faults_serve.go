@@ -80,6 +80,10 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	default:
 		fd, ok := preadableFd(f.src)
 		if !ok {
+			if file, isFile := f.src.(*os.File); isFile {
+				return fmt.Errorf("%w: ServeFaults(%s): pread(2) cannot read it (closed, write-only, a pipe, socket or directory): open the file for reading",
+					ErrUnsupported, file.Name())
+			}
 			goSource = true
 			break
 		}
@@ -250,9 +254,19 @@ func preadableFd(src io.ReaderAt) (int, bool) {
 	if fd < 0 {
 		return -1, false
 	}
-	var b [1]byte
-	if _, err := unix.Pread(fd, b[:], 0); err != nil {
-		return -1, false // a pipe or socket (ESPIPE), a closed or write-only descriptor
+	// Decided without reading a byte: creating the pair reads nothing from the source.
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
+		return -1, false // closed
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFREG, unix.S_IFBLK:
+	default:
+		return -1, false // a pipe, socket or terminal: pread(2) fails with ESPIPE
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_ACCMODE == unix.O_WRONLY {
+		return -1, false
 	}
 	return fd, true
 }

@@ -479,6 +479,17 @@ func TestServeFaultsRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	wo, err := os.OpenFile(t.TempDir()+"/wo", os.O_CREATE|os.O_WRONLY, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wo.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pr.Close()
+	defer pw.Close()
 	defer unchanged(t)()
 	for name, opts := range map[string][]Option{
 		"verify without serve":  {VerifyFaults(10)},
@@ -489,6 +500,8 @@ func TestServeFaultsRefusals(t *testing.T) {
 		"too many views":        {ServeFaults(nil), Views(fault.MaxViews + 1)},
 		"go verify":             {ServeFaults(bytes.NewReader(nil)), VerifyFaults(10)},
 		"go handler file":       {ServeFaults(bytes.NewReader(nil)), WithHandler(HandlerNative)},
+		"write-only file":       {ServeFaults(wo)},
+		"pipe":                  {ServeFaults(pr)},
 	} {
 		if p, err := Mirror(r, opts...); err == nil {
 			p.Close()
@@ -535,7 +548,6 @@ func TestServeFaultsManyViews(t *testing.T) {
 		}
 	}
 }
-
 
 // The handler process dies: its standby takes over at once, the pair keeps serving the file's
 // bytes (never zeros), and FaultReport tells. The case where every handler dies (a panic that
