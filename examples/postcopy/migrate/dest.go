@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ const (
 	envTouches = "MIRRORMEM_POSTCOPY_TOUCHES"
 	envSeed    = "MIRRORMEM_POSTCOPY_SEED"
 	envHTTP    = "MIRRORMEM_POSTCOPY_HTTP" // fetch on demand from this URL with HTTP Range requests
+	envGC      = "MIRRORMEM_POSTCOPY_GC"   // collect garbage in a loop while pages are being served
 )
 
 // destReport is what the destination process tells the source, as JSON on its stdout.
@@ -42,8 +44,11 @@ type destReport struct {
 	Verified         int
 	Mismatches       int
 	FirstMismatch    int
+	GCCycles         int64
 	Err              string
 }
+
+var gcCycles atomic.Int64
 
 // page states at the destination.
 const (
@@ -143,7 +148,23 @@ func MaybeDestination() {
 	}
 	touches, _ := strconv.Atoi(os.Getenv(envTouches))
 	seed, _ := strconv.ParseUint(os.Getenv(envSeed), 10, 64)
+	if os.Getenv(envGC) != "" {
+		stop := make(chan struct{})
+		defer close(stop)
+		go func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					runtime.GC()
+					gcCycles.Add(1)
+				}
+			}
+		}()
+	}
 	rep, err := runDestination(addr, touches, seed)
+	rep.GCCycles = gcCycles.Load()
 	if err != nil {
 		rep.Err = err.Error()
 	}

@@ -47,6 +47,21 @@ func TestPostCopy(t *testing.T) {
 	}
 }
 
+// TestPostCopyUnderGC: the destination collects garbage in a loop while Go code serves its
+// faults; every run must finish (Run's timeout turns a hang into a failure).
+func TestPostCopyUnderGC(t *testing.T) {
+	for i := 0; i < 3; i++ {
+		rep, err := Run(Config{ImageSize: 8 << 20, DestGC: true, NoPush: i%2 == 0, HotFraction: 0.3, Seed: uint64(i + 1), Timeout: 40 * time.Second})
+		if err != nil {
+			t.Fatalf("run %d: %v", i, err)
+		}
+		if rep.DestGCCycles == 0 || rep.DestFaults == 0 || rep.VerifiedPages != rep.Pages {
+			t.Fatalf("run %d: %d collections, %d faults, %d of %d pages verified", i, rep.DestGCCycles, rep.DestFaults, rep.VerifiedPages, rep.Pages)
+		}
+		t.Logf("run %d: %d collections during %d faults", i, rep.DestGCCycles, rep.DestFaults)
+	}
+}
+
 func TestPostCopyOverHTTP(t *testing.T) {
 	rep, err := Run(Config{ImageSize: 8 << 20, DemandOverHTTP: true, DestTouches: 256, HotFraction: 0.3})
 	if err != nil {

@@ -60,6 +60,9 @@ type Config struct {
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
+	// DestGC makes the destination force garbage collections in a loop while its pages are
+	// served, to show that serving faults with Go code cannot hang it (KERNEL.md section 3).
+	DestGC bool
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
 	Timeout time.Duration
@@ -126,6 +129,7 @@ type Report struct {
 	TouchMax       time.Duration
 	DestFaults     uint64 // missing faults served at the destination
 	VerifiedPages  int    // pages whose checksum matched the source's final image
+	DestGCCycles   int64  // garbage collections forced at the destination (DestGC)
 }
 
 // String formats the report in a few lines for people.
@@ -191,6 +195,9 @@ func Run(cfg Config) (Report, error) {
 	cmd := exec.Command(self)
 	cmd.Env = append(os.Environ(), envDest+"="+ln.Addr().String(),
 		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+	if cfg.DestGC {
+		cmd.Env = append(cmd.Env, envGC+"=1")
+	}
 	if cfg.DemandOverHTTP {
 		hln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
@@ -301,6 +308,7 @@ func Run(cfg Config) (Report, error) {
 	}
 	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.Pushed, dr.OnDemand, dr.DemandRequests, dr.DemandWait
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
+	rep.DestGCCycles = dr.GCCycles
 	if dr.Err != "" || werr != nil {
 		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
 	}
