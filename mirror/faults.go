@@ -17,6 +17,7 @@ type faultConfig struct {
 	logCap      int
 	staging     bool
 	trackWrites bool
+	trackAsync  bool
 	handler     Handler
 	watchdog    time.Duration
 	err         error
@@ -93,6 +94,15 @@ func StageMinorFaults() Option { return func(c *config) { c.faults.staging = tru
 // TrackWrites registers every view for write-protect faults too, so that TrackDirty and Dirty
 // can report the pages written through a view (Linux 5.19+ for shmem). Needs ServeFaults.
 func TrackWrites() Option { return func(c *config) { c.faults.trackWrites = true } }
+
+// TrackWritesAsync is TrackWrites resolved by the kernel itself (UFFD_FEATURE_WP_ASYNC, Linux
+// 6.7+): the first write to a protected page is not sent to the handler but only clears the
+// page's write-protect bit, which Dirty reads back from /proc/self/pagemap. Cheaper per written
+// page (no round trip to the handler); the writes are not counted in FaultStats.WP nor logged.
+// Needs ServeFaults.
+func TrackWritesAsync() Option {
+	return func(c *config) { c.faults.trackWrites, c.faults.trackAsync = true, true }
+}
 
 // Handler chooses who serves the faults of a ServeFaults pair.
 //

@@ -2,6 +2,7 @@ package mirror
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -262,10 +263,11 @@ func (p *Pair) TrackDirty(i int) error {
 		return fmt.Errorf("%w: TrackDirty: view %d of %d", ErrRange, i, len(sv.views))
 	}
 	page := mem.PageSize()
-	for pg := 0; pg < sv.n/page; pg++ {
+	for pg := 0; pg < sv.n/page && !sv.asyncWP; pg++ {
 		sv.h.ClearDirty(i, pg)
 	}
 	sv.h.SetTracked(i, true)
+	sv.tracked[i].Store(true)
 	if err := sv.u.WriteProtectRange(sv.views[i], sv.n, true, 0); err != nil {
 		return fmt.Errorf("mirror: TrackDirty: %w", err)
 	}
@@ -273,7 +275,8 @@ func (p *Pair) TrackDirty(i int) error {
 }
 
 // Dirty returns the offsets of the pages written through view i since TrackDirty(i), in
-// increasing order.
+// increasing order (none for a view never tracked). With TrackWritesAsync it reads the pages' write-protect bits from
+// /proc/self/pagemap.
 func (p *Pair) Dirty(i int) ([]int, error) {
 	sv, err := p.serving()
 	if err != nil {
@@ -283,9 +286,39 @@ func (p *Pair) Dirty(i int) ([]int, error) {
 		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
 	}
 	page := mem.PageSize()
+	if !sv.tracked[i].Load() {
+		return nil, nil // never tracked: nothing recorded
+	}
+	if sv.asyncWP {
+		return pagemapDirty(sv.views[i], sv.n, page)
+	}
 	var offs []int
 	for pg := 0; pg < sv.n/page; pg++ {
 		if sv.h.Dirty(i, pg) {
+			offs = append(offs, pg*page)
+		}
+	}
+	return offs, nil
+}
+
+// pmUFFDWP is the pagemap bit of a page (or pte marker) that is userfaultfd write-protected.
+const pmUFFDWP = 1 << 57
+
+// pagemapDirty returns the offsets of the pages of [addr, addr+n) whose userfaultfd
+// write-protection was lifted, by the kernel on their first write (WP_ASYNC).
+func pagemapDirty(addr uintptr, n, page int) ([]int, error) {
+	f, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		return nil, fmt.Errorf("mirror: Dirty: %w", err)
+	}
+	defer f.Close()
+	buf := make([]byte, n/page*8)
+	if _, err := f.ReadAt(buf, int64(addr/uintptr(page))*8); err != nil {
+		return nil, fmt.Errorf("mirror: Dirty: reading /proc/self/pagemap: %w", err)
+	}
+	var offs []int
+	for pg := 0; pg < n/page; pg++ {
+		if binary.LittleEndian.Uint64(buf[pg*8:])&pmUFFDWP == 0 {
 			offs = append(offs, pg*page)
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -22,6 +23,8 @@ type serving struct {
 	views   []uintptr
 	n       int
 	mode    uffd.Mode
+	asyncWP bool                        // TrackWritesAsync: the kernel resolves write-protect faults
+	tracked [fault.MaxViews]atomic.Bool // TrackDirty was called for the view
 	kind    Handler
 	src     io.ReaderAt
 	srcKind string // for messages
@@ -161,6 +164,16 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 		want |= uffd.FeatureWPHugetlbfsShmem | uffd.FeaturePagefaultFlagWP
 		sv.mode |= uffd.ModeWP
+		if f.trackAsync {
+			if avail&uffd.FeatureWPAsync == 0 {
+				return fmt.Errorf("%w: TrackWritesAsync: write-protect faults resolved by the kernel need Linux 6.7 (UFFD_FEATURE_WP_ASYNC); use TrackWrites", ErrUnsupported)
+			}
+			if sv.kind == HandlerGo {
+				return fmt.Errorf("%w: TrackWritesAsync needs a handler outside Go", ErrUnsupported)
+			}
+			want |= uffd.FeatureWPAsync | avail&uffd.FeatureWPUnpopulated
+			sv.asyncWP = true
+		}
 	}
 	if sv.u, err = uffd.New(uffd.WithFeatures(want)); err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)

@@ -412,14 +412,22 @@ func TestStageMinorFaults(t *testing.T) {
 // pages first mapped after tracking started.
 func TestTrackDirty(t *testing.T) {
 	const n = 16 * 4096
+	var cases []handlerCase
 	for _, h := range outsideGo() {
+		cases = append(cases, handlerCase{h.name, h.opt}, handlerCase{h.name + "/async", h.opt})
+	}
+	for _, h := range cases {
 		t.Run(h.name, func(t *testing.T) {
+			track := TrackWrites()
+			if strings.HasSuffix(h.name, "/async") {
+				track = TrackWritesAsync()
+			}
 			r, err := alloc.Shared(n)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			p, err := Mirror(r, ServeFaults(nil), h.opt, TrackWrites(), FaultAround(0))
+			p, err := Mirror(r, ServeFaults(nil), h.opt, track, FaultAround(0))
 			if errors.Is(err, ErrUnsupported) {
 				t.Skip(err)
 			}
@@ -444,6 +452,10 @@ func TestTrackDirty(t *testing.T) {
 			}
 			if d1, _ := p.Dirty(1); len(d1) != 0 {
 				t.Errorf("view 1 untracked, yet dirty %v", d1)
+			}
+			o, _ := p.FaultStats()
+			if async := strings.HasSuffix(h.name, "/async"); async && o.WP != 0 || !async && o.WP != 2 {
+				t.Errorf("write-protect faults sent to the handler: %d (the kernel resolves them with WP_ASYNC; else one per written page)", o.WP)
 			}
 			if err := p.TrackDirty(0); err != nil {
 				t.Fatal(err)
