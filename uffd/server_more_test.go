@@ -1,0 +1,186 @@
+package uffd
+
+import (
+	"errors"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// Pages freed (MADV_REMOVE) while several goroutines keep reading them: every resolve that
+// races the event gets EAGAIN, the server reads the event and retries; nobody hangs, nobody
+// reads anything but the source's bytes.
+func TestServerEventsUnderLoad(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemove)
+	defer u.Close()
+	const pages, rounds = 64, 30
+	n := pages * srvPage
+	a := srvShared(t, n)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing)
+	for _, workers := range []int{1, 2} {
+		s := NewServer(u, WithWorkers(workers), WithFaultAround(16*srvPage))
+		if err := s.Handle(a, n, pattern{seed: 30}); err != nil {
+			t.Fatal(err)
+		}
+		stop, _ := srvStart(t, s)
+		var stopRemoving atomic.Bool
+		removed := make(chan int)
+		go func() {
+			rng := rand.New(rand.NewSource(1))
+			k := 0
+			for !stopRemoving.Load() {
+				p := rng.Intn(pages)
+				l := 1 + rng.Intn(pages-p)
+				unix.Madvise(srvMem(a+uintptr(p*srvPage), l*srvPage), unix.MADV_REMOVE)
+				k++
+			}
+			removed <- k
+		}()
+		bad := make(chan error, 4)
+		var wg sync.WaitGroup
+		for g := 0; g < 4; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				m := srvMem(a, n)
+				for r := 0; r < rounds; r++ {
+					for i := (g * 997) % n; i < n; i += 509 {
+						if got, want := m[i], patternByte(30, int64(i)); got != want {
+							bad <- errors.New("wrong byte under concurrent MADV_REMOVE")
+							return
+						}
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		stopRemoving.Store(true)
+		k := srvWait(t, removed, "remover")
+		srvStopOK(t, stop)
+		select {
+		case err := <-bad:
+			t.Fatal(err)
+		default:
+		}
+		ss := s.ServerStats()
+		st := s.Stats()[0]
+		if ss.Removes != uint64(k) {
+			t.Errorf("%d workers: %d removes counted, %d made", workers, ss.Removes, k)
+		}
+		t.Logf("%d workers: %d removes, missing %d, eagain %d, eexist %d", workers, k, st.Missing, st.EAGAIN, st.EEXIST)
+	}
+}
+
+// Write-protect faults: the server lifts the protection of the written page and the writer
+// goes on.
+func TestServerWriteProtect(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeaturePagefaultFlagWP)
+	defer u.Close()
+	const pages = 8
+	n := pages * srvPage
+	a := srvMap(t, n, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing|ModeWP)
+	s := NewServer(u)
+	if err := s.Handle(a, n, pattern{seed: 31}); err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := srvStart(t, s)
+	srvWait(t, srvTouch(a, seq(0, pages)), "reader")
+	if err := u.WriteProtectRange(a, n, true, 0); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		m := srvMem(a, n)
+		for i := 0; i < n; i += srvPage {
+			m[i] = 0xEE
+		}
+		close(done)
+	}()
+	srvWait(t, done, "writer")
+	srvStopOK(t, stop)
+	m := srvMem(a, n)
+	for p := 0; p < pages; p++ {
+		if m[p*srvPage] != 0xEE || m[p*srvPage+1] != patternByte(31, int64(p*srvPage+1)) {
+			t.Fatalf("page %d: %#x %#x", p, m[p*srvPage], m[p*srvPage+1])
+		}
+	}
+	if st := s.Stats()[0]; st.WP != pages {
+		t.Errorf("wp faults %d, want %d", st.WP, pages)
+	}
+}
+
+// Close while faults stream in from several goroutines: the faults read but not resolved are
+// woken, fault again, and a new server serves them; no toucher is lost.
+func TestServerCloseMidFlight(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem)
+	defer u.Close()
+	const pages = 512
+	n := pages * srvPage
+	a := srvShared(t, n)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing)
+	var touchers []<-chan int
+	s1 := NewServer(u, WithWorkers(2), WithoutFaultAround())
+	if err := s1.Handle(a, n, pattern{seed: 32}); err != nil {
+		t.Fatal(err)
+	}
+	stop1, _ := srvStart(t, s1)
+	for g := 0; g < 4; g++ {
+		order := seq(0, pages)
+		rand.New(rand.NewSource(int64(g))).Shuffle(pages, func(i, j int) { order[i], order[j] = order[j], order[i] })
+		touchers = append(touchers, srvTouch(a, order))
+	}
+	srvStopOK(t, stop1) // somewhere in the middle, or before, or after: all must work out
+	s2 := NewServer(u)
+	if err := s2.Handle(a, n, pattern{seed: 32}); err != nil {
+		t.Fatal(err)
+	}
+	stop2, _ := srvStart(t, s2)
+	for _, c := range touchers {
+		srvWait(t, c, "toucher")
+	}
+	srvStopOK(t, stop2)
+	if err := srvVerify(a, n, 32, false, 0); err != nil {
+		t.Error(err)
+	}
+	if got := s1.Stats()[0].Bytes + s2.Stats()[0].Bytes; got != uint64(n) {
+		t.Errorf("%d bytes copied by both servers, want %d", got, n)
+	}
+}
+
+// Ranges handled while Serve runs are served at once.
+func TestServerHandleWhileServing(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem)
+	defer u.Close()
+	s := NewServer(u)
+	stop, _ := srvStart(t, s)
+	const ranges, pages = 8, 16
+	n := pages * srvPage
+	var addrs []uintptr
+	for i := 0; i < ranges; i++ {
+		a := srvShared(t, n)
+		defer srvUnmap(t, a, n)
+		srvRegister(t, u, a, n, ModeMissing)
+		if err := s.Handle(a, n, pattern{seed: byte(40 + i)}); err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, a)
+		srvWait(t, srvTouch(a, seq(0, pages)), "toucher")
+	}
+	srvStopOK(t, stop)
+	for i, a := range addrs {
+		if err := srvVerify(a, n, byte(40+i), false, 0); err != nil {
+			t.Error(err)
+		}
+	}
+}
