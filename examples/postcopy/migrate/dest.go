@@ -84,6 +84,19 @@ func (d *dest) fail(err error) {
 	})
 }
 
+// failure is the error the destination ends with: why, and how much it still missed.
+func (d *dest) failure() error {
+	d.mu.Lock()
+	missing := 0
+	for _, st := range d.state {
+		if st != pageHave {
+			missing++
+		}
+	}
+	d.mu.Unlock()
+	return fmt.Errorf("%w; %d of %d pages never arrived, none was replaced by zeros", d.failErr, missing, d.npages)
+}
+
 func (d *dest) notify() {
 	select {
 	case d.ready <- struct{}{}:
@@ -323,7 +336,7 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	select {
 	case stale = <-resumed:
 	case <-d.failed:
-		return rep, d.failErr
+		return rep, d.failure()
 	}
 	rep.ResumeNs = monotonic()
 
@@ -354,12 +367,12 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 			select {
 			case <-ch:
 			case <-d.failed:
-				return d.failErr
+				return d.failure()
 			}
 		}
 		select {
 		case <-d.failed:
-			return d.failErr
+			return d.failure()
 		default:
 			return nil
 		}

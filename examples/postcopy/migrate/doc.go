@@ -38,7 +38,8 @@
 // # Failure
 //
 // A source that disappears mid-migration (its sockets close) makes the destination stop with
-// an error naming the pages it never received. A page is never mapped as zeros in place of
+// an error saying what failed (the stream, or the fetch of a given page) and how many pages
+// never arrived. A page is never mapped as zeros in place of
 // data: the fault server keeps a fault it cannot serve blocked, and the destination process
 // exits with the error.
 //
