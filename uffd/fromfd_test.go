@@ -139,3 +139,22 @@ func TestCloseRacesIoctls(t *testing.T) {
 		}
 	}
 }
+
+// The kernel shows a finished UFFDIO_API as bit 31 (UFFD_FEATURE_INITIALIZED) of the features
+// in fdinfo, next to the features asked for: FromFD's first way of telling.
+func TestFdinfoShowsHandshake(t *testing.T) {
+	t.Parallel()
+	fd, err := sysUserfaultfd(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	mustNil(t, err, "userfaultfd")
+	defer unix.Close(fd)
+	info, ok := readFdinfo(fd)
+	if !ok || info.apiDone || info.features != 0 {
+		t.Fatalf("fresh userfaultfd: fdinfo %+v, %v", info, ok)
+	}
+	api := uffdioAPI{API: uffdAPI, Features: uint64(FeatureThreadID | FeatureEventRemap)}
+	mustNil(t, ioctlPtr(fd, ioctlAPI, ptr(&api)), "UFFDIO_API")
+	info, ok = readFdinfo(fd)
+	if !ok || !info.apiDone || info.features != FeatureThreadID|FeatureEventRemap {
+		t.Fatalf("after UFFDIO_API: fdinfo %+v, %v", info, ok)
+	}
+}
