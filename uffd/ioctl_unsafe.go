@@ -3,6 +3,7 @@ package uffd
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -181,6 +182,7 @@ func (u *UFFD) Copy(dst uintptr, src unsafe.Pointer, length int, flags ResolveFl
 		c.Mode |= copyModeWP
 	}
 	err := u.ioctl(ioctlCopy, unsafe.Pointer(&c))
+	runtime.KeepAlive(src) // the kernel read it through a uintptr
 	return doneBytes(c.Copy), opError(opCopy, err)
 }
 
