@@ -57,6 +57,16 @@ const DefaultWatchdog = 10 * time.Second
 //
 // The userfaultfd needs privilege for faults raised inside the kernel (vm.unprivileged_userfaultfd,
 // CAP_SYS_PTRACE); without it, read(2) into an unfilled page and Populate fail with EFAULT.
+//
+// Handler death never turns into silent zero pages: the pair keeps its own userfaultfd open, so
+// the views stay registered whatever happens to a handler process, and a standby process takes
+// over from a dead one; if every handler process dies, the program panics with a message naming
+// the cause (FaultErr reports it too). A source that fails to read poisons the page
+// (UFFDIO_POISON, 6.6+: the access raises SIGBUS) or, without poison, aborts the process with a
+// message: the faulting thread could never get its bytes.
+//
+// Close stops serving and closes the userfaultfd: do not touch the views while or after closing
+// (a fault then is served by the kernel with a zero page, or the memory is already gone).
 func ServeFaults(src io.ReaderAt) Option {
 	return func(c *config) {
 		c.faults.serve = true
