@@ -191,7 +191,7 @@ type FaultStats struct {
 	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged
 	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE
 	Exists  uint64 // resolves answered EEXIST: someone filled the page first (not an error)
-	Bytes   uint64 // bytes filled or mapped through this view
+	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged; for HandlerGo also mapped)
 }
 
 // FaultEvent is one entry of the VerifyFaults log.
