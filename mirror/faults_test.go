@@ -595,3 +595,31 @@ func TestFaultHandlerProcessDies(t *testing.T) {
 		t.Errorf("report does not tell of the takeover:\n%s", rep)
 	}
 }
+
+// The verification log is bounded: it keeps the first entries and counts the rest.
+func TestFaultLogIsBounded(t *testing.T) {
+	const n = 16 * 4096
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := Mirror(r, ServeFaults(nil), VerifyFaults(4), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	loopSum(p.Original())
+	ev, dropped := p.FaultLog()
+	if len(ev) != 4 || dropped != n/4096-4 {
+		t.Fatalf("log kept %d entries and dropped %d; want 4 and %d", len(ev), dropped, n/4096-4)
+	}
+	for i, e := range ev {
+		if e.View != 0 || e.Offset != i*4096 || e.Kind != "missing" || e.Result != "zeroed" || e.Pages != 1 {
+			t.Errorf("entry %d: %v", i, e)
+		}
+	}
+	if rep := p.FaultReport(); !strings.Contains(rep, "dropped") {
+		t.Errorf("report does not tell of the dropped entries:\n%s", rep)
+	}
+}

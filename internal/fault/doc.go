@@ -12,4 +12,9 @@
 // blocked on that page through every view (the kernel wakes only the view it filled), maps
 // pages already in the page cache with UFFDIO_CONTINUE on minor faults, and counts, logs and
 // checks what it did in a block of memory that Go reads with atomic loads.
+//
+// The handler process is the program itself, re-executed from /proc/self/exe with an
+// environment variable that this package's init function recognises: it serves and exits
+// without returning to the program. Init functions of packages initialised before this one
+// (packages it does not depend on, sorted before it) do run in the handler process too.
 package fault
