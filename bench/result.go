@@ -201,10 +201,26 @@ func (r *Report) writeMarkdown(w io.Writer) {
 			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %d | %s |\n", m.Case, m.Row,
 				num(m.Median), num(m.Min), num(m.Max), m.Unit, len(m.Runs), ratio)
 		}
+		said := map[string]bool{} // a row's note is said once per suite, with the cases it applies to
 		for _, m := range rows {
-			if m.Note != "" {
-				fmt.Fprintf(w, "\n%s, %s: %s\n", m.Case, m.Row, m.Note)
+			if m.Note == "" || said[m.Row+"\x00"+m.Note] {
+				continue
 			}
+			said[m.Row+"\x00"+m.Note] = true
+			var cases []string
+			all := true
+			for _, o := range rows {
+				if o.Row == m.Row && o.Note == m.Note {
+					cases = append(cases, o.Case)
+				} else if o.Row == m.Row {
+					all = false
+				}
+			}
+			where := strings.Join(cases, "; ")
+			if all && len(cases) > 1 {
+				where = "every case"
+			}
+			fmt.Fprintf(w, "\n%s (%s): %s\n", m.Row, where, m.Note)
 		}
 	}
 	if len(r.Targets) > 0 {

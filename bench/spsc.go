@@ -110,3 +110,27 @@ func (r *spscRing) skip(k uint64) {
 	r.head.Add(k)
 	r.headSeen, r.tailSeen = r.head.Load(), r.tail.Load()
 }
+
+// readRecord returns the next m bytes as one slice, waiting for them: in place on the mirror;
+// otherwise a record that crosses the end is first copied, in two pieces, into scratch.
+// Release the bytes with consume.
+func (r *spscRing) readRecord(m int, scratch []byte) []byte {
+	mm := uint64(m)
+	h := r.head.Load()
+	for r.tailSeen-h < mm {
+		if r.tailSeen = r.tail.Load(); r.tailSeen-h < mm {
+			runtime.Gosched()
+		}
+	}
+	off := h % r.n
+	if r.mirrored || off+mm <= r.n {
+		return r.buf[off : off+mm]
+	}
+	k := r.n - off
+	copy(scratch[:k], r.buf[off:])
+	copy(scratch[k:m], r.buf[:mm-k])
+	return scratch[:m]
+}
+
+// consume releases the m bytes of the last readRecord.
+func (r *spscRing) consume(m int) { r.head.Add(uint64(m)) }
