@@ -66,6 +66,18 @@ func intParam(key string) func(*Measurement) (float64, bool) {
 }
 
 func linePlot(title, xl, yl string, names []string, pts map[string]plotter.XYs, logY bool) (*plot.Plot, error) {
+	return linePlotAt(title, xl, yl, names, pts, logY, true)
+}
+
+// linePlotAt is linePlot with the legend on the left (for rising lines) or the right.
+func linePlotAt(title, xl, yl string, names []string, pts map[string]plotter.XYs, logY, legendLeft bool) (*plot.Plot, error) {
+	var keep []string
+	for _, n := range names {
+		if len(pts[n]) > 1 { // a single point is no line; its figure is in the table
+			keep = append(keep, n)
+		}
+	}
+	names = keep
 	if len(names) == 0 {
 		return nil, nil
 	}
@@ -80,7 +92,7 @@ func linePlot(title, xl, yl string, names []string, pts map[string]plotter.XYs, 
 		p.Y.Tick.Marker = plot.LogTicks{Prec: -1}
 	}
 	p.Legend.Top = true
-	p.Legend.Left = true
+	p.Legend.Left = legendLeft
 	var args []any
 	for _, n := range names {
 		args = append(args, n, pts[n])
@@ -137,8 +149,8 @@ func plotFaultSizes(r *Report) (*plot.Plot, error) {
 		}
 		byKind[k] = append(byKind[k], plotter.XY{X: float64(m.Params["bytes_per_fault"].(int)), Y: m.Median})
 	}
-	return linePlot("Fault serving: time per 4 KiB page vs bytes resolved per fault (1 thread, sequential)",
-		"bytes resolved per fault", "µs per page (log)", keep, byKind, true)
+	return linePlotAt("Fault serving: time per 4 KiB page vs bytes resolved per fault (1 thread, sequential)",
+		"bytes resolved per fault (library rows: fault-around cap)", "µs per page (log)", keep, byKind, true, false)
 }
 
 // plotFaults4K: every row of the headline case as horizontal bars.

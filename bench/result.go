@@ -168,6 +168,13 @@ var suiteTitles = []struct{ id, title, ref string }{
 // writeMarkdown prints every suite as a Markdown table, then the targets.
 // The "vs" column is the median of per-run ratios against the suite's reference row of the same case.
 func (r *Report) writeMarkdown(w io.Writer) {
+	mode := "go run ./bench"
+	if r.Quick {
+		mode += " -quick"
+	}
+	fmt.Fprintf(w, "Measured %s with `%s` (%.0f s) on Linux %v, %v CPUs, %v, cgo %v. Each figure is the median of its runs; "+
+		"the last column is the median of per-run ratios against the suite's reference row, measured side by side.\n",
+		r.Started.Format("2006-01-02 15:04 MST"), mode, r.DurationSec, r.Host["kernel"], r.Host["cpus"], r.Host["go"], r.Host["cgo"])
 	for _, s := range suiteTitles {
 		var rows []*Measurement
 		for _, m := range r.Measurements {
