@@ -41,8 +41,8 @@ func ExampleUFFD_Register() {
 	// Output: COPY|CONTINUE
 }
 
-// Serve a page fault (CopyAll is Copy for a byte slice): a goroutine reads registered memory (with a plain loop: see the package
-// documentation), the fault arrives as a message, and UFFDIO_COPY fills the page and wakes it.
+// Serve a page fault (CopyAll is Copy for a byte slice): a goroutine touches registered memory,
+// the fault arrives as a message, and UFFDIO_COPY fills the page and wakes the goroutine.
 func ExampleUFFD_Copy() {
 	u, err := uffd.New()
 	if err != nil {
@@ -61,8 +61,13 @@ func ExampleUFFD_Copy() {
 
 	sum := make(chan int)
 	go func() {
+		// The first access happens inside madvise(2): a goroutine blocked in a system call
+		// leaves its P to the handler below, whatever GOMAXPROCS is (see the package doc).
+		if err := unix.Madvise(mem, unix.MADV_POPULATE_READ); err != nil {
+			log.Fatal(err)
+		}
 		s := 0
-		for i := range mem { // blocks on the first byte until the page is served
+		for i := range mem {
 			s += int(mem[i])
 		}
 		sum <- s

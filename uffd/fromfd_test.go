@@ -14,6 +14,7 @@ import (
 // adopted fd is parked in the poller: ReadMessages works and Close wakes it.
 func TestFromFD(t *testing.T) {
 	t.Parallel()
+	needFreeP(t)
 	for _, c := range []struct {
 		name      string
 		blocking  bool

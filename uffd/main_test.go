@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -30,6 +32,9 @@ func TestMain(m *testing.M) {
 		if h == nil {
 			fmt.Fprintf(os.Stderr, "no test helper %q\n", name)
 			os.Exit(2)
+		}
+		if runtime.GOMAXPROCS(0) < 2 {
+			runtime.GOMAXPROCS(2) // see needFreeP
 		}
 		os.Exit(h())
 	}
@@ -70,6 +75,35 @@ func runtimeFiltered(diff string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// needFreeP makes sure GOMAXPROCS is at least 2 while the test runs. A goroutine blocked in a
+// user-mode fault keeps its P; with a single P, an in-process handler only runs when that
+// goroutine is preempted, which withdraws its unread fault: the test would starve. Tests whose
+// toucher is a plain Go loop served in this process call it.
+func needFreeP(t testing.TB) {
+	freeP.Lock()
+	if freeP.users == 0 {
+		freeP.prev = runtime.GOMAXPROCS(0)
+		if freeP.prev < 2 {
+			runtime.GOMAXPROCS(2)
+		}
+	}
+	freeP.users++
+	freeP.Unlock()
+	t.Cleanup(func() {
+		freeP.Lock()
+		freeP.users--
+		if freeP.users == 0 && freeP.prev < 2 {
+			runtime.GOMAXPROCS(freeP.prev)
+		}
+		freeP.Unlock()
+	})
+}
+
+var freeP struct {
+	sync.Mutex
+	users, prev int
 }
 
 // helperCmd returns a command that runs helper name in a new process of this test binary.

@@ -8,6 +8,7 @@ import (
 )
 
 func TestSmokeCopyShmem(t *testing.T) {
+	needFreeP(t)
 	u, err := New(WithFeatures(FeatureMissingShmem | FeatureThreadID))
 	if err != nil {
 		t.Fatal(err)

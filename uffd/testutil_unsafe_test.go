@@ -113,18 +113,6 @@ func sumAsync(b []byte) <-chan int {
 	return ch
 }
 
-// writeAsync writes v to the first byte of every page of b in a new goroutine.
-func writeAsync(b []byte, v byte) <-chan struct{} {
-	ch := make(chan struct{})
-	go func() {
-		for i := 0; i < len(b); i += pg {
-			b[i] = v
-		}
-		close(ch)
-	}()
-	return ch
-}
-
 // waitT waits for ch (at most 20 s, a guard against a hung test).
 func waitT[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()

@@ -21,6 +21,7 @@ import (
 // with ReceiveFD and served by this package.
 func TestPeerSendUFFDToReceiveFD(t *testing.T) {
 	t.Parallel()
+	needFreeP(t)
 	const pages = 8
 	b, fd, start, err := mapper.Register(pages * pg)
 	if err != nil {
@@ -60,6 +61,7 @@ func TestPeerSendUFFDToReceiveFD(t *testing.T) {
 // Ours to theirs: SendFD to transfer.ReceiveUFFD, served by mapper.Handle. Not parallel: it
 // closes a descriptor the peer's receiver leaks, found by its target.
 func TestSendFDToPeerReceiveUFFD(t *testing.T) {
+	needFreeP(t)
 	const pages = 8
 	// EVENT_UNMAP gives a way to stop mapper.Handle: it returns on the first message that is
 	// not a page fault.
