@@ -32,6 +32,7 @@ type UFFD struct {
 	// Close or by the last ioctl to finish.
 	state    atomic.Int64
 	closeErr error
+	drained  chan struct{} // closed once the descriptor is closed
 }
 
 const closingBit = 1 << 62
@@ -259,6 +260,7 @@ func checkIsUserfaultfd(fd int) error {
 // adopt hands the (non-blocking, handshaken) fd to an *os.File in the runtime poller.
 func (u *UFFD) adopt() {
 	u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	u.drained = make(chan struct{})
 }
 
 func (u *UFFD) handshake(want Feature) error {
@@ -314,8 +316,8 @@ func (u *UFFD) IsUserModeOnly() bool { return u.userMode }
 // blocked thread; later faults are served as ordinary faults (zero pages). A blocked
 // ReadMessages returns an error matching os.ErrClosed. A second Close returns nil.
 //
-// An ioctl running in another goroutine when Close is called finishes first: the descriptor is
-// closed by whichever of the two ends last.
+// An ioctl running in another goroutine when Close is called finishes first; Close waits for
+// it, so the descriptor is closed when Close returns.
 func (u *UFFD) Close() error {
 	old := u.state.Or(closingBit)
 	if old&closingBit != 0 {
@@ -323,9 +325,10 @@ func (u *UFFD) Close() error {
 	}
 	if old == 0 {
 		u.finalClose()
-		return u.closeErr
+	} else {
+		<-u.drained // the last ioctl in flight closes the descriptor
 	}
-	return nil
+	return u.closeErr
 }
 
 func (u *UFFD) finalClose() {
@@ -333,6 +336,9 @@ func (u *UFFD) finalClose() {
 		u.closeErr = u.f.Close()
 	} else {
 		u.closeErr = unix.Close(u.fd)
+	}
+	if u.drained != nil {
+		close(u.drained)
 	}
 }
 
