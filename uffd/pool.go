@@ -36,3 +36,10 @@ func (p *bufPool) put(b []byte) {
 	p.free = append(p.free, b[:p.size])
 	p.mu.Unlock()
 }
+
+// drain forgets the free buffers.
+func (p *bufPool) drain() {
+	p.mu.Lock()
+	p.free = nil
+	p.mu.Unlock()
+}

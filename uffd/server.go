@@ -212,23 +212,25 @@ func (s *Server) handle(op string, length int, src io.ReaderAt, addrs []uintptr)
 	if err := s.checkViews(op, length, addrs); err != nil {
 		return err
 	}
+	// Under the lock from the overlap check to the table update, registration included, so
+	// that two Handle calls cannot both claim a range. Registering does not wait for events,
+	// so a worker waiting for the lock to apply one is not a deadlock.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.tab.Load()
+	for _, a := range addrs {
+		if i := old.overlapping(a, a+uintptr(length)); i >= 0 {
+			return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps the handled range [%#x, %#x)", old.views[i].addr, old.views[i].end)}
+		}
+	}
 	if s.cfg.register != 0 {
 		for i, a := range addrs {
 			if err := s.u.Register(a, length, s.cfg.register); err != nil {
 				for _, b := range addrs[:i] {
 					s.u.Unregister(b, length)
 				}
-				return fmt.Errorf("uffd: %s: registering view %d: %w", op, i, err)
+				return fmt.Errorf("uffd: %s: registering view %d [%#x, +%d) as %v: %w", op, i, a, length, s.cfg.register, err)
 			}
-		}
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old := s.tab.Load()
-	// Checked again under the lock: another Handle may have raced the first check.
-	for _, a := range addrs {
-		if i := old.overlapping(a, a+uintptr(length)); i >= 0 {
-			return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps the handled range [%#x, %#x)", old.views[i].addr, old.views[i].end)}
 		}
 	}
 	s.nobjects++
@@ -240,6 +242,27 @@ func (s *Server) handle(op string, length int, src io.ReaderAt, addrs []uintptr)
 		views = append(views, view{addr: a, end: a + uintptr(length), obj: obj, st: e})
 	}
 	s.tab.Store(buildTable(views, old.dropped))
+	return nil
+}
+
+// Unhandle stops serving [addr, addr+length): the parts of handled views inside it are
+// dropped (their RangeStats stay, marked Gone once nothing of the view is left), so the
+// addresses can be handled again. Use it before unmapping a handled range when the userfaultfd
+// does not report EventUnmap. Under WithRegister it also unregisters the range. A fault already
+// read for the range is woken and fails or faults again as the kernel decides.
+func (s *Server) Unhandle(addr uintptr, length int) error {
+	pm := uintptr(s.page - 1)
+	if length <= 0 || addr&pm != 0 || uintptr(length)&pm != 0 || addr+uintptr(length) < addr {
+		return &RangeError{Op: "Unhandle", Addr: addr, Len: length, Why: "need a page-aligned address and a positive length that is a multiple of the page size"}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.register != 0 {
+		if err := s.u.Unregister(addr, length); err != nil {
+			return fmt.Errorf("uffd: Unhandle: %w", err)
+		}
+	}
+	s.dropLocked(addr, addr+uintptr(length))
 	return nil
 }
 
@@ -262,12 +285,6 @@ func (s *Server) checkViews(op string, length int, addrs []uintptr) error {
 			if a < b+uintptr(length) && b < a+uintptr(length) {
 				return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps view %#x of the same call", b)}
 			}
-		}
-	}
-	tab := s.tab.Load()
-	for _, a := range addrs {
-		if i := tab.overlapping(a, a+uintptr(length)); i >= 0 {
-			return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps the handled range [%#x, %#x)", tab.views[i].addr, tab.views[i].end)}
 		}
 	}
 	return nil
@@ -397,5 +414,6 @@ func (s *Server) Close() error {
 		s.interrupt()
 		<-done
 	}
+	s.pool.drain() // the page buffers (up to the fault-around cap each) go back to the heap
 	return nil
 }

@@ -184,3 +184,46 @@ func TestServerHandleWhileServing(t *testing.T) {
 		}
 	}
 }
+
+// Unhandle drops part of a view; the hole can be handled again with another source, and the
+// rest keeps its offsets.
+func TestServerUnhandle(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem)
+	defer u.Close()
+	const pages = 12
+	n := pages * srvPage
+	a := srvShared(t, n)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing)
+	s := NewServer(u, WithoutFaultAround())
+	if err := s.Handle(a, n, pattern{seed: 60}); err != nil {
+		t.Fatal(err)
+	}
+	hole := a + uintptr(4*srvPage)
+	if err := s.Unhandle(hole, 4*srvPage); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Unhandle(hole+1, srvPage); err == nil {
+		t.Error("Unhandle of an unaligned address succeeded")
+	}
+	if err := s.Handle(hole, 4*srvPage, pattern{seed: 61}); err != nil {
+		t.Fatalf("Handle of the unhandled hole: %v", err)
+	}
+	stop, _ := srvStart(t, s)
+	srvWait(t, srvTouch(a, seq(0, pages)), "toucher")
+	srvStopOK(t, stop)
+	if err := srvVerify(a, 4*srvPage, 60, false, 0); err != nil {
+		t.Error(err)
+	}
+	if err := srvVerify(hole, 4*srvPage, 61, false, 0); err != nil {
+		t.Error(err)
+	}
+	if err := srvVerify(a+uintptr(8*srvPage), 4*srvPage, 60, false, int64(8*srvPage)); err != nil {
+		t.Error(err)
+	}
+	st := s.Stats()
+	if len(st) != 2 || st[0].Gone || st[0].Missing != 8 || st[1].Missing != 4 {
+		t.Errorf("stats %+v: want the first view alive with 8 faults, the second with 4", st)
+	}
+}
