@@ -127,7 +127,7 @@ var (
 
 func probe() (*Report, error) {
 	r := &Report{Kernel: kernelRelease()}
-	if _, err := os.Stat("/dev/userfaultfd"); err == nil {
+	if _, err := os.Stat(devicePath); err == nil {
 		r.Device = true
 	}
 	var c config

@@ -84,8 +84,9 @@ func ViaSyscall() Option { return func(c *config) { c.device = deviceNever } }
 // handshake, asking for the features given with WithFeatures.
 //
 // Without CAP_SYS_PTRACE and with vm.unprivileged_userfaultfd = 0 (the default since 5.11),
-// userfaultfd(2) only works with UFFD_USER_MODE_ONLY; New retries that way by itself (unless
-// KernelFaults is given), then tries /dev/userfaultfd (ioctl USERFAULTFD_IOC_NEW). When every way
+// userfaultfd(2) is refused; New then tries /dev/userfaultfd (ioctl USERFAULTFD_IOC_NEW, Linux
+// 6.1+, gated by the device's permissions), and last userfaultfd(2) with UFFD_USER_MODE_ONLY
+// (unless KernelFaults is given), which reports only faults raised in user mode. When every way
 // is refused, the error matches unix.EPERM or os.ErrPermission and says what to change.
 func New(opts ...Option) (*UFFD, error) {
 	var c config
@@ -113,54 +114,57 @@ func New(opts ...Option) (*UFFD, error) {
 const permHint = "run as root or with CAP_SYS_PTRACE, set the sysctl vm.unprivileged_userfaultfd=1, " +
 	"or give this user read-write access to /dev/userfaultfd (Linux 6.1+)"
 
+// open tries, in order: userfaultfd(2); /dev/userfaultfd (unless ViaSyscall); and, only when
+// both were refused for lack of privilege, userfaultfd(2) with UFFD_USER_MODE_ONLY (unless
+// KernelFaults). A user-mode-only userfaultfd comes last because it reports fewer faults.
 func open(c *config) (fd int, userMode bool, err error) {
 	flags := unix.O_CLOEXEC | unix.O_NONBLOCK
 	if c.userModeOnly {
 		flags |= userModeOnly
 	}
-	var sysErr, devErr error
-	if c.device != deviceOnly {
-		fd, err := sysUserfaultfd(flags)
-		if err == nil {
-			return fd, c.userModeOnly, nil
-		}
-		if err == unix.EPERM && !c.userModeOnly && !c.kernelFaults {
-			// Kernel-mode faults need CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd = 1.
-			if fd, err2 := sysUserfaultfd(flags | userModeOnly); err2 == nil {
-				return fd, true, nil
-			}
-		}
-		if err == unix.ENOSYS {
-			sysErr = fmt.Errorf("%w: userfaultfd(2) is missing (kernel built without CONFIG_USERFAULTFD): %w",
-				ErrNotSupported, os.NewSyscallError("userfaultfd", err))
-		} else {
-			sysErr = os.NewSyscallError("userfaultfd", err)
-		}
-		if c.device == deviceNever {
-			if err == unix.EPERM {
-				return -1, false, fmt.Errorf("uffd: %w (%s)", sysErr, permHint)
-			}
-			return -1, false, sysErr
-		}
+	if c.device == deviceOnly {
+		fd, err := openDevice(flags)
+		return fd, c.userModeOnly, err
 	}
-	fd, err = openDevice(flags)
-	if err == nil {
+	fd, errno := sysUserfaultfd(flags)
+	if errno == nil {
 		return fd, c.userModeOnly, nil
 	}
-	devErr = err
-	if sysErr == nil {
-		return -1, false, devErr
+	sysErr := os.NewSyscallError("userfaultfd", errno)
+	if errno == unix.ENOSYS {
+		sysErr = fmt.Errorf("%w: userfaultfd(2) is missing (kernel built without CONFIG_USERFAULTFD): %w", ErrNotSupported, sysErr)
 	}
-	if errors.Is(sysErr, ErrNotSupported) && errors.Is(devErr, ErrNotSupported) {
+	var devErr error
+	if c.device == deviceAuto {
+		fd, devErr = openDevice(flags)
+		if devErr == nil {
+			return fd, c.userModeOnly, nil
+		}
+	}
+	if errno == unix.EPERM && !c.userModeOnly && !c.kernelFaults {
+		// Kernel-mode faults need CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd = 1.
+		if fd, err := sysUserfaultfd(flags | userModeOnly); err == nil {
+			return fd, true, nil
+		}
+	}
+	switch {
+	case devErr == nil && errno == unix.EPERM:
+		return -1, false, fmt.Errorf("uffd: %w (%s)", sysErr, permHint)
+	case devErr == nil:
+		return -1, false, sysErr
+	case errors.Is(sysErr, ErrNotSupported) && errors.Is(devErr, ErrNotSupported):
 		return -1, false, sysErr
 	}
 	return -1, false, fmt.Errorf("uffd: no way in: %w; %w (%s)", sysErr, devErr, permHint)
 }
 
+// devicePath is the userfaultfd device; tests point it at a node of their own.
+var devicePath = "/dev/userfaultfd"
+
 func openDevice(flags int) (int, error) {
-	dev, err := unix.Open("/dev/userfaultfd", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	dev, err := unix.Open(devicePath, unix.O_RDWR|unix.O_CLOEXEC, 0)
 	if err != nil {
-		pe := &os.PathError{Op: "open", Path: "/dev/userfaultfd", Err: err}
+		pe := &os.PathError{Op: "open", Path: devicePath, Err: err}
 		if err == unix.ENOENT {
 			return -1, fmt.Errorf("%w: %w (the device came in Linux 6.1)", ErrNotSupported, pe)
 		}

@@ -3,6 +3,7 @@ package uffd
 import (
 	"errors"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -11,6 +12,91 @@ import (
 
 func init() {
 	helpers["unprivileged"] = helperUnprivileged
+	helpers["unprivileged-device"] = helperUnprivilegedDevice
+}
+
+// TestUnprivilegedDevice gives an unprivileged user a userfaultfd device node it may open (a
+// node of its own, mode 0666, made with mknod): New then gets a userfaultfd that reports
+// kernel-mode faults too, with no privilege and vm.unprivileged_userfaultfd = 0.
+func TestUnprivilegedDevice(t *testing.T) {
+	t.Parallel()
+	var st unix.Stat_t
+	if err := unix.Stat("/dev/userfaultfd", &st); err != nil {
+		t.Skipf("no /dev/userfaultfd (Linux 6.1+): %v", err)
+	}
+	cmd := unprivilegedCmd(t, "unprivileged-device")
+	node := filepath.Join(cmd.Dir, "userfaultfd")
+	if err := unix.Mknod(node, unix.S_IFCHR|0o666, int(st.Rdev)); err != nil {
+		t.Fatalf("mknod: %v", err)
+	}
+	if err := os.Chmod(node, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	cmd.Env = append(cmd.Env, "DEVICE_NODE="+node)
+	out := runHelper(t, cmd)
+	t.Logf("unprivileged child with a device node:\n%s", out)
+	for _, want := range []string{"PASS: New via the device", "PASS: kernel-mode fault served"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the child did not report %q", want)
+		}
+	}
+}
+
+func helperUnprivilegedDevice() int {
+	var c check
+	devicePath = os.Getenv("DEVICE_NODE")
+	if os.Geteuid() == 0 {
+		c.fail("running as root")
+		return c.code()
+	}
+	u, err := New(KernelFaults())
+	if err != nil {
+		c.fail("New(KernelFaults) with an accessible device: %v", err)
+		return c.code()
+	}
+	defer u.Close()
+	if u.IsUserModeOnly() {
+		c.fail("the device gave a user-mode-only userfaultfd")
+	}
+	c.pass("New via the device")
+	mem, err := unix.Mmap(-1, 0, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		c.fail("mmap: %v", err)
+		return c.code()
+	}
+	defer unix.Munmap(mem)
+	if err := u.Register(addr(mem), pg, ModeMissing); err != nil {
+		c.fail("register: %v", err)
+		return c.code()
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		c.fail("pipe: %v", err)
+		return c.code()
+	}
+	defer unix.Close(p[0])
+	defer unix.Close(p[1])
+	unix.Write(p[1], []byte("via device"))
+	res := make(chan error, 1)
+	go func() {
+		_, err := unix.Read(p[0], mem[:10])
+		res <- err
+	}()
+	var msgs [1]Msg
+	if n, err := u.ReadMessages(msgs[:]); err != nil || n != 1 || msgs[0].Address() != addr(mem) {
+		c.fail("kernel-mode fault: %d %v %v", n, err, &msgs[0])
+		return c.code()
+	}
+	if _, err := u.ZeroPage(addr(mem), pg, 0); err != nil {
+		c.fail("zeropage: %v", err)
+		return c.code()
+	}
+	if err := <-res; err != nil || string(mem[:10]) != "via device" {
+		c.fail("read(2): %v %q", err, mem[:10])
+	} else {
+		c.pass("kernel-mode fault served")
+	}
+	return c.code()
 }
 
 // TestUnprivileged runs helperUnprivileged as uid/gid 65534 (no capabilities) and checks that
