@@ -185,8 +185,9 @@ func openDevice(flags int) (int, error) {
 // received over a Unix socket (see ReceiveFD), inherited from a parent, or announced by a fork
 // event (Msg.ForkFD). On success the UFFD owns fd and closes it on Close.
 //
-// The fd may be blocking or not (FromFD makes it non-blocking), and its UFFDIO_API handshake may
-// be done or not: if not, FromFD does it with no features; if so, the features negotiated then
+// The fd may be blocking or not (FromFD makes it non-blocking; O_NONBLOCK belongs to the open
+// file, so other descriptors of the same userfaultfd, in this process or another, become
+// non-blocking too), and its UFFDIO_API handshake may be done or not: if not, FromFD does it with no features; if so, the features negotiated then
 // are read back from /proc/self/fdinfo. An fd that is not a userfaultfd is refused, with an
 // error, and left open for the caller.
 func FromFD(fd int) (*UFFD, error) {
