@@ -186,6 +186,19 @@ func TestResultsJSONSchema(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkSchema(t, filepath.Join(dir, "results.json"))
+	back, err := readReport(filepath.Join(dir, "results.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var a, b bytes.Buffer
+	sampleReport().writeMarkdown(&a)
+	back.writeMarkdown(&b)
+	if a.String() != b.String() {
+		t.Errorf("the table from results.json differs from the measured one:\n%s\nvs\n%s", b.String(), a.String())
+	}
+	if v, ok := back.Measurements[0].Params["ring_bytes"].(int); !ok || v != 1<<20 {
+		t.Errorf("params read back as %#v, want int %d", back.Measurements[0].Params["ring_bytes"], 1<<20)
+	}
 }
 
 // TestQuickEndToEnd runs the quick suite on a tiny fault region, one run per figure, and

@@ -9,6 +9,7 @@
 //	go run ./bench -quick            # a reduced suite, well under a minute
 //	go run ./bench -out DIR          # also write DIR/results.json and PNG plots
 //	go run ./bench -suites faults    # only some suites: create, faults, ring, postcopy
+//	go run ./bench -from DIR/results.json -out DIR   # table and plots again, measuring nothing
 //
 // Every figure is the median of several runs; the rows of one case are measured interleaved
 // (run 1 of every row, then run 2 of every row, ...) and every comparison is the median of the
@@ -21,6 +22,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"time"
@@ -72,7 +74,8 @@ func main() {
 		runs   = flag.Int("runs", 0, "runs per figure (default: 5, or 3 with -quick)")
 		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, ring, postcopy (default: all)")
 		quiet  = flag.Bool("q", false, "no progress lines on stderr")
-		fmib   = flag.Int("fault-mib", 0, "size of the fault-serving region in MiB (default: 256, or 32 with -quick)")
+		fmib   = flag.Int("fault-mib", 0, "size of the fault-serving region in MiB (default: 128, or 32 with -quick)")
+		from   = flag.String("from", "", "measure nothing: print the table and (with -out) draw the plots of this results.json")
 	)
 	flag.Parse()
 	cfg := &config{quick: *quick, out: *out, runs: *runs, log: os.Stderr, faultMiB: *fmib}
@@ -104,10 +107,21 @@ func main() {
 			os.Exit(1)
 		}
 	}
-	rep := run(cfg)
+	var rep *Report
+	if *from != "" {
+		var err error
+		if rep, err = readReport(*from); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: -from: %v\n", err)
+			os.Exit(1)
+		}
+	} else {
+		rep = run(cfg)
+	}
 	rep.writeMarkdown(os.Stdout)
 	if cfg.out != "" {
-		if err := rep.writeJSON(cfg.out); err != nil {
+		if *from != "" && filepath.Clean(filepath.Dir(*from)) == filepath.Clean(cfg.out) {
+			// Redrawing in place: results.json is the input, leave it as it is.
+		} else if err := rep.writeJSON(cfg.out); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: writing results.json: %v\n", err)
 			os.Exit(1)
 		}
@@ -115,7 +129,7 @@ func main() {
 			fmt.Fprintf(os.Stderr, "bench: writing plots: %v\n", err)
 			os.Exit(1)
 		}
-		fmt.Fprintf(cfg.log, "bench: wrote %s/results.json and plots\n", cfg.out)
+		fmt.Fprintf(cfg.log, "bench: wrote the plots and results.json in %s\n", cfg.out)
 	}
 }
 

@@ -22,6 +22,7 @@ func writePlots(r *Report, dir string) error {
 		{"faults-per-fault-size.png", plotFaultSizes},
 		{"ring.png", plotRing},
 		{"wrap.png", plotWrap},
+		{"wrap-parse.png", plotParse},
 	}
 	for _, f := range figs {
 		p, err := f.draw(r)
@@ -127,8 +128,23 @@ func plotRing(r *Report) (*plot.Plot, error) {
 }
 
 func plotWrap(r *Report) (*plot.Plot, error) {
-	names, pts := series(r, "wrap", intParam("message_bytes"))
+	names, pts := series(r, "wrap", func(m *Measurement) (float64, bool) {
+		if _, parsed := m.Params["consumer"]; parsed {
+			return 0, false
+		}
+		return intParam("message_bytes")(m)
+	})
 	return linePlot("One message written and read across the end of a ring (median)", "message size", "ns per message (log)", names, pts, true)
+}
+
+func plotParse(r *Report) (*plot.Plot, error) {
+	names, pts := series(r, "wrap", func(m *Measurement) (float64, bool) {
+		if _, parsed := m.Params["consumer"]; !parsed {
+			return 0, false
+		}
+		return intParam("message_bytes")(m)
+	})
+	return linePlot("One record written, then checksummed in place, across the end of a ring (median)", "record size", "ns per record (log)", names, pts, true)
 }
 
 // plotFaultSizes: time per page against bytes resolved per fault, sequential, one thread,

@@ -261,3 +261,24 @@ func num(v float64) string {
 		return fmt.Sprintf("%.3g", v)
 	}
 }
+
+// readReport loads a results.json written by writeJSON. Integral parameters come back as int,
+// as they were measured.
+func readReport(path string) (*Report, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Report
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	for _, m := range r.Measurements {
+		for k, v := range m.Params {
+			if f, ok := v.(float64); ok && f == math.Trunc(f) && math.Abs(f) < 1<<53 {
+				m.Params[k] = int(f)
+			}
+		}
+	}
+	return &r, nil
+}
