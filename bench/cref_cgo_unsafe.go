@@ -179,14 +179,17 @@ struct toucher {
 	char *start;
 	uint32_t *pages;   // page indexes to touch, in order
 	size_t npages;
-	pthread_barrier_t *go;
+	volatile int *go;  // 0: wait, 1: touch, -1: give up (the run could not start)
+	volatile int *ready;
 	int cpu;
 };
 
 static void *touch(void *arg) {
 	struct toucher *t = arg;
 	pin_to(t->cpu);
-	pthread_barrier_wait(t->go);
+	__atomic_add_fetch(t->ready, 1, __ATOMIC_SEQ_CST);
+	while (__atomic_load_n(t->go, __ATOMIC_ACQUIRE) == 0) sched_yield();
+	if (*t->go < 0) return NULL;
 	for (size_t i = 0; i < t->npages; i++)
 		*(volatile char *)(t->start + (size_t)t->pages[i] * 4096) = 1; // one store per page
 	return NULL;
@@ -213,7 +216,8 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 	pthread_t hth, tth[8];
 	struct toucher tt[8];
 	struct handler_ctx h = { 0 };
-	pthread_barrier_t go;
+	volatile int go = 0, ready = 0;
+	int started = 0;
 	int nthreads = cfg->threads < 1 ? 1 : (cfg->threads > 8 ? 8 : cfg->threads);
 	int cpu = cfg->pin ? sched_getcpu() : -1;
 	int uses_uffd = cfg->kind == K_COPY || cfg->kind == K_ZEROPAGE || cfg->kind == K_CONTINUE || cfg->kind == K_COPY_ANON;
@@ -267,16 +271,16 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 				size_t j = xorshift(&seed) % (i + 1);
 				uint32_t x = order[lo + i]; order[lo + i] = order[lo + j]; order[lo + j] = x;
 			}
-		tt[t] = (struct toucher){ .start = region, .pages = order + lo, .npages = cnt, .go = &go, .cpu = cpu };
+		tt[t] = (struct toucher){ .start = region, .pages = order + lo, .npages = cnt, .go = &go, .ready = &ready, .cpu = cpu };
 	}
-	pthread_barrier_init(&go, NULL, nthreads + 1);
-	for (int t = 0; t < nthreads; t++)
-		if ((errno = pthread_create(&tth[t], NULL, touch, &tt[t])) != 0) FAIL(11); // cannot unwind a barrier; fatal in practice
-	pthread_barrier_wait(&go);
+	for (; started < nthreads; started++)
+		if ((errno = pthread_create(&tth[started], NULL, touch, &tt[started])) != 0) FAIL(11);
+	while (__atomic_load_n(&ready, __ATOMIC_ACQUIRE) < nthreads) sched_yield();
 	int64_t t0 = cref_now();
+	__atomic_store_n(&go, 1, __ATOMIC_RELEASE);
 	for (int t = 0; t < nthreads; t++) pthread_join(tth[t], NULL);
 	res->ns = cref_now() - t0;
-	pthread_barrier_destroy(&go);
+	started = 0;
 
 	if (have_handler) {
 		pthread_cancel(hth);
@@ -294,6 +298,10 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 		if (region[p * 4096 + 1] != want || region[p * 4096] != 1) { errno = EBADMSG; FAIL(13); }
 	}
 out:
+	if (started > 0) { // thread creation failed part way: release the ones waiting
+		__atomic_store_n(&go, -1, __ATOMIC_RELEASE);
+		for (int t = 0; t < started; t++) pthread_join(tth[t], NULL);
+	}
 	if (have_handler) { pthread_cancel(hth); pthread_join(hth, NULL); }
 	free(order);
 	if (h.buf) munmap(h.buf, cfg->block);

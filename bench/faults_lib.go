@@ -194,21 +194,28 @@ func getNativeSource(size int) (*alloc.Region, error) {
 // touched through Original and the second half through Mirror, each page once.
 func nativeRow(fc faultCase, around int, name string) row {
 	seed := uint64(9000)
+	var handler mirror.Handler = -1
 	return row{name: name, run: func() (float64, error) {
 		seed++
-		d, err := nativeRun(fc, around, seed)
+		d, h, err := nativeRun(fc, around, seed)
 		if err != nil {
 			return 0, err
 		}
+		handler = h
 		return fc.usPerPage(d), nil
+	}, note: func() string {
+		if handler == mirror.HandlerNative || handler < 0 {
+			return ""
+		}
+		return fmt.Sprintf("served by the pair's %v handler (no C thread in this build)", handler)
 	}}
 }
 
-func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, error) {
+func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, mirror.Handler, error) {
 	n := fc.size
 	r, err := alloc.Shared(n)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	opts := []mirror.Option{mirror.FaultAround(around), mirror.CloseRegion()}
 	want := func(int) byte { return 0 }
@@ -216,7 +223,7 @@ func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, error) {
 		srcRegion, err := getNativeSource(n)
 		if err != nil {
 			r.Close()
-			return 0, err
+			return 0, 0, err
 		}
 		opts = append(opts, mirror.ServeFaults(mirror.RegionSource(srcRegion)))
 		want = func(p int) byte { return sourceByte(p*pageSize + 1) }
@@ -226,25 +233,25 @@ func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, error) {
 	p, err := mirror.Mirror(r, opts...)
 	if err != nil {
 		r.Close()
-		return 0, err
+		return 0, 0, err
 	}
 	defer p.Close()
 	orders := touchOrder(n/pageSize, fc.threads, fc.random, seed)
 	d := touchViews(p.Original(), p.Mirror(), orders)
 	if err := p.FaultErr(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	if err := checkServed(p.Original(), want); err != nil {
-		return 0, fmt.Errorf("mirror.ServeFaults, original: %w", err)
+		return 0, 0, fmt.Errorf("mirror.ServeFaults, original: %w", err)
 	}
 	if err := checkServed(p.Mirror(), want); err != nil {
-		return 0, fmt.Errorf("mirror.ServeFaults, mirror: %w", err)
+		return 0, 0, fmt.Errorf("mirror.ServeFaults, mirror: %w", err)
 	}
 	o, m := p.FaultStats()
 	if o.Missing == 0 || m.Missing == 0 {
-		return 0, fmt.Errorf("mirror.ServeFaults: missing faults per view %d and %d: both views should have faulted", o.Missing, m.Missing)
+		return 0, 0, fmt.Errorf("mirror.ServeFaults: missing faults per view %d and %d: both views should have faulted", o.Missing, m.Missing)
 	}
-	return d, nil
+	return d, p.FaultHandler(), nil
 }
 
 // touchViews is touchPages over two views of the same pages: page p is touched through a
