@@ -151,9 +151,12 @@ func serverRun(fc faultCase, src []byte, around int, seed uint64) (d time.Durati
 	select {
 	case d = <-done:
 	case err := <-serveErr:
-		// The touching goroutines are stuck in faults nobody will serve: end the process
-		// rather than report a number.
-		panic(fmt.Sprintf("uffd.Server stopped while pages were being touched: %v", err))
+		// The touching goroutines wait in faults nobody will serve. Closing the userfaultfd
+		// unregisters the region, the kernel maps zero pages, and they finish: report the
+		// error instead of a figure.
+		u.Close()
+		<-done
+		return 0, fmt.Errorf("uffd.Server stopped while pages were being touched: %w", err)
 	}
 	s.Close()
 	if err := <-serveErr; err != nil && !errors.Is(err, uffd.ErrServerClosed) {
