@@ -268,3 +268,5 @@ func srvLeakCheck(t testing.TB) func() {
 		}
 	}
 }
+
+func srvAddrOfMem(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }
