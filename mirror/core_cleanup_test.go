@@ -1,35 +1,85 @@
 package mirror
 
 import (
-	"runtime"
+	"bytes"
 	"testing"
+	"time"
 
 	"github.com/mirrormem/mirrormem/alloc"
+	"github.com/mirrormem/mirrormem/internal/gcstress"
 )
 
-// A Pair that becomes unreachable without Close is unmapped by its cleanup (a safety net, not
-// the way to release it), and its region with it when the Pair owned the region.
-func TestCleanupUnmapsPair(t *testing.T) {
-	var view, region uintptr
-	func() {
-		r, err := alloc.Shared(alloc.PageSize())
+// collectLeaked makes the Pair built by mk unreachable, forces collections until its cleanup
+// has run (the cleanup reports through leakWarning), and returns the leaked state so that the
+// test can check the slices and release it.
+func collectLeaked(t *testing.T, mk func() []byte) (*state, []byte) {
+	t.Helper()
+	got := make(chan *state, 1)
+	old := leakWarning
+	leakWarning = func(s *state) { got <- s }
+	defer func() { leakWarning = old }()
+	b := mk()
+	stop := gcstress.Loop()
+	defer stop()
+	select {
+	case s := <-got:
+		return s, b
+	case <-time.After(30 * time.Second):
+		t.Fatal("the cleanup of an unreachable Pair never ran")
+		return nil, nil
+	}
+}
+
+// The slices of a Pair do not keep it alive: its cleanup must not unmap them (the idiom
+// `ring := p.Contiguous()` with p unused would crash or corrupt memory at the next GC). It
+// warns and leaves the mapping alone.
+func TestCleanupNeverUnmaps(t *testing.T) {
+	defer unchanged(t)()
+	ps := alloc.PageSize()
+	r, err := alloc.Shared(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s, ring := collectLeaked(t, func() []byte {
+		p, err := Mirror(r, Adjacent())
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := Mirror(r, CloseRegion())
+		return p.Contiguous()
+	})
+	defer s.teardown()
+	if l := mapsLine(t, addr(ring[ps:])); l == "" {
+		t.Fatal("the cleanup of an unreachable Pair unmapped its mirror view while a slice still uses it")
+	}
+	ring[0] = 42
+	if ring[ps] != 42 {
+		t.Fatalf("ring[%d] = %d after writing 42 to ring[0]: the views are no longer mirrors", ps, ring[ps])
+	}
+}
+
+// With ServeFaults, the cleanup must not stop serving either: closing the userfaultfd would
+// turn every later first touch into a silent zero page.
+func TestCleanupKeepsServing(t *testing.T) {
+	n := 16 * alloc.PageSize()
+	f, data := patternFile(t, n)
+	defer unchanged(t)()
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s, view := collectLeaked(t, func() []byte {
+		p, err := Mirror(r, ServeFaults(f))
 		if err != nil {
 			t.Fatal(err)
 		}
-		view, region = addr(p.Mirror()), r.Addr()
-	}()
-	for i := 0; i < 1000 && (mapsLine(t, view) != "" || mapsLine(t, region) != ""); i++ {
-		runtime.GC()
-		runtime.Gosched()
-	}
-	if l := mapsLine(t, view); l != "" {
-		t.Fatalf("mirror view of an unreachable Pair still mapped: %q", l)
-	}
-	if l := mapsLine(t, region); l != "" {
-		t.Fatalf("region owned by an unreachable Pair still mapped: %q", l)
+		return p.Mirror()
+	})
+	defer s.teardown()
+	got := make([]byte, n)
+	copy(got, view) // served by a handler outside Go: copy() is allowed
+	if !bytes.Equal(got, data) {
+		t.Fatal("an unreachable Pair's view no longer shows its source's bytes: its cleanup stopped fault serving")
 	}
 }

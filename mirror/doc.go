@@ -9,6 +9,7 @@
 //
 //	r, _ := alloc.Shared(1<<20, alloc.WithRoom(1<<20))
 //	p, _ := mirror.Mirror(r, mirror.Adjacent())
+//	defer p.Close()        // the slices do not keep p alive: call Close when done
 //	ring := p.Contiguous() // 2 MiB; ring[i] and ring[i+1<<20] are the same byte
 //
 // Only shared memory can be mirrored: private memory, the Go heap included, is refused with
@@ -51,6 +52,7 @@
 //
 //	f, _ := os.Open("snapshot.img")
 //	p, _ := mirror.Mirror(r, mirror.ServeFaults(f)) // nothing is read yet
+//	defer p.Close()
 //	copy(buf, p.Mirror()[off:])                     // served on first touch
 //	orig, mirr := p.FaultStats()
 //

@@ -3,6 +3,7 @@ package mirror
 import (
 	"errors"
 	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,11 @@ import (
 
 // Pair is a set of views of the same memory: the original and one or more mirrors. It is safe
 // for concurrent use; the slices it returns are valid until Close.
+//
+// Call Close when done: the slices do not keep the Pair alive, and a Pair that becomes
+// unreachable without Close is never unmapped behind the slices' back (its views, and with
+// ServeFaults its userfaultfd and fault handler, stay as they are and leak, and a one-line
+// warning is printed to standard error).
 type Pair struct {
 	s       *state
 	cleanup runtime.Cleanup
@@ -52,7 +58,8 @@ type state struct {
 //
 // Close the Pair before the Region: the Pair's views of the region stay valid after the
 // region's Close (the pages live on while a view maps them), but Original() is the region's
-// own mapping and is gone with it.
+// own mapping and is gone with it.//
+// Call Close when done; the slices do not keep the Pair alive (see Pair).
 func Mirror(r *alloc.Region, opts ...Option) (*Pair, error) {
 	cfg := newConfig(opts)
 	if cfg.err != nil {
@@ -72,7 +79,8 @@ func Mirror(r *alloc.Region, opts ...Option) (*Pair, error) {
 // memory (ErrNotMapped), hugetlb (ErrUnsupported), a range spanning several mappings or not
 // page aligned (ErrRange) and a range past the end of its object (ErrPastObject).
 //
-// The caller keeps b mapped until the Pair is closed.
+// The caller keeps b mapped until the Pair is closed.//
+// Call Close when done; the slices do not keep the Pair alive (see Pair).
 func Of(b []byte, opts ...Option) (*Pair, error) {
 	cfg := newConfig(opts)
 	if cfg.err != nil {
@@ -101,7 +109,7 @@ func create(src *source, cfg *config) (*Pair, error) {
 	}
 	s.owns = cfg.closeRegion && src.region != nil
 	p := &Pair{s: s}
-	p.cleanup = runtime.AddCleanup(p, func(s *state) { s.teardown() }, s)
+	p.cleanup = runtime.AddCleanup(p, leaked, s)
 	return p, nil
 }
 
@@ -242,7 +250,8 @@ func (p *Pair) Original() []byte { return p.View(0) }
 func (p *Pair) Mirror() []byte { return p.View(1) }
 
 // View returns view i, 0 <= i < NumViews(); View(0) is Original() and View(1) Mirror(). It
-// returns nil after Close and panics if i is out of range.
+// returns nil after Close and panics if i is out of range.//
+// Call Close when done; the slices do not keep the Pair alive (see Pair).
 func (p *Pair) View(i int) []byte {
 	if p.s.closed.Load() {
 		return nil
@@ -258,7 +267,8 @@ func (p *Pair) Len() int { return p.s.n }
 
 // Contiguous returns all views as one slice of NumViews()*Len() bytes when the pair was made
 // with Adjacent, and nil otherwise (or after Close). Byte i and byte i+Len() are the same
-// memory: see the package documentation on aliasing.
+// memory: see the package documentation on aliasing.//
+// Call Close when done; the slices do not keep the Pair alive (see Pair).
 func (p *Pair) Contiguous() []byte {
 	if p.s.closed.Load() {
 		return nil
@@ -318,4 +328,21 @@ func (s *state) unmap() error {
 	s.lease = nil
 	s.region = nil
 	return errors.Join(e1, e2, e3)
+}
+
+// leakWarning prints the warning of a Pair collected without Close (a variable for tests).
+var leakWarning = func(s *state) {
+	fmt.Fprintf(os.Stderr, "mirrormem: a mirror.Pair of %d views of %d bytes at %#x became unreachable without Close: its mappings (and fault handler, if any) leak; call Close when done (the slices it returned do not keep it alive)\n",
+		len(s.views), s.n, mem.Addr(mem.Ptr(s.views[0])))
+}
+
+// leaked is the cleanup of a Pair that was never closed. It must not unmap anything nor stop
+// fault serving: the slices the Pair returned do not keep it reachable and may still be in use
+// (unmapping them would turn later accesses into crashes or, once the addresses are reused,
+// silent corruption; closing the userfaultfd would turn later faults into silent zero pages).
+// So it only warns.
+func leaked(s *state) {
+	if !s.closed.Load() {
+		leakWarning(s)
+	}
 }
