@@ -14,14 +14,30 @@ import (
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
+// serving returns the pair's fault serving with the pair's read lock held (Close waits for it):
+// on success the caller must call p.s.mu.RUnlock.
 func (p *Pair) serving() (*serving, error) {
+	p.s.mu.RLock()
 	if p.s.closed.Load() {
+		p.s.mu.RUnlock()
 		return nil, ErrClosed
 	}
 	if p.s.faults == nil {
+		p.s.mu.RUnlock()
 		return nil, ErrNotServing
 	}
 	return p.s.faults, nil
+}
+
+// rlock takes the pair's read lock unless the pair is closed: on success the caller must call
+// p.s.mu.RUnlock.
+func (p *Pair) rlock() error {
+	p.s.mu.RLock()
+	if p.s.closed.Load() {
+		p.s.mu.RUnlock()
+		return ErrClosed
+	}
+	return nil
 }
 
 // FaultStats returns the faults served through the original and through the mirror so far
@@ -36,22 +52,30 @@ func (p *Pair) ViewFaultStats(i int) FaultStats {
 	if err != nil {
 		return FaultStats{}
 	}
+	defer p.s.mu.RUnlock()
 	return sv.stats(i)
 }
 
 // FaultHandler says who serves the pair's faults: HandlerNative, HandlerProcess or HandlerGo
 // (HandlerAuto for a pair made without ServeFaults).
 func (p *Pair) FaultHandler() Handler {
-	if sv, err := p.serving(); err == nil {
-		return sv.kind
+	sv, err := p.serving()
+	if err != nil {
+		return HandlerAuto
 	}
-	return HandlerAuto
+	defer p.s.mu.RUnlock()
+	return sv.kind
 }
 
 // FaultHandlerPids returns the process ids of the handler processes (HandlerProcess: the
 // primary, then the standby that takes over if it dies), nil for other handlers.
 func (p *Pair) FaultHandlerPids() []int {
-	if sv, err := p.serving(); err == nil && sv.h != nil && sv.kind == HandlerProcess {
+	sv, err := p.serving()
+	if err != nil {
+		return nil
+	}
+	defer p.s.mu.RUnlock()
+	if sv.h != nil && sv.kind == HandlerProcess {
 		return sv.h.Pids()
 	}
 	return nil
@@ -64,6 +88,11 @@ func (p *Pair) FaultErr() error {
 	if err != nil {
 		return err
 	}
+	defer p.s.mu.RUnlock()
+	return sv.err()
+}
+
+func (sv *serving) err() error {
 	if sv.h != nil {
 		return sv.h.Err()
 	}
@@ -77,7 +106,11 @@ func (p *Pair) FaultErr() error {
 // VerifyFaults) and how many entries did not fit.
 func (p *Pair) FaultLog() (events []FaultEvent, dropped uint64) {
 	sv, err := p.serving()
-	if err != nil || sv.h == nil {
+	if err != nil {
+		return nil, 0
+	}
+	defer p.s.mu.RUnlock()
+	if sv.h == nil {
 		return nil, 0
 	}
 	entries, dropped := sv.h.Log()
@@ -96,6 +129,7 @@ func (p *Pair) FaultReport() string {
 	if err != nil {
 		return "mirror: " + err.Error() + "\n"
 	}
+	defer p.s.mu.RUnlock()
 	if sv.h != nil {
 		return sv.h.Report()
 	}
@@ -117,8 +151,9 @@ func (p *Pair) Verify() error {
 	if err != nil {
 		return err
 	}
+	defer p.s.mu.RUnlock()
 	var errs []error
-	if err := p.FaultErr(); err != nil {
+	if err := sv.err(); err != nil {
 		errs = append(errs, err)
 	}
 	if sv.h == nil {
@@ -211,9 +246,10 @@ func (p *Pair) Populate(off, n int) error {
 // in every view, and the next touch through any view raises a missing fault again, served again
 // from the source. (MADV_DONTNEED does not do this on shared memory: see Discard.)
 func (p *Pair) Reset(off, n int) error {
-	if p.s.closed.Load() {
-		return ErrClosed
+	if err := p.rlock(); err != nil {
+		return err
 	}
+	defer p.s.mu.RUnlock()
 	if err := p.pageRange("Reset", off, n); err != nil {
 		return err
 	}
@@ -228,9 +264,10 @@ func (p *Pair) Reset(off, n int) error {
 // and the next touch through view i is a minor fault (counted as Minor), not a new fill. Use
 // Reset to free pages.
 func (p *Pair) Discard(i, off, n int) error {
-	if p.s.closed.Load() {
-		return ErrClosed
+	if err := p.rlock(); err != nil {
+		return err
 	}
+	defer p.s.mu.RUnlock()
 	if err := p.pageRange("Discard", off, n); err != nil {
 		return err
 	}
@@ -253,6 +290,7 @@ func (p *Pair) TrackDirty(i int) error {
 	if err != nil {
 		return err
 	}
+	defer p.s.mu.RUnlock()
 	if sv.mode&uffd.ModeWP == 0 {
 		return fmt.Errorf("%w: TrackDirty: the pair was made without TrackWrites", ErrUnsupported)
 	}
@@ -282,6 +320,7 @@ func (p *Pair) Dirty(i int) ([]int, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer p.s.mu.RUnlock()
 	if sv.h == nil || i < 0 || i >= len(sv.views) {
 		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
 	}

@@ -45,6 +45,9 @@ type state struct {
 	region *alloc.Region // keeps the region (and its cleanup) away while the views exist
 	owns   bool          // Close closes the region too (CloseRegion), set once create succeeded
 
+	// mu: methods that use the views or the fault handler's memory hold the read side; the
+	// first Close takes the write side before it stops anything or unmaps.
+	mu        sync.RWMutex
 	closeOnce sync.Once
 	closeErr  error
 	closed    atomic.Bool
@@ -294,6 +297,8 @@ func (s *state) teardown() error {
 	first := false
 	s.closeOnce.Do(func() {
 		first = true
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		s.closed.Store(true)
 		s.closeErr = errors.Join(s.beforeUnmap(), s.unmap())
 	})
