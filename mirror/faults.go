@@ -48,12 +48,19 @@ const DefaultWatchdog = 10 * time.Second
 //     or Fd() int method), or another region (RegionSource): a handler that is not Go code of this
 //     process — a C thread in cgo builds, a handler process (this program re-executed) with
 //     CGO_ENABLED=0. Touch the views any way you like, copy() included.
-//   - any other io.ReaderAt is Go code, served by a uffd.Server in this process. Then touch
-//     pages that may be unfilled only with Populate (a system call), plain Go loops, or system
-//     calls; never with copy(), clear(), bytes.Equal, append or other runtime assembly. A
-//     watchdog (a C thread) aborts the process with a message naming the cause if that rule is
-//     broken and the program hangs. With CGO_ENABLED=0 there is no watchdog, and Mirror refuses
-//     such a source with ErrUnsupported.
+//   - any other io.ReaderAt is Go code, which only a uffd.Server in this process can serve,
+//     and only if you opt in with WithHandler(HandlerGo); without it ServeFaults refuses the
+//     source with an error matching ErrGoSource. The rule you then accept: touch pages that
+//     may be unfilled only with Populate (a system call), plain Go loops
+//     (for i := range b { s += b[i] }) or system calls. Runtime assembly hides in many places,
+//     and any of them hangs the program under garbage collection: copy, clear, append, string(b),
+//     the bytes, strings and hash/* packages, fmt, strconv, encoding/*, and a channel send or
+//     receive of a value (an array, a struct) read from the view, which the runtime copies
+//     with memmove. A watchdog (a C thread) aborts the process with a message naming this rule
+//     if it is broken and the program hangs. With CGO_ENABLED=0 there is no watchdog, and
+//     such a source is refused with ErrUnsupported even with HandlerGo. The safe alternatives:
+//     an *os.File or anything with a readable descriptor, RegionSource (copy the bytes into an
+//     alloc.Memfd region first), or nil.
 //
 // The userfaultfd needs privilege for faults raised inside the kernel (vm.unprivileged_userfaultfd,
 // CAP_SYS_PTRACE); without it, read(2) into an unfilled page and Populate fail with EFAULT.
@@ -61,9 +68,11 @@ const DefaultWatchdog = 10 * time.Second
 // Handler death never turns into silent zero pages: the pair keeps its own userfaultfd open, so
 // the views stay registered whatever happens to a handler process, and a standby process takes
 // over from a dead one; if every handler process dies, the program panics with a message naming
-// the cause (FaultErr reports it too). A source that fails to read poisons the page
-// (UFFDIO_POISON, 6.6+: the access raises SIGBUS) or, without poison, aborts the process with a
-// message: the faulting thread could never get its bytes.
+// the cause (FaultErr reports it too). A source that fails to read (an error other than io.EOF,
+// or a short read without one) poisons the page (UFFDIO_POISON, 6.6+: the access raises SIGBUS,
+// which a Go program reports as "unexpected fault address") and serving goes on; FaultErr and
+// Verify then report the failures (ErrSourceFailed). Without poison the process is aborted
+// with a message: the faulting thread could never get its bytes, and zeros would be data loss.
 //
 // Close stops serving and closes the userfaultfd: do not touch the views while or after closing
 // (a fault then is served by the kernel with a zero page, or the memory is already gone).
@@ -128,16 +137,16 @@ func TrackWritesAsync() Option {
 type Handler int
 
 const (
-	// HandlerAuto (the default): a C thread in cgo builds, a handler process without cgo;
-	// the Go server when the source is Go code.
+	// HandlerAuto (the default): a C thread in cgo builds, a handler process without cgo.
+	// A source that is Go code is refused (ErrGoSource): see HandlerGo.
 	HandlerAuto Handler = iota
 	// HandlerNative is a C thread of this process (cgo builds only).
 	HandlerNative
 	// HandlerProcess is a handler process: this program re-executed, which receives the
 	// userfaultfd and the source's descriptor. A standby process takes over if it dies.
 	HandlerProcess
-	// HandlerGo is a uffd.Server in this process: for sources that are Go code. See ServeFaults
-	// for the rule it imposes.
+	// HandlerGo is a uffd.Server in this process: the explicit opt-in for sources that are Go
+	// code. See ServeFaults for the rule it imposes (no runtime assembly on unfilled pages).
 	HandlerGo
 )
 
@@ -208,6 +217,15 @@ type FaultEvent struct {
 func (e FaultEvent) String() string {
 	return fmt.Sprintf("%v view %d offset %#x: %s -> %s (%d pages, thread %d)", e.Time, e.View, e.Offset, e.Kind, e.Result, e.Pages, e.Thread)
 }
+
+// ErrSourceFailed is matched by the error FaultErr and Verify return after the source of a
+// ServeFaults pair failed to read: the pages it could not read were poisoned (touching them
+// raises SIGBUS), never filled with zeros.
+var ErrSourceFailed = errors.New("the fault source failed to read")
+
+// ErrGoSource is matched by the error ServeFaults returns for a source that is Go code (an
+// io.ReaderAt without a file descriptor) without WithHandler(HandlerGo): see ServeFaults.
+var ErrGoSource = fmt.Errorf("%w: a Go-code fault source needs WithHandler(HandlerGo)", ErrUnsupported)
 
 // ErrNotServing is returned by the fault methods of a Pair made without ServeFaults.
 var ErrNotServing = errors.New("the pair does not serve faults (made without ServeFaults)")

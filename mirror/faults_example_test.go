@@ -48,7 +48,8 @@ func ExampleServeFaults() {
 	// <nil>
 }
 
-// A source that is Go code is served by Go code in this process: Populate the range first, so
+// A source that is Go code is served by Go code in this process, on explicit opt-in
+// (WithHandler(HandlerGo)): Populate the range first, so
 // that copy() and friends never fault on it.
 func ExamplePair_Populate() {
 	const n = 8 * 4096
@@ -59,7 +60,7 @@ func ExamplePair_Populate() {
 		return
 	}
 	defer r.Close()
-	p, err := mirror.Mirror(r, mirror.ServeFaults(src))
+	p, err := mirror.Mirror(r, mirror.ServeFaults(src), mirror.WithHandler(mirror.HandlerGo)) // the explicit opt-in
 	if err != nil {
 		fmt.Println(err) // builds without cgo refuse a Go source
 		return

@@ -155,7 +155,7 @@ func TestWatchdogCatchesGCDeadlock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p, err := Mirror(r, ServeFaults(src), Watchdog(500*time.Millisecond))
+		p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo), Watchdog(500*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -20,12 +20,22 @@ type goServing struct {
 	done   chan error
 	wd     *fault.Watchdog
 
-	mu    sync.Mutex
-	fatal error
+	mu      sync.Mutex
+	fatal   error
+	srcErrs uint64 // source errors whose page was poisoned
+	lastErr error
 }
 
 func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing, error) {
-	g := &goServing{srv: uffd.NewServer(sv.u, uffd.WithFaultAround(around))}
+	g := &goServing{}
+	opts := []uffd.ServerOption{uffd.WithFaultAround(around)}
+	poison := sv.u.Features()&uffd.FeaturePoison != 0
+	if poison {
+		// A failed ReadAt poisons the faulting page: the faulting thread gets SIGBUS (a Go
+		// program crashes with "unexpected fault address"), never zeros, never a silent hang.
+		opts = append(opts, uffd.OnSourceError(uffd.PoisonOnSourceError), uffd.WithErrorHandler(g.sourceError))
+	}
+	g.srv = uffd.NewServer(sv.u, opts...)
 	if err := g.srv.HandleViews(sv.n, sv.src, sv.views...); err != nil {
 		g.srv.Close()
 		return nil, err
@@ -53,6 +63,13 @@ func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing
 			g.mu.Lock()
 			g.fatal = err
 			g.mu.Unlock()
+			var serr *uffd.SourceError
+			if errors.As(err, &serr) {
+				// Without UFFDIO_POISON (Linux 6.6) the faulting thread can never get its
+				// bytes: end the program loudly rather than leave it blocked forever, or let
+				// Close turn the fault into a zero page.
+				panic(fmt.Sprintf("mirrormem: ServeFaults(%s): reading the source failed (%v) and this kernel cannot poison the page (UFFDIO_POISON needs Linux 6.6): the thread that touched it could never get its bytes; aborting instead of hanging", sv.srcKind, serr))
+			}
 		}
 		g.done <- err
 	}()
@@ -67,10 +84,25 @@ func (g *goServing) stop() error {
 	return err
 }
 
+// sourceError records a source error whose page the server poisoned.
+func (g *goServing) sourceError(err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.srcErrs++
+	g.lastErr = err
+}
+
+// err is why serving stopped, or the source errors so far (their pages raise SIGBUS).
 func (g *goServing) err() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return g.fatal
+	if g.fatal != nil {
+		return g.fatal
+	}
+	if g.srcErrs > 0 {
+		return fmt.Errorf("%w: %d source read error(s), their pages poisoned (touching them raises SIGBUS); last: %w", ErrSourceFailed, g.srcErrs, g.lastErr)
+	}
+	return nil
 }
 
 func (g *goServing) stats(i int) FaultStats {

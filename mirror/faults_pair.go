@@ -81,8 +81,10 @@ func (p *Pair) FaultHandlerPids() []int {
 	return nil
 }
 
-// FaultErr returns nil while faults are served, or why they no longer can be: every handler
-// process died, or the Go server stopped on an error.
+// FaultErr returns nil while faults are served without trouble, or why they no longer can be
+// (every handler process died, or the Go server stopped on an error), or, matching
+// ErrSourceFailed, how many pages the source failed to read (those pages were poisoned: the
+// threads that touch them get SIGBUS, never zeros).
 func (p *Pair) FaultErr() error {
 	sv, err := p.serving()
 	if err != nil {
@@ -94,7 +96,13 @@ func (p *Pair) FaultErr() error {
 
 func (sv *serving) err() error {
 	if sv.h != nil {
-		return sv.h.Err()
+		if err := sv.h.Err(); err != nil {
+			return err
+		}
+		if st := sv.h.Stats(); st.Errors > 0 {
+			return fmt.Errorf("%w: %d source read error(s), their pages poisoned (touching them raises SIGBUS); last: %s", ErrSourceFailed, st.Errors, st.Error)
+		}
+		return nil
 	}
 	if sv.g != nil {
 		return sv.g.err()
@@ -162,9 +170,6 @@ func (p *Pair) Verify() error {
 	st := sv.h.Stats()
 	if st.Violations > 0 {
 		errs = append(errs, fmt.Errorf("mirror: %d fault invariant violation(s); first: %s", st.Violations, st.Violation))
-	}
-	if st.Errors > 0 {
-		errs = append(errs, fmt.Errorf("mirror: %d source error(s); last: %s", st.Errors, st.Error))
 	}
 	page := mem.PageSize()
 	views := p.s.views

@@ -96,10 +96,16 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		fc.Source = fault.SourceFD
 	}
 	sv.kind = f.handler
+	if goSource && sv.kind == HandlerAuto {
+		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (it has no file descriptor a handler outside Go could read), so only a fault server written in Go, in this process, could serve it; "+
+			"and a goroutine that touches an unfilled page inside runtime assembly (copy, clear, append, string(b), bytes.*, hash/*, fmt, strconv, or a channel send of a value read from the view) "+
+			"cannot be stopped by the garbage collector, which then waits for it forever while the Go server waits for the collector: the program hangs (a watchdog aborts it). "+
+			"Safe alternatives: serve from an *os.File or anything with a readable file descriptor, from an alloc region (RegionSource), or nil (zeros), which are served outside Go; "+
+			"or stage the bytes into an alloc.Memfd region yourself. If you accept the rule (touch unfilled pages only after Pair.Populate, or with plain Go loops and system calls), "+
+			"opt in with WithHandler(HandlerGo)", ErrGoSource, sv.srcKind)
+	}
 	if sv.kind == HandlerAuto {
 		switch {
-		case goSource:
-			sv.kind = HandlerGo
 		case fault.NativeAvailable:
 			sv.kind = HandlerNative
 		default:
@@ -107,7 +113,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 	}
 	if goSource && sv.kind != HandlerGo {
-		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (no file descriptor to read), which only HandlerGo can serve", ErrUnsupported, sv.srcKind)
+		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (no file descriptor to read), which only WithHandler(HandlerGo) can serve", ErrGoSource, sv.srcKind)
 	}
 	if sv.kind == HandlerGo {
 		if !fault.NativeAvailable {

@@ -196,11 +196,23 @@ func TestServeFaultsChoosesHandler(t *testing.T) {
 			}
 			defer r.Close()
 			p, err := Mirror(r, ServeFaults(c.src))
-			if c.want == HandlerGo && !fault.NativeAvailable {
-				if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "Go code") {
-					t.Fatalf("Go source without cgo: %v, want ErrUnsupported naming the reason", err)
+			if c.want == HandlerGo {
+				// Never picked silently: the hazard and the safe alternatives are named.
+				if !errors.Is(err, ErrGoSource) || !errors.Is(err, ErrUnsupported) {
+					t.Fatalf("Go source without WithHandler(HandlerGo): %v, want ErrGoSource", err)
 				}
-				return
+				for _, w := range []string{"WithHandler(HandlerGo)", "Populate", "RegionSource", "*os.File", "copy", "garbage collector"} {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("the refusal does not mention %q: %v", w, err)
+					}
+				}
+				p, err = Mirror(r, ServeFaults(c.src), WithHandler(HandlerGo))
+				if !fault.NativeAvailable {
+					if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "Go code") {
+						t.Fatalf("Go source without cgo: %v, want ErrUnsupported naming the reason", err)
+					}
+					return
+				}
 			}
 			if err != nil {
 				t.Fatal(err)
@@ -294,7 +306,7 @@ func TestServeFaultsGoSourcePopulate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	p, err := Mirror(r, ServeFaults(src))
+	p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo))
 	if err != nil {
 		t.Fatal(err)
 	}
