@@ -18,6 +18,7 @@ const (
 	BackendMemfd
 )
 
+// String names the backend ("duplicate", "memfd").
 func (b Backend) String() string {
 	switch b {
 	case BackendDuplicate:

@@ -8,7 +8,7 @@ import (
 	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
-// MREMAP_FIXED onto the source destroys the source (KERNEL.md section 1): mapView refuses any
+// MREMAP_FIXED onto the source destroys the source : mapView refuses any
 // destination that overlaps the source, and the source survives.
 func TestNeverMapOverSource(t *testing.T) {
 	defer unchanged(t)()

@@ -44,8 +44,10 @@ type Error struct {
 	Err  error
 }
 
+// Error says which call failed, on which memory, and why.
 func (e *Error) Error() string {
 	return fmt.Sprintf("%s [%#x, +%d): %v", e.Op, e.Addr, e.Len, e.Err)
 }
 
+// Unwrap returns the sentinel (and system call) error inside, for errors.Is and errors.As.
 func (e *Error) Unwrap() error { return e.Err }

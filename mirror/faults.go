@@ -83,10 +83,14 @@ func ServeFaults(src io.ReaderAt) Option {
 	}
 }
 
+// MaxFaultAround is the largest fault-around cap: FaultAround clamps larger values to it.
+const MaxFaultAround = 256 << 20
+
 // FaultAround sets the cap of the fault-around window in bytes (rounded down to pages; 0 or
-// less: exactly one page per fault). Needs ServeFaults.
+// less: exactly one page per fault; more than MaxFaultAround: MaxFaultAround). Needs
+// ServeFaults.
 func FaultAround(maxBytes int) Option {
-	return func(c *config) { c.faults.around = max(maxBytes, 0) }
+	return func(c *config) { c.faults.around = min(max(maxBytes, 0), MaxFaultAround) }
 }
 
 // VerifyFaults keeps a log of the first logEntries faults (view, offset, kind, result, thread
@@ -150,6 +154,7 @@ const (
 	HandlerGo
 )
 
+// String names the handler ("auto", "native", "process", "go").
 func (h Handler) String() string {
 	switch h {
 	case HandlerAuto:
@@ -214,6 +219,7 @@ type FaultEvent struct {
 	Thread uint32        // the faulting thread's id
 }
 
+// String formats the event on one line.
 func (e FaultEvent) String() string {
 	return fmt.Sprintf("%v view %d offset %#x: %s -> %s (%d pages, thread %d)", e.Time, e.View, e.Offset, e.Kind, e.Result, e.Pages, e.Thread)
 }

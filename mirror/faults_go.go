@@ -13,7 +13,8 @@ import (
 
 // goServing serves a pair whose source is Go code: a uffd.Server in this process, watched by a
 // C thread (fault.Watchdog) that aborts the process, with a message, if the program hangs the
-// way KERNEL.md section 3 describes.
+// way the package documentation describes (a goroutine faulting inside runtime assembly blocks
+// the collector, which blocks the Go server).
 type goServing struct {
 	srv    *uffd.Server
 	cancel context.CancelFunc

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"sync"
 	"sync/atomic"
 
@@ -58,11 +59,17 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	// Where the bytes come from decides who serves them.
 	fc := fault.Config{Len: s.n, AliasFD: -1, LogCap: f.logCap, SourceLen: int64(s.n)}
 	goSource := false
+	if f.src != nil && isNilPointer(f.src) {
+		return fmt.Errorf("%w: ServeFaults(%s(nil)): a nil pointer is not a source; pass nil itself (ServeFaults(nil)) for zero-filled pages", ErrRange, sv.srcKind)
+	}
 	switch rr := f.src.(type) {
 	case nil:
 		fc.Source = fault.SourceZero
 	case *regionReader:
 		v := rr.r
+		if v == nil {
+			return fmt.Errorf("%w: ServeFaults(RegionSource(nil)): a nil *alloc.Region is not a source; pass ServeFaults(nil) for zero-filled pages", ErrRange)
+		}
 		if v == s.region || (v.Bytes() != nil && s.region != nil && mem.Ptr(v.Bytes()) == mem.Ptr(s.region.Bytes())) {
 			return fmt.Errorf("%w: ServeFaults: the source is the region being mirrored", ErrRange)
 		}
@@ -242,6 +249,9 @@ func RegionSource(r *alloc.Region) io.ReaderAt { return &regionReader{r} }
 type regionReader struct{ r *alloc.Region }
 
 func (s *regionReader) ReadAt(p []byte, off int64) (int, error) {
+	if s.r == nil {
+		return 0, fmt.Errorf("%w: RegionSource(nil).ReadAt", ErrRange)
+	}
 	b := s.r.Bytes()
 	if b == nil {
 		return 0, ErrClosed
@@ -343,4 +353,15 @@ func (sv *serving) stats(i int) FaultStats {
 		return sv.g.stats(i)
 	}
 	return FaultStats{}
+}
+
+// isNilPointer reports a typed nil (a nil pointer, map, slice, channel or function behind a
+// non-nil interface), which would crash the first ReadAt.
+func isNilPointer(src io.ReaderAt) bool {
+	v := reflect.ValueOf(src)
+	switch v.Kind() {
+	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Chan, reflect.Func, reflect.Interface:
+		return v.IsNil()
+	}
+	return false
 }

@@ -526,13 +526,26 @@ func TestServeFaultsRefusals(t *testing.T) {
 		"go handler file":       {ServeFaults(bytes.NewReader(nil)), WithHandler(HandlerNative)},
 		"write-only file":       {ServeFaults(wo)},
 		"pipe":                  {ServeFaults(pr)},
+		"nil region source":     {ServeFaults(RegionSource(nil))},
+		"nil file":              {ServeFaults((*os.File)(nil))},
+		"nil typed source":      {ServeFaults((*countingReader)(nil)), WithHandler(HandlerGo)},
+		"huge views":            {Views(1 << 40)},
+		"huge adjacent views":   {Views(1 << 40), Adjacent()},
 	} {
 		if p, err := Mirror(r, opts...); err == nil {
 			p.Close()
 			t.Errorf("%s: accepted", name)
+		} else if !errors.Is(err, ErrRange) && !errors.Is(err, ErrUnsupported) {
+			t.Errorf("%s: %v, want ErrRange or ErrUnsupported", name, err)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
+	}
+	// A fault-around cap beyond MaxFaultAround is clamped, not refused.
+	if p, err := Mirror(r, ServeFaults(nil), FaultAround(1<<40)); err != nil {
+		t.Errorf("FaultAround(1<<40): %v, want it clamped to MaxFaultAround", err)
+	} else {
+		p.Close()
 	}
 	if p, err := Mirror(r); err != nil {
 		t.Fatal(err)

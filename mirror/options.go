@@ -1,6 +1,11 @@
 package mirror
 
-import "fmt"
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
 
 // Option configures Mirror and Of.
 type Option func(*config)
@@ -47,13 +52,33 @@ func Adjacent() Option { return func(c *config) { c.adjacent = true } }
 
 // Views asks for n views of the memory in total, the original included (the default is 2: the
 // original and one mirror). View(i) returns view i; View(0) is Original() and View(1) Mirror().
+// Each view is one kernel mapping: n may not exceed vm.max_map_count (65530 by default), the
+// most mappings a process can have (ErrRange); below it, the kernel may still run out (ENOMEM).
 func Views(n int) Option {
 	return func(c *config) {
-		if n < 2 {
+		switch {
+		case n < 2:
 			c.err = fmt.Errorf("%w: Views(%d): a pair needs at least 2 views (the original and a mirror)", ErrRange, n)
+			return
+		case n > maxMapCount():
+			c.err = fmt.Errorf("%w: Views(%d): each view is one mapping, and a process may have at most %d (vm.max_map_count)", ErrRange, n, maxMapCount())
+			return
 		}
 		c.views = n
 	}
+}
+
+// maxMapCount reads vm.max_map_count (65530, the kernel's default, if it cannot).
+func maxMapCount() int {
+	b, err := os.ReadFile("/proc/sys/vm/max_map_count")
+	if err != nil {
+		return 65530
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || n <= 0 {
+		return 65530
+	}
+	return n
 }
 
 // WithBackend chooses how the mirror views are made. Without it, BackendDuplicate is used,

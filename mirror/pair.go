@@ -222,7 +222,7 @@ func (s *state) layout(src *source, cfg *config, backend Backend) error {
 func mapView(src *source, dst mem.Pointer, backend Backend) (mem.Pointer, error) {
 	n := uintptr(src.n)
 	if dst != nil && overlaps(dst, src.ptr, n) {
-		// MREMAP_FIXED onto the source destroys it (KERNEL.md); the layouts above cannot
+		// MREMAP_FIXED onto the source destroys it (and returns EFAULT); the layouts above cannot
 		// produce this, and this check keeps it that way.
 		return nil, fmt.Errorf("%w: refusing to map a view at %#x over its own source at %#x", ErrRange, mem.Addr(dst), mem.Addr(src.ptr))
 	}

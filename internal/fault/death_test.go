@@ -101,7 +101,7 @@ func TestHandlersExitWithServedProcess(t *testing.T) {
 	}
 }
 
-// KERNEL.md: when the userfaultfd is closed the kernel serves later faults as ordinary faults,
+// Kernel fact: when the userfaultfd is closed the kernel serves later faults as ordinary faults,
 // zero pages, silently. This is what the handlers must never let happen.
 func TestClosedUFFDGivesSilentZeros(t *testing.T) {
 	const n = 2 * pg

@@ -128,6 +128,7 @@ const (
 	KindRemove  Kind = 4 // UFFD_EVENT_REMOVE
 )
 
+// String names the kind ("missing", "minor", "wp", "remove").
 func (k Kind) String() string {
 	switch k {
 	case KindMissing:
@@ -157,6 +158,7 @@ const (
 	ResultReset       Result = 8 // pages dropped by madvise: may be filled again
 )
 
+// String names the result ("copied", "zeroed", ...).
 func (r Result) String() string {
 	switch r {
 	case ResultCopied:
@@ -190,6 +192,7 @@ type Entry struct {
 	Pages  int // pages resolved (more than 1 with fault-around)
 }
 
+// String formats the entry on one line.
 func (e Entry) String() string {
 	return fmt.Sprintf("view %d off %#x %s -> %s (%d pages, tid %d)", e.View, e.Offset, e.Kind, e.Result, e.Pages, e.Thread)
 }

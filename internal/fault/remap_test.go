@@ -8,7 +8,7 @@ import (
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
-// KERNEL.md: a duplicate made with mremap does not inherit the registration of its source
+// Kernel fact: a duplicate made with mremap does not inherit the registration of its source
 // unless the userfaultfd negotiated EVENT_REMAP: touching it raises no fault, the kernel fills
 // the page itself (zeros). That is why every view is registered explicitly.
 func TestDuplicateDoesNotInheritRegistration(t *testing.T) {

@@ -35,7 +35,7 @@ func pollQuiet(t *testing.T, u *uffd.UFFD, ms int) bool {
 	return n == 0
 }
 
-// KERNEL.md: a COPY into view A wakes the threads blocked on that page through A only; a
+// Kernel fact: a COPY into view A wakes the threads blocked on that page through A only; a
 // thread blocked on the same page through view B sleeps until someone wakes B's range. (That is
 // why every handler here wakes every view.)
 func TestCopyDoesNotWakeTheOtherView(t *testing.T) {
@@ -100,7 +100,7 @@ func TestCopyDoesNotWakeTheOtherView(t *testing.T) {
 	}
 }
 
-// KERNEL.md: while a non-cooperative event (here REMOVE, from MADV_DONTNEED) is unread, every
+// Kernel fact: while a non-cooperative event (here REMOVE, from MADV_DONTNEED) is unread, every
 // resolving ioctl answers EAGAIN, and madvise blocks until the event is read.
 func TestPendingEventMakesResolvesEAGAIN(t *testing.T) {
 	const n = 2 * pg
