@@ -4,7 +4,6 @@ import (
 	"errors"
 	"math"
 	"os"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -318,25 +317,6 @@ func TestRoomAndLend(t *testing.T) {
 	}
 	if line := mapsLine(t, end); line != "" {
 		t.Fatalf("lease released after the region closed but still mapped: %q", line)
-	}
-}
-
-func TestCleanupUnmaps(t *testing.T) {
-	var addr uintptr
-	func() {
-		r, err := Memfd("dropped", PageSize(), WithRoom(PageSize()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr = r.Addr()
-	}()
-	// Cleanups run on their own goroutine after a collection finds the Region unreachable.
-	for i := 0; i < 1000 && mapsLine(t, addr) != ""; i++ {
-		runtime.GC()
-		runtime.Gosched()
-	}
-	if l := mapsLine(t, addr); l != "" {
-		t.Fatalf("unreachable region still mapped: %q", l)
 	}
 }
 

@@ -29,6 +29,12 @@ type Error struct {
 	Err  error
 }
 
+// Error returns "op(size bytes): cause".
 func (e *Error) Error() string { return fmt.Sprintf("%s(%d bytes): %v", e.Op, e.Size, e.Err) }
 
+// Unwrap returns the cause, so errors.Is and errors.As see the sentinel or the errno.
 func (e *Error) Unwrap() error { return e.Err }
+
+// ErrInvalid reports a nil or zero-value Region, Lease or Option, or an argument the
+// kernel would reject for its form (a memfd name with a NUL byte, ...).
+var ErrInvalid = errors.New("invalid argument")

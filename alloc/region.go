@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -31,6 +32,7 @@ const (
 	KindFile
 )
 
+// String names the kind of memory, as error messages show it.
 func (k Kind) String() string {
 	switch k {
 	case KindShared:
@@ -64,8 +66,9 @@ type state struct {
 	kind   Kind
 	closed atomic.Bool
 
-	mu   sync.Mutex // guards lent and the release of the mappings
-	lent int
+	mu    sync.Mutex // guards lent, stale, fd and the release of the mappings
+	lent  int
+	stale int // bytes at the start of the room whose reservation a failed release could not restore
 }
 
 // roundUp rounds n up to whole pages; ok is false if n <= 0 or the result overflows.
@@ -100,7 +103,11 @@ func sizes(op string, size int, c *config) (n, room int, err error) {
 
 func newConfig(opts []Option) *config {
 	c := &config{}
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			c.err = fmt.Errorf("%w: option %d is nil", ErrInvalid, i+1)
+			continue
+		}
 		o(c)
 	}
 	return c
@@ -128,6 +135,9 @@ func Memfd(name string, size int, opts ...Option) (*Region, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := memfdName(name); err != nil {
+		return nil, &Error{Op: op, Size: size, Err: err}
+	}
 	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, &Error{Op: op, Size: size, Err: os.NewSyscallError("memfd_create", err)}
@@ -150,6 +160,9 @@ func Memfd(name string, size int, opts ...Option) (*Region, error) {
 func FromFD(fd int, size int, opts ...Option) (*Region, error) {
 	const op = "alloc.FromFD"
 	c := newConfig(opts)
+	if size < 0 {
+		return nil, &Error{Op: op, Size: size, Err: fmt.Errorf("%w: size %d is negative (0 means the whole object)", ErrSize, size)}
+	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, &Error{Op: op, Size: size, Err: os.NewSyscallError("fstat", err)}
@@ -229,8 +242,46 @@ func newRegion(op string, size, n, room, fd int, kind Kind, c *config) (*Region,
 		return fail(err)
 	}
 	r := &Region{s: s}
-	r.cleanup = runtime.AddCleanup(r, func(s *state) { s.release() }, s)
+	r.cleanup = runtime.AddCleanup(r, func(s *state) { s.abandon() }, s)
 	return r, nil
+}
+
+// abandon is the cleanup of a Region that became unreachable without Close. Slices returned
+// by Bytes do not keep the Region alive and may still be in use, so it never unmaps: it
+// closes the descriptor (the mapping keeps the object alive) and warns that the mapping leaks.
+func (s *state) abandon() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return
+	}
+	if s.fd >= 0 {
+		unix.Close(s.fd)
+		s.fd = -1
+	}
+	leakWarning(fmt.Sprintf("alloc: a %v Region of %d bytes at %#x became unreachable before Close: its mapping leaks (keep the Region reachable while its memory is used, and call Close)",
+		s.kind, s.size, mem.Addr(s.base)))
+}
+
+// memfdName refuses the names memfd_create(2) would refuse with a bare EINVAL.
+func memfdName(name string) error {
+	if strings.IndexByte(name, 0) >= 0 {
+		return fmt.Errorf("%w: memfd name %q contains a NUL byte", ErrInvalid, name)
+	}
+	if len(name) > 249 {
+		return fmt.Errorf("%w: memfd name of %d bytes: the kernel allows at most 249", ErrInvalid, len(name))
+	}
+	return nil
+}
+
+var errNilRegion = fmt.Errorf("%w: nil *Region, or one not made by alloc.Shared, alloc.Memfd or alloc.FromFD", ErrInvalid)
+
+// st returns the region's state, or nil for a nil or zero-value Region.
+func (r *Region) st() *state {
+	if r == nil {
+		return nil
+	}
+	return r.s
 }
 
 func (s *state) apply(c *config) error {
@@ -257,44 +308,74 @@ func (s *state) apply(c *config) error {
 }
 
 // Bytes returns the region's memory, Len bytes, page aligned. It returns nil after Close.
+//
+// The slice does not keep the Region alive: keep the Region reachable for as long as the
+// memory is used, and call Close when done. A Region that becomes unreachable without Close
+// is not unmapped (slices may still point to it): its mapping leaks and a warning is printed.
 func (r *Region) Bytes() []byte {
-	if r.s.closed.Load() {
+	s := r.st()
+	if s == nil || s.closed.Load() {
 		return nil
 	}
-	return mem.Slice(r.s.base, r.s.size)
+	return mem.Slice(s.base, s.size)
 }
 
 // Addr returns the address of the region's first byte (0 after Close).
 func (r *Region) Addr() uintptr {
-	if r.s.closed.Load() {
+	s := r.st()
+	if s == nil || s.closed.Load() {
 		return 0
 	}
-	return mem.Addr(r.s.base)
+	return mem.Addr(s.base)
 }
 
 // Len returns the region's size in bytes: the size asked for, rounded up to pages.
-func (r *Region) Len() int { return r.s.size }
+func (r *Region) Len() int {
+	if s := r.st(); s != nil {
+		return s.size
+	}
+	return 0
+}
 
 // Room returns the bytes of address space reserved right after the region (WithRoom).
-func (r *Region) Room() int { return r.s.room }
+func (r *Region) Room() int {
+	if s := r.st(); s != nil {
+		return s.room
+	}
+	return 0
+}
 
 // Kind says what backs the region.
-func (r *Region) Kind() Kind { return r.s.kind }
+func (r *Region) Kind() Kind {
+	if s := r.st(); s != nil {
+		return s.kind
+	}
+	return 0
+}
 
 // Fd returns the file descriptor of the object behind the region (memfd, or the duplicate
 // made by FromFD), or -1 for Shared memory, which has none. The Region owns it: do not close
 // it; it is closed by Close, after which Fd returns -1.
 func (r *Region) Fd() int {
-	if r.s.closed.Load() {
+	s := r.st()
+	if s == nil {
 		return -1
 	}
-	return r.s.fd
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed.Load() {
+		return -1
+	}
+	return s.fd
 }
 
 // Close unmaps the region and its unlent room and closes its descriptor. A second Close
 // returns nil. Room lent with Lend stays mapped until the Lease is released. Slices returned
 // by Bytes must not be used after Close.
 func (r *Region) Close() error {
+	if r.st() == nil {
+		return &Error{Op: "alloc.Region.Close", Err: errNilRegion}
+	}
 	err := r.s.release()
 	r.cleanup.Stop()
 	return err
@@ -324,6 +405,11 @@ func (s *state) releaseLocked() error {
 		if err := unix.Close(s.fd); err != nil {
 			e3 = os.NewSyscallError("close", err)
 		}
+		s.fd = -1
 	}
 	return errors.Join(e1, e2, e3)
 }
+
+// leakWarning prints the one-line warning of a cleanup that found a Region or Lease
+// unreachable before Close or Release. Tests replace it.
+var leakWarning = func(msg string) { fmt.Fprintln(os.Stderr, msg) }
