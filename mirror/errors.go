@@ -31,6 +31,10 @@ var (
 	// memfd or file that was truncated, for example): touching that part would raise SIGBUS.
 	ErrPastObject = errors.New("range extends past the end of its backing object")
 
+	// ErrResident reports memory that already holds data where ServeFaults would fill it
+	// from a source: the source would never be asked for those pages.
+	ErrResident = errors.New("pages already hold data")
+
 	// ErrClosed reports a Region that was already closed.
 	ErrClosed = alloc.ErrClosed
 )

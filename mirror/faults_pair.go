@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -150,16 +151,89 @@ func (p *Pair) FaultReport() string {
 	return b.String()
 }
 
-// Verify checks what the handler recorded and what the views show: no invariant violation
-// (each page filled at most once, minor faults only on filled pages), no source error, the
-// handler alive, and every filled page showing the same bytes through every view. It reads the
-// filled pages of every view (served like any other access).
+// Verify checks that every page the pair filled holds its source's bytes (compared with the
+// source's ReadAt, zeros past its end or for a nil source), through every view, on top of
+// what VerifyHandler checks. A page written after it was filled differs from its source and
+// is reported: call Verify on memory that is only read (a restored snapshot, a migrated
+// image) or before writing, and VerifyHandler on memory that is written.
 func (p *Pair) Verify() error {
 	sv, err := p.serving()
 	if err != nil {
 		return err
 	}
 	defer p.s.mu.RUnlock()
+	return errors.Join(p.verifyHandler(sv), p.verifySource(sv))
+}
+
+// VerifyHandler checks what the handler recorded and what the views show: no invariant
+// violation (each page filled at most once, minor faults only on filled pages), no source
+// error, the handler alive, and every filled page showing the same bytes through every view.
+// It reads the filled pages of every view (served like any other access).
+func (p *Pair) VerifyHandler() error {
+	sv, err := p.serving()
+	if err != nil {
+		return err
+	}
+	defer p.s.mu.RUnlock()
+	return p.verifyHandler(sv)
+}
+
+// filled reports whether page pg was filled (the handler's record; for the Go server, the
+// page cache's).
+func (p *Pair) filledPages(sv *serving) ([]bool, error) {
+	page := mem.PageSize()
+	out := make([]bool, p.s.n/page)
+	if sv.h != nil {
+		for pg := range out {
+			out[pg] = sv.h.Filled(pg)
+		}
+		return out, nil
+	}
+	vec := make([]byte, len(out))
+	if err := mincore(p.s.views[0], vec); err != nil {
+		return nil, fmt.Errorf("mirror: Verify: %w", err)
+	}
+	for pg, in := range vec {
+		out[pg] = in&1 != 0
+	}
+	return out, nil
+}
+
+// verifySource compares every filled page of every view with the source, with plain loops
+// (a Go server may serve these views: no runtime assembly on them).
+func (p *Pair) verifySource(sv *serving) error {
+	filled, err := p.filledPages(sv)
+	if err != nil {
+		return err
+	}
+	page := mem.PageSize()
+	want := make([]byte, page)
+	for pg, ok := range filled {
+		if !ok {
+			continue
+		}
+		clear(want)
+		if sv.src != nil {
+			k, err := sv.src.ReadAt(want, int64(pg*page))
+			if err != nil && !errors.Is(err, io.EOF) {
+				return fmt.Errorf("mirror: Verify: reading the source at offset %d: %w", pg*page, err)
+			}
+			clear(want[k:])
+		}
+		for i, v := range p.s.views {
+			b := v[pg*page : (pg+1)*page]
+			for j := range want {
+				if b[j] != want[j] {
+					return fmt.Errorf("mirror: Verify: page at offset %d differs from its source through view %d (byte %d: %#x, source %#x): it was not filled from the source, or was written since",
+						pg*page, i, j, b[j], want[j])
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func (p *Pair) verifyHandler(sv *serving) error {
 	var errs []error
 	if err := sv.err(); err != nil {
 		errs = append(errs, err)

@@ -24,6 +24,7 @@ type serving struct {
 	views   []uintptr
 	n       int
 	mode    uffd.Mode
+	hidden  int                         // index in views of the caller's own mapping when Adjacent moved the original, else -1
 	asyncWP bool                        // TrackWritesAsync: the kernel resolves write-protect faults
 	tracked [fault.MaxViews]atomic.Bool // TrackDirty was called for the view
 	kind    Handler
@@ -46,6 +47,14 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	sv := &serving{n: s.n, src: f.src, srcKind: fmt.Sprintf("%T", f.src)}
 	for _, v := range s.views {
 		sv.views = append(sv.views, mem.Addr(mem.Ptr(v)))
+	}
+	sv.hidden = -1
+	if orig := mem.Addr(src.ptr); orig != sv.views[0] {
+		// Adjacent had to lay every view out anew: the caller's own mapping (r.Bytes() for
+		// Mirror, b for Of) still shows the same memory, so it is registered and served too,
+		// its counts added to the original's.
+		sv.hidden = len(sv.views)
+		sv.views = append(sv.views, orig)
 	}
 	if len(sv.views) > fault.MaxViews {
 		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrRange, fault.MaxViews, len(sv.views))
@@ -101,6 +110,9 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			return err
 		}
 		fc.Source = fault.SourceFD
+	}
+	if err := sv.checkNotSelf(f.src, fc); err != nil {
+		return err
 	}
 	sv.kind = f.handler
 	if goSource && sv.kind == HandlerAuto {
@@ -199,14 +211,25 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		fc.MaxAround = max(f.around/page, 1)
 	}
 
-	// Pages already in the page cache (the region was written before) are not the handler's
-	// fills: tell the invariant checks.
+	// Pages already in the page cache (the memory was written, or populated, before) would
+	// never be asked of the source: every view maps them silently. Refuse rather than let
+	// the source be bypassed behind a Verify that passes.
 	vec := make([]byte, s.n/page)
-	if err := mincore(s.views[0], vec); err == nil {
-		fc.Present = make([]bool, len(vec))
-		for i, b := range vec {
-			fc.Present[i] = b&1 != 0
+	if err := mincore(s.views[0], vec); err != nil {
+		return fmt.Errorf("ServeFaults: %w", err)
+	}
+	resident, first := 0, -1
+	for i, b := range vec {
+		if b&1 != 0 {
+			if first < 0 {
+				first = i
+			}
+			resident++
 		}
+	}
+	if resident > 0 {
+		return fmt.Errorf("%w: ServeFaults: %d of the %d pages already hold data (the first at offset %d; written, or allocated with alloc.Populate): the source would never be asked for them. Mirror fresh memory, or free those pages first (MADV_REMOVE, as Pair.Reset does)",
+			ErrResident, resident, len(vec), first*page)
 	}
 	for i, a := range sv.views {
 		if err := sv.u.Register(a, s.n, sv.mode); err != nil {
@@ -340,6 +363,21 @@ func (sv *serving) stop() error {
 }
 
 func (sv *serving) stats(i int) FaultStats {
+	st := sv.viewStats(i)
+	if i == 0 && sv.hidden >= 0 {
+		h := sv.viewStats(sv.hidden)
+		st.Missing += h.Missing
+		st.Minor += h.Minor
+		st.WP += h.WP
+		st.Filled += h.Filled
+		st.Mapped += h.Mapped
+		st.Exists += h.Exists
+		st.Bytes += h.Bytes
+	}
+	return st
+}
+
+func (sv *serving) viewStats(i int) FaultStats {
 	if sv.h != nil {
 		s := sv.h.Stats()
 		if i >= len(s.Views) {
@@ -364,4 +402,51 @@ func isNilPointer(src io.ReaderAt) bool {
 		return v.IsNil()
 	}
 	return false
+}
+
+// checkNotSelf refuses a source that is the memory being served: its bytes would come from
+// pages that are themselves waiting to be filled (a handler faulting on its own range hangs;
+// one reading the object's holes through a file descriptor gets zeros).
+func (sv *serving) checkNotSelf(src io.ReaderAt, fc fault.Config) error {
+	vmas, err := mem.FindVMAs(sv.views[0], sv.views[0]+1)
+	if err != nil || len(vmas) == 0 {
+		return fmt.Errorf("ServeFaults: finding the mapping of view 0: %v", err)
+	}
+	v0 := vmas[0]
+	objOff := int64(v0.Offset) + int64(sv.views[0]-v0.Start)
+	same := func(dev string, ino uint64, off, n int64) bool {
+		return v0.Inode != 0 && dev == v0.Dev && ino == v0.Inode && off < objOff+int64(sv.n) && objOff < off+n
+	}
+	switch rr := src.(type) {
+	case *regionReader:
+		b := rr.r.Bytes()
+		if b == nil {
+			return nil // closed: refused by the caller
+		}
+		a, n := mem.Addr(mem.Ptr(b)), uintptr(len(b))
+		for i, v := range sv.views {
+			if a < v+uintptr(sv.n) && v < a+n {
+				return fmt.Errorf("%w: ServeFaults: the source region [%#x, +%d) overlaps view %d at %#x: a page would be filled from itself", ErrRange, a, n, i, v)
+			}
+		}
+		if vm, err := mem.FindVMAs(a, a+1); err == nil && len(vm) > 0 {
+			off := int64(vm[0].Offset) + int64(a-vm[0].Start)
+			if same(vm[0].Dev, vm[0].Inode, off, int64(n)) {
+				return fmt.Errorf("%w: ServeFaults: the source region is another mapping of the memory being served (the same object, overlapping offsets): a page would be filled from itself", ErrRange)
+			}
+		}
+	default:
+		if fc.Source != fault.SourceFD {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fc.SourceFD, &st); err != nil {
+			return fmt.Errorf("ServeFaults: %w", os.NewSyscallError("fstat", err))
+		}
+		dev := fmt.Sprintf("%02x:%02x", unix.Major(st.Dev), unix.Minor(st.Dev))
+		if same(dev, st.Ino, fc.SourceOff, fc.SourceLen) {
+			return fmt.Errorf("%w: ServeFaults(%s): the source is the file (memfd) being served, at overlapping offsets: its unfilled pages would be read as zeros", ErrRange, sv.srcKind)
+		}
+	}
+	return nil
 }
