@@ -2,34 +2,41 @@ package migrate
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
+	"os/exec"
 	"runtime"
-	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mirrormem/mirrormem/alloc"
-	"github.com/mirrormem/mirrormem/mirror"
+	"github.com/mirrormem/mirrormem/uffd"
 	"golang.org/x/sys/unix"
 )
 
 const (
-	envDest    = "MIRRORMEM_POSTCOPY_DESTINATION" // the source's address: this process is the destination
+	envDest    = "MIRRORMEM_POSTCOPY_DESTINATION" // the source's address: this process is the destination's pager
+	envGuest   = "MIRRORMEM_POSTCOPY_GUEST"       // this process is the guest the pager started
 	envTouches = "MIRRORMEM_POSTCOPY_TOUCHES"
 	envSeed    = "MIRRORMEM_POSTCOPY_SEED"
 	envHTTP    = "MIRRORMEM_POSTCOPY_HTTP" // fetch on demand from this URL with HTTP Range requests
-	envGC      = "MIRRORMEM_POSTCOPY_GC"   // collect garbage in a loop while pages are being served
+	envGC      = "MIRRORMEM_POSTCOPY_GC"   // the guest collects garbage in a loop while it runs
+
+	// demandTimeout bounds one demand fetch: a source that stops answering without closing
+	// its connection fails the migration instead of leaving a fault waiting for ever.
+	demandTimeout = 30 * time.Second
 )
 
-// destReport is what the destination process tells the source, as JSON on its stdout.
+// destReport is what the destination's pager tells the source, as JSON on its stdout.
 type destReport struct {
 	ResumeNs, DoneNs int64 // CLOCK_MONOTONIC, comparable between processes of one machine
 	PreCopied        int
@@ -48,36 +55,46 @@ type destReport struct {
 	Err              string
 }
 
-var gcCycles atomic.Int64
-
 // page states at the destination.
 const (
 	pageNone  = 0 // nothing received yet
-	pageHave  = 1 // the destination holds the page's final bytes (in staging)
+	pageHave  = 1 // the memfd holds the page's bytes (final once the migration resumed)
 	pageStale = 2 // written at the source after the pre-copy: wait for the push or fetch it
 )
 
-type dest struct {
+// pager is the destination's page server: it receives pages into the image's memfd and serves
+// every fault of the guest's view from there, fetching from the source what it does not hold.
+type pager struct {
 	page, npages int
+	img          []byte // the pager's own mapping of the memfd: not registered, written freely
+	u            *uffd.UFFD
+	base         uintptr // the guest's view, in the guest's address space
 	src          PageSource
 
-	mu      sync.Mutex
-	state   []uint8
-	staging []byte // pages received, before the fault handler copies them into the region
+	mu        sync.Mutex
+	state     []uint8
+	fetching  []bool
+	installed []bool
+	left      int  // pages not installed in the guest's view yet
+	resumed   bool // the states are final: a pageHave page may be mapped into the guest
 
-	ready    chan struct{} // new pages in staging: wake the installer
-	ended    atomic.Bool   // the stream ended: no page will be pushed any more
-	failOnce sync.Once
-	failed   chan struct{}
-	failErr  error
+	resumeCh   chan struct{} // closed at the resume
+	wanted     chan int      // faulted pages the pager does not hold yet
+	ready      chan struct{} // pages became pageHave: wake the installer
+	installed1 chan struct{} // closed once every page is installed
+	ended      atomic.Bool   // the stream ended: nothing more will be pushed
+	endCh      chan struct{} // closed when the stream ends
+	failOnce   sync.Once
+	failed     chan struct{}
+	failErr    error
 
-	rep         destReport
+	faults      atomic.Uint64
 	onDemand    atomic.Int64
 	demandWait  atomic.Int64
 	demandCalls atomic.Int64
 }
 
-func (d *dest) fail(err error) {
+func (d *pager) fail(err error) {
 	d.failOnce.Do(func() {
 		d.failErr = err
 		close(d.failed)
@@ -85,7 +102,7 @@ func (d *dest) fail(err error) {
 }
 
 // failure is the error the destination ends with: why, and how much it still missed.
-func (d *dest) failure() error {
+func (d *pager) failure() error {
 	d.mu.Lock()
 	missing := 0
 	for _, st := range d.state {
@@ -97,95 +114,31 @@ func (d *dest) failure() error {
 	return fmt.Errorf("%w; %d of %d pages never arrived, none was replaced by zeros", d.failErr, missing, d.npages)
 }
 
-func (d *dest) notify() {
+func (d *pager) notify() {
 	select {
 	case d.ready <- struct{}{}:
 	default:
 	}
 }
 
-// ReadAt serves the region's faults (it is the io.ReaderAt given to mirror.ServeFaults): pages
-// the destination holds come from staging; stale pages are fetched from the source now.
-func (d *dest) ReadAt(p []byte, off int64) (int, error) {
-	first := int(off) / d.page
-	n := (len(p) + d.page - 1) / d.page
-	var stale []int
-	d.mu.Lock()
-	for i := 0; i < n; i++ {
-		pg := first + i
-		dst := p[i*d.page : min((i+1)*d.page, len(p))]
-		if d.state[pg] == pageHave {
-			copy(dst, d.staging[pg*d.page:])
-		} else {
-			stale = append(stale, i)
-		}
-	}
-	d.mu.Unlock()
-	for len(stale) > 0 {
-		run := 1
-		for run < len(stale) && stale[run] == stale[0]+run {
-			run++
-		}
-		i := stale[0]
-		stale = stale[run:]
-		start := time.Now()
-		err := d.src.ReadPages(p[i*d.page:(i+run)*d.page], int64(first+i)*int64(d.page))
-		d.demandWait.Add(int64(time.Since(start)))
-		d.demandCalls.Add(1)
-		if err != nil {
-			err = fmt.Errorf("page %d: %w", first+i, err)
-			d.fail(err)
-			return 0, err
-		}
-		d.mu.Lock()
-		for k := 0; k < run; k++ {
-			pg := first + i + k
-			if d.state[pg] != pageHave {
-				copy(d.staging[pg*d.page:(pg+1)*d.page], p[(i+k)*d.page:])
-				d.state[pg] = pageHave
-				d.onDemand.Add(1)
-			}
-		}
-		d.mu.Unlock()
-	}
-	return len(p), nil
-}
-
 // MaybeDestination runs the destination side of a migration and exits, if this process was
-// started as one by Run; otherwise it returns at once. Call it first thing in main (and in
-// TestMain of tests that call Run).
+// started as one by Run (the destination's pager, or the guest the pager starts); otherwise it
+// returns at once. Call it first thing in main (and in TestMain of tests that call Run).
 func MaybeDestination() {
+	if params := os.Getenv(envGuest); params != "" {
+		os.Exit(guestMain(params))
+	}
 	addr := os.Getenv(envDest)
 	if addr == "" {
 		return
 	}
-	touches, _ := strconv.Atoi(os.Getenv(envTouches))
-	seed, _ := strconv.ParseUint(os.Getenv(envSeed), 10, 64)
-	if os.Getenv(envGC) != "" {
-		stop := make(chan struct{})
-		defer close(stop)
-		go func() {
-			for {
-				select {
-				case <-stop:
-					return
-				default:
-					runtime.GC()
-					gcCycles.Add(1)
-				}
-			}
-		}()
-	}
-	rep, err := runDestination(addr, touches, seed)
-	rep.GCCycles = gcCycles.Load()
+	rep, err := runDestination(addr)
 	if err != nil {
 		rep.Err = err.Error()
 	}
 	json.NewEncoder(os.Stdout).Encode(rep)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "migrate destination:", err)
-		// Exit without closing the region: closing the userfaultfd would let the kernel map
-		// zero pages under a goroutine still waiting for a page that will never come.
 		os.Exit(1)
 	}
 	os.Exit(0)
@@ -197,8 +150,103 @@ func monotonic() int64 {
 	return ts.Nano()
 }
 
-func runDestination(addr string, touches int, seed uint64) (destReport, error) {
-	var rep destReport
+// guestProc is the guest process, as its parent the pager sees it.
+type guestProc struct {
+	cmd      *exec.Cmd
+	conn     *net.UnixConn
+	stderr   bytes.Buffer  // its error output, also copied to ours
+	done     chan struct{} // closed when it has exited; waitErr is then set
+	waitErr  error
+	expected atomic.Bool // its exit is the normal end
+}
+
+// startGuest starts the guest: this program again, with the memfd and one end of a Unix socket.
+// The guest dies with the pager (Pdeathsig), so a pager that fails or is killed never leaves a
+// guest waiting for pages behind.
+func startGuest(memfd, size, page int, mode Mode) (*guestProc, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, os.NewSyscallError("socketpair", err)
+	}
+	mine, theirs := os.NewFile(uintptr(fds[0]), "guest control"), os.NewFile(uintptr(fds[1]), "control")
+	defer theirs.Close()
+	c, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		return nil, err
+	}
+	dup, err := unix.FcntlInt(uintptr(memfd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		c.Close()
+		return nil, os.NewSyscallError("fcntl", err)
+	}
+	memf := os.NewFile(uintptr(dup), "memory")
+	defer memf.Close()
+	self, err := os.Executable()
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	g := &guestProc{conn: c.(*net.UnixConn), done: make(chan struct{})}
+	g.cmd = exec.Command(self)
+	for _, kv := range os.Environ() {
+		if !bytes.HasPrefix([]byte(kv), []byte(envDest+"=")) {
+			g.cmd.Env = append(g.cmd.Env, kv)
+		}
+	}
+	g.cmd.Env = append(g.cmd.Env, envGuest+"="+guestParams(size, page, mode))
+	g.cmd.ExtraFiles = []*os.File{memf, theirs} // fds 3 and 4: guestFDMemory, guestFDControl
+	g.cmd.Stdout = os.Stderr
+	g.cmd.Stderr = io.MultiWriter(os.Stderr, &syncWriter{w: &g.stderr})
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	started := make(chan error, 1)
+	go func() {
+		// Pdeathsig fires when the thread that started the child exits: keep this one
+		// until the guest has exited.
+		runtime.LockOSThread()
+		if err := g.cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		started <- nil
+		g.waitErr = g.cmd.Wait()
+		close(g.done)
+	}()
+	if err := <-started; err != nil {
+		g.conn.Close()
+		return nil, fmt.Errorf("starting the guest: %w", err)
+	}
+	return g, nil
+}
+
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
+}
+
+// kill ends the guest (if it still runs) and waits for it.
+func (g *guestProc) kill() {
+	g.cmd.Process.Kill()
+	<-g.done
+	g.conn.Close()
+}
+
+func (g *guestProc) died(err error) error {
+	msg := bytes.TrimSpace(g.stderr.Bytes())
+	if i := bytes.LastIndexByte(msg, '\n'); i >= 0 {
+		msg = msg[i+1:]
+	}
+	return fmt.Errorf("the guest process ended before the migration did (%v): %s", err, msg)
+}
+
+func runDestination(addr string) (destReport, error) {
+	rep := destReport{FirstMismatch: -1}
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return rep, fmt.Errorf("dial source %s: %w", addr, err)
@@ -218,34 +266,59 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	if page != alloc.PageSize() || size%page != 0 || size <= 0 {
 		return rep, fmt.Errorf("source image of %d bytes in pages of %d: this machine has pages of %d", size, page, alloc.PageSize())
 	}
-	d := &dest{page: page, npages: size / page, ready: make(chan struct{}, 1), failed: make(chan struct{})}
-	d.state = make([]uint8, d.npages)
-	reg, err := alloc.Shared(size)
+	reg, err := alloc.Memfd("postcopy-image", size)
 	if err != nil {
 		return rep, err
 	}
-	var pair *mirror.Pair
-	var mem []byte
+	defer reg.Close()
+	d := &pager{page: page, npages: size / page, img: reg.Bytes(), left: size / page,
+		resumeCh: make(chan struct{}), wanted: make(chan int, 1024), ready: make(chan struct{}, 1),
+		installed1: make(chan struct{}), failed: make(chan struct{}), endCh: make(chan struct{})}
+	d.state = make([]uint8, d.npages)
+	d.fetching = make([]bool, d.npages)
+	d.installed = make([]bool, d.npages)
+
+	g, err := startGuest(reg.Fd(), size, page, mode)
+	if err != nil {
+		return rep, err
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			// Killed by the kernel (SIGKILL), whatever state its threads are in; it holds
+			// its userfaultfd open until it is gone, so none of its faults ever sees a
+			// zero page.
+			g.kill()
+		}
+	}()
+	go func() {
+		<-g.done
+		if !g.expected.Load() {
+			d.fail(g.died(g.waitErr))
+		}
+	}()
 	if mode == PostCopy {
+		if d.u, d.base, err = uffd.ReceiveFD(g.conn); err != nil {
+			return rep, fmt.Errorf("receiving the guest's userfaultfd: %w", err)
+		}
+		defer d.u.Close()
 		if url := os.Getenv(envHTTP); url != "" {
-			d.src = HTTPSource(url, nil)
+			d.src = HTTPSource(url, &http.Client{Timeout: demandTimeout})
 		} else if d.src, err = DialSource(addr, page); err != nil {
-			reg.Close()
 			return rep, err
 		}
-		d.staging = make([]byte, size)
-		if pair, err = mirror.Mirror(reg, mirror.ServeFaults(d)); err != nil {
-			reg.Close()
-			d.src.Close()
-			return rep, fmt.Errorf("destination region: %w", err)
-		}
-		mem = pair.Original()
-	} else {
-		mem = reg.Bytes() // stop-and-copy needs no fault handling: pages are written in place
+		defer d.src.Close()
+		serveDone := make(chan struct{})
+		go func() {
+			defer close(serveDone)
+			d.serveFaults()
+		}()
+		defer func() { d.u.Close(); <-serveDone }()
+		go d.fetcher()
 	}
 
 	// The stream runs in its own goroutine, so that a failure anywhere (the stream, a demand
-	// fetch inside a fault) ends the destination at once.
+	// fetch, the guest) ends the destination at once.
 	var manifest []uint32
 	resumed := make(chan []int, 1)
 	streamDone := make(chan struct{})
@@ -272,19 +345,14 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 					d.fail(fmt.Errorf("page %d arrived corrupted or out of range (crc32c %08x, sent %08x)", pg, pageCRC(buf), crc))
 					return
 				}
-				if mode != PostCopy {
-					copy(mem[int(pg)*page:], buf)
-					precopied++
-					continue
-				}
 				d.mu.Lock()
 				switch d.state[pg] {
-				case pageNone: // pre-copy
-					copy(d.staging[int(pg)*page:], buf)
+				case pageNone: // pre-copy (stop-and-copy: the copy)
+					copy(d.img[int(pg)*page:], buf)
 					d.state[pg] = pageHave
 					precopied++
 				case pageStale: // pushed after the resume
-					copy(d.staging[int(pg)*page:], buf)
+					copy(d.img[int(pg)*page:], buf)
 					d.state[pg] = pageHave
 					pushed++
 				}
@@ -311,7 +379,9 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 					}
 					d.state[pg] = pageStale
 				}
+				d.resumed = true
 				d.mu.Unlock()
+				close(d.resumeCh)
 				resumed <- stale
 			case msgManifest:
 				manifest = make([]uint32, d.npages)
@@ -323,6 +393,7 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 				}
 			case msgEnd:
 				d.ended.Store(true)
+				close(d.endCh)
 				d.notify()
 				return
 			default:
@@ -338,29 +409,20 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 	case <-d.failed:
 		return rep, d.failure()
 	}
-	rep.ResumeNs = monotonic()
-
-	// Running again. The workload touches the pages it was using (the ones written last at
-	// the source) and then others at random; the installer makes every page resident.
-	var touchDone, installDone chan struct{}
-	var tr destReport // the touch goroutine's results: read only after touchDone
+	// Resume the guest: from now on its faults are served.
+	msg := make([]byte, 0, 5+4*len(stale))
+	msg = append(msg, ctlResume)
+	msg = binary.LittleEndian.AppendUint32(msg, uint32(len(stale)))
+	for _, pg := range stale {
+		msg = binary.LittleEndian.AppendUint32(msg, uint32(pg))
+	}
+	if _, err := g.conn.Write(msg); err != nil {
+		d.fail(g.died(err))
+	}
 	if mode == PostCopy {
-		touchDone = make(chan struct{})
-		go func() {
-			defer close(touchDone)
-			tr.Touches, tr.TouchMean, tr.TouchMax = touch(mem, page, stale, touches, seed)
-		}()
-		installDone = make(chan struct{})
-		go func() {
-			defer close(installDone)
-			if err := d.install(mem); err != nil {
-				d.fail(err)
-			}
-		}()
+		go d.installer()
 	} else {
-		touchDone, installDone = make(chan struct{}), make(chan struct{})
-		close(touchDone)
-		close(installDone)
+		close(d.installed1) // stop-and-copy: the guest maps the pages from the memfd itself
 	}
 	wait := func(chs ...chan struct{}) error {
 		for _, ch := range chs {
@@ -377,131 +439,265 @@ func runDestination(addr string, touches int, seed uint64) (destReport, error) {
 			return nil
 		}
 	}
-	if err := wait(streamDone, installDone); err != nil {
+	if err := wait(streamDone, d.installed1); err != nil {
 		return rep, err
 	}
-	rep.DoneNs = monotonic() // every page is resident: the migration is over
-	if err := wait(touchDone); err != nil {
-		return rep, err
-	}
-	rep.Touches, rep.TouchMean, rep.TouchMax = tr.Touches, tr.TouchMean, tr.TouchMax
+	rep.DoneNs = monotonic() // every page is in the guest's view: the migration is over
 	if manifest == nil {
 		return rep, errors.New("the source sent no checksums")
 	}
-	// Every page is resident now: checksums (runtime assembly) cannot fault any more.
-	rep.FirstMismatch = -1
-	for pg := 0; pg < d.npages; pg++ {
-		if pageCRC(mem[pg*page:(pg+1)*page]) != manifest[pg] {
-			if rep.Mismatches == 0 {
-				rep.FirstMismatch = pg
-			}
-			rep.Mismatches++
-		} else {
-			rep.Verified++
-		}
+	msg = append(msg[:0], ctlDone)
+	for _, c := range manifest {
+		msg = binary.LittleEndian.AppendUint32(msg, c)
 	}
+	if _, err := g.conn.Write(msg); err != nil {
+		return rep, g.died(err)
+	}
+	gr, err := readGuestReport(g.conn)
+	if err != nil {
+		return rep, g.died(err)
+	}
+	g.expected.Store(true)
+	ok = true
+	<-g.done
+	if g.waitErr != nil {
+		return rep, g.died(g.waitErr)
+	}
+	g.conn.Close()
+	rep.ResumeNs, rep.Touches, rep.TouchMean, rep.TouchMax = gr.ResumeNs, gr.Touches, gr.TouchMean, gr.TouchMax
+	rep.Verified, rep.Mismatches, rep.FirstMismatch, rep.GCCycles = gr.Verified, gr.Mismatches, gr.FirstMismatch, gr.GCCycles
 	rep.PreCopied, rep.Pushed = precopied, pushed
 	rep.OnDemand = int(d.onDemand.Load())
 	rep.DemandRequests = int(d.demandCalls.Load())
 	rep.DemandWait = time.Duration(d.demandWait.Load())
-	if pair != nil {
-		o, m := pair.FaultStats()
-		rep.Faults = o.Missing + m.Missing
-		if err := pair.Close(); err != nil {
-			return rep, err
-		}
-		d.src.Close()
-	}
-	reg.Close()
+	rep.Faults = d.faults.Load()
 	if rep.Mismatches > 0 {
 		return rep, fmt.Errorf("%d of %d pages differ from the source's final image (first: page %d)", rep.Mismatches, d.npages, rep.FirstMismatch)
 	}
 	return rep, nil
 }
 
-var touchSink atomic.Uint32
-
-// touch reads one byte of each page it visits with a plain Go loop (never runtime assembly on
-// pages that may still be unfilled), and times each first touch.
-func touch(mem []byte, page int, hot []int, n int, seed uint64) (count int, mean, worst time.Duration) {
-	rng := rand.New(rand.NewPCG(seed, 3))
-	order := append([]int(nil), hot...)
-	rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
-	npages := len(mem) / page
-	var sum byte
-	var total time.Duration
-	for count = 0; count < n; count++ {
-		pg := rng.IntN(npages)
-		if count < len(order) {
-			pg = order[count]
+// serveFaults reads the guest's faults until the userfaultfd is closed. A page the pager holds
+// (after the resume) is mapped at once; any other goes to the fetcher. It never waits for the
+// network itself, so a slow fetch delays only the faults that need it.
+func (d *pager) serveFaults() {
+	msgs := make([]uffd.Msg, 64)
+	for {
+		n, err := d.u.ReadMessages(msgs)
+		if err != nil {
+			if !errors.Is(err, os.ErrClosed) {
+				d.fail(fmt.Errorf("reading the guest's faults: %w", err))
+			}
+			return
 		}
-		start := time.Now()
-		b := mem[pg*page : (pg+1)*page]
-		for i := 0; i < len(b); i += 512 {
-			sum += b[i]
+		for i := range msgs[:n] {
+			m := &msgs[i]
+			if m.Event() != uffd.EventPagefault {
+				continue
+			}
+			d.faults.Add(1)
+			off := m.Address() - d.base
+			if m.Address() < d.base || int(off) >= d.npages*d.page {
+				d.fail(fmt.Errorf("a fault at %#x, outside the guest's image", m.Address()))
+				return
+			}
+			pg := int(off) / d.page
+			d.mu.Lock()
+			have := d.resumed && d.state[pg] == pageHave
+			d.mu.Unlock()
+			if have {
+				if err := d.install(pg, 1); err != nil {
+					d.fail(err)
+					return
+				}
+				continue
+			}
+			select {
+			case d.wanted <- pg:
+			case <-d.failed:
+				return
+			}
 		}
-		d := time.Since(start)
-		total += d
-		worst = max(worst, d)
 	}
-	touchSink.Add(uint32(sum)) // keeps the loads: a sum nobody reads could be compiled away
-	if count > 0 {
-		mean = total / time.Duration(count)
-	}
-	return count, mean, worst
 }
 
-// install makes every page resident in view as soon as the destination holds it, with
-// MADV_POPULATE_READ: the fault is raised inside a system call, where the garbage collector
-// does not wait for this goroutine (what Pair.Populate does, but for the one view this program
-// uses: Populate makes the page present in every view of the pair, a minor fault per page in
-// the mirror view that nobody here reads).
-func populate(view []byte) error {
-	if err := unix.Madvise(view, unix.MADV_POPULATE_READ); err != nil {
-		return fmt.Errorf("install: %w", os.NewSyscallError("madvise(MADV_POPULATE_READ)", err))
+// install maps pages [pg, pg+n) of the memfd into the guest's view (UFFDIO_CONTINUE), which
+// wakes the guest's threads waiting on them. A page mapped already (EEXIST: a fault and the
+// installer raced) is skipped, and its waiters are woken: errors never wake anyone.
+func (d *pager) install(pg, n int) error {
+	addr := d.base + uintptr(pg*d.page)
+	length := n * d.page
+	for done := 0; done < length; {
+		k, err := d.u.Continue(addr+uintptr(done), length-done, 0)
+		done += k
+		switch {
+		case err == nil:
+		case errors.Is(err, unix.EAGAIN):
+		case errors.Is(err, unix.EEXIST):
+			if err := d.u.Wake(addr+uintptr(done), d.page); err != nil {
+				return fmt.Errorf("waking the guest: %w", err)
+			}
+			done += d.page
+		default:
+			return fmt.Errorf("mapping page %d into the guest: %w", pg+done/d.page, err)
+		}
 	}
+	d.mu.Lock()
+	for i := pg; i < pg+n; i++ {
+		if !d.installed[i] {
+			d.installed[i] = true
+			d.left--
+		}
+	}
+	if d.left == 0 {
+		select {
+		case <-d.installed1:
+		default:
+			close(d.installed1)
+		}
+	}
+	d.mu.Unlock()
 	return nil
 }
 
-// install makes every page resident (see populate) as soon as the destination holds it.
-func (d *dest) install(view []byte) error {
-	installed := make([]bool, d.npages)
-	left := d.npages
-	const maxRun = 512 // pages per system call: 2 MiB
-	for left > 0 {
-		// Once the stream has ended nothing more will be pushed: pull what is still stale
-		// (the faults fetch it on demand).
-		pull := d.ended.Load()
-		d.mu.Lock()
-		ready := make([]bool, d.npages)
-		for pg, st := range d.state {
-			ready[pg] = !installed[pg] && (st == pageHave || pull)
+// fetcher fetches from the source, after the resume, the pages the guest faulted on and the
+// pager does not hold, then (once the push stream ended) every page still missing.
+func (d *pager) fetcher() {
+	select {
+	case <-d.resumeCh:
+	case <-d.failed:
+		return
+	}
+	const maxRun, pullRun = 16, 512 // pages per fetch: around a fault, and pulling the rest
+	buf := make([]byte, pullRun*d.page)
+	for {
+		pg := -1
+		select {
+		case pg = <-d.wanted:
+		case <-d.failed:
+			return
+		case <-d.installed1:
+			return
+		default:
 		}
+		limit := maxRun
+		if pg < 0 {
+			if !d.ended.Load() {
+				select { // wait for a fault or the end of the stream
+				case pg = <-d.wanted:
+				case <-d.endCh:
+					continue
+				case <-d.failed:
+					return
+				case <-d.installed1:
+					return
+				}
+			} else {
+				limit = pullRun
+				if pg = d.nextMissing(); pg < 0 {
+					select { // everything is held: the installer finishes
+					case pg = <-d.wanted:
+					case <-d.installed1:
+						return
+					case <-d.failed:
+						return
+					}
+				}
+			}
+		}
+		if err := d.fetch(pg, limit, buf); err != nil {
+			d.fail(err)
+			return
+		}
+	}
+}
+
+// nextMissing returns the first page that is neither held nor being fetched, or -1.
+func (d *pager) nextMissing() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for pg, st := range d.state {
+		if st != pageHave && !d.fetching[pg] {
+			return pg
+		}
+	}
+	return -1
+}
+
+// fetch makes page pg available in the guest's view: at once if it is held, otherwise after
+// fetching it, with the pages after it that are missing too (up to limit), from the source.
+func (d *pager) fetch(pg, limit int, buf []byte) error {
+	d.mu.Lock()
+	if d.state[pg] == pageHave {
 		d.mu.Unlock()
+		return d.install(pg, 1)
+	}
+	n := 0
+	for pg+n < d.npages && n < limit && d.state[pg+n] != pageHave && !d.fetching[pg+n] {
+		d.fetching[pg+n] = true
+		n++
+	}
+	d.mu.Unlock()
+	if n == 0 {
+		return nil // being fetched by this goroutine already: cannot happen, nothing to do
+	}
+	start := time.Now()
+	err := d.src.ReadPages(buf[:n*d.page], int64(pg)*int64(d.page))
+	d.demandWait.Add(int64(time.Since(start)))
+	d.demandCalls.Add(1)
+	if err != nil {
+		return fmt.Errorf("fetching page %d: %w", pg, err)
+	}
+	d.mu.Lock()
+	for k := 0; k < n; k++ {
+		d.fetching[pg+k] = false
+		if d.state[pg+k] != pageHave { // a push may have brought it meanwhile: never write a held page
+			copy(d.img[(pg+k)*d.page:(pg+k+1)*d.page], buf[k*d.page:])
+			d.state[pg+k] = pageHave
+			d.onDemand.Add(1)
+		}
+	}
+	d.mu.Unlock()
+	return d.install(pg, n)
+}
+
+// installer maps every page the pager holds into the guest's view as soon as the migration
+// resumed and the page is final, 2 MiB per system call at most, until every page is mapped.
+func (d *pager) installer() {
+	const maxRun = 512
+	for {
+		d.mu.Lock()
+		var runs [][2]int
 		for pg := 0; pg < d.npages; {
-			if !ready[pg] {
+			if d.installed[pg] || d.state[pg] != pageHave {
 				pg++
 				continue
 			}
 			end := pg
-			for end < d.npages && ready[end] && end-pg < maxRun {
+			for end < d.npages && end-pg < maxRun && !d.installed[end] && d.state[end] == pageHave {
 				end++
 			}
-			if err := populate(view[pg*d.page : end*d.page]); err != nil {
-				return err
-			}
-			for ; pg < end; pg++ {
-				installed[pg] = true
-				left--
+			runs = append(runs, [2]int{pg, end - pg})
+			pg = end
+		}
+		d.mu.Unlock()
+		for _, r := range runs {
+			if err := d.install(r[0], r[1]); err != nil {
+				d.fail(err)
+				return
 			}
 		}
-		if left > 0 {
-			select {
-			case <-d.ready:
-			case <-d.failed:
-				return nil
-			}
+		select {
+		case <-d.installed1:
+			return
+		default:
+		}
+		select {
+		case <-d.ready:
+		case <-d.installed1:
+			return
+		case <-d.failed:
+			return
 		}
 	}
-	return nil
 }

@@ -60,8 +60,11 @@ type Config struct {
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
-	// DestGC makes the destination force garbage collections in a loop while its pages are
-	// served, to show that serving faults with Go code cannot hang it (KERNEL.md section 3).
+	// DestGC makes the destination's guest force garbage collections in a loop while it reads
+	// pages that may not have arrived yet with copy(). A goroutine that faults inside runtime
+	// assembly cannot be stopped by the collector, so a fault server in the guest's own Go
+	// runtime would never run and the guest would hang; the pager is another process, so it
+	// cannot.
 	DestGC bool
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
@@ -127,7 +130,7 @@ type Report struct {
 	Touches        int           // pages the destination workload read after resuming
 	TouchMean      time.Duration // mean time of such a read (a fault or not)
 	TouchMax       time.Duration
-	DestFaults     uint64 // missing faults served at the destination
+	DestFaults     uint64 // faults of the guest served by the destination's pager (missing and minor)
 	VerifiedPages  int    // pages whose checksum matched the source's final image
 	DestGCCycles   int64  // garbage collections forced at the destination (DestGC)
 }
@@ -147,7 +150,7 @@ func (r Report) String() string {
 	if r.Mode == PostCopy {
 		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
 			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
-		fmt.Fprintf(&b, "  destination: %d missing faults served; its workload read %d pages right after resuming (mean %v, worst %v per page)\n",
+		fmt.Fprintf(&b, "  destination: %d faults of its guest served by its pager; the guest read %d pages right after resuming (mean %v, worst %v per page)\n",
 			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
 	} else {
 		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d copied while the workload was stopped\n", float64(r.BytesSent)/(1<<20), r.PreCopied)
