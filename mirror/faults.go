@@ -29,6 +29,10 @@ type faultConfig struct {
 // page than 64 KiB).
 const DefaultFaultAround = 2 << 20
 
+// CloseWait is how long Pair.Close waits for a ReadAt of a Go source in flight before it
+// returns without it (see ServeFaults).
+const CloseWait = 5 * time.Second
+
 // DefaultWatchdog is how long the Go runtime may stand still, while a thread waits in a fault
 // of a mirror served by Go code, before the watchdog aborts the process.
 const DefaultWatchdog = 10 * time.Second
@@ -75,7 +79,11 @@ const DefaultWatchdog = 10 * time.Second
 // with a message: the faulting thread could never get its bytes, and zeros would be data loss.
 //
 // Close stops serving and closes the userfaultfd: do not touch the views while or after closing
-// (a fault then is served by the kernel with a zero page, or the memory is already gone).
+// (a fault then is served by the kernel with a zero page, or the memory is already gone). With
+// a Go source, Close waits up to CloseWait for a ReadAt in flight, then returns anyway: that
+// ReadAt's goroutine finishes in the background when ReadAt returns, and its bytes are
+// discarded. A source that can block forever (a network read without a deadline) leaks that
+// goroutine: give it a timeout.
 func ServeFaults(src io.ReaderAt) Option {
 	return func(c *config) {
 		c.faults.serve = true

@@ -77,12 +77,28 @@ func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing
 	return g, nil
 }
 
+// goCloseWait bounds how long Close waits for a ReadAt of the source in flight (a variable
+// for tests).
+var goCloseWait = CloseWait
+
+// stop stops the Go server. A ReadAt in flight is waited for up to goCloseWait; past that the
+// serving goroutine is detached: it finishes when ReadAt returns (its result discarded, since
+// the caller closes the userfaultfd next) and closes the server itself.
 func (g *goServing) stop() error {
 	g.cancel()
-	<-g.done
-	err := g.srv.Close()
 	g.wd.Stop()
-	return err
+	t := time.NewTimer(goCloseWait)
+	defer t.Stop()
+	select {
+	case <-g.done:
+		return g.srv.Close()
+	case <-t.C:
+		go func() {
+			<-g.done
+			g.srv.Close()
+		}()
+		return nil
+	}
 }
 
 // sourceError records a source error whose page the server poisoned.
