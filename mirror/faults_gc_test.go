@@ -17,6 +17,7 @@ import (
 
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/internal/gcstress"
 )
 
 const (
@@ -106,7 +107,7 @@ func noHangRun(t *testing.T, size int) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	stop := gcLoop()
+	stop := gcstress.Loop()
 	buf := make([]byte, 4096)
 	views := [2][]byte{p.Original(), p.Mirror()}
 	for off := 0; off < size; off += 4096 {

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
-	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/internal/gcstress"
 )
 
 var faultSink int
@@ -28,25 +27,6 @@ func loopSum(b []byte) int {
 	}
 	faultSink += s
 	return s
-}
-
-// gcLoop forces collections until the returned function is called.
-func gcLoop() func() {
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				runtime.GC()
-			}
-		}
-	}()
-	return func() { close(stop); wg.Wait() }
 }
 
 func patternFile(t testing.TB, n int) (*os.File, []byte) {
@@ -128,7 +108,7 @@ func TestServeFaultsFromFile(t *testing.T) {
 			if o, m := p.FaultStats(); o != (FaultStats{}) || m != (FaultStats{}) || resident(t, p.Original()) != 0 {
 				t.Fatalf("pages served before any touch: %+v %+v", o, m)
 			}
-			defer gcLoop()()
+			defer gcstress.Loop()()
 			buf := make([]byte, 4096)
 			for off := 0; off < n; off += 4096 {
 				v := p.Original()
@@ -317,7 +297,7 @@ func TestServeFaultsGoSourcePopulate(t *testing.T) {
 	if err := p.Populate(0, n); err != nil {
 		t.Fatal(err)
 	}
-	defer gcLoop()()
+	defer gcstress.Loop()()
 	if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) { // safe: populated
 		t.Fatal("views differ from the source")
 	}
@@ -396,7 +376,7 @@ func TestStageMinorFaults(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			defer gcLoop()()
+			defer gcstress.Loop()()
 			if !bytes.Equal(p.Mirror(), data) || !bytes.Equal(p.Original(), data) {
 				t.Fatal("views differ from the source")
 			}

@@ -4,10 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"os"
-	"runtime"
-	"sync"
 	"testing"
 
+	"github.com/mirrormem/mirrormem/internal/gcstress"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -54,25 +53,6 @@ func starters(t testing.TB) []starter {
 	return s
 }
 
-// gcLoop forces collections until the returned function is called.
-func gcLoop() func() {
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-				runtime.GC()
-			}
-		}
-	}()
-	return func() { close(stop); wg.Wait() }
-}
-
 func TestServesBothViewsFromFile(t *testing.T) {
 	for _, st := range starters(t) {
 		for _, around := range []int{1, 16} {
@@ -90,7 +70,7 @@ func TestServesBothViewsFromFile(t *testing.T) {
 				}
 				defer h.Stop()
 				// copy() runs runtime assembly: safe, the handler is not a Go thread of this process.
-				defer gcLoop()()
+				defer gcstress.Loop()()
 				buf := make([]byte, 4096)
 				for off := 0; off < n; off += 4096 {
 					v := p.orig
