@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,12 +25,14 @@ import (
 )
 
 const (
-	envDest    = "MIRRORMEM_POSTCOPY_DESTINATION" // the source's address: this process is the destination's pager
-	envGuest   = "MIRRORMEM_POSTCOPY_GUEST"       // this process is the guest the pager started
-	envTouches = "MIRRORMEM_POSTCOPY_TOUCHES"
-	envSeed    = "MIRRORMEM_POSTCOPY_SEED"
-	envHTTP    = "MIRRORMEM_POSTCOPY_HTTP" // fetch on demand from this URL with HTTP Range requests
-	envGC      = "MIRRORMEM_POSTCOPY_GC"   // the guest collects garbage in a loop while it runs
+	envDest       = "MIRRORMEM_POSTCOPY_DESTINATION" // the source's address: this process is the destination's pager
+	envGuest      = "MIRRORMEM_POSTCOPY_GUEST"       // this process is the guest the pager started
+	envTouches    = "MIRRORMEM_POSTCOPY_TOUCHES"
+	envSeed       = "MIRRORMEM_POSTCOPY_SEED"
+	envHTTP       = "MIRRORMEM_POSTCOPY_HTTP"        // fetch on demand from this URL with HTTP Range requests
+	envGC         = "MIRRORMEM_POSTCOPY_GC"          // the guest collects garbage in a loop while it runs
+	envLazy       = "MIRRORMEM_POSTCOPY_LAZY"        // install pages only when the guest faults on them
+	envCrashAfter = "MIRRORMEM_POSTCOPY_CRASH_AFTER" // the pager kills itself after this many faults (tests)
 
 	// demandTimeout bounds one demand fetch: a source that stops answering without closing
 	// its connection fails the migration instead of leaving a fault waiting for ever.
@@ -70,6 +73,8 @@ type pager struct {
 	u            *uffd.UFFD
 	base         uintptr // the guest's view, in the guest's address space
 	src          PageSource
+	lazy         bool // install only what the guest faults on
+	crashAfter   uint64
 
 	mu        sync.Mutex
 	state     []uint8
@@ -274,6 +279,10 @@ func runDestination(addr string) (destReport, error) {
 	d := &pager{page: page, npages: size / page, img: reg.Bytes(), left: size / page,
 		resumeCh: make(chan struct{}), wanted: make(chan int, 1024), ready: make(chan struct{}, 1),
 		installed1: make(chan struct{}), failed: make(chan struct{}), endCh: make(chan struct{})}
+	d.lazy = os.Getenv(envLazy) != ""
+	if n, err := strconv.Atoi(os.Getenv(envCrashAfter)); err == nil && n > 0 {
+		d.crashAfter = uint64(n)
+	}
 	d.state = make([]uint8, d.npages)
 	d.fetching = make([]bool, d.npages)
 	d.installed = make([]bool, d.npages)
@@ -420,7 +429,9 @@ func runDestination(addr string) (destReport, error) {
 		d.fail(g.died(err))
 	}
 	if mode == PostCopy {
-		go d.installer()
+		if !d.lazy {
+			go d.installer()
+		}
 	} else {
 		close(d.installed1) // stop-and-copy: the guest maps the pages from the memfd itself
 	}
@@ -495,7 +506,9 @@ func (d *pager) serveFaults() {
 			if m.Event() != uffd.EventPagefault {
 				continue
 			}
-			d.faults.Add(1)
+			if d.faults.Add(1) == d.crashAfter {
+				syscall.Kill(os.Getpid(), syscall.SIGKILL) // a pager that crashes (tests)
+			}
 			off := m.Address() - d.base
 			if m.Address() < d.base || int(off) >= d.npages*d.page {
 				d.fail(fmt.Errorf("a fault at %#x, outside the guest's image", m.Address()))
@@ -569,6 +582,7 @@ func (d *pager) fetcher() {
 		return
 	}
 	const maxRun, pullRun = 16, 512 // pages per fetch: around a fault, and pulling the rest
+	endCh := d.endCh
 	buf := make([]byte, pullRun*d.page)
 	for {
 		pg := -1
@@ -582,10 +596,13 @@ func (d *pager) fetcher() {
 		}
 		limit := maxRun
 		if pg < 0 {
-			if !d.ended.Load() {
+			if !d.ended.Load() || d.lazy {
 				select { // wait for a fault or the end of the stream
 				case pg = <-d.wanted:
-				case <-d.endCh:
+				case <-endCh:
+					if d.lazy {
+						endCh = nil // nothing to pull: wait for faults only
+					}
 					continue
 				case <-d.failed:
 					return
@@ -658,6 +675,9 @@ func (d *pager) fetch(pg, limit int, buf []byte) error {
 		}
 	}
 	d.mu.Unlock()
+	if d.lazy {
+		n = 1 // the others wait, held, for their own faults
+	}
 	return d.install(pg, n)
 }
 

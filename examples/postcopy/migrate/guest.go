@@ -215,20 +215,32 @@ func readGuestReport(r io.Reader) (guestReport, error) {
 
 var touchSink atomic.Uint32
 
-// touch reads each page it visits with copy() and times each first touch.
+// touch reads n pages with copy(), timing each first touch: the pages of hot (in random order)
+// first, then the others in random order; every page once when n is the number of pages.
 func touch(mem []byte, page int, hot []int, n int, seed uint64) (count int, mean, worst time.Duration) {
 	rng := rand.New(rand.NewPCG(seed, 3))
-	order := append([]int(nil), hot...)
-	rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
 	npages := len(mem) / page
+	order := make([]int, 0, npages)
+	seen := make([]bool, npages)
+	for _, pg := range hot {
+		if pg < npages && !seen[pg] {
+			seen[pg] = true
+			order = append(order, pg)
+		}
+	}
+	rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+	rest := len(order)
+	for pg := range seen {
+		if !seen[pg] {
+			order = append(order, pg)
+		}
+	}
+	rng.Shuffle(len(order)-rest, func(i, j int) { order[rest+i], order[rest+j] = order[rest+j], order[rest+i] })
 	buf := make([]byte, page)
 	var sum byte
 	var total time.Duration
-	for count = 0; count < n; count++ {
-		pg := rng.IntN(npages)
-		if count < len(order) {
-			pg = order[count]
-		}
+	for count = 0; count < min(n, npages); count++ {
+		pg := order[count]
 		start := time.Now()
 		copy(buf, mem[pg*page:(pg+1)*page])
 		d := time.Since(start)

@@ -51,6 +51,11 @@ type Config struct {
 	// (HTTPSource) from an HTTP server the source runs on loopback, instead of over the demand
 	// socket: the path a restore from an object store takes.
 	DemandOverHTTP bool
+	// Lazy makes the destination map a page into its guest only when the guest faults on it
+	// (no background install, no pull of what was not pushed): every page's first touch is a
+	// fault served by the pager, and the guest reads every page (DestTouches is raised to the
+	// number of pages). The migration ends when the guest has touched every page.
+	Lazy bool
 	// NoPush makes the source push nothing after the resume: every page written after the
 	// pre-copy then comes on demand, fetched by the destination's faults or by its installer.
 	NoPush bool
@@ -66,6 +71,9 @@ type Config struct {
 	// runtime would never run and the guest would hang; the pager is another process, so it
 	// cannot.
 	DestGC bool
+	// pagerCrashAfter > 0 makes the destination's pager kill itself (SIGKILL) after serving
+	// that many faults: its guest must die with it, never run on with missing pages.
+	pagerCrashAfter int
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
 	Timeout time.Duration
@@ -175,6 +183,9 @@ func Run(cfg Config) (Report, error) {
 		return Report{}, err
 	}
 	defer s.close()
+	if cfg.Lazy {
+		cfg.DestTouches = max(cfg.DestTouches, s.npages)
+	}
 	rep := Report{Mode: cfg.Mode, Demand: "socket", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
 	if cfg.DemandOverHTTP {
 		rep.Demand = "HTTP Range"
@@ -200,6 +211,12 @@ func Run(cfg Config) (Report, error) {
 		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
 	if cfg.DestGC {
 		cmd.Env = append(cmd.Env, envGC+"=1")
+	}
+	if cfg.Lazy {
+		cmd.Env = append(cmd.Env, envLazy+"=1")
+	}
+	if cfg.pagerCrashAfter > 0 {
+		cmd.Env = append(cmd.Env, envCrashAfter+"="+strconv.Itoa(cfg.pagerCrashAfter))
 	}
 	if cfg.DemandOverHTTP {
 		hln, err := net.Listen("tcp", "127.0.0.1:0")
