@@ -384,7 +384,6 @@ func (p *Pair) TrackDirty(i int) error {
 		sv.h.ClearDirty(i, pg)
 	}
 	sv.h.SetTracked(i, true)
-	sv.tracked[i].Store(true)
 	if err := sv.u.WriteProtectRange(sv.views[i], sv.n, true, 0); err != nil {
 		return fmt.Errorf("mirror: TrackDirty: %w", err)
 	}
@@ -404,7 +403,7 @@ func (p *Pair) Dirty(i int) ([]int, error) {
 		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
 	}
 	page := mem.PageSize()
-	if !sv.tracked[i].Load() {
+	if !sv.h.Tracked(i) {
 		return nil, nil // never tracked: nothing recorded
 	}
 	if sv.asyncWP {

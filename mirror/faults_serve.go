@@ -26,7 +26,6 @@ type serving struct {
 	mode    uffd.Mode
 	hidden  int                         // index in views of the caller's own mapping when Adjacent moved the original, else -1
 	asyncWP bool                        // TrackWritesAsync: the kernel resolves write-protect faults
-	tracked [fault.MaxViews]atomic.Bool // TrackDirty was called for the view
 	kind    Handler
 	src     io.ReaderAt
 	srcKind string // for messages

@@ -251,6 +251,9 @@ func (h *Handler) SetTracked(v int, on bool) {
 	}
 }
 
+// Tracked reports whether view v is under dirty tracking (SetTracked).
+func (h *Handler) Tracked(v int) bool { return h.b.hdr(hTracked)&(1<<v) != 0 }
+
 // Report describes the handler in a few lines, for printing.
 func (h *Handler) Report() string {
 	s := h.Stats()
