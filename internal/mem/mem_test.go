@@ -1,7 +1,10 @@
 package mem
 
 import (
+	"fmt"
+	"strings"
 	"testing"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -135,4 +138,66 @@ func BenchmarkFindVMAs(b *testing.B) {
 			}
 		}
 	})
+}
+
+// A duplicate with MREMAP_FIXED that the kernel refuses leaves its destination as it was, on
+// this kernel (6.17+ validates first) and on the path Mremap takes for older kernels; one that
+// succeeds lands at the destination, shares the source's pages and leaves no other mapping.
+func TestDuplicateFixedKeepsDestination(t *testing.T) {
+	ps := uintptr(PageSize())
+	saved := fixedValidatesFirst
+	defer func() { fixedValidatesFirst = saved }()
+	t.Logf("running kernel validates MREMAP_FIXED first: %v", saved)
+	for _, validates := range []bool{true, false} {
+		fixedValidatesFirst = validates
+		before := readMaps(t)
+		dst, err := Mmap(nil, 2*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS, -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		Slice(dst, int(2*ps))[ps] = 77
+		priv, err := Mmap(nil, 2*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS, -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Mremap(priv, 0, 2*ps, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, dst); !isErrno(err, unix.EINVAL) {
+			t.Fatalf("duplicate of private memory: %v, want EINVAL", err)
+		}
+		if v, err := FindVMAs(Addr(dst), Addr(dst)+2*ps); err != nil || len(v) != 1 || v[0].Start != Addr(dst) || !v[0].Shared() || Slice(dst, int(2*ps))[ps] != 77 {
+			t.Fatalf("old-kernel path %v: destination after a refused duplicate: %+v %v", !validates, v, err)
+		}
+		src, err := Mmap(nil, 2*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS, -1, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err := Mremap(src, 0, 2*ps, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, dst)
+		if err != nil || p != dst {
+			t.Fatalf("old-kernel path %v: duplicate onto the destination: %p %v", !validates, p, err)
+		}
+		Slice(src, int(2*ps))[5] = 9
+		if Slice(dst, int(2*ps))[5] != 9 {
+			t.Fatal("the duplicate does not share the source's pages")
+		}
+		for _, m := range []unsafe.Pointer{dst, priv, src} {
+			Munmap(m, 2*ps)
+		}
+		if after := readMaps(t); after != before {
+			t.Fatalf("old-kernel path %v: mappings changed:\nbefore\n%s\nafter\n%s", !validates, before, after)
+		}
+	}
+}
+
+func readMaps(t *testing.T) string {
+	t.Helper()
+	v, err := readVMAs(0, ^uintptr(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	for _, a := range v {
+		if a.Shared() { // the Go runtime makes no shared mappings
+			fmt.Fprintf(&b, "%x-%x %s %s\n", a.Start, a.End, a.Perms, a.Path)
+		}
+	}
+	return b.String()
 }

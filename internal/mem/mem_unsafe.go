@@ -7,6 +7,7 @@
 package mem
 
 import (
+	"fmt"
 	"os"
 	"unsafe"
 
@@ -40,12 +41,55 @@ func Munmap(addr unsafe.Pointer, length uintptr) error {
 }
 
 // Mremap wraps mremap(2). newAddr is used only with unix.MREMAP_FIXED.
+//
+// A duplicate (oldSize 0) with MREMAP_FIXED never destroys what is at newAddr when the kernel
+// refuses it. Kernels before 6.17 unmapped the destination before checking the source, so a
+// refused duplicate left a hole in the caller's reservation that another thread's mmap could
+// take; there, Mremap duplicates to an address of the kernel's choosing first (every refusal of
+// a duplicate happens in that step, with newAddr untouched) and then moves the new mapping onto
+// newAddr (mremap with old size = new size and MREMAP_FIXED), one system call more. If even
+// that move fails (only possible when the process runs out of mappings), the range is
+// reserved again at once, without replacing anything, to close the hole.
 func Mremap(old unsafe.Pointer, oldSize, newSize uintptr, flags int, newAddr unsafe.Pointer) (unsafe.Pointer, error) {
+	if oldSize == 0 && flags == unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED && !fixedValidatesFirst {
+		return duplicateThenMove(old, newSize, newAddr)
+	}
 	p, err := unix.MremapPtr(old, oldSize, newAddr, newSize, flags)
 	if err != nil {
 		return nil, os.NewSyscallError("mremap", err)
 	}
 	return p, nil
+}
+
+func duplicateThenMove(old unsafe.Pointer, n uintptr, dst unsafe.Pointer) (unsafe.Pointer, error) {
+	tmp, err := unix.MremapPtr(old, 0, nil, n, unix.MREMAP_MAYMOVE)
+	if err != nil {
+		return nil, os.NewSyscallError("mremap", err)
+	}
+	p, err := unix.MremapPtr(tmp, n, dst, n, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED)
+	if err != nil {
+		unix.MunmapPtr(tmp, n)
+		ReserveAt(dst, n)
+		return nil, os.NewSyscallError("mremap", err)
+	}
+	return p, nil
+}
+
+// fixedValidatesFirst reports whether the running kernel (6.17+) checks a MREMAP_FIXED
+// request before unmapping its destination.
+var fixedValidatesFirst = kernelAtLeast(6, 17)
+
+// kernelAtLeast reports whether uname(2)'s release is major.minor or later.
+func kernelAtLeast(major, minor int) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var ma, mi int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
+		return false
+	}
+	return ma > major || ma == major && mi >= minor
 }
 
 // Madvise wraps madvise(2).

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -40,6 +42,16 @@ const (
 	pmCoveringOrNextVMA = 0x10
 )
 
+// queryBuf is what one PROCMAP_QUERY look-up hands the kernel. Its buffers come from a pool,
+// so they are on the heap (escape analysis would otherwise put them on a goroutine stack,
+// which can move) and are reused across look-ups.
+type queryBuf struct {
+	q    procmapQuery
+	name [4096]byte
+}
+
+var queryBufs = sync.Pool{New: func() any { return new(queryBuf) }}
+
 var noProcmapQuery atomic.Bool // set once the kernel says it lacks PROCMAP_QUERY
 
 // queryVMAs is FindVMAs with PROCMAP_QUERY. ok is false if the kernel lacks it.
@@ -52,16 +64,23 @@ func queryVMAs(start, end uintptr) (out []VMA, ok bool, err error) {
 		return nil, false, &os.PathError{Op: "open", Path: "/proc/self/maps", Err: err}
 	}
 	defer unix.Close(fd)
-	var name [4096]byte
+	// The kernel writes the name through an address that travels inside the struct as an
+	// integer, which the garbage collector and the stack copier cannot see: the buffer (and
+	// the struct) live on the heap, where nothing moves them, and are kept alive across the
+	// system call.
+	buf := queryBufs.Get().(*queryBuf)
+	defer queryBufs.Put(buf)
+	q, name := &buf.q, &buf.name
 	for addr := start; addr < end; {
-		q := procmapQuery{
+		*q = procmapQuery{
 			Size:        uint64(unsafe.Sizeof(procmapQuery{})),
 			QueryFlags:  pmCoveringOrNextVMA,
 			QueryAddr:   uint64(addr),
 			VMANameSize: uint32(len(name)),
 			VMANameAddr: uint64(uintptr(unsafe.Pointer(&name[0]))),
 		}
-		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), procmapQueryIoctl, uintptr(unsafe.Pointer(&q)))
+		_, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), procmapQueryIoctl, uintptr(unsafe.Pointer(q)))
+		runtime.KeepAlive(name)
 		switch e {
 		case 0:
 		case unix.ENOENT: // no VMA at or after addr
