@@ -7,7 +7,6 @@ import (
 	"os"
 	"reflect"
 	"sync"
-	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -24,8 +23,8 @@ type serving struct {
 	views   []uintptr
 	n       int
 	mode    uffd.Mode
-	hidden  int                         // index in views of the caller's own mapping when Adjacent moved the original, else -1
-	asyncWP bool                        // TrackWritesAsync: the kernel resolves write-protect faults
+	hidden  int  // index in views of the caller's own mapping when Adjacent moved the original, else -1
+	asyncWP bool // TrackWritesAsync: the kernel resolves write-protect faults
 	kind    Handler
 	src     io.ReaderAt
 	srcKind string // for messages
