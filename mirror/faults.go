@@ -156,6 +156,11 @@ const (
 	HandlerNative
 	// HandlerProcess is a handler process: this program re-executed, which receives the
 	// userfaultfd and the source's descriptor. A standby process takes over if it dies.
+	// The re-executed program stops in the init function of this module's fault package, so
+	// main never runs there, but the init functions of packages initialised before it (those
+	// it does not depend on, which sort before it) do: keep them free of side effects that
+	// must not happen twice (os.Args[0] is "mirrormem-fault-handler" there). Mirror fails with
+	// an error if a handler process does not start serving within 30 seconds.
 	HandlerProcess
 	// HandlerGo is a uffd.Server in this process: the explicit opt-in for sources that are Go
 	// code. See ServeFaults for the rule it imposes (no runtime assembly on unfilled pages).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -95,6 +96,10 @@ func ProcessAvailable() error {
 	}
 	return nil
 }
+
+// readyTimeout bounds how long StartProcess waits for a handler process to start serving (a
+// variable for tests).
+var readyTimeout = 30 * time.Second
 
 type process struct {
 	parentW *os.File // closing it stops the handler processes
@@ -238,10 +243,16 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		readyW.Close()
 		readies[i] = readyR
 	}
-	// Both processes start at once; each says when it serves.
+	// Both processes start at once; each says when it serves, within readyTimeout.
+	deadline := time.Now().Add(readyTimeout)
 	for i, role := range roles {
 		var one [1]byte
+		readies[i].SetReadDeadline(deadline)
 		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not start serving within %v (an init function of the program blocking in the re-executed handler process?); it was killed",
+					role, p.cmds[i].Process.Pid, readyTimeout)
+			}
 			werr := p.cmds[i].Wait()
 			p.cmds[i] = nil
 			return nil, fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
