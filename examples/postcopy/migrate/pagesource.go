@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // PageSource fetches pages of a source image on demand: the destination's faults end here.
@@ -48,6 +49,9 @@ func (s *socketSource) ReadPages(dst []byte, off int64) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A source that stops answering without closing the connection fails the fetch rather
+	// than leaving the fault it serves waiting for ever.
+	s.conn.SetDeadline(time.Now().Add(demandTimeout))
 	if err := putU32(s.conn, uint32(off/int64(s.pageSize)), uint32(len(dst)/s.pageSize)); err != nil {
 		return sourceGone("demand request", err)
 	}

@@ -57,7 +57,7 @@ type Config struct {
 	// number of pages). The migration ends when the guest has touched every page.
 	Lazy bool
 	// NoPush makes the source push nothing after the resume: every page written after the
-	// pre-copy then comes on demand, fetched by the destination's faults or by its installer.
+	// pre-copy then comes on demand, fetched by the destination's pager for a fault or once the stream ended.
 	NoPush bool
 	// FailSourceAfter > 0 makes the source drop its connections once it has sent that many
 	// pages after the resume (pushed or on demand), as a crashed source would: the migration

@@ -240,7 +240,7 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
 		}
 		if i%64 == 63 {
-			w.Flush() // keep the destination's installer busy, not waiting for a full buffer
+			w.Flush() // keep the destination's pager busy, not waiting for a full buffer
 		}
 	}
 	// The checksums of the final image, computed now that it is frozen: the destination
