@@ -13,7 +13,17 @@ import (
 	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 )
 
-func unchanged(t testing.TB) func() { t.Helper(); return memtest.Unchanged(t) }
+// unchanged checks, when the returned function runs, that the test left no fd, mapping,
+// goroutine of this module nor child process behind.
+func unchanged(t testing.TB) func() {
+	t.Helper()
+	mem, procs := memtest.Unchanged(t), noneLeft(t)
+	return func() {
+		t.Helper()
+		procs()
+		mem()
+	}
+}
 
 func mapsLine(t testing.TB, addr uintptr) string { t.Helper(); return memtest.MapsLine(t, addr) }
 

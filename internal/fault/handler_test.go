@@ -45,10 +45,19 @@ type starter struct {
 	start func(Config) (*Handler, error)
 }
 
+// starters returns the handlers to test; each start also checks, at the end of the test, that
+// the handler left no goroutine nor child process behind.
 func starters(t testing.TB) []starter {
 	s := []starter{{"process", func(c Config) (*Handler, error) { return StartProcess(c, ProcessOptions{}) }}}
 	if NativeAvailable {
 		s = append([]starter{{"native", StartNative}}, s...)
+	}
+	for i := range s {
+		start := s[i].start
+		s[i].start = func(c Config) (*Handler, error) {
+			noneLeft(t)
+			return start(c)
+		}
 	}
 	return s
 }

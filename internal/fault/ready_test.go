@@ -16,6 +16,7 @@ func TestStartProcessReadyTimeout(t *testing.T) {
 	const n = 4 * pg
 	p := newTestPair(t, n, uffd.ModeMissing, 0)
 	defer checkLeaks(t)()
+	noneLeft(t)
 	t.Setenv("FAULT_TEST_BLOCK_INIT", "1")
 	old := readyTimeout
 	readyTimeout = 300 * time.Millisecond
