@@ -211,14 +211,17 @@ func (f *faultConfig) check() error {
 }
 
 // FaultStats counts the faults served through one view.
+//
+// With HandlerGo, Filled and Mapped are always 0: the Go server does not tell fills from
+// mappings, and Bytes counts both.
 type FaultStats struct {
 	Missing uint64 // missing faults: the page was not in memory yet
 	Minor   uint64 // minor faults: the page was filled through another view, and mapped here
 	WP      uint64 // write-protect faults (TrackWrites)
-	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged
-	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE
+	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged; 0 with HandlerGo
+	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE; 0 with HandlerGo
 	Exists  uint64 // resolves answered EEXIST: someone filled the page first (not an error)
-	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged; for HandlerGo also mapped)
+	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged; with HandlerGo also mapped)
 }
 
 // FaultEvent is one entry of the VerifyFaults log.

@@ -22,6 +22,7 @@ import (
 
 const (
 	envGCRun    = "MIRRORMEM_TEST_GC_RUN"   // region size of one no-hang run
+	envGCProc   = "MIRRORMEM_TEST_GC_PROC"  // the no-hang run uses HandlerProcess
 	envWatchdog = "MIRRORMEM_TEST_WATCHDOG" // run the deliberate deadlock
 )
 
@@ -50,15 +51,31 @@ func TestNoHangUnderGC(t *testing.T) {
 	const perProcess = 5
 	if v := os.Getenv(envGCRun); v != "" {
 		size, _ := strconv.Atoi(v)
+		var opts []Option
+		if os.Getenv(envGCProc) != "" {
+			opts = append(opts, WithHandler(HandlerProcess))
+		}
 		for i := 0; i < perProcess; i++ {
-			noHangRun(t, size)
+			noHangRun(t, size, opts...)
 		}
 		return
 	}
 	t.Parallel() // mostly waits for its subprocesses: overlap it with the bounce test
-	runs, size := 50, 64<<20
+	t.Run("default", func(t *testing.T) { t.Parallel(); noHangRuns(t, 64<<20, nil) })
+	if fault.NativeAvailable {
+		// The default handler is the C thread; the handler process gets its own 50 runs,
+		// of 16 MiB (a quarter of the pages: the handler is the same code for every page,
+		// what matters is many runs under GC, and CI time is bounded).
+		t.Run("process", func(t *testing.T) { t.Parallel(); noHangRuns(t, 16<<20, []string{envGCProc + "=1"}) })
+	}
+}
+
+// noHangRuns runs TestNoHangUnderGC's 50 runs of size bytes in subprocesses with env.
+func noHangRuns(t *testing.T, size int, env []string) {
+	const perProcess = 5
+	runs := 50
 	if raceEnabled {
-		size = 16 << 20
+		size = min(size, 16<<20)
 	}
 	if testing.Short() {
 		runs, size = 10, 16<<20
@@ -75,7 +92,7 @@ func TestNoHangUnderGC(t *testing.T) {
 		go func(i int) {
 			defer wg.Done()
 			defer func() { <-sem }()
-			out, err := runChild("TestNoHangUnderGC", []string{envGCRun + "=" + strconv.Itoa(size)}, 2*time.Minute)
+			out, err := runChild("TestNoHangUnderGC", append([]string{envGCRun + "=" + strconv.Itoa(size)}, env...), 2*time.Minute)
 			if err == nil && strings.Contains(string(out), "--- PASS: TestNoHangUnderGC") {
 				return
 			}
@@ -95,14 +112,14 @@ func TestNoHangUnderGC(t *testing.T) {
 	t.Logf("%d runs of %d MiB in %d subprocesses: every run completed", runs, size>>20, runs/perProcess)
 }
 
-func noHangRun(t *testing.T, size int) {
+func noHangRun(t *testing.T, size int, opts ...Option) {
 	f, data := patternFile(t, size)
 	r, err := alloc.Shared(size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f))
+	p, err := Mirror(r, append([]Option{ServeFaults(f)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
