@@ -135,7 +135,7 @@ func TestKernelMemlockLimitEAGAIN(t *testing.T) {
 	}
 	ps := alloc.PageSize()
 	os.ReadFile("/proc/self/stat") // the first file read starts the runtime's poller (two fds): not ours
-	runtime.LockOSThread() // never unlocked: the thread without CAP_IPC_LOCK ends with the test
+	runtime.LockOSThread()         // never unlocked: the thread without CAP_IPC_LOCK ends with the test
 	dropIPCLock(t)
 	var old unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_MEMLOCK, &old); err != nil {
