@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/mirrormem/mirrormem/alloc"
-	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/internal/fault/cref"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -66,7 +66,7 @@ func BenchmarkServeFaults(b *testing.B) {
 					}
 					b.StartTimer()
 					if u != nil {
-						m, n, err := fault.ReferenceServeTouch(u.Fd(), addr(p.Original()), addr(p.Mirror()), benchFaultLen, int(f.Fd()), max(around/page, 1), 0, kinds[k] == "c")
+						m, n, err := cref.ServeTouch(u.Fd(), addr(p.Original()), addr(p.Mirror()), benchFaultLen, int(f.Fd()), max(around/page, 1), 0, kinds[k] == "c")
 						if err != nil {
 							b.Fatal(err)
 						}
@@ -75,9 +75,9 @@ func BenchmarkServeFaults(b *testing.B) {
 						iter[k] = [2]time.Duration{m, n}
 					} else {
 						t0 := time.Now()
-						fault.TouchC(addr(p.Original()), benchFaultLen)
+						cref.Touch(addr(p.Original()), benchFaultLen)
 						t1 := time.Now()
-						fault.TouchC(addr(p.Mirror()), benchFaultLen)
+						cref.Touch(addr(p.Mirror()), benchFaultLen)
 						iter[k] = [2]time.Duration{t1.Sub(t0), time.Since(t1)}
 						missing[k] += iter[k][0]
 						minor[k] += iter[k][1]

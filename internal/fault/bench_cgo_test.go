@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mirrormem/mirrormem/internal/fault/cref"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -44,17 +45,17 @@ func BenchmarkServe(b *testing.B) {
 					}
 					b.StartTimer()
 					if kind == "cref" {
-						m, n, err := refServeTouch(p.u.Fd(), addrOf(p.orig), addrOf(p.dup), benchLen, int(f.Fd()), around, 0, false)
+						m, n, err := cref.ServeTouch(p.u.Fd(), addrOf(p.orig), addrOf(p.dup), benchLen, int(f.Fd()), around, 0, false)
 						if err != nil {
 							b.Fatal(err)
 						}
-						missing += time.Duration(m)
-						minor += time.Duration(n)
+						missing += m
+						minor += n
 					} else {
 						t0 := time.Now()
-						touchC(addrOf(p.orig), benchLen, pg)
+						cref.Touch(addrOf(p.orig), benchLen)
 						t1 := time.Now()
-						touchC(addrOf(p.dup), benchLen, pg)
+						cref.Touch(addrOf(p.dup), benchLen)
 						missing += t1.Sub(t0)
 						minor += time.Since(t1)
 					}

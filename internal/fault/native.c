@@ -663,10 +663,3 @@ void mm_join(struct mm_handler *h) {
 	free(h->saved);
 	free(h);
 }
-
-uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page) {
-	uint64_t s = 0;
-	for (uint64_t o = 0; o < len; o += page)
-		s += *(volatile uint8_t *)(uintptr_t)(addr + o);
-	return s;
-}

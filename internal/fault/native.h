@@ -41,14 +41,6 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err);
 // mm_stop signals the stop eventfd (the caller writes it) and joins the thread, then frees h.
 void mm_join(struct mm_handler *h);
 
-// mm_bench_fault_loop: C reference workload, touches n pages of addr with stride page, reading one
-// byte each; returns a checksum. Used by benchmarks to do the faulting side in C.
-uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page);
-
-// mm_ref_serve_touch: the C reference handler of the benchmarks (ref.c).
-int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_t page, int srcfd,
-		       uint32_t around, int first, int map, uint64_t ns[2]);
-
 // The watchdog of an in-process Go fault server (watchdog.c).
 struct mm_watchdog;
 struct mm_watchdog *mm_watch_start(volatile uint64_t *heartbeat, uint64_t timeout_ms, int stopfd, const char *msg,

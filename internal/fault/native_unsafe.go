@@ -10,7 +10,6 @@ import "C"
 import (
 	"fmt"
 	"os"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -98,38 +97,3 @@ func (n *native) stop() error {
 
 func (n *native) err() error   { return nil }
 func (n *native) kind() string { return "native" }
-
-// touchC reads one byte of every page of [addr, addr+length) from C: the faulting side of the
-// C reference benchmark.
-func touchC(addr uintptr, length, page int) uint64 {
-	return uint64(C.mm_touch(C.uint64_t(addr), C.uint64_t(length), C.uint64_t(page)))
-}
-
-// refServeTouch runs the C reference handler (ref.c) on two registered views and times a C
-// thread reading every page of view first, then of the other view.
-func refServeTouch(u int, v0, v1 uintptr, length, srcfd, around, first int, mapSrc bool) (missing, minor int64, err error) {
-	var ns [2]C.uint64_t
-	var m C.int
-	if mapSrc {
-		m = 1
-	}
-	e := C.mm_ref_serve_touch(C.int(u), C.uint64_t(v0), C.uint64_t(v1), C.uint64_t(length),
-		C.uint64_t(os.Getpagesize()), C.int(srcfd), C.uint32_t(around), C.int(first), m, &ns[0])
-	if e != 0 {
-		return 0, 0, unix.Errno(e)
-	}
-	return int64(ns[0]), int64(ns[1]), nil
-}
-
-// ReferenceServeTouch runs the C reference handler of the benchmarks (a plain C fault handler:
-// poll, read, UFFDIO_COPY from the source file (mapped read-only if mapSrc, as the native
-// handler does, else read with pread), UFFDIO_CONTINUE, a wake of the other view, the same
-// fault-around window) on two views registered on uffd, and times a C thread reading one byte
-// of every page of view first (missing faults) and then of the other view (minor faults).
-func ReferenceServeTouch(uffd int, v0, v1 uintptr, length, srcfd, maxAround, first int, mapSrc bool) (missing, minor time.Duration, err error) {
-	m, n, err := refServeTouch(uffd, v0, v1, length, srcfd, maxAround, first, mapSrc)
-	return time.Duration(m), time.Duration(n), err
-}
-
-// TouchC reads one byte of every page of [addr, addr+length) from C.
-func TouchC(addr uintptr, length int) uint64 { return touchC(addr, length, os.Getpagesize()) }

@@ -88,9 +88,9 @@ func runHandlerProcess(env string) int {
 	return 0
 }
 
-// ProcessAvailable reports whether this program can start handler processes (it can re-execute
+// processAvailable reports whether this program can start handler processes (it can re-execute
 // itself through /proc/self/exe).
-func ProcessAvailable() error {
+func processAvailable() error {
 	if _, err := os.Stat("/proc/self/exe"); err != nil {
 		return fmt.Errorf("fault: the handler process re-executes /proc/self/exe: %w", err)
 	}
@@ -139,7 +139,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	if cfg.Source == SourceMem {
 		return nil, errors.New("fault: a handler process cannot read this process's memory: give it a descriptor (SourceFD)")
 	}
-	if err := ProcessAvailable(); err != nil {
+	if err := processAvailable(); err != nil {
 		return nil, err
 	}
 	npages := cfg.Len / page

@@ -6,7 +6,7 @@
 // no log. Benchmarks compare the native handler against it; nothing else uses it.
 
 #define _GNU_SOURCE
-#include "native.h"
+#include "ref.h"
 
 #include <errno.h>
 #include <linux/userfaultfd.h>
@@ -136,4 +136,11 @@ int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_
 	if (r.map)
 		munmap((void *)r.map, len);
 	return 0;
+}
+
+uint64_t mm_touch(uint64_t addr, uint64_t len, uint64_t page) {
+	uint64_t s = 0;
+	for (uint64_t o = 0; o < len; o += page)
+		s += *(volatile uint8_t *)(uintptr_t)(addr + o);
+	return s;
 }
