@@ -302,3 +302,55 @@ func TestKernelMaxMapCount(t *testing.T) {
 		t.Fatalf("library: Mirror with vm.max_map_count views: %v, want ENOMEM naming vm.max_map_count", err)
 	}
 }
+
+const envSealRaw = "MIRRORMEM_TEST_SEAL_RAW"
+
+// A sealed mapping (mseal, 6.10+) cannot be duplicated: EPERM. With BackendDuplicate, Of says
+// it is sealed; by default it falls back to mapping the object again where it can open it.
+// Sealed mappings can never be unmapped, so this runs in a subprocess.
+func TestKernelSealedEPERM(t *testing.T) {
+	if os.Getenv(envSealRaw) == "" {
+		subprocess(t, "TestKernelSealedEPERM", []string{envSealRaw + "=1"})
+		return
+	}
+	n := 2 * alloc.PageSize()
+	p, err := mem.Mmap(nil, uintptr(n), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS, -1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, e := unix.Syscall(unix.SYS_MSEAL, mem.Addr(p), uintptr(n), 0); e != 0 {
+		if e == unix.ENOSYS {
+			t.Skipf("kernel without mseal (6.10+): %v", e)
+		}
+		t.Fatalf("mseal: %v", e)
+	}
+	b := mem.Slice(p, n)
+	if q, err := dup(p, n, unix.MREMAP_MAYMOVE, nil); !errors.Is(err, unix.EPERM) {
+		if err == nil {
+			mem.Munmap(q, uintptr(n))
+		}
+		t.Fatalf("kernel: duplicate of a sealed mapping: %v, want EPERM", err)
+	}
+	os.ReadFile("/proc/self/stat") // starts the runtime's poller (two fds) before the leak check
+	done := unchanged(t)
+	pair, err := Of(b, WithBackend(BackendDuplicate))
+	done()
+	if err == nil {
+		pair.Close()
+		t.Fatal("library: Of(sealed, BackendDuplicate) succeeded")
+	}
+	if !errors.Is(err, ErrUnsupported) || !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "sealed") {
+		t.Fatalf("library: Of(sealed, BackendDuplicate): %v, want ErrUnsupported wrapping EPERM, saying sealed", err)
+	}
+	pair, err = Of(b)
+	if err != nil {
+		t.Logf("library: Of(sealed) with the default backend: %v", err)
+		if !errors.Is(err, unix.EPERM) {
+			t.Fatalf("library: Of(sealed): %v, want the fallback or EPERM", err)
+		}
+		return
+	}
+	t.Logf("library: Of(sealed) fell back to %v", pair.Backend())
+	sharesPages(t, pair.Original(), pair.Mirror())
+	pair.Close()
+}
