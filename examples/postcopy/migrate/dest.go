@@ -32,6 +32,7 @@ const (
 	envHTTP       = "MIRRORMEM_POSTCOPY_HTTP"        // fetch on demand from this URL with HTTP Range requests
 	envGC         = "MIRRORMEM_POSTCOPY_GC"          // the guest collects garbage in a loop while it runs
 	envLazy       = "MIRRORMEM_POSTCOPY_LAZY"        // install pages only when the guest faults on them
+	envGuestCrash = "MIRRORMEM_POSTCOPY_GUEST_CRASH" // the guest exits with an error after the resume (tests)
 	envCrashAfter = "MIRRORMEM_POSTCOPY_CRASH_AFTER" // the pager kills itself after this many faults (tests)
 
 	// demandTimeout bounds one demand fetch: a source that stops answering without closing
@@ -83,15 +84,15 @@ type pager struct {
 	left      int  // pages not installed in the guest's view yet
 	resumed   bool // the states are final: a pageHave page may be mapped into the guest
 
-	resumeCh   chan struct{} // closed at the resume
-	wanted     chan int      // faulted pages the pager does not hold yet
-	ready      chan struct{} // pages became pageHave: wake the installer
-	installed1 chan struct{} // closed once every page is installed
-	ended      atomic.Bool   // the stream ended: nothing more will be pushed
-	endCh      chan struct{} // closed when the stream ends
-	failOnce   sync.Once
-	failed     chan struct{}
-	failErr    error
+	resumeCh     chan struct{} // closed at the resume
+	wanted       chan int      // faulted pages the pager does not hold yet
+	ready        chan struct{} // pages became pageHave: wake the installer
+	allInstalled chan struct{} // closed once every page is installed
+	ended        atomic.Bool   // the stream ended: nothing more will be pushed
+	endCh        chan struct{} // closed when the stream ends
+	failOnce     sync.Once
+	failed       chan struct{}
+	failErr      error
 
 	faults      atomic.Uint64
 	onDemand    atomic.Int64
@@ -106,8 +107,19 @@ func (d *pager) fail(err error) {
 	})
 }
 
-// failure is the error the destination ends with: why, and how much it still missed.
-func (d *pager) failure() error {
+// errGuestGone: the guest's memory is no longer there to map pages into.
+var errGuestGone = errors.New("the guest's memory is gone")
+
+// failure is the error the destination ends with: why, and how much it still missed. When the
+// guest's memory vanished, the guest is exiting: its exit status and last words say why.
+func (d *pager) failure(g *guestProc) error {
+	if errors.Is(d.failErr, errGuestGone) {
+		select {
+		case <-g.done:
+			return g.died(g.waitErr)
+		case <-time.After(5 * time.Second): // it unmapped its memory without exiting
+		}
+	}
 	d.mu.Lock()
 	missing := 0
 	for _, st := range d.state {
@@ -278,7 +290,7 @@ func runDestination(addr string) (destReport, error) {
 	defer reg.Close()
 	d := &pager{page: page, npages: size / page, img: reg.Bytes(), left: size / page,
 		resumeCh: make(chan struct{}), wanted: make(chan int, 1024), ready: make(chan struct{}, 1),
-		installed1: make(chan struct{}), failed: make(chan struct{}), endCh: make(chan struct{})}
+		allInstalled: make(chan struct{}), failed: make(chan struct{}), endCh: make(chan struct{})}
 	d.lazy = os.Getenv(envLazy) != ""
 	if n, err := strconv.Atoi(os.Getenv(envCrashAfter)); err == nil && n > 0 {
 		d.crashAfter = uint64(n)
@@ -416,7 +428,7 @@ func runDestination(addr string) (destReport, error) {
 	select {
 	case stale = <-resumed:
 	case <-d.failed:
-		return rep, d.failure()
+		return rep, d.failure(g)
 	}
 	// Resume the guest: from now on its faults are served.
 	msg := make([]byte, 0, 5+4*len(stale))
@@ -433,24 +445,24 @@ func runDestination(addr string) (destReport, error) {
 			go d.installer()
 		}
 	} else {
-		close(d.installed1) // stop-and-copy: the guest maps the pages from the memfd itself
+		close(d.allInstalled) // stop-and-copy: the guest maps the pages from the memfd itself
 	}
 	wait := func(chs ...chan struct{}) error {
 		for _, ch := range chs {
 			select {
 			case <-ch:
 			case <-d.failed:
-				return d.failure()
+				return d.failure(g)
 			}
 		}
 		select {
 		case <-d.failed:
-			return d.failure()
+			return d.failure(g)
 		default:
 			return nil
 		}
 	}
-	if err := wait(streamDone, d.installed1); err != nil {
+	if err := wait(streamDone, d.allInstalled); err != nil {
 		return rep, err
 	}
 	rep.DoneNs = monotonic() // every page is in the guest's view: the migration is over
@@ -551,6 +563,8 @@ func (d *pager) install(pg, n int) error {
 				return fmt.Errorf("waking the guest: %w", err)
 			}
 			done += d.page
+		case errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ESRCH):
+			return fmt.Errorf("mapping page %d into the guest: %w (%w)", pg+done/d.page, errGuestGone, err)
 		default:
 			return fmt.Errorf("mapping page %d into the guest: %w", pg+done/d.page, err)
 		}
@@ -564,9 +578,9 @@ func (d *pager) install(pg, n int) error {
 	}
 	if d.left == 0 {
 		select {
-		case <-d.installed1:
+		case <-d.allInstalled:
 		default:
-			close(d.installed1)
+			close(d.allInstalled)
 		}
 	}
 	d.mu.Unlock()
@@ -590,7 +604,7 @@ func (d *pager) fetcher() {
 		case pg = <-d.wanted:
 		case <-d.failed:
 			return
-		case <-d.installed1:
+		case <-d.allInstalled:
 			return
 		default:
 		}
@@ -606,7 +620,7 @@ func (d *pager) fetcher() {
 					continue
 				case <-d.failed:
 					return
-				case <-d.installed1:
+				case <-d.allInstalled:
 					return
 				}
 			} else {
@@ -614,7 +628,7 @@ func (d *pager) fetcher() {
 				if pg = d.nextMissing(); pg < 0 {
 					select { // everything is held: the installer finishes
 					case pg = <-d.wanted:
-					case <-d.installed1:
+					case <-d.allInstalled:
 						return
 					case <-d.failed:
 						return
@@ -708,13 +722,13 @@ func (d *pager) installer() {
 			}
 		}
 		select {
-		case <-d.installed1:
+		case <-d.allInstalled:
 			return
 		default:
 		}
 		select {
 		case <-d.ready:
-		case <-d.installed1:
+		case <-d.allInstalled:
 			return
 		case <-d.failed:
 			return

@@ -148,6 +148,9 @@ func runGuest(params string) (err error) {
 		hot[i] = int(v)
 	}
 	rep.ResumeNs = monotonic()
+	if os.Getenv(envGuestCrash) != "" {
+		return errors.New("the guest failed on purpose (a test of a guest that dies)")
+	}
 
 	// Running again. The workload reads the pages it was using (the ones written last at the
 	// source) and then others at random, with copy(): runtime assembly, which the collector

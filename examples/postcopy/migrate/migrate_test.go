@@ -98,6 +98,16 @@ func TestPagerCrash(t *testing.T) {
 	}
 }
 
+// TestGuestDies: the guest ends before the migration does; the destination says so, with
+// the guest's own error.
+func TestGuestDies(t *testing.T) {
+	_, err := Run(Config{ImageSize: 8 << 20, guestCrash: true, Stderr: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "guest process ended") || !strings.Contains(err.Error(), "on purpose") {
+		t.Fatalf("migration whose guest died: %v", err)
+	}
+	t.Log(err)
+}
+
 // processesWith lists the processes other than this one whose environment has kv.
 func processesWith(kv string) []string {
 	var pids []string

@@ -74,6 +74,8 @@ type Config struct {
 	// pagerCrashAfter > 0 makes the destination's pager kill itself (SIGKILL) after serving
 	// that many faults: its guest must die with it, never run on with missing pages.
 	pagerCrashAfter int
+	// guestCrash makes the destination's guest exit with an error right after it resumed.
+	guestCrash bool
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
 	Timeout time.Duration
@@ -214,6 +216,9 @@ func Run(cfg Config) (Report, error) {
 	}
 	if cfg.Lazy {
 		cmd.Env = append(cmd.Env, envLazy+"=1")
+	}
+	if cfg.guestCrash {
+		cmd.Env = append(cmd.Env, envGuestCrash+"=1")
 	}
 	if cfg.pagerCrashAfter > 0 {
 		cmd.Env = append(cmd.Env, envCrashAfter+"="+strconv.Itoa(cfg.pagerCrashAfter))
