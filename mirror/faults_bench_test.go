@@ -18,7 +18,7 @@ const benchFaultLen = 8 << 20
 // (first every page of the original: missing faults filled from a file; then every page of the
 // mirror: minor faults), one page per fault (4k) and with the default fault-around (around),
 // for the native C-thread handler, the handler process and a plain C reference handler
-// (internal/fault's ref.c) on the same kind of pair: "c" copies from a read-only mapping of the
+// (internal/fault/cref) on the same kind of pair: "c" copies from a read-only mapping of the
 // file as the native handler does (the same work), "c-pread" reads the file with pread first
 // (what most C handlers do). All are interleaved in every iteration so that the ratios compare
 // runs made side by side. The pages are read from C in all of them.
