@@ -197,6 +197,17 @@ func TestLeaseReleaseFailureDoesNotLeak(t *testing.T) {
 		t.Fatalf("second Release: %v, want the same error again", err)
 	}
 	end := r.Addr() + uintptr(r.Len())
+	// The next Lend restores the reservation before lending the range again.
+	l2, err := r.Lend(ps)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if line := mapsLine(t, end); !strings.Contains(line, "---p") {
+		t.Fatalf("Lend after a failed release hands out %q, want a fresh PROT_NONE reservation", line)
+	}
+	if err := l2.Release(); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
 	}
