@@ -48,8 +48,9 @@ func Munmap(addr unsafe.Pointer, length uintptr) error {
 // take; there, Mremap duplicates to an address of the kernel's choosing first (every refusal of
 // a duplicate happens in that step, with newAddr untouched) and then moves the new mapping onto
 // newAddr (mremap with old size = new size and MREMAP_FIXED), one system call more. If even
-// that move fails (only possible when the process runs out of mappings), the range is
-// reserved again at once, without replacing anything, to close the hole.
+// that move fails (only when the kernel runs out of memory or the process out of mappings, as
+// the move of an existing shared mapping of the same size passes every other check), the range
+// is reserved again at once, without replacing anything, to close the hole.
 func Mremap(old unsafe.Pointer, oldSize, newSize uintptr, flags int, newAddr unsafe.Pointer) (unsafe.Pointer, error) {
 	if oldSize == 0 && flags == unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED && !fixedValidatesFirst {
 		return duplicateThenMove(old, newSize, newAddr)
