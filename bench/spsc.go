@@ -26,6 +26,10 @@ type spscRing struct {
 	n        uint64
 	mirrored bool
 	unmap    func() error
+	// straddled counts the writes and record reads that crossed the end of the buffer (the
+	// same compare and increment in both variants): the wrap benchmarks check that every
+	// message they time straddles.
+	straddled int
 }
 
 // newSPSC makes a ring of n bytes, a multiple of the page size. Both variants live in shared
@@ -73,6 +77,9 @@ func (r *spscRing) write(p []byte) {
 		}
 	}
 	off := t % r.n
+	if off+m > r.n {
+		r.straddled++
+	}
 	if r.mirrored || off+m <= r.n {
 		copy(r.buf[off:off+m], p)
 	} else {
@@ -123,6 +130,9 @@ func (r *spscRing) readRecord(m int, scratch []byte) []byte {
 		}
 	}
 	off := h % r.n
+	if off+mm > r.n {
+		r.straddled++
+	}
 	if r.mirrored || off+mm <= r.n {
 		return r.buf[off : off+mm]
 	}
@@ -134,3 +144,13 @@ func (r *spscRing) readRecord(m int, scratch []byte) []byte {
 
 // consume releases the m bytes of the last readRecord.
 func (r *spscRing) consume(m int) { r.head.Add(uint64(m)) }
+
+// replay makes the m bytes just consumed readable again at the same place, one lap later,
+// without writing them: the producer's position moves a whole lap (n bytes, all of them
+// already in place), the consumer's by n-m. The consumer-side wrap benchmarks use it to read the
+// same straddling record over and over at the price of two atomic adds, the same in both variants.
+func (r *spscRing) replay(m int) {
+	r.tail.Add(r.n)
+	r.head.Add(r.n - uint64(m))
+	r.tailSeen = r.tail.Load()
+}

@@ -58,7 +58,7 @@ func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("ringbuffer", flag.ContinueOnError)
 	var o options
 	fs.Int64Var(&o.size, "size", 4<<30, "payload bytes to stream in each run")
-	fs.IntVar(&o.ringCap, "ring", 1<<20+3*4096, "ring size in bytes (rounded up to pages; need not be a power of two)")
+	fs.IntVar(&o.ringCap, "ring", ring.DefaultSize+3*4096, "ring size in bytes (rounded up to pages; need not be a power of two)")
 	fs.StringVar(&o.mode, "mode", "both", "goroutines, processes or both")
 	fs.Int64Var(&o.corrupt, "inject-corruption", -1, "flip the payload byte at this offset on the consumer side, to show that the check catches it")
 	if err := fs.Parse(args); err != nil {

@@ -8,7 +8,7 @@ const lineSize = 128
 
 const (
 	headerMagic   = 0x676e6972_6d6d6972 // "rimmring" little-endian
-	headerVersion = 1
+	headerVersion = 2
 	headerSize    = 5 * lineSize
 )
 
@@ -31,13 +31,16 @@ type header struct {
 	_    [lineSize - 8]byte
 
 	// Line 3: the consumer's sleep. readerWaiting is set by a consumer about to sleep on an
-	// empty ring; readerSeq is the futex word the producer bumps to wake it.
+	// empty ring; readerNeed is how many readable bytes it waits for (the producer wakes it only
+	// once that many are there); readerSeq is the futex word the producer bumps to wake it.
 	readerWaiting atomic.Uint32
 	readerSeq     atomic.Uint32
-	_             [lineSize - 8]byte
+	readerNeed    atomic.Uint64
+	_             [lineSize - 16]byte
 
-	// Line 4: the producer's sleep on a full ring.
+	// Line 4: the producer's sleep on a full ring; writerNeed is the free space it waits for.
 	writerWaiting atomic.Uint32
 	writerSeq     atomic.Uint32
-	_             [lineSize - 8]byte
+	writerNeed    atomic.Uint64
+	_             [lineSize - 16]byte
 }

@@ -555,3 +555,76 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// TestWakeOnlyWhenSatisfied: a side asleep waiting for k bytes (readable or free) is woken once,
+// by the Commit or Consume that makes k available, not by every Commit or Consume before it.
+func TestWakeOnlyWhenSatisfied(t *testing.T) {
+	defer leakcheck.Check(t)()
+	for _, kind := range []string{"local", "shared"} {
+		r := makeRing(t, kind, page)
+		type res struct {
+			n   int
+			err error
+		}
+		got := make(chan res, 1)
+		go func() {
+			s, err := r.ReadSliceAtLeast(100)
+			got <- res{len(s), err}
+		}()
+		waitUntil(r.readerWaiting)
+		publish := func(k int) {
+			if _, err := r.WriteSlice(k); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Commit(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		publish(10)
+		publish(50)
+		if w := r.wakeups.Load(); w != 0 {
+			t.Errorf("%s: %d wake-ups for a reader waiting for 100 bytes with 60 there, want 0", kind, w)
+		}
+		publish(40)
+		if res := <-got; res.err != nil || res.n < 100 {
+			t.Errorf("%s: ReadSliceAtLeast(100) = %d bytes, %v", kind, res.n, res.err)
+		}
+		if w := r.wakeups.Load(); w != 1 {
+			t.Errorf("%s: %d wake-ups for the reader, want 1", kind, w)
+		}
+		if err := r.Consume(100); err != nil {
+			t.Fatal(err)
+		}
+
+		// The producer: the ring is full, it waits for 100 free bytes.
+		publish(page)
+		go func() {
+			s, err := r.WriteSlice(100)
+			got <- res{len(s), err}
+		}()
+		waitUntil(r.writerWaiting)
+		release := func(k int) {
+			if _, err := r.ReadSliceAtLeast(k); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Consume(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		release(30)
+		release(30)
+		if w := r.wakeups.Load(); w != 1 {
+			t.Errorf("%s: %d wake-ups after 60 of 100 bytes freed for the writer, want still 1", kind, w)
+		}
+		release(40)
+		if res := <-got; res.err != nil || res.n < 100 {
+			t.Errorf("%s: WriteSlice(100) = %d bytes, %v", kind, res.n, res.err)
+		}
+		if w := r.wakeups.Load(); w != 2 {
+			t.Errorf("%s: %d wake-ups in all, want 2", kind, w)
+		}
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
