@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -34,10 +36,10 @@ func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing
 	if poison {
 		// A failed ReadAt poisons the faulting page: the faulting thread gets SIGBUS (a Go
 		// program crashes with "unexpected fault address"), never zeros, never a silent hang.
-		opts = append(opts, uffd.OnSourceError(uffd.PoisonOnSourceError), uffd.WithErrorHandler(g.sourceError))
+		opts = append(opts, uffd.OnSourceError(uffd.PoisonOnSourceError))
 	}
 	g.srv = uffd.NewServer(sv.u, opts...)
-	if err := g.srv.HandleViews(sv.n, sv.src, sv.views...); err != nil {
+	if err := g.srv.HandleViews(sv.n, &goSource{src: sv.src, g: g, page: int64(os.Getpagesize())}, sv.views...); err != nil {
 		g.srv.Close()
 		return nil, err
 	}
@@ -101,12 +103,41 @@ func (g *goServing) stop() error {
 	}
 }
 
-// sourceError records a source error whose page the server poisoned.
-func (g *goServing) sourceError(err error) {
+// sourceError records a source error for the page at off (poisoned by the server next).
+func (g *goServing) sourceError(off int64, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.srcErrs++
-	g.lastErr = err
+	g.lastErr = fmt.Errorf("offset %d: %w", off, err)
+}
+
+// goSource is the source as the Go server sees it. The window the server reads starts at the
+// faulting page. Past the end of the source (io.EOF) the window is zeros, as documented; a
+// read that fails (or comes up short without an error) before the end of the faulting page is
+// recorded here, before the server poisons the page and wakes the faulting thread, so that
+// FaultErr already reports it when that thread gets its SIGBUS.
+type goSource struct {
+	src  io.ReaderAt
+	g    *goServing
+	page int64
+}
+
+func (s *goSource) ReadAt(p []byte, off int64) (int, error) {
+	n, err := s.src.ReadAt(p, off)
+	switch {
+	case n >= len(p):
+		return len(p), nil
+	case errors.Is(err, io.EOF):
+		clear(p[n:])
+		return len(p), nil
+	case int64(n) >= s.page:
+		return n, err // the pages read are served; the rest fault again
+	}
+	if err == nil {
+		err = fmt.Errorf("short read of %d bytes with no error (an io.ReaderAt must return one): %w", n, io.ErrUnexpectedEOF)
+	}
+	s.g.sourceError(off, err)
+	return n, err
 }
 
 // err is why serving stopped, or the source errors so far (their pages raise SIGBUS).
