@@ -40,7 +40,7 @@ import (
 // forever while the server, stopped with the world, cannot resolve the fault (see the package
 // documentation). (2) The server needs a P of its own: with GOMAXPROCS goroutines waiting in
 // faults at once it only runs when the scheduler preempts one of them, every 10 ms, and serving
-// slows down by three orders of magnitude. Keep the goroutines that may fault at the same time
+// is a hundred times slower or worse. Keep the goroutines that may fault at the same time
 // below GOMAXPROCS (raise GOMAXPROCS above the number of CPUs if needed: goroutines waiting in a
 // fault use no CPU), or fault from system calls (MADV_POPULATE_READ/WRITE) or another process.
 // A server in another process (the UFFD sent over a Unix socket) has neither limit.
