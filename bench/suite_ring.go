@@ -546,8 +546,8 @@ func ringBoundsNote(r *Report, sizes []int) []string {
 	var wrap []string
 	for _, m := range []int{64, 4 << 10, 64 << 10} {
 		cw := sizeName(m) + " message across the end"
-		if sp, mi, mc := r.find("wrap", cw, rowSplit), r.find("wrap", cw, rowBenchMirrored), r.find("wrap", cw, refMemcpy+" (two copies, no ring)"); ok(sp) && ok(mi) && ok(mc) {
-			wrap = append(wrap, fmt.Sprintf("%s: split %.0f ns, mirrored %.0f ns, the two copies alone %.0f ns", sizeName(m), sp.Median, mi.Median, mc.Median))
+		if sp, mi := r.find("wrap", cw, rowSplit), r.find("wrap", cw, rowBenchMirrored); ok(sp) && ok(mi) {
+			wrap = append(wrap, fmt.Sprintf("%s: split %.0f ns, mirrored %.0f ns", sizeName(m), sp.Median, mi.Median))
 		}
 	}
 	if len(wrap) > 0 {
