@@ -113,12 +113,9 @@ var errGuestGone = errors.New("the guest's memory is gone")
 // failure is the error the destination ends with: why, and how much it still missed. When the
 // guest's memory vanished, the guest is exiting: its exit status and last words say why.
 func (d *pager) failure(g *guestProc) error {
-	if errors.Is(d.failErr, errGuestGone) {
-		select {
-		case <-g.done:
-			return g.died(g.waitErr)
-		case <-time.After(5 * time.Second): // it unmapped its memory without exiting
-		}
+	err := d.failErr
+	if errors.Is(err, errGuestGone) {
+		err = g.died(err)
 	}
 	d.mu.Lock()
 	missing := 0
@@ -128,7 +125,7 @@ func (d *pager) failure(g *guestProc) error {
 		}
 	}
 	d.mu.Unlock()
-	return fmt.Errorf("%w; %d of %d pages never arrived, none was replaced by zeros", d.failErr, missing, d.npages)
+	return fmt.Errorf("%w; %d of %d pages never arrived, none was replaced by zeros", err, missing, d.npages)
 }
 
 func (d *pager) notify() {
@@ -171,7 +168,7 @@ func monotonic() int64 {
 type guestProc struct {
 	cmd      *exec.Cmd
 	conn     *net.UnixConn
-	stderr   bytes.Buffer  // its error output, also copied to ours
+	stderr   syncBuffer    // its error output, also copied to ours
 	done     chan struct{} // closed when it has exited; waitErr is then set
 	waitErr  error
 	expected atomic.Bool // its exit is the normal end
@@ -214,7 +211,7 @@ func startGuest(memfd, size, page int, mode Mode) (*guestProc, error) {
 	g.cmd.Env = append(g.cmd.Env, envGuest+"="+guestParams(size, page, mode))
 	g.cmd.ExtraFiles = []*os.File{memf, theirs} // fds 3 and 4: guestFDMemory, guestFDControl
 	g.cmd.Stdout = os.Stderr
-	g.cmd.Stderr = io.MultiWriter(os.Stderr, &syncWriter{w: &g.stderr})
+	g.cmd.Stderr = io.MultiWriter(os.Stderr, &g.stderr)
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	started := make(chan error, 1)
 	go func() {
@@ -236,15 +233,27 @@ func startGuest(memfd, size, page int, mode Mode) (*guestProc, error) {
 	return g, nil
 }
 
-type syncWriter struct {
+// syncBuffer is a bytes.Buffer safe for one writer and readers in other goroutines.
+type syncBuffer struct {
 	mu sync.Mutex
-	w  io.Writer
+	b  bytes.Buffer
 }
 
-func (s *syncWriter) Write(p []byte) (int, error) {
+func (s *syncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.w.Write(p)
+	return s.b.Write(p)
+}
+
+// lastLine returns the last non-empty line written.
+func (s *syncBuffer) lastLine() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	msg := bytes.TrimSpace(s.b.Bytes())
+	if i := bytes.LastIndexByte(msg, '\n'); i >= 0 {
+		msg = msg[i+1:]
+	}
+	return string(msg)
 }
 
 // kill ends the guest (if it still runs) and waits for it.
@@ -254,12 +263,20 @@ func (g *guestProc) kill() {
 	g.conn.Close()
 }
 
-func (g *guestProc) died(err error) error {
-	msg := bytes.TrimSpace(g.stderr.Bytes())
-	if i := bytes.LastIndexByte(msg, '\n'); i >= 0 {
-		msg = msg[i+1:]
+// died describes a guest that ended before the migration did. cause is how the pager
+// noticed (a closed socket, say): the guest is exiting then, so died waits for its exit (a few
+// seconds at most) to report its exit status and the last line of its error output.
+func (g *guestProc) died(cause error) error {
+	select {
+	case <-g.done:
+		if g.waitErr != nil {
+			cause = g.waitErr
+		} else {
+			cause = fmt.Errorf("exit status 0 (%v)", cause)
+		}
+	case <-time.After(5 * time.Second):
 	}
-	return fmt.Errorf("the guest process ended before the migration did (%v): %s", err, msg)
+	return fmt.Errorf("the guest process ended before the migration did (%v): %s", cause, g.stderr.lastLine())
 }
 
 func runDestination(addr string) (destReport, error) {
@@ -287,10 +304,17 @@ func runDestination(addr string) (destReport, error) {
 	if err != nil {
 		return rep, err
 	}
-	defer reg.Close()
 	d := &pager{page: page, npages: size / page, img: reg.Bytes(), left: size / page,
 		resumeCh: make(chan struct{}), wanted: make(chan int, 1024), ready: make(chan struct{}, 1),
 		allInstalled: make(chan struct{}), failed: make(chan struct{}), endCh: make(chan struct{})}
+	defer func() {
+		// Goroutines may still be writing into the mapping (the destination failed): they
+		// check img under the lock.
+		d.mu.Lock()
+		d.img = nil
+		reg.Close()
+		d.mu.Unlock()
+	}()
 	d.lazy = os.Getenv(envLazy) != ""
 	if n, err := strconv.Atoi(os.Getenv(envCrashAfter)); err == nil && n > 0 {
 		d.crashAfter = uint64(n)
@@ -367,6 +391,10 @@ func runDestination(addr string) (destReport, error) {
 					return
 				}
 				d.mu.Lock()
+				if d.img == nil { // the destination is ending
+					d.mu.Unlock()
+					return
+				}
 				switch d.state[pg] {
 				case pageNone: // pre-copy (stop-and-copy: the copy)
 					copy(d.img[int(pg)*page:], buf)
@@ -680,6 +708,10 @@ func (d *pager) fetch(pg, limit int, buf []byte) error {
 		return fmt.Errorf("fetching page %d: %w", pg, err)
 	}
 	d.mu.Lock()
+	if d.img == nil { // the destination is ending
+		d.mu.Unlock()
+		return nil
+	}
 	for k := 0; k < n; k++ {
 		d.fetching[pg+k] = false
 		if d.state[pg+k] != pageHave { // a push may have brought it meanwhile: never write a held page

@@ -28,6 +28,7 @@ type source struct {
 	stopOnce sync.Once
 	workDone chan struct{}
 	writes   atomic.Int64
+	wrote    chan struct{} // closed once the workload's first batch of writes is done
 
 	sent      atomic.Int64  // bytes written to the destination, every connection (countingListener)
 	resent    []atomic.Bool // page sent after the stop (pushed or on demand)
@@ -51,7 +52,7 @@ func newSource(cfg Config) (*source, error) {
 		return nil, fmt.Errorf("migrate: source image: %w", err)
 	}
 	s := &source{cfg: cfg, page: page, npages: reg.Len() / page, reg: reg, pair: pair, img: pair.Original(),
-		stopWork: make(chan struct{}), workDone: make(chan struct{}), dropConns: make(chan struct{})}
+		stopWork: make(chan struct{}), workDone: make(chan struct{}), dropConns: make(chan struct{}), wrote: make(chan struct{})}
 	s.resent = make([]atomic.Bool, s.npages)
 	// Initial contents: random bytes, different on every page.
 	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
@@ -101,6 +102,9 @@ func (s *source) workload() {
 				s.img[off+k] = byte(n >> (8 * k))
 			}
 			s.writes.Add(1)
+		}
+		if n == int64(perTick) {
+			close(s.wrote)
 		}
 	}
 }
@@ -196,6 +200,13 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		}
 		if err := w.Flush(); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
+		}
+		// A migration of an image nobody wrote during the pre-copy would test nothing: on a
+		// busy machine the workload may not have run yet (its first write waits for the
+		// write-protect fault handler to start), so stop only after its first batch.
+		select {
+		case <-s.wrote:
+		case <-s.workDone:
 		}
 		preCopy = time.Since(start)
 		s.stop()
