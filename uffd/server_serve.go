@@ -269,6 +269,7 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 	st := &v.st.live
 	page := int64(s.page)
 	var done, mapped int64
+	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		var k int
 		var err error
@@ -279,6 +280,9 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 		}
 		done += int64(k)
 		mapped += int64(k)
+		if k > 0 {
+			skipped = 0
+		}
 		if err == nil {
 			break
 		}
@@ -301,6 +305,9 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 		case e == unix.EEXIST:
 			st.eexist.Add(1)
 			done += page // skip the page that exists, go on with the rest of the window
+			if skipped++; skipped >= maxSkipped {
+				n = done // a run of present pages: the rest of the window is likely filled too
+			}
 		case gone(e):
 			s.sstats.unhandled.Add(1)
 			s.u.Wake(addr, s.page)
@@ -315,6 +322,9 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 	}
 	return done, nil
 }
+
+// maxSkipped is how many present pages in a row end a window: skipping each costs an ioctl.
+const maxSkipped = 8
 
 // wakeSiblings wakes the waiters at object offsets [off, off+n) on every other view of v's object.
 func (s *Server) wakeSiblings(tab *table, v *view, off, n int64) {
@@ -341,10 +351,14 @@ func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
 	n := planned
 	page := int64(s.page)
 	var done, mapped int64
+	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		k, err := s.u.Continue(addr+uintptr(done), int(n-done), 0)
 		done += int64(k)
 		mapped += int64(k)
+		if k > 0 {
+			skipped = 0
+		}
 		if err == nil {
 			break
 		}
@@ -361,6 +375,9 @@ func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
 		case e == unix.EEXIST:
 			st.eexist.Add(1)
 			done += page
+			if skipped++; skipped >= maxSkipped {
+				n = done
+			}
 		case e == unix.EFAULT && done == 0, gone(e):
 			// The page left the page cache (MADV_REMOVE) or the range went away since the
 			// fault was raised: wake the thread, it faults again as MISSING or fails.

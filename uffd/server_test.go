@@ -329,6 +329,18 @@ func TestServerFaultAround(t *testing.T) {
 			t.Errorf("missing %d of %d pages: fault-around fired on random access", st.Missing, pages)
 		}
 	})
+	t.Run("window-ends-on-present-pages", func(t *testing.T) {
+		// Pages 64..127 first, in reverse (one page each), then 0, 1, 3, 7, ... : the window
+		// [63, 127) meets 8 present pages in a row and stops there instead of skipping 63.
+		var present []int
+		for p := 127; p >= 64; p-- {
+			present = append(present, p)
+		}
+		st := run(t, nil, present, seq(0, pages))
+		if st.EEXIST != maxSkipped {
+			t.Errorf("eexist %d, want %d", st.EEXIST, maxSkipped)
+		}
+	})
 	t.Run("eexist-mid-window", func(t *testing.T) {
 		// Page 5 first (its own stream), then 0, 1, 3...: the window [3, 7) meets page 5.
 		st := run(t, nil, []int{5}, seq(0, pages))
