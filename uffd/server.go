@@ -260,8 +260,10 @@ func (s *Server) handle(op string, length int, src io.ReaderAt, addrs []uintptr)
 // Unhandle stops serving [addr, addr+length): the parts of handled views inside it are
 // dropped (their RangeStats stay, marked Gone once nothing of the view is left), so the
 // addresses can be handled again. Use it before unmapping a handled range when the userfaultfd
-// does not report EventUnmap. Under WithRegister it also unregisters the range. A fault already
-// read for the range is woken and fails or faults again as the kernel decides.
+// does not report EventUnmap. Under WithRegister it also unregisters the range; otherwise
+// unregister or unmap it yourself: a later fault on a registered range that no view covers
+// stops Serve with ErrUnhandledFault. A fault read before Unhandle is woken and fails or
+// faults again as the kernel decides.
 func (s *Server) Unhandle(addr uintptr, length int) error {
 	pm := uintptr(s.page - 1)
 	if length <= 0 || addr&pm != 0 || uintptr(length)&pm != 0 || addr+uintptr(length) < addr {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -46,7 +47,7 @@ func (s *Server) dropLocked(start, end uintptr) {
 		return
 	}
 	markGone(kept, removed)
-	s.tab.Store(buildTable(kept, append(append([]span(nil), old.dropped...), span{start, end})))
+	s.tab.Store(buildTable(kept, append(append([]span(nil), old.dropped...), span{start, end, time.Now()})))
 }
 
 // moveLocked follows mremap moving [from, from+length) to [to, to+length).
@@ -62,7 +63,7 @@ func (s *Server) moveLocked(from, to, length uintptr) {
 	markGone(kept, replaced)
 	dropped := append([]span(nil), old.dropped...)
 	if len(moved) > 0 {
-		dropped = append(dropped, span{from, from + length})
+		dropped = append(dropped, span{from, from + length, time.Now()})
 	}
 	s.tab.Store(buildTable(kept, dropped))
 }

@@ -227,3 +227,36 @@ func TestServerUnhandle(t *testing.T) {
 		t.Errorf("stats %+v: want the first view alive with 8 faults, the second with 4", st)
 	}
 }
+
+// A range unhandled but left registered: its next fault stops Serve with ErrUnhandledFault
+// (waking it would only make it fault again, forever); handled again, it is served.
+func TestServerUnhandledAfterUnhandle(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem)
+	defer u.Close()
+	n := 4 * srvPage
+	a := srvShared(t, n)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing)
+	s := NewServer(u)
+	if err := s.Handle(a, n, pattern{seed: 62}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Unhandle(a, n); err != nil {
+		t.Fatal(err)
+	}
+	_, errc := srvStart(t, s)
+	touch := srvTouch(a, seq(0, 4))
+	if err := srvWait(t, errc, "Serve"); !errors.Is(err, ErrUnhandledFault) {
+		t.Fatalf("Serve: %v, want ErrUnhandledFault", err)
+	}
+	if err := s.Handle(a, n, pattern{seed: 63}); err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := srvStart(t, s)
+	srvWait(t, touch, "toucher")
+	srvStopOK(t, stop)
+	if err := srvVerify(a, n, 63, false, 0); err != nil {
+		t.Error(err)
+	}
+}

@@ -140,7 +140,7 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 		tab := s.tab.Load()
 		i := tab.find(addr)
 		if i < 0 {
-			if tab.wasDropped(addr) {
+			if tab.wasDropped(addr, t) {
 				s.sstats.unhandled.Add(1)
 				s.u.Wake(addr, s.page)
 				return nil

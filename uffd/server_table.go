@@ -4,6 +4,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 )
 
 // object is one source: a ReaderAt (nil: zero-fill) seen through one or more views.
@@ -39,13 +40,17 @@ type view struct {
 // a new one, so the fault path reads it without locks.
 type table struct {
 	views []view
-	// dropped remembers the most recently unmapped or moved-away ranges: a fault read before
-	// its range was dropped is woken (and then fails or refaults as the kernel decides) instead
-	// of being reported as unhandled.
+	// dropped remembers the most recently unmapped, moved-away or unhandled ranges and when:
+	// a fault read before its range was dropped is woken (and then fails or faults again as
+	// the kernel decides) instead of being reported as unhandled. A fault read after that is
+	// unhandled: waking it would only make it fault again, forever.
 	dropped []span
 }
 
-type span struct{ addr, end uintptr }
+type span struct {
+	addr, end uintptr
+	at        time.Time
+}
 
 const maxDropped = 64
 
@@ -96,9 +101,9 @@ func (t *table) overlapping(addr, end uintptr) int {
 	return -1
 }
 
-func (t *table) wasDropped(addr uintptr) bool {
+func (t *table) wasDropped(addr uintptr, read time.Time) bool {
 	for _, d := range t.dropped {
-		if d.addr <= addr && addr < d.end {
+		if d.addr <= addr && addr < d.end && read.Before(d.at) {
 			return true
 		}
 	}
