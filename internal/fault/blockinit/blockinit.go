@@ -3,10 +3,16 @@
 // process when FAULT_TEST_BLOCK_INIT is set, as a misbehaving init function of a program would.
 package blockinit
 
-import "os"
+import (
+	"os"
+
+	"golang.org/x/sys/unix"
+)
 
 func init() {
 	if os.Getenv("FAULT_TEST_BLOCK_INIT") != "" && os.Getenv("MIRRORMEM_FAULT_HANDLER") != "" {
-		select {}
+		for {
+			unix.Ppoll(nil, nil, nil) // no descriptors, no timeout: wait in the kernel forever
+		}
 	}
 }
