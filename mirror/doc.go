@@ -44,8 +44,9 @@
 // With ServeFaults, every view is registered with one userfaultfd and each page is filled on
 // first touch, through whichever view touches it, from a source: a file, another region, zeros,
 // or any io.ReaderAt. A page is filled once; the other views map it through a minor fault;
-// FaultStats counts both per view; VerifyFaults logs every fault and Verify checks the
-// invariants and the bytes. StageMinorFaults fills pages through the region's memfd and maps
+// FaultStats counts both per view; VerifyFaults logs every fault, Verify checks the
+// invariants and compares the filled pages with the source, VerifyHandler checks the invariants
+// only (for memory that was written since). StageMinorFaults fills pages through the region's memfd and maps
 // them with UFFDIO_CONTINUE (the QEMU/Firecracker pattern for shared guest memory), TrackWrites
 // with TrackDirty and Dirty report the pages written through a view, Reset (MADV_REMOVE) and
 // Discard (MADV_DONTNEED) undo fills in their two different ways.

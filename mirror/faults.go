@@ -39,7 +39,15 @@ const DefaultWatchdog = 10 * time.Second
 
 // ServeFaults registers every view with userfaultfd and serves each missing page from src
 // (offset 0 is the first byte of the region; bytes past the end of src are zeros; nil src means
-// zero-fill). Pages are served lazily: creating the pair reads nothing from src. A page is
+// zero-fill). Pages are served lazily: creating the pair reads nothing from src.
+//
+// The memory must not hold data yet: a page already in memory would never be asked of the
+// source (every view maps it silently), so such pages are refused with ErrResident (free them
+// first with MADV_REMOVE, or mirror fresh memory; alloc.Populate and ServeFaults do not mix).
+// A source that is the served memory itself (RegionSource of the same region, an overlapping
+// range, the region's own memfd) is refused with ErrRange: a page would be filled from itself.
+// When Adjacent has to lay every view out anew, the caller's own mapping (r.Bytes(), or b for
+// Of) is registered and served too, its faults counted in the original's FaultStats. A page is
 // filled once, through whichever view touches it first, and every view's waiters are woken;
 // a later first touch through another view is a minor fault (mapped with UFFDIO_CONTINUE, Linux
 // 5.14+) where the kernel has MINOR_SHMEM. FaultStats counts both, per view.
