@@ -112,7 +112,8 @@ func WithBatch(n int) ServerOption {
 // right after the window resolved last for that stream) doubles the stream's window up to the
 // cap; any other fault resolves one page and starts a new stream. Up to four streams per source
 // are followed at once. A window never passes the end of the view, the source object or the
-// source's data. A cap of one page or less disables fault-around.
+// source's data. A cap of one page or less disables fault-around. Each worker reads windows into
+// a buffer of the cap's size.
 func WithFaultAround(maxBytes int) ServerOption {
 	return func(c *serverConfig) { c.aroundMax = maxBytes }
 }
@@ -412,8 +413,8 @@ func (s *Server) fail(err error) {
 	s.interrupt()
 }
 
-// Close stops Serve (at once if it is waiting for faults; a fault being resolved is finished)
-// and waits for it to return. Later Serve calls return ErrServerClosed. Close does not close the
+// Close stops Serve (at once if it is waiting for faults; a fault being resolved is finished,
+// so a source whose ReadAt never returns keeps Close waiting) and waits for it to return. Later Serve calls return ErrServerClosed. Close does not close the
 // UFFD. A second Close returns nil.
 func (s *Server) Close() error {
 	s.mu.Lock()
