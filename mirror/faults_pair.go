@@ -376,8 +376,8 @@ func (p *Pair) TrackDirty(i int) error {
 	if sv.h == nil {
 		return fmt.Errorf("%w: TrackDirty needs a handler outside Go", ErrUnsupported)
 	}
-	if i < 0 || i >= len(sv.views) {
-		return fmt.Errorf("%w: TrackDirty: view %d of %d", ErrRange, i, len(sv.views))
+	if i < 0 || i >= len(p.s.views) {
+		return fmt.Errorf("%w: TrackDirty: view %d of %d", ErrRange, i, len(p.s.views))
 	}
 	page := mem.PageSize()
 	for pg := 0; pg < sv.n/page && !sv.asyncWP; pg++ {
@@ -399,7 +399,7 @@ func (p *Pair) Dirty(i int) ([]int, error) {
 		return nil, err
 	}
 	defer p.s.mu.RUnlock()
-	if sv.h == nil || i < 0 || i >= len(sv.views) {
+	if sv.h == nil || i < 0 || i >= len(p.s.views) {
 		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
 	}
 	page := mem.PageSize()
