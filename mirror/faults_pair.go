@@ -144,7 +144,7 @@ func (p *Pair) FaultReport() string {
 	}
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "fault handler (go, in-process uffd.Server serving a %s)\n", sv.srcKind)
-	for i := range sv.views {
+	for i := range p.s.views {
 		s := sv.stats(i)
 		fmt.Fprintf(&b, "  view %d: missing %d, minor %d, wp %d; eexist %d; %d bytes\n", i, s.Missing, s.Minor, s.WP, s.Exists, s.Bytes)
 	}
