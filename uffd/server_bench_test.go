@@ -122,3 +122,80 @@ func benchServe(b *testing.B, kind, order string, size int, src fastSource, opts
 	st := s.Stats()[0]
 	b.ReportMetric(float64(st.Missing-warm)/float64(b.N), "faults/op")
 }
+
+// BenchmarkServerViews serves two views of one shmem object (the second made with the mremap
+// duplicate, both registered MISSING|MINOR) with HandleViews: every iteration frees the pages,
+// touches every page through the first view (MISSING faults, COPY) and then through the second
+// (MINOR faults, CONTINUE), and reports the cost per page of each pass.
+func BenchmarkServerViews(b *testing.B) {
+	size := 256 << 20
+	if testing.Short() {
+		size = 16 << 20
+	}
+	avail, err := Available()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if avail&FeatureMinorShmem == 0 {
+		b.Skip("kernel lacks UFFD_FEATURE_MINOR_SHMEM (5.14+)")
+	}
+	src := newFastSource(DefaultFaultAround)
+	for _, mode := range []struct {
+		name string
+		opts []ServerOption
+	}{{"4k", []ServerOption{WithoutFaultAround()}}, {"around", nil}} {
+		b.Run(mode.name, func(b *testing.B) {
+			u := srvUFFD(b, FeatureMissingShmem|FeatureMinorShmem)
+			defer u.Close()
+			a := srvShared(b, size)
+			defer srvUnmap(b, a, size)
+			d := srvDup(b, a, size)
+			defer srvUnmap(b, d, size)
+			srvRegister(b, u, a, size, ModeMissing|ModeMinor)
+			srvRegister(b, u, d, size, ModeMissing|ModeMinor)
+			s := NewServer(u, mode.opts...)
+			if err := s.HandleViews(size, src, a, d); err != nil {
+				b.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			errc := make(chan error, 1)
+			go func() { errc <- s.Serve(ctx) }()
+			ma, md := srvMem(a, size), srvMem(d, size)
+			pages := size / srvPage
+			touch := func(m []byte) time.Duration {
+				t0 := time.Now()
+				sum := 0
+				for p := 0; p < pages; p++ { // plain loop: this goroutine faults, the server resolves
+					sum += int(m[p*srvPage])
+				}
+				srvSink += sum
+				return time.Since(t0)
+			}
+			touch(ma) // warm up: the worker's buffers, the first faults
+			touch(md)
+			b.ReportAllocs()
+			b.ResetTimer()
+			var missing, minor time.Duration
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				srvMadvise(b, a, size, unix.MADV_REMOVE)
+				b.StartTimer()
+				missing += touch(ma)
+				minor += touch(md)
+			}
+			b.StopTimer()
+			touched := float64(b.N) * float64(pages)
+			b.ReportMetric(float64(missing.Nanoseconds())/1e3/touched, "missing-us/page")
+			b.ReportMetric(float64(minor.Nanoseconds())/1e3/touched, "minor-us/page")
+			s.Close()
+			if err := <-errc; err != ErrServerClosed {
+				b.Fatalf("Serve: %v", err)
+			}
+			st := s.Stats()
+			if want := uint64(b.N+1) * uint64(size); st[0].Bytes != want || st[1].Bytes != want {
+				b.Fatalf("bytes %d and %d, want %d each", st[0].Bytes, st[1].Bytes, want)
+			}
+		})
+	}
+}
