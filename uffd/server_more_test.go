@@ -260,3 +260,45 @@ func TestServerUnhandledAfterUnhandle(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A duplicate of the upper half picked up from the remap event, served with fault-around:
+// windows through the duplicate stop at its end and read the object at the right offsets, and
+// every page is filled once whichever view touches it first.
+func TestServerRemapDuplicateFaultAround(t *testing.T) {
+	defer srvLeakCheck(t)()
+	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemap)
+	defer u.Close()
+	const pages = 64
+	n := pages * srvPage
+	a := srvShared(t, n)
+	defer srvUnmap(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing)
+	s := NewServer(u)
+	if err := s.Handle(a, n, pattern{seed: 64}); err != nil {
+		t.Fatal(err)
+	}
+	stop, _ := srvStart(t, s)
+	half := a + uintptr(n/2)
+	d := srvDup(t, half, n/2)
+	defer srvUnmap(t, d, n/2)
+	c1 := srvTouch(d, seq(0, pages/2))
+	c2 := srvTouch(a, seq(0, pages))
+	srvWait(t, c1, "toucher of the duplicate")
+	srvWait(t, c2, "toucher of the original")
+	srvStopOK(t, stop)
+	if err := srvVerify(d, n/2, 64, false, int64(n/2)); err != nil {
+		t.Error(err)
+	}
+	if err := srvVerify(a, n, 64, false, 0); err != nil {
+		t.Error(err)
+	}
+	st := s.Stats()
+	if len(st) != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	// The upper half was filled through one view or the other, once; the lower half only
+	// through the original.
+	if got := st[0].Bytes + st[1].Bytes; got != uint64(n) {
+		t.Errorf("%d bytes filled through both views, want %d (each page once)", got, n)
+	}
+}
