@@ -197,10 +197,18 @@ static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, ui
 	STORE(&h->hdr[H_ERRNO], (uint64_t)err);
 	record(h, v, off, K_MISSING, R_ERROR, tid, 1);
 	if (h->cfg.poison) {
-		struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[v] + off, .len = h->cfg.page},
-					     .mode = 1 /* DONTWAKE */};
-		if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) == 0 || errno == EEXIST) {
-			wake(h, v, off, h->cfg.page);
+		// The page is lost in every view: poison it in each (EEXIST: that view maps it
+		// already), then wake every view, so that no thread waits on it anywhere.
+		int ok = 1;
+		for (uint32_t w = 0; w < h->cfg.nviews; w++) {
+			struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[w] + off, .len = h->cfg.page},
+						     .mode = 1 /* DONTWAKE */};
+			if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) != 0 && errno != EEXIST && w == (uint32_t)v)
+				ok = 0;
+		}
+		if (ok) {
+			for (uint32_t w = 0; w < h->cfg.nviews; w++)
+				wake(h, (int)w, off, h->cfg.page);
 			return;
 		}
 	}

@@ -166,8 +166,18 @@ func (s *server) sourceFailed(v, off int, err error, tid uint32) {
 	s.b.setHdr(hErrno, uint64(errnoOf(err)))
 	s.record(v, off, KindMissing, ResultError, tid, 1)
 	if s.poison {
-		if _, perr := s.u.Poison(s.views[v]+uintptr(off), s.page, uffd.DontWake); perr == nil || errnoOf(perr) == unix.EEXIST {
-			s.wake(v, off, s.page)
+		// The page is lost in every view: poison it in each (EEXIST: that view maps it
+		// already), then wake every view, so that no thread waits on it anywhere.
+		ok := true
+		for w := range s.views {
+			if _, perr := s.u.Poison(s.views[w]+uintptr(off), s.page, uffd.DontWake); perr != nil && errnoOf(perr) != unix.EEXIST && w == v {
+				ok = false
+			}
+		}
+		if ok {
+			for w := range s.views {
+				s.wake(w, off, s.page)
+			}
 			return
 		}
 	}
