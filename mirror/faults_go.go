@@ -23,6 +23,10 @@ type goServing struct {
 	done   chan error
 	wd     *fault.Watchdog
 
+	u      *uffd.UFFD
+	views  []uintptr
+	poison bool
+
 	mu      sync.Mutex
 	fatal   error
 	srcErrs uint64 // source errors whose page was poisoned
@@ -30,9 +34,9 @@ type goServing struct {
 }
 
 func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing, error) {
-	g := &goServing{}
-	opts := []uffd.ServerOption{uffd.WithFaultAround(around)}
 	poison := sv.u.Features()&uffd.FeaturePoison != 0
+	g := &goServing{u: sv.u, views: sv.views, poison: poison}
+	opts := []uffd.ServerOption{uffd.WithFaultAround(around)}
 	if poison {
 		// A failed ReadAt poisons the faulting page: the faulting thread gets SIGBUS (a Go
 		// program crashes with "unexpected fault address"), never zeros, never a silent hang.
@@ -137,6 +141,17 @@ func (s *goSource) ReadAt(p []byte, off int64) (int, error) {
 		err = fmt.Errorf("short read of %d bytes with no error (an io.ReaderAt must return one): %w", n, io.ErrUnexpectedEOF)
 	}
 	s.g.sourceError(off, err)
+	if s.g.poison {
+		// The page is lost in every view: poison it in each (EEXIST: mapped there already)
+		// and wake them all; the server then finds the faulting view's page poisoned
+		// (EEXIST) and wakes it too.
+		for _, v := range s.g.views {
+			s.g.u.Poison(v+uintptr(off), int(s.page), uffd.DontWake)
+		}
+		for _, v := range s.g.views {
+			s.g.u.Wake(v+uintptr(off), int(s.page))
+		}
+	}
 	return n, err
 }
 

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"runtime/debug"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,12 +17,14 @@ import (
 type failingSource struct {
 	bad   map[int64]bool
 	short bool
+	fails *atomic.Int64
 }
 
 func (s failingSource) ReadAt(p []byte, off int64) (int, error) {
 	page := int64(alloc.PageSize())
 	for i := range p {
 		if s.bad[(off+int64(i))/page*page] {
+			s.fails.Add(1)
 			if s.short {
 				return i, nil // a short read without an error: an io.ReaderAt bug, not EOF
 			}
@@ -77,7 +80,7 @@ func TestServeFaultsGoSourceErrorPoisons(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer r.Close()
-			src := failingSource{bad: map[int64]bool{int64(2 * ps): true}, short: short}
+			src := failingSource{bad: map[int64]bool{int64(2 * ps): true}, short: short, fails: new(atomic.Int64)}
 			p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo), FaultAround(0))
 			if err != nil {
 				t.Fatal(err)
@@ -98,6 +101,9 @@ func TestServeFaultsGoSourceErrorPoisons(t *testing.T) {
 			}
 			if v, faulted := touchRecover(t, p.Original(), 2*ps); !faulted {
 				t.Errorf("the failed page through the other view: %d, want SIGBUS", v)
+			}
+			if k := src.fails.Load(); k != 1 {
+				t.Errorf("the source failed %d times, want once: the page must be poisoned in every view at once", k)
 			}
 		})
 	}
