@@ -162,10 +162,12 @@ type SourceError struct {
 	Err    error   // what ReadAt returned (io.ErrUnexpectedEOF when the source ends before the page)
 }
 
+// Error says which page, which offset and what ReadAt said.
 func (e *SourceError) Error() string {
 	return fmt.Sprintf("uffd: source read for page %#x (offset %d) failed: %v", e.Addr, e.Offset, e.Err)
 }
 
+// Unwrap returns ReadAt's error, for errors.Is and errors.As.
 func (e *SourceError) Unwrap() error { return e.Err }
 
 // ErrServerClosed is what Serve returns after Close.
