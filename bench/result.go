@@ -162,6 +162,7 @@ var suiteTitles = []struct{ id, title, ref string }{
 	{"ring", "Double-mapped buffers: SPSC byte stream between two goroutines", refMemcpy},
 	{"ring-msgs", "Double-mapped buffers: the same streams in messages per second", refMemcpy},
 	{"wrap", "Double-mapped buffers: one message written and read across the wrap", rowSplit},
+	{"wrap-consumer", "Double-mapped buffers: the consumer alone, one record across the wrap", rowSplit},
 	{"postcopy", "Post-copy migration (examples/postcopy, two processes over loopback)", rowStopAndCopy},
 }
 
