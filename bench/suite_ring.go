@@ -97,9 +97,15 @@ func (l *streamLoad) memcpy() (float64, error) {
 	t0 := time.Now()
 	off := 0
 	for i := range l.msgs {
-		k := copy(dst[off:min(off+l.m, n)], l.src[i%16])
-		copy(dst, l.src[i%16][k:])
-		off = (off + l.m) % n
+		if off+l.m <= n {
+			copy(dst[off:off+l.m], l.src[i%16])
+		} else {
+			k := copy(dst[off:], l.src[i%16])
+			copy(dst, l.src[i%16][k:])
+		}
+		if off += l.m; off >= n { // m <= n: no division per message
+			off -= n
+		}
 	}
 	d := time.Since(t0)
 	last := make([]byte, l.m)
