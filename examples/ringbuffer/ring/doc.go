@@ -23,15 +23,19 @@
 // other side's cache line only when the ring looks full or empty.
 //
 // A side that must wait (a full ring for the producer, an empty one for the consumer) announces
-// it in a flag and sleeps; the other side signals only when that flag is set, so a stream that
-// never waits pays for no wake-ups. In one process the sleep is a channel receive (the goroutine
-// parks in the Go scheduler); between processes it is a futex on a word of the shared header
-// (FUTEX_WAIT without FUTEX_PRIVATE_FLAG, so it works across address spaces with no extra file
-// descriptor; an eventfd would have worked too, at the price of two more descriptors to pass
-// and a read(2) and write(2) per wake-up). Before a futex sleep a side yields the processor a
+// it in a flag, with how many bytes it waits for, and sleeps; the other side signals only when
+// that flag is set and that many bytes are there, so a stream that never waits pays for no
+// wake-ups and a side waiting for a large record is woken once, not at every Commit or Consume.
+// In one process the sleep is a channel receive (the goroutine parks in the Go scheduler);
+// between processes it is a futex on a word of the shared header (FUTEX_WAIT without
+// FUTEX_PRIVATE_FLAG, so it works across address spaces with no extra file descriptor; an
+// eventfd would have worked too, at the price of two more descriptors to pass and a read(2) and
+// write(2) per wake-up). Before a futex sleep a side of a shared ring yields the processor a
 // bounded number of times (64) re-checking the ring, because a futex sleep and wake-up cost
 // several microseconds each way (BenchmarkWake: a futex round trip costs about 3 to 6 times a
-// channel one on a 2-core machine, before the spin about 10 times). Nothing sleeps for a fixed time.
+// channel one on a 2-core machine, before the spin about 10 times). A side of a ring made by
+// New does not spin: on a machine shared with other programs that cost more throughput than
+// the wake-ups it saved (see spinTries). Nothing sleeps for a fixed time.
 //
 // # Two processes
 //
