@@ -58,7 +58,10 @@ func run(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("ringbuffer", flag.ContinueOnError)
 	var o options
 	fs.Int64Var(&o.size, "size", 4<<30, "payload bytes to stream in each run")
-	fs.IntVar(&o.ringCap, "ring", ring.DefaultSize+3*4096, "ring size in bytes (rounded up to pages; need not be a power of two)")
+	// 1 MiB rather than ring.DefaultSize: here both sides hash every byte and the two-process
+	// run wakes through futexes, and a larger ring makes the sides wait for each other less
+	// (4 GiB between two processes: about 7 GiB/s with 1 MiB, 5 GiB/s with 256 KiB).
+	fs.IntVar(&o.ringCap, "ring", 1<<20+3*4096, "ring size in bytes (rounded up to pages; need not be a power of two)")
 	fs.StringVar(&o.mode, "mode", "both", "goroutines, processes or both")
 	fs.Int64Var(&o.corrupt, "inject-corruption", -1, "flip the payload byte at this offset on the consumer side, to show that the check catches it")
 	if err := fs.Parse(args); err != nil {
@@ -120,12 +123,16 @@ func (p *pattern) fill(b []byte) {
 func produce(r *ring.Ring, size int64) (uint32, error) {
 	p := newPattern(uint64(size))
 	var sum uint32
+	// Publish a quarter of the ring at a time at most, so that the consumer drains one part
+	// while the producer fills the next: a producer that fills the whole ring before each Commit
+	// leaves the two sides taking turns instead of running together.
+	chunk := int64(max(1, r.Cap()/4))
 	for left := size; left > 0; {
 		s, err := r.WriteSlice(0)
 		if err != nil {
 			return 0, err
 		}
-		s = s[:min(int64(len(s)), left, 256<<10)]
+		s = s[:min(int64(len(s)), left, chunk)]
 		p.fill(s)
 		sum = crc32.Update(sum, castagnoli, s)
 		if err := r.Commit(len(s)); err != nil {
