@@ -350,9 +350,14 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 	}
 	free := r.n - r.used(p.pos, p.peer)
 	if free < need {
-		var err error
-		if free, err = r.waitWritable(need); err != nil {
-			return nil, err
+		// The cached tail says full: look at the consumer's tail once, here, before the
+		// waiting loop (the usual case in a stream that does not wait).
+		p.peer = r.h.tail.Load()
+		if free = r.n - r.used(p.pos, p.peer); free < need {
+			var err error
+			if free, err = r.waitWritable(need); err != nil {
+				return nil, err
+			}
 		}
 	}
 	off := r.offset(p.pos)
@@ -453,9 +458,12 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 	c := &r.cons
 	avail := r.used(c.peer, c.pos)
 	if avail < need {
-		var err error
-		if avail, err = r.waitReadable(need); err != nil {
-			return nil, err
+		c.peer = r.h.head.Load() // as in writeSlice
+		if avail = r.used(c.peer, c.pos); avail < need {
+			var err error
+			if avail, err = r.waitReadable(need); err != nil {
+				return nil, err
+			}
 		}
 	}
 	off := r.offset(c.pos)
