@@ -319,7 +319,12 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			break;
 		}
 		if (err == 0) {
-			wake_others(h, v, off, len);
+			// No UFFDIO_WAKE of the other views here. A thread blocked on these pages through
+			// another view queued its own message (the kernel queues one per blocked fault and
+			// only a wake removes it); this handler reads it later and ends it: COPY there
+			// answers EEXIST and the slow path below wakes that view, or a MINOR fault is
+			// resolved by UFFDIO_CONTINUE, which wakes it. A wake here would find nobody in the
+			// common case and cost one system call per fault.
 			return;
 		}
 		// Undo the accounting of what was not filled, and finish on the slow path.
@@ -591,26 +596,39 @@ static void *run(void *arg) {
 	struct mm_handler *h = arg;
 	struct uffd_msg msgs[64];
 	struct pollfd pf[2] = {{.fd = h->cfg.uffd, .events = POLLIN}, {.fd = h->cfg.stopfd, .events = POLLIN}};
+	// The uffd is non-blocking (it is shared with Go's poller), so a wait is a poll then a read.
+	// Wait first unless the last read filled the whole batch: after a short read the queue is
+	// almost always empty (the woken thread has not faulted again yet), and a read that answers
+	// EAGAIN before every poll would be one more system call per fault.
+	int more = 1;
 	for (;;) {
 		while (h->nbacklog > 0) {
 			struct uffd_msg m = h->backlog[--h->nbacklog];
 			handle(h, &m);
 		}
 		ADD(&h->hdr[H_LOOPS], 1);
+		if (!more) {
+			if (poll(pf, 2, -1) < 0) {
+				if (errno == EINTR)
+					continue;
+				break;
+			}
+			if (pf[1].revents)
+				break;
+			if (pf[0].revents & (POLLERR | POLLHUP | POLLNVAL))
+				break;
+		}
 		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
 		if (r > 0) {
-			for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++)
+			size_t got = (size_t)r / sizeof msgs[0];
+			for (size_t i = 0; i < got; i++)
 				handle(h, &msgs[i]);
+			more = got == sizeof msgs / sizeof msgs[0];
 			continue;
 		}
+		more = 0;
 		if (r < 0 && errno != EAGAIN && errno != EINTR)
 			break; // the uffd was closed under us
-		if (poll(pf, 2, -1) < 0 && errno != EINTR)
-			break;
-		if (pf[1].revents)
-			break;
-		if (pf[0].revents & (POLLERR | POLLHUP | POLLNVAL))
-			break;
 	}
 	return NULL;
 }
