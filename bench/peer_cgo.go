@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
 	"time"
 
@@ -53,7 +54,7 @@ func peerRow(fc faultCase, _ int, _ []byte) row {
 			seed++
 			attempts++
 			a, _ := json.Marshal(peerArgs{Size: fc.size, Threads: fc.threads, Random: fc.random, Seed: seed})
-			ns, err := runPeerChild(string(a), peerTimeout)
+			ns, err := runPeerChild(string(a), fc.threads, peerTimeout)
 			if err == nil {
 				return fc.usPerPage(time.Duration(ns)), nil
 			}
@@ -69,7 +70,11 @@ func peerRow(fc faultCase, _ int, _ []byte) row {
 	}}
 }
 
-func runPeerChild(args string, timeout time.Duration) (int64, error) {
+// runPeerChild runs one measurement of the peer in a child process. The child gets one P more
+// than it has faulting goroutines (GOMAXPROCS=threads+1), like the library's server rows: a
+// goroutine blocked in a page fault keeps its P, and with every P held so, the peer's handler
+// goroutine would only run when the runtime's monitor steps in.
+func runPeerChild(args string, threads int, timeout time.Duration) (int64, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, fmt.Errorf("userfaultfd-go child: %w", err)
@@ -77,7 +82,8 @@ func runPeerChild(args string, timeout time.Duration) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
-	cmd.Env = append(os.Environ(), childEnv+"=peer", childArgsEnv+"="+args)
+	procs := max(runtime.GOMAXPROCS(0), threads+1)
+	cmd.Env = append(os.Environ(), childEnv+"=peer", childArgsEnv+"="+args, fmt.Sprintf("GOMAXPROCS=%d", procs))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()
@@ -103,6 +109,9 @@ func peerChild(arg string) int {
 	}
 	if err := json.Unmarshal([]byte(arg), &a); err != nil || a.Size <= 0 || a.Threads <= 0 {
 		return fail(fmt.Errorf("bad child arguments %q", arg))
+	}
+	if p := runtime.GOMAXPROCS(0); p <= a.Threads {
+		return fail(fmt.Errorf("child runs with GOMAXPROCS=%d and %d faulting goroutines: the handler would have no P of its own", p, a.Threads))
 	}
 	src, err := getFaultSource(a.Size)
 	if err != nil {
