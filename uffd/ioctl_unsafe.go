@@ -174,16 +174,30 @@ const (
 //
 // Preconditions: src points to at least length readable bytes that stay alive for the call.
 func (u *UFFD) Copy(dst uintptr, src unsafe.Pointer, length int, flags ResolveFlags) (int, error) {
-	c := uffdioCopy{Dst: uint64(dst), Src: uint64(uintptr(src)), Len: uint64(length)}
+	var mode uint64
 	if flags&DontWake != 0 {
-		c.Mode |= copyModeDontwake
+		mode |= copyModeDontwake
 	}
 	if flags&WriteProtect != 0 {
-		c.Mode |= copyModeWP
+		mode |= copyModeWP
 	}
-	err := u.ioctl(ioctlCopy, unsafe.Pointer(&c))
-	runtime.KeepAlive(src) // the kernel read it through a uintptr
-	return doneBytes(c.Copy), opError(opCopy, err)
+	if !u.acquire() {
+		return 0, errClosed
+	}
+	// src may point into a goroutine stack (the caller's buffer), which the runtime moves when
+	// the stack grows at a function call. From the moment its address becomes an integer to
+	// the system call, nothing may call a function that can grow the stack: the struct is
+	// filled here and unix.Syscall (nosplit, like the runtime's entersyscall it calls) is
+	// called directly, and a stack is never moved while its goroutine is in a system call.
+	c := uffdioCopy{Dst: uint64(dst), Len: uint64(length), Mode: mode}
+	c.Src = uint64(uintptr(src))
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(u.fd), ioctlCopy, uintptr(unsafe.Pointer(&c)))
+	u.release()
+	runtime.KeepAlive(src)
+	if errno != 0 {
+		return doneBytes(c.Copy), opError(opCopy, errnoErr(errno))
+	}
+	return doneBytes(c.Copy), nil
 }
 
 // CopyAll is Copy that finishes a short copy, retrying while the kernel answers EAGAIN with
