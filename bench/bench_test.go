@@ -252,3 +252,25 @@ func TestQuickEndToEnd(t *testing.T) {
 		t.Errorf("Markdown output lacks suites:\n%.500s", md.String())
 	}
 }
+
+func TestTouchPagesSplitsViews(t *testing.T) {
+	const npages = 10
+	a, b := make([]byte, npages*pageSize), make([]byte, npages*pageSize)
+	d := touchPages(touchOrder(npages, 2, true, 7), a, b)
+	if d <= 0 {
+		t.Errorf("touchPages took %v", d)
+	}
+	for p := range npages {
+		inA, inB := a[p*pageSize] == 1, b[p*pageSize] == 1
+		if want := p < npages/2; inA != want || inB == want {
+			t.Errorf("page %d: touched through first view %v, second %v; want the first half through the first view only", p, inA, inB)
+		}
+	}
+	one := make([]byte, npages*pageSize)
+	touchPages(touchOrder(npages, 1, false, 1), one)
+	for p := range npages {
+		if one[p*pageSize] != 1 || one[p*pageSize+1] != 0 {
+			t.Errorf("one view: page %d bytes %d %d, want 1 0", p, one[p*pageSize], one[p*pageSize+1])
+		}
+	}
+}

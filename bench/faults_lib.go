@@ -147,7 +147,7 @@ func serverRun(fc faultCase, src []byte, around int, seed uint64) (d time.Durati
 	go func() { serveErr <- s.Serve(context.Background()) }()
 	orders := touchOrder(n/pageSize, fc.threads, fc.random, seed)
 	done := make(chan time.Duration, 1)
-	go func() { done <- touchPages(region, orders) }()
+	go func() { done <- touchPages(orders, region) }()
 	select {
 	case d = <-done:
 	case err := <-serveErr:
@@ -240,7 +240,7 @@ func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, mirror.Han
 	}
 	defer p.Close()
 	orders := touchOrder(n/pageSize, fc.threads, fc.random, seed)
-	d := touchViews(p.Original(), p.Mirror(), orders)
+	d := touchPages(orders, p.Original(), p.Mirror())
 	if err := p.FaultErr(); err != nil {
 		return 0, 0, err
 	}
@@ -255,30 +255,4 @@ func nativeRun(fc faultCase, around int, seed uint64) (time.Duration, mirror.Han
 		return 0, 0, fmt.Errorf("mirror.ServeFaults: missing faults per view %d and %d: both views should have faulted", o.Missing, m.Missing)
 	}
 	return d, p.FaultHandler(), nil
-}
-
-// touchViews is touchPages over two views of the same pages: page p is touched through a
-// when it is in the first half, through b otherwise.
-func touchViews(a, b []byte, orders [][]uint32) time.Duration {
-	half := uint32(len(a) / pageSize / 2)
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for _, o := range orders {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			for _, p := range o {
-				if p < half {
-					a[int(p)*pageSize] = 1
-				} else {
-					b[int(p)*pageSize] = 1
-				}
-			}
-		}()
-	}
-	t0 := time.Now()
-	close(start)
-	wg.Wait()
-	return time.Since(t0)
 }

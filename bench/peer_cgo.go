@@ -125,7 +125,7 @@ func peerChild(arg string) int {
 	go func() { handlerErr <- mapper.Handle(u, start, bytes.NewReader(src[:a.Size])) }()
 	orders := touchOrder(a.Size/pageSize, a.Threads, a.Random, a.Seed)
 	done := make(chan time.Duration, 1)
-	go func() { done <- touchPages(b, orders) }()
+	go func() { done <- touchPages(orders, b) }()
 	select {
 	case d := <-done:
 		if err := checkServed(b, func(p int) byte { return src[p*pageSize+1] }); err != nil {

@@ -105,10 +105,14 @@ func touchOrder(npages, threads int, random bool, seed uint64) [][]uint32 {
 }
 
 // touchPages stores one byte to every page listed, from one goroutine per list, and returns the
-// time from releasing them to the last one finishing. It uses a plain Go loop, never copy() or
-// other runtime assembly: the memory may be served by a Go handler of this process, and a
-// goroutine faulting inside runtime assembly can deadlock the garbage collector against it.
-func touchPages(b []byte, orders [][]uint32) time.Duration {
+// time from releasing them to the last one finishing. The views are views of the same pages,
+// each the region's full length: with k views, page p is touched through view p*k/npages (one
+// view: every page through it; two: the first half through the first, the rest through the
+// second). It uses a plain Go loop, never copy() or other runtime assembly: the memory may be
+// served by a Go handler of this process, and a goroutine faulting inside runtime assembly can
+// deadlock the garbage collector against it.
+func touchPages(orders [][]uint32, views ...[]byte) time.Duration {
+	npages := len(views[0]) / pageSize
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for _, o := range orders {
@@ -117,7 +121,7 @@ func touchPages(b []byte, orders [][]uint32) time.Duration {
 			defer wg.Done()
 			<-start
 			for _, p := range o {
-				b[int(p)*pageSize] = 1
+				views[int(p)*len(views)/npages][int(p)*pageSize] = 1
 			}
 		}()
 	}
