@@ -32,10 +32,18 @@ func SendFD(conn *net.UnixConn, u *UFFD, start uintptr) error {
 	if conn == nil || u == nil {
 		return errors.New("uffd: SendFD needs a connection and a UFFD")
 	}
+	// Send a duplicate, made under a reference so that the number cannot be reused meanwhile:
+	// the socket may block for as long as the peer does not read, and Close must not wait
+	// for that.
 	if !u.acquire() {
 		return errClosed
 	}
-	defer u.release()
+	dup, err := unix.FcntlInt(uintptr(u.fd), unix.F_DUPFD_CLOEXEC, 0)
+	u.release()
+	if err != nil {
+		return fmt.Errorf("uffd: SendFD: %w", os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err))
+	}
+	defer unix.Close(dup)
 	placeholder, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("uffd: SendFD: %w", &os.PathError{Op: "open", Path: "/dev/null", Err: err})
@@ -49,7 +57,7 @@ func SendFD(conn *net.UnixConn, u *UFFD, start uintptr) error {
 	}
 	// The descriptors go with a byte of their own: a stream receiver that reads the header
 	// with a plain read(2) would otherwise consume them with it and drop them.
-	rights := unix.UnixRights(placeholder, u.fd)
+	rights := unix.UnixRights(placeholder, dup)
 	n, oobn, err := conn.WriteMsgUnix([]byte{0}, rights, nil)
 	if err != nil {
 		return fmt.Errorf("uffd: SendFD: %w", err)
@@ -68,8 +76,11 @@ func ReceiveFD(conn *net.UnixConn) (*UFFD, uintptr, error) {
 	if conn == nil {
 		return nil, 0, errors.New("uffd: ReceiveFD needs a connection")
 	}
-	// Read exactly header plus marker byte, with room for descriptors on every read, so that
-	// nothing of a following message is consumed and no descriptor is dropped.
+	// Both senders write exactly 9 bytes: the header, then one byte carrying the descriptors
+	// (SendFD writes it; Go's syscall.Sendmsg adds it to the peer's empty message on a stream
+	// socket). Read exactly those 9 bytes, never more, with room for descriptors on every
+	// read, so that nothing of a following message is consumed and no descriptor is dropped
+	// whichever bytes they ride with.
 	var buf [9]byte
 	oob := make([]byte, unix.CmsgSpace(maxRecvFDs*4))
 	var fds []int
@@ -79,7 +90,7 @@ func ReceiveFD(conn *net.UnixConn) (*UFFD, uintptr, error) {
 		}
 	}
 	got := 0
-	for got < len(buf) && !(got >= 8 && len(fds) > 0) {
+	for got < len(buf) {
 		n, oobn, flags, _, err := conn.ReadMsgUnix(buf[got:], oob)
 		if oobn > 0 {
 			more, perr := parseRights(oob[:oobn])
@@ -93,19 +104,25 @@ func ReceiveFD(conn *net.UnixConn) (*UFFD, uintptr, error) {
 			closeAll()
 			return nil, 0, fmt.Errorf("uffd: ReceiveFD: more than %d descriptors in one message", maxRecvFDs)
 		}
+		if flags&unix.MSG_TRUNC != 0 {
+			closeAll()
+			return nil, 0, fmt.Errorf("uffd: ReceiveFD: a packet longer than the %d bytes left of the frame: the sender does not speak this frame (8-byte address, then one byte with the descriptors)", len(buf)-got)
+		}
+		if errors.Is(err, io.EOF) || (err == nil && n == 0 && oobn == 0) {
+			closeAll()
+			if got == 0 {
+				return nil, 0, fmt.Errorf("uffd: ReceiveFD: %w", io.EOF)
+			}
+			return nil, 0, fmt.Errorf("uffd: ReceiveFD: connection closed after %d of the frame's %d bytes: %w", got, len(buf), io.ErrUnexpectedEOF)
+		}
 		if err != nil {
 			closeAll()
 			return nil, 0, fmt.Errorf("uffd: ReceiveFD: %w", err)
 		}
-		if n == 0 && oobn == 0 {
-			closeAll()
-			return nil, 0, fmt.Errorf("uffd: ReceiveFD: %w after %d bytes", io.ErrUnexpectedEOF, got)
-		}
 		got += n
 	}
-	if got < 8 || len(fds) == 0 {
-		closeAll()
-		return nil, 0, fmt.Errorf("uffd: ReceiveFD: the message carried no descriptor")
+	if len(fds) == 0 {
+		return nil, 0, fmt.Errorf("uffd: ReceiveFD: the 9-byte frame carried no descriptor")
 	}
 	start := uintptr(binary.BigEndian.Uint64(buf[:8]))
 	last := fds[len(fds)-1]
