@@ -159,3 +159,62 @@ func TestFdinfoShowsHandshake(t *testing.T) {
 		t.Fatalf("after UFFDIO_API: fdinfo %+v, %v", info, ok)
 	}
 }
+
+// TestFromFDCloseOnExec: an adopted descriptor must not leak into children started later.
+func TestFromFDCloseOnExec(t *testing.T) {
+	fd, err := sysUserfaultfd(unix.O_NONBLOCK) // no O_CLOEXEC
+	if err != nil {
+		t.Skip("userfaultfd(2):", err)
+	}
+	u, err := FromFD(fd)
+	if err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	defer u.Close()
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fl&unix.FD_CLOEXEC == 0 {
+		t.Fatal("FromFD left the descriptor without close-on-exec")
+	}
+}
+
+// TestFromFDRefusesOwned: adopting the descriptor of an open UFFD would make two owners; a
+// duplicate is fine, and the number is free again once its owner is closed.
+func TestFromFDRefusesOwned(t *testing.T) {
+	u := newT(t)
+	if v, err := FromFD(u.Fd()); err == nil {
+		v.Close()
+		t.Fatal("FromFD adopted the descriptor of an open UFFD")
+	} else if !strings.Contains(err.Error(), "already belongs") {
+		t.Fatalf("error does not say why: %v", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the refused descriptor is no longer open: %v", err)
+	}
+	dup, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := FromFD(dup)
+	if err != nil {
+		unix.Close(dup)
+		t.Fatalf("FromFD of a duplicate: %v", err)
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// v's number is free: a new descriptor with that number is adoptable.
+	fd, err := sysUserfaultfd(unix.O_CLOEXEC | unix.O_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := FromFD(fd)
+	if err != nil {
+		unix.Close(fd)
+		t.Fatalf("FromFD of a number a closed UFFD used (%d, closed one %d): %v", fd, dup, err)
+	}
+	w.Close()
+}

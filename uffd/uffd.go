@@ -6,6 +6,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"weak"
 
 	"golang.org/x/sys/unix"
 )
@@ -187,12 +188,21 @@ func openDevice(flags int) (int, error) {
 //
 // The fd may be blocking or not (FromFD makes it non-blocking; O_NONBLOCK belongs to the open
 // file, so other descriptors of the same userfaultfd, in this process or another, become
-// non-blocking too), and its UFFDIO_API handshake may be done or not: if not, FromFD does it with no features; if so, the features negotiated then
-// are read back from /proc/self/fdinfo. An fd that is not a userfaultfd is refused, with an
-// error, and left open for the caller.
+// non-blocking too), and its UFFDIO_API handshake may be done or not: if not, FromFD does it
+// with no features; if so, the features negotiated then are read back from /proc/self/fdinfo.
+// FromFD sets close-on-exec on fd, as New does: pass File to exec.Cmd.ExtraFiles to hand it
+// to a child.
+//
+// An fd that is not a userfaultfd, or that already belongs to an open UFFD of this process, is
+// refused with an error and left as it was for the caller. To serve one userfaultfd through
+// two UFFDs, adopt a duplicate (F_DUPFD_CLOEXEC): each then closes its own descriptor.
 func FromFD(fd int) (*UFFD, error) {
 	if err := checkIsUserfaultfd(fd); err != nil {
 		return nil, err
+	}
+	if isOwned(fd) {
+		return nil, fmt.Errorf("uffd: fd %d already belongs to a UFFD of this process (from New, FromFD or ReceiveFD): "+
+			"use that UFFD, or adopt a duplicate (unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)), which the new UFFD can close on its own", fd)
 	}
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {
@@ -211,8 +221,24 @@ func FromFD(fd int) (*UFFD, error) {
 		}
 		return nil, err
 	}
+	unix.CloseOnExec(fd) // as New's descriptors: a child gets it only through exec.Cmd.ExtraFiles
 	u.adopt()
 	return u, nil
+}
+
+// owned maps the descriptor numbers of the open UFFDs of this process to them, so that FromFD
+// can refuse a descriptor that already has an owner (two owners would close it twice, the
+// second time perhaps closing an unrelated file that reused the number). The pointers are weak:
+// a UFFD dropped without Close still has its descriptor closed by its *os.File's finalizer.
+var owned sync.Map // int -> weak.Pointer[UFFD]
+
+func isOwned(fd int) bool {
+	v, ok := owned.Load(fd)
+	if !ok {
+		return false
+	}
+	o := v.(weak.Pointer[UFFD]).Value()
+	return o != nil && o.state.Load()&closingBit == 0
 }
 
 // adoptHandshake learns whether the fd finished UFFDIO_API and with which features. The
@@ -266,6 +292,7 @@ func checkIsUserfaultfd(fd int) error {
 func (u *UFFD) adopt() {
 	u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
 	u.drained = make(chan struct{})
+	owned.Store(u.fd, weak.Make(u))
 }
 
 func (u *UFFD) handshake(want Feature) error {
@@ -337,6 +364,10 @@ func (u *UFFD) Close() error {
 }
 
 func (u *UFFD) finalClose() {
+	// Forget the number before it is closed: once closed, it may name another userfaultfd.
+	if v, ok := owned.Load(u.fd); ok && v.(weak.Pointer[UFFD]).Value() == u {
+		owned.CompareAndDelete(u.fd, v)
+	}
 	if u.f != nil {
 		u.closeErr = u.f.Close()
 	} else {
