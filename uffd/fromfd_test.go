@@ -218,3 +218,32 @@ func TestFromFDRefusesOwned(t *testing.T) {
 	}
 	w.Close()
 }
+
+// TestFeaturesReportWhatKernelEnabled: the kernel turns WP_UNPOPULATED on with WP_ASYNC; New
+// must report it as FromFD reads it back from fdinfo.
+func TestFeaturesReportWhatKernelEnabled(t *testing.T) {
+	avail, err := Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if avail&FeatureWPAsync == 0 {
+		t.Skip("kernel lacks UFFD_FEATURE_WP_ASYNC (6.7)")
+	}
+	u := newT(t, WithFeatures(FeatureWPAsync))
+	if u.Features()&FeatureWPUnpopulated == 0 {
+		t.Fatalf("New(WP_ASYNC).Features() = %v: the kernel enables WP_UNPOPULATED with it", u.Features())
+	}
+	dup, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := FromFD(dup)
+	if err != nil {
+		unix.Close(dup)
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if v.Features() != u.Features() {
+		t.Fatalf("New reports %v, FromFD of the same userfaultfd %v", u.Features(), v.Features())
+	}
+}

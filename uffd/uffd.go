@@ -318,9 +318,23 @@ func (u *UFFD) handshake(want Feature) error {
 	if missing := want &^ Feature(api.Features); missing != 0 {
 		return newFeatureError(missing)
 	}
-	u.features = want
+	// The kernel may enable more than was asked (WP_UNPOPULATED with WP_ASYNC): report what
+	// it enabled, as FromFD would read it back.
+	u.features = enabledWith(want)
+	if info, ok := readFdinfo(u.fd); ok && info.apiDone {
+		u.features = info.features
+	}
 	u.ioctls = Ioctls(api.Ioctls)
 	return nil
+}
+
+// enabledWith returns the features the kernel enables when asked for want (fs/userfaultfd.c,
+// userfaultfd_api): WP_ASYNC relies on WP_UNPOPULATED, which comes with it.
+func enabledWith(want Feature) Feature {
+	if want&FeatureWPAsync != 0 {
+		want |= FeatureWPUnpopulated
+	}
+	return want
 }
 
 // Fd returns the file descriptor. It stays owned by u and is invalid after Close.
@@ -331,8 +345,10 @@ func (u *UFFD) Fd() int { return u.fd }
 // which would switch the descriptor to blocking mode (use UFFD.Fd).
 func (u *UFFD) File() *os.File { return u.f }
 
-// Features returns the features negotiated in the UFFDIO_API handshake: those asked for (the
-// kernel offers more; see Available and Probe).
+// Features returns the features enabled on the userfaultfd by its UFFDIO_API handshake: those
+// asked for, plus any the kernel turned on with them (WP_ASYNC brings WP_UNPOPULATED). It is
+// the same for a UFFD from New and for one adopted with FromFD. Available and Probe tell what
+// the kernel offers.
 func (u *UFFD) Features() Feature { return u.features }
 
 // Ioctls returns the ioctls the userfaultfd itself accepts (UFFDIO_API's answer).
