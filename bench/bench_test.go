@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/mirrormem/mirrormem/examples/postcopy/migrate"
+	"github.com/mirrormem/mirrormem/mirror"
+	"github.com/mirrormem/mirrormem/uffd"
 )
 
 func TestMain(m *testing.M) {
@@ -240,10 +242,35 @@ func TestQuickEndToEnd(t *testing.T) {
 	}
 	if cgoEnabled {
 		c := faultCase{kind: kindCopy, block: pageSize, threads: 1, size: 4 << 20}.name()
-		for _, row := range []string{refC, rowPeer, kindKernelShmem.String()} {
+		for _, row := range []string{refC, rowPeer, kindKernelShmem.String(), rowServerAnon, rowServerAnonFA} {
 			if m := rep.find("faults", c, row); m == nil || m.NotMeasured != "" || !(m.Median > 0) {
 				t.Errorf("faults %q %q: %+v, want a figure", c, row, m)
 			}
+		}
+		// Every row's own parameters: what it resolves per fault and the memory it faults on.
+		for row, want := range map[string]map[string]any{
+			rowServer:               {"bytes_per_fault": pageSize, "memory": memShmem},
+			rowServerFA:             {"bytes_per_fault": uffd.DefaultFaultAround, "memory": memShmem},
+			rowNativeFA:             {"bytes_per_fault": mirror.DefaultFaultAround},
+			rowPeer:                 {"bytes_per_fault": pageSize, "memory": memAnon, "resolve": kindCopy.String()},
+			rowServerAnon:           {"memory": memAnon},
+			kindKernelAnon.String(): {"memory": memAnon, "resolve": kindKernelAnon.resolve()},
+		} {
+			m := rep.find("faults", c, row)
+			if m == nil {
+				t.Errorf("faults %q %q: no row", c, row)
+				continue
+			}
+			for k, v := range want {
+				if m.Params[k] != v {
+					t.Errorf("faults %q %q: param %s = %v, want %v", c, row, k, m.Params[k], v)
+				}
+			}
+		}
+	}
+	for _, m := range rep.Measurements {
+		if m.Suite == "faults" && (m.Params["memory"] == nil || m.Params["region_bytes"] == nil) {
+			t.Errorf("faults %q %q: params %v lack memory or region_bytes", m.Case, m.Row, m.Params)
 		}
 	}
 	var md bytes.Buffer

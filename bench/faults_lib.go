@@ -29,9 +29,14 @@ const (
 	rowServerFA = "uffd.Server (fault-around)"
 	rowNative   = "mirror.ServeFaults (native)"
 	rowNativeFA = "mirror.ServeFaults (native, fault-around)"
+	// The server on private anonymous memory, what the peer serves.
+	rowServerAnon   = "uffd.Server (private anon)"
+	rowServerAnonFA = "uffd.Server (private anon, fault-around)"
 )
 
-// libraryFaultRows returns the library's rows for a case.
+// libraryFaultRows returns the library's rows for a case. In the 4 KiB MISSING+COPY cases
+// the server also serves private anonymous memory: the memory the peer, userfaultfd-go, maps, so
+// the comparisons with the peer are like for like.
 func libraryFaultRows(fc faultCase, src []byte, quick bool) []row {
 	rows := []row{serverRow(fc, src, fc.block, rowServer)}
 	if procs := runtime.GOMAXPROCS(0); fc.threads >= procs {
@@ -49,6 +54,14 @@ func libraryFaultRows(fc faultCase, src []byte, quick bool) []row {
 	if headline {
 		rows = append(rows, serverRow(fc, src, uffd.DefaultFaultAround, rowServerFA))
 	}
+	if fc.kind == kindCopy && fc.block == pageSize {
+		anon := fc
+		anon.kind = kindCopyAnon
+		rows = append(rows, serverRow(anon, src, fc.block, rowServerAnon))
+		if headline {
+			rows = append(rows, serverRow(anon, src, uffd.DefaultFaultAround, rowServerAnonFA))
+		}
+	}
 	if fc.kind == kindCopy || fc.kind == kindZeroPage {
 		rows = append(rows, nativeRow(fc, fc.block, rowNative))
 		if headline {
@@ -56,6 +69,19 @@ func libraryFaultRows(fc faultCase, src []byte, quick bool) []row {
 		}
 	}
 	return rows
+}
+
+// libraryParams are the parameters of a library row serving fc with fault-around capped at
+// around bytes: bytes_per_fault is that cap (the most a fault may resolve).
+func libraryParams(fc faultCase, around int) map[string]any {
+	p := fc.params()
+	p["bytes_per_fault"] = around
+	if around > pageSize {
+		p["fault_around"] = fmt.Sprintf("adaptive: one page, doubling on sequential faults, up to %s", sizeName(around))
+	} else {
+		p["fault_around"] = "off: one page per fault"
+	}
+	return p
 }
 
 // continueByte is what MINOR+CONTINUE cases put in byte 1 of page p before registering (the
@@ -66,7 +92,12 @@ func continueByte(p int) byte { return byte(p*7 + 3) }
 // storing one byte per page with a plain loop. around caps the fault-around window.
 func serverRow(fc faultCase, src []byte, around int, name string) row {
 	seed := uint64(5000)
-	return row{name: name, run: func() (float64, error) {
+	p := libraryParams(fc, around)
+	p["gomaxprocs"] = runtime.GOMAXPROCS(0)
+	if !fc.starve {
+		p["gomaxprocs"] = max(runtime.GOMAXPROCS(0), fc.threads+1)
+	}
+	return row{name: name, params: p, run: func() (float64, error) {
 		seed++
 		d, err := serverRun(fc, src, around, seed)
 		if err != nil {
@@ -111,11 +142,15 @@ func serverRun(fc faultCase, src []byte, around int, seed uint64) (d time.Durati
 		mode, want = uffd.ModeMinor, continueByte
 		opts = append(opts, uffd.WithFeatures(uffd.FeatureMinorShmem))
 	default:
-		if region, err = unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS); err != nil {
+		flags := unix.MAP_SHARED | unix.MAP_ANONYMOUS
+		if fc.kind == kindCopyAnon {
+			flags = unix.MAP_PRIVATE | unix.MAP_ANONYMOUS
+		}
+		if region, err = unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, flags); err != nil {
 			return 0, err
 		}
 		want = func(int) byte { return 0 }
-		if fc.kind == kindCopy {
+		if fc.kind == kindCopy || fc.kind == kindCopyAnon {
 			want = func(p int) byte { return src[p*pageSize+1] }
 		}
 	}
@@ -132,7 +167,7 @@ func serverRun(fc faultCase, src []byte, around int, seed uint64) (d time.Durati
 	}
 	s := uffd.NewServer(u, uffd.WithFaultAround(around))
 	var source *bytes.Reader
-	if fc.kind == kindCopy {
+	if fc.kind == kindCopy || fc.kind == kindCopyAnon {
 		source = bytes.NewReader(src[:n])
 	}
 	if source != nil {
@@ -198,7 +233,9 @@ func getNativeSource(size int) (*alloc.Region, error) {
 func nativeRow(fc faultCase, around int, name string) row {
 	seed := uint64(9000)
 	var handler mirror.Handler = -1
-	return row{name: name, run: func() (float64, error) {
+	p := libraryParams(fc, around)
+	p["memory"] = "shmem (alloc.Shared), two views: first half of the pages touched through Original, the rest through Mirror"
+	return row{name: name, params: p, run: func() (float64, error) {
 		seed++
 		d, h, err := nativeRun(fc, around, seed)
 		if err != nil {

@@ -188,6 +188,10 @@ type row struct {
 	skip func() string
 	run  func() (float64, error)
 	note func() string // optional: said under the table after the runs (e.g. failed attempts)
+	// params, if set, are this row's own parameters: they override the case's of the same key
+	// (a fault-around row resolves more bytes per fault than the case's, a peer row maps another
+	// kind of memory).
+	params map[string]any
 }
 
 // caseSpec names one case of a suite and the parameters it was measured with.
@@ -204,7 +208,7 @@ func (b *bencher) measure(c caseSpec, rows []row) []*Measurement {
 	ms := make([]*Measurement, len(rows))
 	for i, r := range rows {
 		ms[i] = &Measurement{Suite: c.suite, Case: c.name, Row: r.name, Name: c.suite + "/" + c.name + "/" + r.name,
-			Params: c.params, Unit: c.unit, Better: c.better, Runs: []float64{}}
+			Params: rowParams(c.params, r.params), Unit: c.unit, Better: c.better, Runs: []float64{}}
 		if r.skip != nil {
 			ms[i].NotMeasured = r.skip()
 		}
@@ -232,6 +236,21 @@ func (b *bencher) measure(c caseSpec, rows []row) []*Measurement {
 		b.rep.Measurements = append(b.rep.Measurements, m)
 	}
 	return ms
+}
+
+// rowParams returns the case's parameters overridden by the row's own, in a map of the row's.
+func rowParams(cas, own map[string]any) map[string]any {
+	if len(own) == 0 {
+		return cas
+	}
+	m := make(map[string]any, len(cas)+len(own))
+	for k, v := range cas {
+		m[k] = v
+	}
+	for k, v := range own {
+		m[k] = v
+	}
+	return m
 }
 
 // notMeasured records a row that cannot run in this build or on this machine.
