@@ -2,13 +2,17 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 )
 
 // writePlots draws the figures of the suites that ran into dir as PNG files.
@@ -32,11 +36,30 @@ func writePlots(r *Report, dir string) error {
 		if p == nil {
 			continue // the suite did not run
 		}
-		if err := p.Save(8*vg.Inch, 5*vg.Inch, filepath.Join(dir, f.file)); err != nil {
+		if err := savePNG(p, 8*vg.Inch, 5*vg.Inch, filepath.Join(dir, f.file)); err != nil {
 			return fmt.Errorf("%s: %w", f.file, err)
 		}
 	}
 	return nil
+}
+
+// plotPad is the margin left around every plot, so that no label or bar touches the edge.
+const plotPad = 0.15 * vg.Inch
+
+// savePNG draws p into a w x h PNG file, inside a margin of plotPad.
+func savePNG(p *plot.Plot, w, h vg.Length, file string) error {
+	img := vgimg.New(w, h)
+	dc := draw.New(img)
+	p.Draw(draw.Crop(dc, plotPad, -plotPad, plotPad, -plotPad))
+	f, err := os.Create(file)
+	if err != nil {
+		return err
+	}
+	if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(f); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // series collects, per row, the points (x from the case's parameter, y = median) of one suite,
@@ -169,33 +192,70 @@ func plotFaultSizes(r *Report) (*plot.Plot, error) {
 		"bytes resolved per fault (library rows: fault-around cap)", "µs per page (log)", keep, byKind, true, false)
 }
 
-// plotFaults4K: every row of the headline case as horizontal bars.
+// headlineFaultCase is the case drawn in faults.png: 4 KiB MISSING+COPY, one thread, sequential.
+var headlineFaultCase = faultCase{kind: kindCopy, block: pageSize, threads: 1}.name()
+
+// plotFaults4K: every row of the headline case as horizontal bars of the median, with a
+// whisker from the fastest to the slowest run. The axis runs past the longest whisker.
 func plotFaults4K(r *Report) (*plot.Plot, error) {
 	var labels []string
 	var vals plotter.Values
-	var title string
+	var spread spreadBars
+	hi := 0.0
 	for _, m := range r.Measurements {
-		if m.Suite != "faults" || m.Params["resolve"] != kindCopy.String() || m.Params["bytes_per_fault"] != pageSize ||
-			m.Params["threads"] != 1 || m.Params["pattern"] != "sequential" || m.NotMeasured != "" || len(m.Runs) == 0 {
+		if m.Suite != "faults" || m.Case != headlineFaultCase || m.NotMeasured != "" || len(m.Runs) == 0 {
 			continue
 		}
-		title = m.Case
+		y := float64(len(vals))
 		labels = append(labels, m.Row)
 		vals = append(vals, m.Median)
+		spread.XYs = append(spread.XYs, plotter.XY{X: m.Median, Y: y})
+		spread.XErrors = append(spread.XErrors, struct{ Low, High float64 }{m.Median - m.Min, m.Max - m.Median})
+		hi = max(hi, m.Max)
 	}
 	if len(vals) == 0 {
 		return nil, nil
 	}
+	// The table's first row on top: reverse the order (a nominal axis counts from the bottom).
+	slices.Reverse(labels)
+	slices.Reverse(vals)
+	slices.Reverse(spread.XErrors)
+	for i := range spread.XYs {
+		spread.XYs[i].X = vals[i]
+	}
 	p := plot.New()
-	p.Title.Text = "Time per page touched: " + title + " (median)"
-	p.X.Label.Text = "µs per 4 KiB page (lower is better)"
-	bars, err := plotter.NewBarChart(vals, vg.Points(18))
+	p.Title.Text = "Time per page touched: " + headlineFaultCase
+	p.X.Label.Text = fmt.Sprintf("µs per 4 KiB page, lower is better (bar: median; whisker: fastest to slowest of %d runs)", maxRuns(r, headlineFaultCase))
+	bars, err := plotter.NewBarChart(vals, vg.Points(14))
 	if err != nil {
 		return nil, err
 	}
 	bars.Horizontal = true
 	bars.Color = plotutil.Color(0)
 	p.Add(bars)
+	whiskers, err := plotter.NewXErrorBars(spread)
+	if err != nil {
+		return nil, err
+	}
+	whiskers.LineStyle.Width = vg.Points(1.2)
+	p.Add(whiskers)
 	p.NominalY(labels...)
+	p.X.Min, p.X.Max = 0, hi*1.08
 	return p, nil
+}
+
+// spreadBars is the XYer and XErrorer of plotFaults4K's whiskers.
+type spreadBars struct {
+	plotter.XYs
+	plotter.XErrors
+}
+
+func maxRuns(r *Report, cas string) int {
+	n := 0
+	for _, m := range r.Measurements {
+		if m.Suite == "faults" && m.Case == cas {
+			n = max(n, len(m.Runs))
+		}
+	}
+	return n
 }
