@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mirrormem/mirrormem/examples/postcopy/migrate"
 	"github.com/mirrormem/mirrormem/mirror"
@@ -92,11 +93,14 @@ func TestTargets(t *testing.T) {
 		t.Errorf("target with a missing side: %+v, want not measured", tg)
 	}
 	s := r.Targets[0].String()
-	if !strings.HasPrefix(s, "target: fast: ≤1.10x ref — measured 1.00x ✓") {
+	if s != "target: fast: ≤1.10x ref — measured 1.00x (runs 1.00–1.05x over 3 runs) ✓" {
 		t.Errorf("target line %q", s)
 	}
-	if s := r.Targets[1].String(); !strings.HasSuffix(s, "measured 2.00x ✗") {
-		t.Errorf("target line %q, want the median of the per-run ratios 2, 2.105, 2 and ✗", s)
+	if s := r.Targets[1].String(); !strings.HasSuffix(s, "measured 2.00x (runs 2.00–2.11x over 3 runs) ✗") {
+		t.Errorf("target line %q, want the median of the per-run ratios 2, 2.105, 2, their spread and ✗", s)
+	}
+	if tg := r.Targets[1]; tg.RatioRuns != 3 || tg.RatioMin != 2 || math.Abs(tg.RatioMax-2/0.95) > 1e-9 {
+		t.Errorf("slow vs ref spread: %+v, want 3 runs from 2 to %v", tg, 2/0.95)
 	}
 	if s := r.Targets[2].String(); !strings.Contains(s, "≥1.50x") {
 		t.Errorf("target line %q, want ≥", s)
@@ -129,7 +133,7 @@ func TestMarkdownTable(t *testing.T) {
 		"| 1 MiB | mirror (duplicate backend) | 12.00 | 11.00 | 13.00 | us/ring | 3 | 1.09x |",
 		"| 1 MiB | raw syscalls (C reference) | 11.00 | 10.00 | 12.00 | us/ring | 3 |  |",
 		"| 1 MiB | mirror (memfd backend) | not measured: mirror.Mirror is not in the library yet |",
-		"target: adjacent ring: ≤1.30x raw syscalls (C reference) — measured 1.09x ✓",
+		"target: adjacent ring: ≤1.30x raw syscalls (C reference) — measured 1.09x (runs 1.08–1.10x over 3 runs) ✓",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("Markdown lacks %q:\n%s", want, out)
@@ -298,6 +302,31 @@ func TestTouchPagesSplitsViews(t *testing.T) {
 	for p := range npages {
 		if one[p*pageSize] != 1 || one[p*pageSize+1] != 0 {
 			t.Errorf("one view: page %d bytes %d %d, want 1 0", p, one[p*pageSize], one[p*pageSize+1])
+		}
+	}
+}
+
+func TestMeasureRotatesRows(t *testing.T) {
+	b := &bencher{cfg: &config{log: io.Discard}, rep: &Report{}, start: time.Now()}
+	var order []string
+	mk := func(name string) row {
+		return row{name: name, run: func() (float64, error) { order = append(order, name); return 1, nil }}
+	}
+	ms := b.measure(caseSpec{suite: "s", name: "c", runs: 4}, []row{mk("a"), mk("b"), mk("c")})
+	want := "abc bca cab abc"
+	got := ""
+	for i, n := range order {
+		if i > 0 && i%3 == 0 {
+			got += " "
+		}
+		got += n
+	}
+	if got != want {
+		t.Errorf("rows measured in the order %q, want %q (each run starts at the next row)", got, want)
+	}
+	for i, m := range ms { // results stay with their rows, in the rows' order
+		if m.Row != string(rune('a'+i)) || len(m.Runs) != 4 {
+			t.Errorf("measurement %d: row %q with %d runs, want %q with 4", i, m.Row, len(m.Runs), string(rune('a'+i)))
 		}
 	}
 }

@@ -12,8 +12,9 @@
 //	go run ./bench -from DIR/results.json -out DIR   # table and plots again, measuring nothing
 //
 // Every figure is the median of several runs; the rows of one case are measured interleaved
-// (run 1 of every row, then run 2 of every row, ...) and every comparison is the median of the
-// per-run ratios, so the noise of a shared machine hits both sides of a ratio alike.
+// (run 1 of every row, then run 2 of every row, ...), each run starting at the next row, and
+// every comparison is the median of the per-run ratios, so the noise of a shared machine hits
+// both sides of a ratio alike. Each target line also shows the spread of its per-run ratios.
 // Rows that cannot run say "not measured: <why>" instead of a figure.
 package main
 
@@ -203,6 +204,7 @@ type caseSpec struct {
 }
 
 // measure runs every row of c runs times, interleaved, and records one Measurement per row.
+// Run k measures the rows in their order rotated by k (row k first).
 // A row that fails is recorded as not measured with its error; the other rows go on.
 func (b *bencher) measure(c caseSpec, rows []row) []*Measurement {
 	ms := make([]*Measurement, len(rows))
@@ -215,7 +217,11 @@ func (b *bencher) measure(c caseSpec, rows []row) []*Measurement {
 	}
 	for k := 0; k < c.runs; k++ {
 		fmt.Fprintf(b.cfg.log, "[%4.0fs] %s: %s run %d/%d\n", time.Since(b.start).Seconds(), c.suite, c.name, k+1, c.runs)
-		for i, r := range rows {
+		// Each run starts at the next row: no row is always measured first (right after the
+		// previous case) or always right after the same neighbour.
+		for j := range rows {
+			i := (k + j) % len(rows)
+			r := rows[i]
 			if ms[i].NotMeasured != "" {
 				continue
 			}

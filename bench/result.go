@@ -33,12 +33,15 @@ type Measurement struct {
 // Target is one claim of the project, checked as a ratio of figures measured in the same run.
 type Target struct {
 	Suite       string  `json:"suite"`
-	Claim       string  `json:"claim"`   // what is promised, in words
-	Ratio       float64 `json:"ratio"`   // measured ratio (median of per-run ratios)
-	Op          string  `json:"op"`      // "<=" or ">="
-	Limit       float64 `json:"limit"`   // the promised bound
-	Against     string  `json:"against"` // what the ratio is relative to
-	Met         bool    `json:"met"`     // Ratio Op Limit holds
+	Claim       string  `json:"claim"`      // what is promised, in words
+	Ratio       float64 `json:"ratio"`      // measured ratio (median of per-run ratios)
+	RatioMin    float64 `json:"ratio_min"`  // the smallest per-run ratio
+	RatioMax    float64 `json:"ratio_max"`  // the largest per-run ratio
+	RatioRuns   int     `json:"ratio_runs"` // how many per-run ratios (0: ratio of medians, run counts differ)
+	Op          string  `json:"op"`         // "<=" or ">="
+	Limit       float64 `json:"limit"`      // the promised bound
+	Against     string  `json:"against"`    // what the ratio is relative to
+	Met         bool    `json:"met"`        // Ratio Op Limit holds
 	NotMeasured string  `json:"not_measured,omitempty"`
 }
 
@@ -82,18 +85,27 @@ func stats(v []float64) (median, lo, hi float64) {
 // next to the same run of b, so pairing them cancels most of the noise of a shared machine.
 // If the run counts differ it falls back to the ratio of medians.
 func ratioOfRuns(a, b *Measurement) float64 {
+	m, _, _, _ := ratioSpread(a, b)
+	return m
+}
+
+// ratioSpread is ratioOfRuns with the smallest and largest per-run ratio and their count.
+// When the run counts differ there are no per-run ratios: lo and hi are the ratio of medians
+// and n is 0.
+func ratioSpread(a, b *Measurement) (median, lo, hi float64, n int) {
 	if a == nil || b == nil || len(a.Runs) == 0 || len(b.Runs) == 0 {
-		return math.NaN()
+		return math.NaN(), math.NaN(), math.NaN(), 0
 	}
 	if len(a.Runs) != len(b.Runs) {
-		return a.Median / b.Median
+		x := a.Median / b.Median
+		return x, x, x, 0
 	}
 	r := make([]float64, len(a.Runs))
 	for i := range a.Runs {
 		r[i] = a.Runs[i] / b.Runs[i]
 	}
-	m, _, _ := stats(r)
-	return m
+	median, lo, hi = stats(r)
+	return median, lo, hi, len(r)
 }
 
 // find returns the measurement of row in suite/case, or nil.
@@ -118,7 +130,7 @@ func (r *Report) addTarget(suite, claim string, a, b *Measurement, op string, li
 	case b.NotMeasured != "":
 		t.NotMeasured = b.Row + ": " + b.NotMeasured
 	default:
-		t.Ratio = ratioOfRuns(a, b)
+		t.Ratio, t.RatioMin, t.RatioMax, t.RatioRuns = ratioSpread(a, b)
 		if op == "<=" {
 			t.Met = t.Ratio <= limit
 		} else {
@@ -129,7 +141,8 @@ func (r *Report) addTarget(suite, claim string, a, b *Measurement, op string, li
 	return t
 }
 
-// String renders a target as one line: "target: … ≤1.10x C reference — measured 1.04x ✓".
+// String renders a target as one line: "target: … ≤1.10x C reference — measured 1.04x (runs
+// 0.98–1.12x over 5 runs) ✓", the median of the per-run ratios and their spread.
 func (t *Target) String() string {
 	sym := "≤"
 	if t.Op == ">=" {
@@ -143,7 +156,11 @@ func (t *Target) String() string {
 	if t.Met {
 		mark = "✓"
 	}
-	return fmt.Sprintf("%s — measured %.2fx %s", head, t.Ratio, mark)
+	spread := "ratio of medians: the rows have different run counts"
+	if t.RatioRuns > 0 {
+		spread = fmt.Sprintf("runs %.2f–%.2fx over %d runs", t.RatioMin, t.RatioMax, t.RatioRuns)
+	}
+	return fmt.Sprintf("%s — measured %.2fx (%s) %s", head, t.Ratio, spread, mark)
 }
 
 // writeJSON writes the report as results.json in dir.
