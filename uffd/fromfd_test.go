@@ -108,8 +108,10 @@ func TestFromFDRefuses(t *testing.T) {
 // perhaps reused) descriptor number, which would show as EBADF.
 func TestCloseRacesIoctls(t *testing.T) {
 	t.Parallel()
-	mem := anonT(t, pg)
 	for round := 0; round < 50; round++ {
+		// A fresh page each round: a child forked meanwhile by a parallel test holds the
+		// previous round's userfaultfd (and its registration) until it execs.
+		mem := anonT(t, pg)
 		u, err := New()
 		mustNil(t, err, "New")
 		mustNil(t, u.Register(addr(mem), pg, ModeMissing), "register")

@@ -45,6 +45,8 @@ func errnoErr(e unix.Errno) error {
 		return unix.EEXIST
 	case unix.ENOENT:
 		return unix.ENOENT
+	case unix.ESRCH:
+		return unix.ESRCH
 	}
 	return e
 }
@@ -84,13 +86,19 @@ const (
 var opNames = [nOps]string{"UFFDIO_COPY", "UFFDIO_ZEROPAGE", "UFFDIO_CONTINUE", "UFFDIO_POISON",
 	"UFFDIO_MOVE", "UFFDIO_WRITEPROTECT", "UFFDIO_WAKE", "UFFDIO_UNREGISTER", "UFFDIO_REGISTER"}
 
-// hotErrors are the preallocated errors of the fault path: EEXIST (someone filled the page
-// first) and EAGAIN (an event is pending, or a short copy), so that they cost no allocation.
-var hotErrors [nOps][2]error
+// hotErrors are the preallocated errors of the fault path, so that they cost no allocation:
+// EEXIST (someone filled the page first), EAGAIN (an event is pending, or a short copy), ENOENT
+// (the range is no longer registered, e.g. unmapped meanwhile) and ESRCH (the process that
+// registered the memory is gone).
+var hotErrors [nOps][4]error
+
+var hotErrnos = [4]unix.Errno{unix.EEXIST, unix.EAGAIN, unix.ENOENT, unix.ESRCH}
 
 func init() {
 	for i, name := range opNames {
-		hotErrors[i] = [2]error{os.NewSyscallError(name, unix.EEXIST), os.NewSyscallError(name, unix.EAGAIN)}
+		for j, e := range hotErrnos {
+			hotErrors[i][j] = os.NewSyscallError(name, e)
+		}
 	}
 }
 
@@ -104,6 +112,10 @@ func opError(o op, err error) error {
 		return hotErrors[o][0]
 	case unix.EAGAIN:
 		return hotErrors[o][1]
+	case unix.ENOENT:
+		return hotErrors[o][2]
+	case unix.ESRCH:
+		return hotErrors[o][3]
 	case errClosed:
 		return err
 	}
@@ -152,6 +164,9 @@ func (u *UFFD) Unregister(addr uintptr, length int) error {
 // a resolve made with DontWake, after an error (errors never wake), and for the other view of a
 // mirror: resolving a page through one view does not wake a thread faulting through another.
 func (u *UFFD) Wake(addr uintptr, length int) error {
+	if err := checkRange("UFFDIO_WAKE", addr, length); err != nil {
+		return err
+	}
 	r := uffdioRange{Start: uint64(addr), Len: uint64(length)}
 	return opError(opWake, u.ioctl(ioctlWake, ptr(&r)))
 }
@@ -172,8 +187,22 @@ const (
 // and returns the bytes copied. A short copy returns the bytes done and an error matching
 // unix.EAGAIN: call again for the rest (CopyAll does). EEXIST means the page is already there.
 //
-// Preconditions: src points to at least length readable bytes that stay alive for the call.
+// Preconditions: dst and length are multiples of the page size (of the huge page size on
+// hugetlb memory) and length is positive, else Copy returns a *RangeError without a system
+// call; src points to at least length readable bytes, at any alignment, anywhere: an mmap'd
+// buffer, the Go heap, or the caller's stack (Copy keeps src alive for the call, and the
+// runtime cannot move a goroutine stack while the kernel reads from it).
+//
+// The resolving calls (Copy, ZeroPage, Continue, WriteProtectRange, Poison, Move, Wake) refuse
+// an empty or unaligned range the same way. Their errors wrap the errno with the ioctl's name
+// (errors.Is(err, unix.EEXIST) works); EEXIST, EAGAIN, ENOENT and ESRCH cost no allocation.
 func (u *UFFD) Copy(dst uintptr, src unsafe.Pointer, length int, flags ResolveFlags) (int, error) {
+	if err := checkRange("UFFDIO_COPY", dst, length); err != nil {
+		return 0, err
+	}
+	if src == nil {
+		return 0, &RangeError{Op: "UFFDIO_COPY", Addr: dst, Len: length, Why: "the source is nil"}
+	}
 	var mode uint64
 	if flags&DontWake != 0 {
 		mode |= copyModeDontwake
@@ -219,6 +248,9 @@ func (u *UFFD) CopyAll(dst uintptr, src []byte, flags ResolveFlags) (int, error)
 
 // ZeroPage maps zeroed pages over [addr, addr+length) (UFFDIO_ZEROPAGE) and returns the bytes done.
 func (u *UFFD) ZeroPage(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	if err := checkRange("UFFDIO_ZEROPAGE", addr, length); err != nil {
+		return 0, err
+	}
 	z := uffdioZeropage{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
 	if flags&DontWake != 0 {
 		z.Mode |= zeropageModeDontwake
@@ -230,6 +262,9 @@ func (u *UFFD) ZeroPage(addr uintptr, length int, flags ResolveFlags) (int, erro
 // Continue maps the pages already in the page cache over [addr, addr+length) to resolve minor
 // faults (UFFDIO_CONTINUE) and returns the bytes done. EFAULT: a page is not in the page cache.
 func (u *UFFD) Continue(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	if err := checkRange("UFFDIO_CONTINUE", addr, length); err != nil {
+		return 0, err
+	}
 	c := uffdioContinue{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
 	if flags&DontWake != 0 {
 		c.Mode |= continueModeDontwake
@@ -244,6 +279,9 @@ func (u *UFFD) Continue(addr uintptr, length int, flags ResolveFlags) (int, erro
 // WriteProtectRange sets (protect true) or clears write protection on [addr, addr+length)
 // (UFFDIO_WRITEPROTECT). Clearing it wakes the blocked writers unless flags has DontWake.
 func (u *UFFD) WriteProtectRange(addr uintptr, length int, protect bool, flags ResolveFlags) error {
+	if err := checkRange("UFFDIO_WRITEPROTECT", addr, length); err != nil {
+		return err
+	}
 	w := uffdioWriteprotect{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
 	if protect {
 		w.Mode |= writeprotectModeWP
@@ -257,6 +295,9 @@ func (u *UFFD) WriteProtectRange(addr uintptr, length int, protect bool, flags R
 // Poison marks [addr, addr+length) as poisoned (UFFDIO_POISON, 6.6+): a later access raises
 // SIGBUS as if the memory had failed. Returns the bytes done.
 func (u *UFFD) Poison(addr uintptr, length int, flags ResolveFlags) (int, error) {
+	if err := checkRange("UFFDIO_POISON", addr, length); err != nil {
+		return 0, err
+	}
 	p := uffdioPoison{Range: uffdioRange{Start: uint64(addr), Len: uint64(length)}}
 	if flags&DontWake != 0 {
 		p.Mode |= poisonModeDontwake
@@ -268,6 +309,12 @@ func (u *UFFD) Poison(addr uintptr, length int, flags ResolveFlags) (int, error)
 // Move moves pages from src to dst (UFFDIO_MOVE, 6.8+, private anonymous memory only) and
 // returns the bytes moved.
 func (u *UFFD) Move(dst, src uintptr, length int, flags ResolveFlags) (int, error) {
+	if err := checkRange("UFFDIO_MOVE", dst, length); err != nil {
+		return 0, err
+	}
+	if err := checkRange("UFFDIO_MOVE (source)", src, length); err != nil {
+		return 0, err
+	}
 	m := uffdioMove{Dst: uint64(dst), Src: uint64(src), Len: uint64(length)}
 	if flags&DontWake != 0 {
 		m.Mode |= moveModeDontwake
