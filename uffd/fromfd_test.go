@@ -249,3 +249,31 @@ func TestFeaturesReportWhatKernelEnabled(t *testing.T) {
 		t.Fatalf("New reports %v, FromFD of the same userfaultfd %v", u.Features(), v.Features())
 	}
 }
+
+// TestFileFdKeepsNonblocking: File().Fd() must not switch the descriptor to blocking mode,
+// which would make ReadMessages hold an OS thread and Close unable to interrupt it.
+func TestFileFdKeepsNonblocking(t *testing.T) {
+	for _, adopt := range []bool{false, true} {
+		u := newT(t)
+		if adopt {
+			fd, err := sysUserfaultfd(unix.O_CLOEXEC) // blocking: FromFD makes it non-blocking
+			mustNil(t, err, "userfaultfd")
+			v, err := FromFD(fd)
+			if err != nil {
+				unix.Close(fd)
+				t.Fatal(err)
+			}
+			u.Close()
+			u = v
+			defer v.Close()
+		}
+		if fd := u.File().Fd(); int(fd) != u.Fd() {
+			t.Fatalf("File().Fd() = %d, Fd() = %d", fd, u.Fd())
+		}
+		fl, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_GETFL, 0)
+		mustNil(t, err, "F_GETFL")
+		if fl&unix.O_NONBLOCK == 0 {
+			t.Fatalf("adopted %v: File().Fd() switched the descriptor to blocking mode", adopt)
+		}
+	}
+}

@@ -341,8 +341,11 @@ func enabledWith(want Feature) Feature {
 func (u *UFFD) Fd() int { return u.fd }
 
 // File returns the *os.File that owns the descriptor, for passing it to a child process
-// (exec.Cmd.ExtraFiles). It stays owned by u: do not close it, and do not call its Fd method,
-// which would switch the descriptor to blocking mode (use UFFD.Fd).
+// (exec.Cmd.ExtraFiles) or to APIs that take files. It stays owned by u: do not close it, and
+// do not read from it while ReadMessages may run. Its Fd method returns the same number as
+// UFFD.Fd and leaves the descriptor non-blocking: os switches a descriptor back to blocking
+// mode only if os itself made it non-blocking, and this one was non-blocking already when the
+// *os.File was made.
 func (u *UFFD) File() *os.File { return u.f }
 
 // Features returns the features enabled on the userfaultfd by its UFFDIO_API handshake: those
