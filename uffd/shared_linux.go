@@ -1,49 +1,19 @@
 package uffd
 
-import (
-	"bufio"
-	"bytes"
-	"os"
-	"strconv"
-)
+import "github.com/mirrormem/mirrormem/internal/mem"
 
-// anyShared reports whether a shared mapping overlaps [addr, addr+length), from /proc/self/maps.
-// It is read at registration only, never on the fault path.
+// anyShared reports whether a shared mapping overlaps [addr, addr+length). It asks the kernel
+// (PROCMAP_QUERY, or /proc/self/maps before 6.11) at registration only, never on the fault
+// path; when the areas cannot be read it reports false, leaving UFFDIO_MOVE in the answer.
 func anyShared(addr uintptr, length int) bool {
-	f, err := os.Open("/proc/self/maps")
+	vmas, err := mem.FindVMAs(addr, addr+uintptr(length))
 	if err != nil {
 		return false
 	}
-	defer f.Close()
-	lo, hi := uint64(addr), uint64(addr)+uint64(length)
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		start, end, perms, ok := parseMapsLine(sc.Bytes())
-		if !ok || end <= lo {
-			continue
-		}
-		if start >= hi {
-			break // the lines are sorted by address
-		}
-		if perms[3] == 's' {
+	for _, v := range vmas {
+		if v.Shared() {
 			return true
 		}
 	}
 	return false
-}
-
-// parseMapsLine reads "start-end perms ..." of one /proc/self/maps line.
-func parseMapsLine(line []byte) (start, end uint64, perms []byte, ok bool) {
-	rng, rest, ok1 := bytes.Cut(line, []byte{' '})
-	perms, _, ok2 := bytes.Cut(rest, []byte{' '})
-	a, b, ok3 := bytes.Cut(rng, []byte{'-'})
-	if !ok1 || !ok2 || !ok3 || len(perms) < 4 {
-		return 0, 0, nil, false
-	}
-	s, err1 := strconv.ParseUint(string(a), 16, 64)
-	e, err2 := strconv.ParseUint(string(b), 16, 64)
-	if err1 != nil || err2 != nil {
-		return 0, 0, nil, false
-	}
-	return s, e, perms, true
 }
