@@ -513,13 +513,17 @@ func TestSelftestMmapChanging(t *testing.T) {
 	go func() { res <- unix.Madvise(mem[pg:], unix.MADV_DONTNEED) }()
 	waitReadable(t, u)
 	src := page(1)
+	// MOVE's source is an mmap'd page: a move that went through would take the page away
+	// from its mapping, which must never be the Go heap.
+	moveSrc := anonT(t, pg)
+	moveSrc[0] = 1
 	a := addr(mem)
 	ops := map[string]func() error{
 		"COPY":         func() error { _, err := u.Copy(a, ptrOf(src), pg, 0); return err },
 		"ZEROPAGE":     func() error { _, err := u.ZeroPage(a, pg, 0); return err },
 		"WRITEPROTECT": func() error { return u.WriteProtectRange(a, pg, true, 0) },
 		"POISON":       func() error { _, err := u.Poison(a, pg, 0); return err },
-		"MOVE":         func() error { _, err := u.Move(a, addr(src), pg, 0); return err },
+		"MOVE":         func() error { _, err := u.Move(a, addr(moveSrc), pg, 0); return err },
 	}
 	for name, op := range ops {
 		if err := op(); !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "UFFDIO_"+name) {
