@@ -113,6 +113,7 @@ static void pin_to(int cpu) {
 struct handler_ctx {
 	int uffd, kind, cpu;
 	char *start;
+	char *start2;      // the mirror view (a duplicate of start), or NULL for one view
 	size_t size, block;
 	const char *src;
 	char *buf;
@@ -120,12 +121,13 @@ struct handler_ctx {
 	int err;
 };
 
-static int resolve(struct handler_ctx *h, char *base, size_t len) {
+// resolve fills [base, base+len) of the view that starts at view.
+static int resolve(struct handler_ctx *h, char *view, char *base, size_t len) {
 	for (;;) {
 		int r;
 		if (h->kind == K_COPY || h->kind == K_COPY_ANON) {
 			// The same work as an io.ReaderAt source: read the bytes into a buffer, then copy them in.
-			memcpy(h->buf, h->src + (base - h->start), len);
+			memcpy(h->buf, h->src + (base - view), len);
 			struct uffdio_copy c = { .dst = (uintptr_t)base, .src = (uintptr_t)h->buf, .len = len, .mode = 0 };
 			r = ioctl(h->uffd, UFFDIO_COPY, &c);
 			if (r != 0 && errno == EAGAIN && c.copy > 0) { base += c.copy; len -= c.copy; continue; }
@@ -165,11 +167,14 @@ static void *handler(void *arg) {
 		for (size_t i = 0; i < (size_t)n / sizeof msgs[0]; i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT) { h->err = EPROTO; return NULL; }
 			char *addr = (char *)(uintptr_t)msgs[i].arg.pagefault.address;
-			size_t off = (size_t)(addr - h->start) & ~(h->block - 1);
+			char *view = h->start2 && addr >= h->start2 && addr < h->start2 + h->size ? h->start2 : h->start;
+			size_t off = (size_t)(addr - view) & ~(h->block - 1);
 			size_t len = h->block;
 			if (off + len > h->size) len = h->size - off;
 			h->faults++;
-			int e = resolve(h, h->start + off, len);
+			// The COPY wakes the faulting thread. A thread blocked on the same page through
+			// the other view has its own message: served in turn (EEXIST, then a wake).
+			int e = resolve(h, view, view + off, len);
 			if (e) { h->err = e; return NULL; }
 		}
 	}
@@ -177,6 +182,8 @@ static void *handler(void *arg) {
 
 struct toucher {
 	char *start;
+	char *start2;      // pages from half on are touched through this view, if not NULL
+	size_t half;
 	uint32_t *pages;   // page indexes to touch, in order
 	size_t npages;
 	volatile int *go;  // 0: wait, 1: touch, -1: give up (the run could not start)
@@ -191,7 +198,8 @@ static void *touch(void *arg) {
 	while (__atomic_load_n(t->go, __ATOMIC_ACQUIRE) == 0) sched_yield();
 	if (*t->go < 0) return NULL;
 	for (size_t i = 0; i < t->npages; i++)
-		*(volatile char *)(t->start + (size_t)t->pages[i] * 4096) = 1; // one store per page
+		*(volatile char *)((t->start2 && t->pages[i] >= t->half ? t->start2 : t->start) +
+				   (size_t)t->pages[i] * 4096) = 1; // one store per page
 	return NULL;
 }
 
@@ -211,7 +219,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 	errno = 0;
 	size_t n = cfg->size, npages = n / 4096;
 	int uffd = -1, memfd = -1, have_handler = 0;
-	char *region = MAP_FAILED, *alias = MAP_FAILED;
+	char *region = MAP_FAILED, *alias = MAP_FAILED, *dup = MAP_FAILED;
 	uint32_t *order = NULL;
 	pthread_t hth, tth[8];
 	struct toucher tt[8];
@@ -220,6 +228,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 	int started = 0;
 	int nthreads = cfg->threads < 1 ? 1 : (cfg->threads > 8 ? 8 : cfg->threads);
 	int cpu = cfg->pin ? sched_getcpu() : -1;
+	int two_views = cfg->kind == K_COPY || cfg->kind == K_ZEROPAGE;
 	int uses_uffd = cfg->kind == K_COPY || cfg->kind == K_ZEROPAGE || cfg->kind == K_CONTINUE || cfg->kind == K_COPY_ANON;
 
 	switch (cfg->kind) {
@@ -241,15 +250,27 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 		region = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	}
 	if (region == MAP_FAILED) FAIL(4);
+	if (two_views) {
+		// The same shape as the library's mirrored pair: a duplicate of the shared mapping,
+		// both views registered MISSING|MINOR, half the pages touched through each.
+		dup = mremap(region, 0, n, MREMAP_MAYMOVE);
+		if (dup == MAP_FAILED) FAIL(14);
+	}
 
 	if (uses_uffd) {
 		uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
 		if (uffd < 0) FAIL(5);
-		struct uffdio_api api = { .api = UFFD_API, .features = cfg->kind == K_CONTINUE ? UFFD_FEATURE_MINOR_SHMEM : 0 };
+		struct uffdio_api api = { .api = UFFD_API, .features = cfg->kind == K_CONTINUE || two_views ? UFFD_FEATURE_MINOR_SHMEM : 0 };
 		if (ioctl(uffd, UFFDIO_API, &api) != 0) FAIL(6);
 		struct uffdio_register reg = { .range = { .start = (uintptr_t)region, .len = n },
 			.mode = cfg->kind == K_CONTINUE ? UFFDIO_REGISTER_MODE_MINOR : UFFDIO_REGISTER_MODE_MISSING };
+		if (two_views) reg.mode |= UFFDIO_REGISTER_MODE_MINOR;
 		if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) FAIL(7);
+		if (two_views) {
+			reg.range.start = (uintptr_t)dup;
+			if (ioctl(uffd, UFFDIO_REGISTER, &reg) != 0) FAIL(15);
+			h.start2 = dup;
+		}
 		h.uffd = uffd; h.kind = cfg->kind; h.start = region; h.size = n; h.block = cfg->block; h.src = cfg->src; h.cpu = cpu;
 		if (cfg->kind == K_COPY || cfg->kind == K_COPY_ANON) {
 			h.buf = mmap(NULL, cfg->block, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
@@ -271,7 +292,7 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 				size_t j = xorshift(&seed) % (i + 1);
 				uint32_t x = order[lo + i]; order[lo + i] = order[lo + j]; order[lo + j] = x;
 			}
-		tt[t] = (struct toucher){ .start = region, .pages = order + lo, .npages = cnt, .go = &go, .ready = &ready, .cpu = cpu };
+		tt[t] = (struct toucher){ .start = region, .start2 = two_views ? dup : NULL, .half = npages / 2, .pages = order + lo, .npages = cnt, .go = &go, .ready = &ready, .cpu = cpu };
 	}
 	for (; started < nthreads; started++)
 		if ((errno = pthread_create(&tth[started], NULL, touch, &tt[started])) != 0) FAIL(11);
@@ -295,7 +316,10 @@ static void cref_fault_run(const struct cref_fault_cfg *cfg, struct cref_fault_r
 		char want = 0;
 		if (cfg->kind == K_COPY || cfg->kind == K_COPY_ANON) want = cfg->src[p * 4096 + 1];
 		else if (cfg->kind == K_CONTINUE) want = (char)(p * 7 + 3);
-		if (region[p * 4096 + 1] != want || region[p * 4096] != 1) { errno = EBADMSG; FAIL(13); }
+		// Through the view that touched it: the other view does not map it, and reading it
+		// there would raise a minor fault that nobody serves any more.
+		const char *v = two_views && p >= npages / 2 ? dup : region;
+		if (v[p * 4096 + 1] != want || v[p * 4096] != 1) { errno = EBADMSG; FAIL(13); }
 	}
 out:
 	if (started > 0) { // thread creation failed part way: release the ones waiting
@@ -307,6 +331,7 @@ out:
 	if (h.buf) munmap(h.buf, cfg->block);
 	if (uffd >= 0) close(uffd);
 	if (region != MAP_FAILED) munmap(region, n);
+	if (dup != MAP_FAILED) munmap(dup, n);
 	if (alias != MAP_FAILED) munmap(alias, n);
 	if (memfd >= 0) close(memfd);
 }

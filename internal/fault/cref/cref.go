@@ -19,7 +19,7 @@ import (
 
 // ServeTouch runs the C reference handler (poll, read, UFFDIO_COPY from the source file —
 // mapped read-only if mapSrc, as the native handler does, else read with pread —,
-// UFFDIO_CONTINUE, a wake of the other view, the same fault-around window) on two views
+// UFFDIO_CONTINUE, UFFDIO_WAKE after an error, the same fault-around window) on two views
 // registered on uffd, and times a C thread reading one byte of every page of view first
 // (missing faults) and then of the other view (minor faults).
 func ServeTouch(uffd int, v0, v1 uintptr, length, srcfd, maxAround, first int, mapSrc bool) (missing, minor time.Duration, err error) {

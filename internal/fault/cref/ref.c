@@ -2,7 +2,7 @@
 
 // A minimal reference fault handler in plain C, written the way a C programmer would serve a
 // mirrored mapping: poll, read, pread + UFFDIO_COPY for missing faults (fault-around with the
-// same doubling window), UFFDIO_CONTINUE for minor ones, a wake of the other view. No counters,
+// same doubling window), UFFDIO_CONTINUE for minor ones, UFFDIO_WAKE after an error. No counters,
 // no log. Benchmarks compare the native handler against it; nothing else uses it.
 
 #define _GNU_SOURCE
@@ -49,16 +49,21 @@ static void *ref_run(void *arg) {
 	struct ref *r = arg;
 	struct uffd_msg msgs[64];
 	struct pollfd pf[2] = {{.fd = r->uffd, .events = POLLIN}, {.fd = r->stopfd, .events = POLLIN}};
+	int more = 1; // the uffd is non-blocking: poll before a read unless the last read was full
 	for (;;) {
-		ssize_t got = read(r->uffd, msgs, sizeof msgs);
-		if (got <= 0) {
-			if (got < 0 && errno != EAGAIN)
-				return NULL;
+		if (!more) {
 			poll(pf, 2, -1);
 			if (pf[1].revents)
 				return NULL;
+		}
+		ssize_t got = read(r->uffd, msgs, sizeof msgs);
+		if (got <= 0) {
+			if (got < 0 && errno != EAGAIN && errno != EINTR)
+				return NULL;
+			more = 0;
 			continue;
 		}
+		more = (size_t)got == sizeof msgs;
 		for (size_t i = 0; i < (size_t)got / sizeof msgs[0]; i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
@@ -82,13 +87,13 @@ static void *ref_run(void *arg) {
 				if (rd < (ssize_t)len)
 					memset(r->buf + (rd > 0 ? rd : 0), 0, len - (rd > 0 ? (size_t)rd : 0));
 			}
+			// The COPY wakes the faulting thread. A thread blocked on the same page through the
+			// other view has its own message: served later (EEXIST, then the wake below).
 			struct uffdio_copy c = {.dst = r->views[v] + off, .src = (uint64_t)(uintptr_t)src, .len = len};
 			if (ioctl(r->uffd, UFFDIO_COPY, &c) < 0 && c.copy <= 0) {
 				struct uffdio_range w = {.start = r->views[v] + off, .len = r->page};
 				ioctl(r->uffd, UFFDIO_WAKE, &w);
 			}
-			struct uffdio_range w = {.start = r->views[1 - v] + off, .len = len};
-			ioctl(r->uffd, UFFDIO_WAKE, &w);
 		}
 	}
 }
