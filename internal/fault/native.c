@@ -4,6 +4,7 @@
 #include "native.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
@@ -70,6 +71,12 @@ struct mm_handler {
 	// backlog of page faults read while draining events
 	struct uffd_msg *backlog;
 	size_t nbacklog, capbacklog;
+	// Blocking reads (see run): the uffd's file status flags before, and the stop page, a
+	// private page registered on the uffd whose fault tells the thread to stop (NULL: the
+	// thread polls the stop eventfd instead).
+	int oldfl;
+	char *stoppage;
+	int stopping; // the stop page faulted
 };
 
 #define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
@@ -542,6 +549,10 @@ static void handle(struct mm_handler *h, struct uffd_msg *m) {
 	ADD(&h->hdr[H_MSGS], 1);
 	switch (m->event) {
 	case UFFD_EVENT_PAGEFAULT: {
+		if (h->stoppage && m->arg.pagefault.address - (uint64_t)(uintptr_t)h->stoppage < h->cfg.page) {
+			h->stopping = 1;
+			return;
+		}
 		uint64_t off;
 		int v = find_view(h, m->arg.pagefault.address, &off);
 		if (v < 0)
@@ -569,6 +580,12 @@ static void handle(struct mm_handler *h, struct uffd_msg *m) {
 static void read_events(struct mm_handler *h) {
 	struct uffd_msg msgs[64];
 	for (;;) {
+		if (h->stoppage) {
+			// The uffd blocks: read only what is there.
+			struct pollfd pf = {.fd = h->cfg.uffd, .events = POLLIN};
+			if (poll(&pf, 1, 0) <= 0 || !(pf.revents & POLLIN))
+				return;
+		}
 		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
 		if (r <= 0)
 			return;
@@ -592,8 +609,39 @@ static void read_events(struct mm_handler *h) {
 	}
 }
 
+// run_blocking serves with blocking reads: one system call per wait instead of poll + read. It
+// stops when the stop page faults (mm_join touches it), then unregisters the page, which wakes
+// the toucher.
+static void run_blocking(struct mm_handler *h) {
+	struct uffd_msg msgs[64];
+	for (;;) {
+		while (h->nbacklog > 0 && !h->stopping) {
+			struct uffd_msg m = h->backlog[--h->nbacklog];
+			handle(h, &m);
+		}
+		if (h->stopping)
+			break;
+		ADD(&h->hdr[H_LOOPS], 1);
+		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
+		if (r > 0) {
+			for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++)
+				handle(h, &msgs[i]);
+			continue;
+		}
+		if (r < 0 && (errno == EINTR || errno == EAGAIN))
+			continue;
+		break; // the uffd was closed under us
+	}
+	struct uffdio_range sr = {.start = (uint64_t)(uintptr_t)h->stoppage, .len = h->cfg.page};
+	ioctl(h->cfg.uffd, UFFDIO_UNREGISTER, &sr);
+}
+
 static void *run(void *arg) {
 	struct mm_handler *h = arg;
+	if (h->stoppage) {
+		run_blocking(h);
+		return NULL;
+	}
 	struct uffd_msg msgs[64];
 	struct pollfd pf[2] = {{.fd = h->cfg.uffd, .events = POLLIN}, {.fd = h->cfg.stopfd, .events = POLLIN}};
 	// The uffd is non-blocking (it is shared with Go's poller), so a wait is a poll then a read.
@@ -665,6 +713,35 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 		free(h);
 		return NULL;
 	}
+	// Wait in a blocking read, like a C handler that owns its userfaultfd: the descriptor is
+	// Go's too, but no Go code reads it while this thread serves; its flags are restored by
+	// mm_join. Stopping is then a fault on a private page registered for that purpose (a read
+	// returns only messages). Without that page the thread polls the uffd and the stop eventfd.
+	// The thread uses a descriptor of its own then, so that the number it reads from never
+	// names another file, whatever the Go side closes.
+	int fl = fcntl(cfg->uffd, F_GETFL);
+	int fd2 = fl >= 0 ? fcntl(cfg->uffd, F_DUPFD_CLOEXEC, 3) : -1;
+	if (fd2 >= 0) {
+		char *sp = mmap(NULL, cfg->page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (sp != MAP_FAILED) {
+			madvise(sp, cfg->page, MADV_DONTFORK);
+			struct uffdio_register reg = {.range = {.start = (uint64_t)(uintptr_t)sp, .len = cfg->page},
+						      .mode = UFFDIO_REGISTER_MODE_MISSING};
+			if (ioctl(cfg->uffd, UFFDIO_REGISTER, &reg) == 0) {
+				if (!(fl & O_NONBLOCK) || fcntl(cfg->uffd, F_SETFL, fl & ~O_NONBLOCK) == 0) {
+					h->stoppage = sp;
+					h->oldfl = fl;
+					h->cfg.uffd = fd2;
+				} else {
+					ioctl(cfg->uffd, UFFDIO_UNREGISTER, &reg.range);
+				}
+			}
+			if (!h->stoppage)
+				munmap(sp, cfg->page);
+		}
+		if (!h->stoppage)
+			close(fd2);
+	}
 	// Block every signal in the handler thread: the Go runtime's signals (preemption, profiling)
 	// are for Go threads, and a stray one must not interrupt serving.
 	sigset_t all, old;
@@ -673,6 +750,13 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 	int e = pthread_create(&h->thread, NULL, run, h);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (e != 0) {
+		if (h->stoppage) {
+			fcntl(h->cfg.uffd, F_SETFL, h->oldfl);
+			struct uffdio_range sr = {.start = (uint64_t)(uintptr_t)h->stoppage, .len = cfg->page};
+			ioctl(h->cfg.uffd, UFFDIO_UNREGISTER, &sr);
+			munmap(h->stoppage, cfg->page);
+			close(h->cfg.uffd);
+		}
 		munmap(h->buf, bl);
 		free(h->saved);
 		free(h);
@@ -683,7 +767,17 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 }
 
 void mm_join(struct mm_handler *h) {
+	if (h->stoppage) {
+		// A fault the handler reads as "stop"; if it stopped already, the page is unregistered
+		// and this is an ordinary fault.
+		*(volatile char *)h->stoppage = 1;
+	}
 	pthread_join(h->thread, NULL);
+	if (h->stoppage) {
+		fcntl(h->cfg.uffd, F_SETFL, h->oldfl);
+		munmap(h->stoppage, h->cfg.page);
+		close(h->cfg.uffd);
+	}
 	munmap(h->buf, (size_t)(h->cfg.max_around ? h->cfg.max_around : 1) * h->cfg.page);
 	free(h->backlog);
 	free(h->saved);
