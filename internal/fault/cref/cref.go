@@ -17,7 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// ServeTouch runs the C reference handler (poll, read, UFFDIO_COPY from the source file —
+// ServeTouch runs the C reference handler (a blocking read, UFFDIO_COPY from the source file —
 // mapped read-only if mapSrc, as the native handler does, else read with pread —,
 // UFFDIO_CONTINUE, UFFDIO_WAKE after an error, the same fault-around window) on two views
 // registered on uffd, and times a C thread reading one byte of every page of view first

@@ -1,7 +1,7 @@
 //go:build cgo
 
 // A minimal reference fault handler in plain C, written the way a C programmer would serve a
-// mirrored mapping: poll, read, pread + UFFDIO_COPY for missing faults (fault-around with the
+// mirrored mapping: a blocking read, pread + UFFDIO_COPY for missing faults (fault-around with the
 // same doubling window), UFFDIO_CONTINUE for minor ones, UFFDIO_WAKE after an error. No counters,
 // no log. Benchmarks compare the native handler against it; nothing else uses it.
 
@@ -9,19 +9,18 @@
 #include "ref.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/userfaultfd.h>
-#include <poll.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
 struct ref {
-	int uffd, stopfd, srcfd;
+	int uffd, srcfd;
 	const char *map; // the source mapped read-only (NULL: pread)
 	uint64_t views[2], len, page;
 	uint32_t around;
@@ -48,22 +47,14 @@ static uint64_t ref_window(struct ref *r, int v, int k, uint64_t p) {
 static void *ref_run(void *arg) {
 	struct ref *r = arg;
 	struct uffd_msg msgs[64];
-	struct pollfd pf[2] = {{.fd = r->uffd, .events = POLLIN}, {.fd = r->stopfd, .events = POLLIN}};
-	int more = 1; // the uffd is non-blocking: poll before a read unless the last read was full
 	for (;;) {
-		if (!more) {
-			poll(pf, 2, -1);
-			if (pf[1].revents)
-				return NULL;
-		}
+		// A blocking read (the caller cleared O_NONBLOCK); the thread is cancelled in it.
 		ssize_t got = read(r->uffd, msgs, sizeof msgs);
 		if (got <= 0) {
 			if (got < 0 && errno != EAGAIN && errno != EINTR)
 				return NULL;
-			more = 0;
 			continue;
 		}
-		more = (size_t)got == sizeof msgs;
 		for (size_t i = 0; i < (size_t)got / sizeof msgs[0]; i++) {
 			if (msgs[i].event != UFFD_EVENT_PAGEFAULT)
 				continue;
@@ -118,13 +109,18 @@ int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_
 			r.win[v][k] = 1;
 		}
 	r.buf = malloc((size_t)r.around * page);
-	r.stopfd = eventfd(0, EFD_CLOEXEC);
-	if (!r.buf || r.stopfd < 0)
+	if (!r.buf)
 		return ENOMEM;
+	// The userfaultfd is the caller's and non-blocking: block while this handler owns it.
+	int fl = fcntl(uffd, F_GETFL);
+	if (fl < 0 || fcntl(uffd, F_SETFL, fl & ~O_NONBLOCK) != 0)
+		return errno;
 	pthread_t t;
 	int e = pthread_create(&t, NULL, ref_run, &r);
-	if (e)
+	if (e) {
+		fcntl(uffd, F_SETFL, fl);
 		return e;
+	}
 	uint64_t views[2] = {v0, v1};
 	for (int pass = 0; pass < 2; pass++) {
 		struct timespec a, b;
@@ -133,10 +129,9 @@ int mm_ref_serve_touch(int uffd, uint64_t v0, uint64_t v1, uint64_t len, uint64_
 		clock_gettime(CLOCK_MONOTONIC, &b);
 		ns[pass] = (uint64_t)(b.tv_sec - a.tv_sec) * 1000000000ull + (uint64_t)(b.tv_nsec - a.tv_nsec);
 	}
-	uint64_t one = 1;
-	write(r.stopfd, &one, sizeof one);
+	pthread_cancel(t);
 	pthread_join(t, NULL);
-	close(r.stopfd);
+	fcntl(uffd, F_SETFL, fl);
 	free(r.buf);
 	if (r.map)
 		munmap((void *)r.map, len);
