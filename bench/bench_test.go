@@ -214,7 +214,7 @@ func TestQuickEndToEnd(t *testing.T) {
 		t.Skip("runs the benchmarks")
 	}
 	dir := t.TempDir()
-	cfg := &config{quick: true, out: dir, runs: 1, log: io.Discard, faultMiB: 4}
+	cfg := &config{quick: true, out: dir, runs: 1, log: io.Discard, faultMiB: 4, postcopyMiB: 8}
 	rep := run(cfg)
 	if err := rep.writeJSON(dir); err != nil {
 		t.Fatal(err)

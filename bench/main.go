@@ -52,6 +52,8 @@ type config struct {
 	log    io.Writer // progress lines
 	// faultMiB overrides the size of the fault-serving region (tests use a tiny one).
 	faultMiB int
+	// postcopyMiB overrides the size of the post-copy image (tests use a small one).
+	postcopyMiB int
 }
 
 func (c *config) want(suite string) bool { return len(c.suites) == 0 || c.suites[suite] }

@@ -25,6 +25,9 @@ func suitePostcopy(b *bencher) {
 	if b.cfg.quick {
 		size, runs = 32<<20, b.cfg.runsOr(2)
 	}
+	if b.cfg.postcopyMiB > 0 {
+		size = b.cfg.postcopyMiB << 20
+	}
 	modes := []struct {
 		name string
 		cfg  migrate.Config
