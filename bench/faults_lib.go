@@ -39,10 +39,12 @@ const (
 // the comparisons with the peer are like for like.
 func libraryFaultRows(fc faultCase, src []byte, quick bool) []row {
 	rows := []row{serverRow(fc, src, fc.block, rowServer)}
+	var raised func() string // the note of every server row that runs with GOMAXPROCS raised
 	if procs := runtime.GOMAXPROCS(0); fc.threads >= procs {
-		rows[0].note = func() string {
+		raised = func() string {
 			return fmt.Sprintf("run with GOMAXPROCS raised from %d to %d: a goroutine blocked in a page fault keeps its P, and with every P held so, the Go server only runs when the runtime's monitor steps in (about every 10 ms)", procs, fc.threads+1)
 		}
+		rows[0].note = raised
 		if !quick && fc.kind == kindCopy && fc.block == pageSize && !fc.random {
 			// Show that cost, on a sample small enough to finish.
 			st := fc
@@ -58,6 +60,7 @@ func libraryFaultRows(fc faultCase, src []byte, quick bool) []row {
 		anon := fc
 		anon.kind = kindCopyAnon
 		rows = append(rows, serverRow(anon, src, fc.block, rowServerAnon))
+		rows[len(rows)-1].note = raised
 		if headline {
 			rows = append(rows, serverRow(anon, src, uffd.DefaultFaultAround, rowServerAnonFA))
 		}

@@ -553,7 +553,7 @@ func ringBoundsNote(r *Report, sizes []int) []string {
 			ring = "above"
 		}
 		notes = append(notes, fmt.Sprintf("Streams, 64 KiB messages: one core copies at %.1f GB/s (memcpy); two cores, one writing and "+
-			"the other copying out what was just written, with no ring (%s), moved %.1f GB/s (%.2fx memcpy). The mirrored ring "+
+			"the other copying out what was just written, with no ring (row “%s”), moved %.1f GB/s (%.2fx memcpy). The mirrored ring "+
 			"reached %.1f GB/s, %s that figure (%.2fx of it); 0.8x memcpy would need %s.",
 			mc.Median, rowCrossCore, xc.Median, ratioOfRuns(xc, mc), mr.Median, ring, ratioOfRuns(mr, xc), bound))
 	}
@@ -561,8 +561,12 @@ func ringBoundsNote(r *Report, sizes []int) []string {
 	for _, m := range []int{64, 4 << 10, 64 << 10} {
 		cw := sizeName(m) + " message across the end"
 		if sp, mi := r.find("wrap", cw, rowSplit), r.find("wrap", cw, rowBenchMirrored); ok(sp) && ok(mi) {
-			wrap = append(wrap, fmt.Sprintf("%s: split %.0f ns, mirrored %.0f ns, %.0f ns saved, speed-up %.2fx",
-				sizeName(m), sp.Median, mi.Median, sp.Median-mi.Median, ratioOfRuns(sp, mi)))
+			saved := fmt.Sprintf("%.0f ns saved", sp.Median-mi.Median)
+			if sp.Median < mi.Median {
+				saved = fmt.Sprintf("%.0f ns lost", mi.Median-sp.Median)
+			}
+			wrap = append(wrap, fmt.Sprintf("%s: split %.0f ns, mirrored %.0f ns, %s, speed-up %.2fx",
+				sizeName(m), sp.Median, mi.Median, saved, ratioOfRuns(sp, mi)))
 		}
 	}
 	if len(wrap) > 0 {
