@@ -88,6 +88,8 @@ const (
 	memShmem = "shmem (MAP_SHARED|MAP_ANONYMOUS)"
 	memAnon  = "private anon (MAP_PRIVATE|MAP_ANONYMOUS)"
 	memMemfd = "memfd, pages already in the page cache"
+	// memShmemTwoViews is the C reference's COPY and ZEROPAGE memory.
+	memShmemTwoViews = "shmem, two views (mremap duplicate, both registered): first half of the pages touched through the original, the rest through the duplicate"
 )
 
 // memory names the memory a case of this kind faults on.
@@ -295,6 +297,10 @@ func targetCase(fc faultCase) bool {
 // cRow is the C reference for a case (or, for the kernel kinds, the kernel's own fault timed from C).
 func cRow(fc faultCase, src []byte, seed func() uint64) row {
 	p := fc.params()
+	if fc.kind == kindCopy || fc.kind == kindZeroPage {
+		// The C reference serves a mirrored pair, like the native path (cref_cgo_unsafe.go).
+		p["memory"] = memShmemTwoViews
+	}
 	if fc.pinned {
 		p["cpus"] = "handler and faulting thread pinned to one CPU"
 	}
