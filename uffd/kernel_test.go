@@ -12,6 +12,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -189,20 +190,26 @@ func TestDuplicateWithRemapEvent(t *testing.T) {
 		to  uintptr
 		err error
 	}
-	res := make(chan result, 1)
-	go func() {
+	tids, res := lockedThread(func() result {
 		r, _, errno := unix.Syscall6(unix.SYS_MREMAP, addr(a), 0, uintptr(pg), unix.MREMAP_MAYMOVE, 0, 0)
 		if errno != 0 {
-			res <- result{0, errno}
-			return
+			return result{0, errno}
 		}
-		res <- result{r, nil}
-	}()
+		return result{r, nil}
+	})
+	tid := <-tids
 	waitReadable(t, u)
 	// The event is unread: every resolving ioctl answers EAGAIN.
 	if _, err := u.ZeroPage(addr(a), pg, 0); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("ZEROPAGE with a REMAP event unread: %v, want EAGAIN", err)
 	}
+	// The kernel's account of the thread: asleep inside mremap (not yet started, or returned,
+	// would show otherwise).
+	where := threadBlockedIn(t, tid, unix.SYS_MREMAP)
+	if !strings.HasSuffix(where, "wchan 0") && !strings.Contains(where, "userfaultfd") {
+		t.Fatalf("mremap's thread sleeps elsewhere than in userfaultfd: %s", where)
+	}
+	t.Logf("mremap's thread with the event unread: %s", where)
 	notDone(t, res, "mremap with its event unread")
 	m := readOne(t, u)
 	from, to, l := m.Remap()
