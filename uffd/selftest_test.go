@@ -382,7 +382,7 @@ func TestSelftestEventFork(t *testing.T) {
 		t.Skip("UFFD_FEATURE_EVENT_FORK needs CAP_SYS_PTRACE; this test is written for a root test run")
 	}
 	out := runHelper(t, helperCmd(t, "fork-event"))
-	for _, want := range []string{"PASS: fork event", "PASS: child fault served", "PASS: child exited 42"} {
+	for _, want := range []string{"PASS: EAGAIN while the fork event is unread", "PASS: fork event", "PASS: child fault served", "PASS: child exited 42"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the helper did not report %q:\n%s", want, out)
 		}
@@ -426,6 +426,24 @@ func helperForkEvent() int {
 		_, err := unix.Wait4(pid, &ws, 0, nil)
 		res <- forked{pid: pid, status: ws, err: err}
 	}()
+	// With the fork event unread, the parent's resolving ioctls answer EAGAIN.
+	pfd := []unix.PollFd{{Fd: int32(u.Fd()), Events: unix.POLLIN}}
+	for {
+		n, err := unix.Poll(pfd, 20000)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n == 0 {
+			c.fail("poll for the fork event: %d, %v", n, err)
+			return c.code()
+		}
+		break
+	}
+	if _, err := u.ZeroPage(addr(mem), pg, 0); !errors.Is(err, unix.EAGAIN) {
+		c.fail("ZEROPAGE with a FORK event unread: %v, want EAGAIN", err)
+	} else {
+		c.pass("EAGAIN while the fork event is unread")
+	}
 	m := readOneHelper(u)
 	if m.Event() != EventFork {
 		c.fail("message %v, want fork", &m)
