@@ -7,15 +7,22 @@
 // on it to serve the faults of memory mapped twice.
 //
 // The binding covers every UFFD_FEATURE_* and every UFFDIO_* ioctl up to Linux 6.18 on private
-// anonymous, shmem and hugetlb memory:
+// anonymous, shmem and hugetlb memory. Hugetlb memory mapped with MAP_HUGETLB|MAP_NORESERVE
+// registers and reports faults without a single huge page reserved, but resolving a fault
+// needs a free page in the pool: with an empty pool UFFDIO_COPY fails (with EEXIST, although
+// nothing is mapped) and the woken thread faults again, so reserve the pages (vm.nr_hugepages,
+// or a mapping without MAP_NORESERVE) before serving hugetlb memory. Resolving is per huge page
+// there, and hugetlb has no UFFDIO_ZEROPAGE.
+//
+// The parts:
 //
 //   - New opens a userfaultfd (userfaultfd(2), or /dev/userfaultfd), FromFD adopts one made
 //     elsewhere, SendFD and ReceiveFD pass one to another process over a Unix socket (in the
 //     frame of loopholelabs/userfaultfd-go's transfer package, so either end can be that one).
 //   - Register, Unregister, and the resolving calls Copy, ZeroPage, Continue,
 //     WriteProtectRange, Wake, Poison and Move, each wrapping one ioctl. Errors wrap the errno
-//     with the ioctl's name (errors.Is(err, unix.EEXIST) works); EEXIST and EAGAIN, the errors
-//     of the fault path, cost no allocation.
+//     with the ioctl's name (errors.Is(err, unix.EEXIST) works); EEXIST, EAGAIN, ENOENT and
+//     ESRCH, the errors of the fault path, cost no allocation.
 //   - ReadMessages reads many messages with one read(2), parked in the runtime poller, and Msg
 //     decodes page faults and the fork, remap, remove and unmap events without allocating.
 //   - Probe reports by name what the running kernel offers; asking New for a feature the kernel

@@ -9,10 +9,13 @@ import (
 
 // RangeError reports a range the caller passed that cannot be used, before any system call.
 type RangeError struct {
-	Op   string
+	// Op is the ioctl the range was meant for ("UFFDIO_REGISTER", "UFFDIO_COPY", ...).
+	Op string
+	// Addr and Len are the range as passed.
 	Addr uintptr
 	Len  int
-	Why  string
+	// Why says what is wrong with it and what to pass instead.
+	Why string
 }
 
 // Error says which call, which range and what is wrong with it.

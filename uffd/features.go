@@ -92,6 +92,7 @@ var ErrNotSupported = errors.New("not supported by this kernel")
 
 // FeatureError says which features the kernel did not offer. It matches ErrNotSupported.
 type FeatureError struct {
+	// Missing holds the features asked for that the running kernel does not offer.
 	Missing Feature
 	// Kernel is the running kernel's release (uname -r), for the message.
 	Kernel string

@@ -72,9 +72,12 @@ func (r *Report) String() string {
 // IoctlError says which ioctls the kernel does not offer on a kind of memory. It matches
 // ErrNotSupported.
 type IoctlError struct {
+	// Missing holds the ioctls needed that the kernel does not offer on the memory.
 	Missing Ioctls
-	Memory  string
-	Kernel  string
+	// Memory names the kind of memory asked about ("private anonymous", "shmem", ...).
+	Memory string
+	// Kernel is the running kernel's release (uname -r), for the message.
+	Kernel string
 }
 
 // Error names each missing ioctl, the Linux version that brought it and the memory type.
