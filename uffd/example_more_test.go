@@ -80,7 +80,8 @@ func ExampleSendFD() {
 }
 
 // Read many fault messages per read(2) and serve them. The faults are raised inside
-// madvise(MADV_POPULATE_READ), a system call: a goroutine faulting in a system call holds no P and cannot deadlock the garbage collector.
+// madvise(MADV_POPULATE_READ), a system call: a goroutine faulting there holds no P and cannot
+// deadlock the garbage collector against the server (see the package doc).
 func ExampleUFFD_ReadMessages() {
 	u, err := uffd.New()
 	if err != nil {
