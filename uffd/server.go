@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 // Server resolves the page faults of the ranges it handles, each from its own source: missing
@@ -301,6 +303,16 @@ func (s *Server) checkViews(op string, length int, addrs []uintptr) error {
 		for _, b := range addrs[:i] {
 			if a < b+uintptr(length) && b < a+uintptr(length) {
 				return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("overlaps view %#x of the same call", b)}
+			}
+		}
+		// The server resolves base pages. On hugetlb memory a base-page COPY is EINVAL, and
+		// with an empty huge page pool a huge COPY answers EEXIST with nothing mapped, which a
+		// server that treats EEXIST as "filled by someone else" would retry forever: refuse it.
+		if vmas, err := mem.FindVMAs(a, a+uintptr(length)); err == nil {
+			for _, v := range vmas {
+				if v.HugeTLBPath() {
+					return &RangeError{Op: op, Addr: a, Len: length, Why: fmt.Sprintf("hugetlb memory (%s): the server resolves %d-byte pages only", v.Path, s.page)}
+				}
 			}
 		}
 	}
