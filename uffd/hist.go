@@ -18,9 +18,10 @@ const histBuckets = 48
 type Histogram struct {
 	// Buckets[i] counts latencies in [2^i, 2^(i+1)) ns; Buckets[0] also counts 0 ns.
 	Buckets [histBuckets]uint64
-	// Count is the number of samples, Sum their total.
+	// Count is the number of samples.
 	Count uint64
-	Sum   time.Duration
+	// Sum is the total of the samples' latencies.
+	Sum time.Duration
 }
 
 // liveHist is the concurrently updated form of Histogram.
