@@ -8,10 +8,13 @@
 // thread of this process keeps serving through any GC.
 //
 // Every handler resolves each fault once for the shared page (UFFDIO_COPY, UFFDIO_ZEROPAGE, or
-// a pwrite through an unregistered memfd alias followed by UFFDIO_CONTINUE), wakes the threads
-// blocked on that page through every view (the kernel wakes only the view it filled), maps
-// pages already in the page cache with UFFDIO_CONTINUE on minor faults, and counts, logs and
-// checks what it did in a block of memory that Go reads with atomic loads.
+// a pwrite through an unregistered memfd alias followed by UFFDIO_CONTINUE), and makes sure
+// every thread blocked on that page, through any view, goes on: the resolving ioctl wakes its
+// own view, and a thread blocked through another view has queued its own message, which is
+// resolved in turn (EEXIST, then a wake of that view, or UFFDIO_CONTINUE on a minor fault);
+// after an error, a poisoned page or a partial fill, every view is woken explicitly, since
+// errors wake no one. It counts, logs and checks what it did in a block of memory that Go reads
+// with atomic loads.
 //
 // The handler process is the program itself, re-executed from /proc/self/exe with an
 // environment variable that this package's init function recognises: it serves and exits
