@@ -2,14 +2,11 @@ package mirror
 
 import (
 	"fmt"
-	"os"
-	"runtime"
-	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 )
 
@@ -46,60 +43,11 @@ func seeEachOther(t *testing.T, views [][]byte) {
 	}
 }
 
-// ownGoroutines counts the goroutines running code of this module (the test's own included).
-func ownGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	c := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "github.com/mirrormem/mirrormem/") && !strings.Contains(g, "internal/gcstress") {
-			c++
-		}
-	}
-	return c
-}
-
-// childPids lists this process's child processes (every thread's children).
-func childPids() []string {
-	var out []string
-	tasks, _ := os.ReadDir("/proc/self/task")
-	for _, task := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
-		if err == nil {
-			out = append(out, strings.Fields(string(b))...)
-		}
-	}
-	return out
-}
-
 // noneLeft fails t if, once the test is done, goroutines of this module or child processes
-// remain that were not there when it started. Goroutines and children that are ending are
-// waited for (polled) up to 10 s.
+// remain that were not there when it started (see leakcheck.NoneLeft).
 func noneLeft(t testing.TB) func() {
 	t.Helper()
-	g0, c0 := ownGoroutines(), len(childPids())
-	return func() {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			g, c := ownGoroutines(), childPids()
-			if g <= g0 && len(c) <= c0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("left behind: %d goroutines of this module (had %d), child processes %v (had %d)", g, g0, c, c0)
-				return
-			}
-			time.Sleep(5 * time.Millisecond) // polling for exits, bounded by the deadline
-		}
-	}
+	return leakcheck.NoneLeft(t)
 }
 
 // kernelAtLeast reports whether the running kernel is major.minor or later.

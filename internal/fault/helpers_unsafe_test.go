@@ -2,10 +2,8 @@ package fault
 
 import (
 	"os"
-	"runtime"
 	"strings"
 	"testing"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -174,56 +172,9 @@ func duplicate(t testing.TB, b []byte) []byte {
 	return d
 }
 
-// ownGoroutines counts the goroutines running code of this module (the caller's included).
-func ownGoroutines() int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	c := 0
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "github.com/mirrormem/mirrormem/") && !strings.Contains(g, "internal/gcstress") {
-			c++
-		}
-	}
-	return c
-}
-
-// childPids lists this process's child processes (every thread's children).
-func childPids() []string {
-	var out []string
-	tasks, _ := os.ReadDir("/proc/self/task")
-	for _, task := range tasks {
-		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
-		if err == nil {
-			out = append(out, strings.Fields(string(b))...)
-		}
-	}
-	return out
-}
-
 // noneLeft fails t at its end if goroutines of this module or child processes (handler
 // processes) remain that were not there before; exits in progress are polled for up to 10 s.
 func noneLeft(t testing.TB) {
 	t.Helper()
-	g0, c0 := ownGoroutines(), len(childPids())
-	t.Cleanup(func() {
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			g, c := ownGoroutines(), childPids()
-			if g <= g0 && len(c) <= c0 {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("left behind: %d goroutines of this module (had %d), child processes %v (had %d)", g, g0, c, c0)
-				return
-			}
-			time.Sleep(5 * time.Millisecond) // polling for exits, bounded by the deadline
-		}
-	})
+	t.Cleanup(leakcheck.NoneLeft(t))
 }

@@ -7,8 +7,10 @@ package leakcheck
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Snapshot is the set of open file descriptors (with their targets) and the mappings of the
@@ -141,6 +143,63 @@ func Check(t T) func() {
 		}
 		if d := Diff(before, after, false); d != "" {
 			t.Errorf("leaked:\n%s", d)
+		}
+	}
+}
+
+// ModuleGoroutines counts the goroutines running code of this module (the caller's included),
+// leaving out the GC-forcing loop of internal/gcstress, which tests stop themselves.
+func ModuleGoroutines() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	c := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "github.com/mirrormem/mirrormem/") && !strings.Contains(g, "internal/gcstress") {
+			c++
+		}
+	}
+	return c
+}
+
+// ChildPids lists the child processes of every thread of this process.
+func ChildPids() []string {
+	var out []string
+	tasks, _ := os.ReadDir("/proc/self/task")
+	for _, task := range tasks {
+		b, err := os.ReadFile("/proc/self/task/" + task.Name() + "/children")
+		if err == nil {
+			out = append(out, strings.Fields(string(b))...)
+		}
+	}
+	return out
+}
+
+// NoneLeft notes the module's goroutines and the child processes now and returns a function
+// that, called when the test is done, fails t if more remain. Goroutines and children that are
+// ending are waited for, polling, up to 10 s.
+func NoneLeft(t T) func() {
+	t.Helper()
+	g0, c0 := ModuleGoroutines(), len(ChildPids())
+	return func() {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			g, c := ModuleGoroutines(), ChildPids()
+			if g <= g0 && len(c) <= c0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("left behind: %d goroutines of this module (had %d), child processes %v (had %d)", g, g0, c, c0)
+				return
+			}
+			time.Sleep(5 * time.Millisecond) // polling for exits, bounded by the deadline
 		}
 	}
 }
