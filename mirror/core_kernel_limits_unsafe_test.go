@@ -201,7 +201,10 @@ func TestKernelAddressSpaceLimitENOMEM(t *testing.T) {
 		subprocess(t, "TestKernelAddressSpaceLimitENOMEM", []string{envAS + "=1"})
 		return
 	}
-	const n = 64 << 20
+	// Untouched shared memory costs address space only. The headroom left under the limit is
+	// large, since the race detector's runtime maps shadow memory as the test goes, and an
+	// allocation of its that fails is fatal; the duplicate needs four times more.
+	const n, headroom = 1 << 30, 256 << 20
 	r, err := alloc.Shared(n)
 	if err != nil {
 		t.Fatal(err)
@@ -212,7 +215,7 @@ func TestKernelAddressSpaceLimitENOMEM(t *testing.T) {
 		t.Fatal(err)
 	}
 	lim := old
-	lim.Cur = vmSize(t) + 16<<20 // room for the test's own growth, not for 64 MiB more
+	lim.Cur = vmSize(t) + headroom // room for the test's own growth, not for n more
 	if err := unix.Setrlimit(unix.RLIMIT_AS, &lim); err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +224,7 @@ func TestKernelAddressSpaceLimitENOMEM(t *testing.T) {
 		if err == nil {
 			mem.Munmap(p, n)
 		}
-		t.Fatalf("kernel: a 64 MiB duplicate with 16 MiB of RLIMIT_AS left: %v, want ENOMEM", err)
+		t.Fatalf("kernel: a %d MiB duplicate with %d MiB of RLIMIT_AS left: %v, want ENOMEM", n>>20, headroom>>20, err)
 	}
 	done := unchanged(t)
 	pair, err := Mirror(r)
