@@ -26,7 +26,18 @@ func addrOf(b []byte) uintptr { return uintptr(unsafe.Pointer(&b[0])) }
 
 func newTestPair(t testing.TB, n int, mode uffd.Mode, feats uffd.Feature) *testPair {
 	t.Helper()
-	orig, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	return pairOver(t, -1, n, mode, feats)
+}
+
+// pairOver maps fd (or shared anonymous memory for fd -1), duplicates the mapping with mremap
+// and registers both views with mode on a new userfaultfd.
+func pairOver(t testing.TB, fd, n int, mode uffd.Mode, feats uffd.Feature) *testPair {
+	t.Helper()
+	flags := unix.MAP_SHARED
+	if fd < 0 {
+		flags |= unix.MAP_ANONYMOUS
+	}
+	orig, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, flags)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -129,28 +140,7 @@ func newMemfdPair(t testing.TB, n int, mode uffd.Mode, feats uffd.Feature) (*tes
 	if err := unix.Ftruncate(fd, int64(n)); err != nil {
 		t.Fatal(err)
 	}
-	orig, err := unix.Mmap(fd, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, _, errno := unix.Syscall6(unix.SYS_MREMAP, addrOf(orig), 0, uintptr(n), unix.MREMAP_MAYMOVE, 0, 0)
-	if errno != 0 {
-		unix.Munmap(orig)
-		t.Fatalf("mremap duplicate: %v", errno)
-	}
-	p := &testPair{orig: orig, dup: sliceAt(r, n)}
-	p.u, err = uffd.New(uffd.WithFeatures(feats | uffd.FeatureMissingShmem | uffd.FeatureThreadID))
-	if err != nil {
-		p.unmap()
-		t.Fatal(err)
-	}
-	t.Cleanup(p.close)
-	for _, v := range [][]byte{p.orig, p.dup} {
-		if err := p.u.Register(addrOf(v), n, mode); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return p, fd
+	return pairOver(t, fd, n, mode, feats), fd
 }
 
 func madvise(t testing.TB, b []byte, advice int) {
