@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -233,40 +232,11 @@ func srvStopOK(t testing.TB, r *srvRun) {
 
 var srvSink int
 
-// srvLeakCheck snapshots fds and mappings and returns a function that fails t if the test left
-// any behind, ignoring the PROT_NONE reservations the Go runtime makes as its heap grows.
+// srvLeakCheck fails t if the test left fds or shared mappings behind (the server reserves no
+// address space, so the Go runtime's PROT_NONE reservations are ignored).
 func srvLeakCheck(t testing.TB) func() {
 	t.Helper()
-	before, err := leakcheck.Take()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		t.Helper()
-		after, err := leakcheck.Take()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for fd, target := range after.FDs {
-			if old, ok := before.FDs[fd]; !ok || old != target {
-				t.Errorf("leaked fd %s -> %s", fd, target)
-			}
-		}
-		old := map[string]bool{}
-		for _, l := range before.Maps {
-			old[l] = true
-		}
-		for _, l := range after.Maps {
-			f := strings.Fields(l)
-			if old[l] || len(f) < 5 {
-				continue
-			}
-			runtimeReserve := len(f) == 5 && f[1] == "---p" && f[4] == "0"
-			if strings.HasSuffix(f[1], "s") || strings.Contains(l, "memfd:") || strings.Contains(l, "userfaultfd") || (strings.HasPrefix(f[1], "---") && !runtimeReserve) {
-				t.Errorf("leaked mapping %s", l)
-			}
-		}
-	}
+	return leakcheck.CheckShared(t)
 }
 
 func srvAddrOfMem(b []byte) uintptr { return uintptr(unsafe.Pointer(unsafe.SliceData(b))) }

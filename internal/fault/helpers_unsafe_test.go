@@ -2,7 +2,6 @@ package fault
 
 import (
 	"os"
-	"strings"
 	"testing"
 	"unsafe"
 
@@ -101,32 +100,10 @@ func sourceFile(t testing.TB, n int) (*os.File, []byte) {
 	return f, data
 }
 
-// checkLeaks is leakcheck.Check without the private PROT_NONE anonymous mappings that the Go
-// runtime and the C library add when threads start (heap arenas, thread stack guards, malloc
-// arenas): this package makes no such mapping, so only fds and shared mappings are compared.
+// checkLeaks compares fds and shared mappings only: this package reserves no address space.
 func checkLeaks(t testing.TB) func() {
 	t.Helper()
-	before, err := leakcheck.Take()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return func() {
-		t.Helper()
-		after, err := leakcheck.Take()
-		if err != nil {
-			t.Fatal(err)
-		}
-		var bad []string
-		for _, l := range strings.Split(leakcheck.Diff(before, after, false), "\n") {
-			if l == "" || (strings.Contains(l, " ---p ") && strings.HasSuffix(strings.TrimSpace(l), " 00:00 0")) {
-				continue
-			}
-			bad = append(bad, l)
-		}
-		if len(bad) > 0 {
-			t.Errorf("leaked:\n%s", strings.Join(bad, "\n"))
-		}
-	}
+	return leakcheck.CheckShared(t)
 }
 
 // newMemfdPair is newTestPair over a memfd object, whose descriptor is returned too.

@@ -120,6 +120,34 @@ func Relevant(maps []string, i int) bool {
 	return nextToShared || !nextToPrivate
 }
 
+// CheckShared is Check for packages that never reserve address space: only new fds and new
+// shared or memfd mappings count, and every anonymous PROT_NONE area (Go heap arenas, thread
+// stack guards, C library malloc arenas, which appear as threads start) is ignored.
+func CheckShared(t T) func() {
+	t.Helper()
+	before, err := Take()
+	if err != nil {
+		t.Fatalf("leakcheck: %v", err)
+	}
+	return func() {
+		t.Helper()
+		after, err := Take()
+		if err != nil {
+			t.Fatalf("leakcheck: %v", err)
+		}
+		var bad []string
+		for _, l := range strings.Split(Diff(before, after, false), "\n") {
+			if l == "" || (strings.Contains(l, " ---p ") && strings.HasSuffix(strings.TrimSpace(l), " 00:00 0")) {
+				continue
+			}
+			bad = append(bad, l)
+		}
+		if len(bad) > 0 {
+			t.Errorf("leaked:\n%s", strings.Join(bad, "\n"))
+		}
+	}
+}
+
 // T is the part of testing.TB that Check needs.
 type T interface {
 	Helper()

@@ -55,3 +55,31 @@ func TestRelevantReservations(t *testing.T) {
 		}
 	}
 }
+
+type recorder struct{ errs []string }
+
+func (r *recorder) Helper()                           {}
+func (r *recorder) Fatalf(format string, args ...any) { r.Errorf(format, args...) }
+func (r *recorder) Errorf(format string, args ...any) {
+	r.errs = append(r.errs, format)
+}
+
+func TestCheckSharedReportsLeakedSharedMapping(t *testing.T) {
+	var r recorder
+	done := CheckShared(&r)
+	mem, err := unix.Mmap(-1, 0, 4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done()
+	if len(r.errs) == 0 {
+		t.Fatal("CheckShared missed a shared mapping left behind")
+	}
+	unix.Munmap(mem)
+	r.errs = nil
+	done = CheckShared(&r)
+	done()
+	if len(r.errs) != 0 {
+		t.Fatalf("CheckShared reported a leak where there is none: %v", r.errs)
+	}
+}
