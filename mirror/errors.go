@@ -24,6 +24,10 @@ var (
 	// spanning more than one mapping.
 	ErrRange = errors.New("invalid range")
 
+	// ErrOption reports an option that cannot be used as given: nil, a value out of its
+	// range, or an option that needs another one (VerifyFaults without ServeFaults, say).
+	ErrOption = errors.New("invalid option")
+
 	// ErrNotMapped reports memory that is not mapped at all, or only partly.
 	ErrNotMapped = errors.New("memory not mapped")
 

@@ -19,8 +19,17 @@ type faultConfig struct {
 	trackWrites bool
 	trackAsync  bool
 	handler     Handler
-	watchdog    time.Duration
+	watchdog    time.Duration // 0: DefaultWatchdog
+	used        []string      // the companion options given, which all need ServeFaults
 	err         error
+}
+
+// use records a companion option of ServeFaults, and the first error of any option.
+func (f *faultConfig) use(name string, err error) {
+	f.used = append(f.used, name)
+	if err != nil && f.err == nil {
+		f.err = err
+	}
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: on sequential access the
@@ -106,20 +115,29 @@ const MaxFaultAround = 256 << 20
 // less: exactly one page per fault; more than MaxFaultAround: MaxFaultAround). Needs
 // ServeFaults.
 func FaultAround(maxBytes int) Option {
-	return func(c *config) { c.faults.around = min(max(maxBytes, 0), MaxFaultAround) }
+	return func(c *config) {
+		c.faults.use("FaultAround", nil)
+		c.faults.around = min(max(maxBytes, 0), MaxFaultAround)
+	}
 }
+
+// MaxFaultLog is the largest log VerifyFaults keeps: 4 Mi entries (128 MiB of counters).
+const MaxFaultLog = fault.MaxLogCap
 
 // VerifyFaults keeps a log of the first logEntries faults (view, offset, kind, result, thread
 // id, time), readable with FaultLog and summarised by FaultReport. The invariants (each page
 // filled at most once; a fault on an already filled page is a minor fault or EEXIST, never a
 // second fill) are checked whether or not the log is kept; Verify checks them and the bytes.
-// Needs ServeFaults, and a handler outside Go (the log of the Go server is its own Stats).
+// logEntries must be between 0 and MaxFaultLog. Needs ServeFaults, and a handler outside Go
+// (the log of the Go server is its own Stats).
 func VerifyFaults(logEntries int) Option {
 	return func(c *config) {
-		if logEntries < 0 {
-			c.faults.err = fmt.Errorf("%w: VerifyFaults(%d): negative log size", ErrRange, logEntries)
+		var err error
+		if logEntries < 0 || logEntries > MaxFaultLog {
+			err = fmt.Errorf("%w: VerifyFaults(%d): the log size must be between 0 and MaxFaultLog (%d)", ErrOption, logEntries, MaxFaultLog)
 		}
-		c.faults.logCap = logEntries
+		c.faults.use("VerifyFaults", err)
+		c.faults.logCap = min(max(logEntries, 0), MaxFaultLog)
 	}
 }
 
@@ -128,11 +146,15 @@ func VerifyFaults(logEntries int) Option {
 // which is not registered, and then mapped into the faulting view with UFFDIO_CONTINUE (every
 // fault is a minor fault once the page is staged). The region must be an alloc.Memfd region
 // mirrored with Mirror; the kernel must have MINOR_SHMEM (5.14). Needs ServeFaults.
-func StageMinorFaults() Option { return func(c *config) { c.faults.staging = true } }
+func StageMinorFaults() Option {
+	return func(c *config) { c.faults.use("StageMinorFaults", nil); c.faults.staging = true }
+}
 
 // TrackWrites registers every view for write-protect faults too, so that TrackDirty and Dirty
 // can report the pages written through a view (Linux 5.19+ for shmem). Needs ServeFaults.
-func TrackWrites() Option { return func(c *config) { c.faults.trackWrites = true } }
+func TrackWrites() Option {
+	return func(c *config) { c.faults.use("TrackWrites", nil); c.faults.trackWrites = true }
+}
 
 // TrackWritesAsync is TrackWrites resolved by the kernel itself (UFFD_FEATURE_WP_ASYNC, Linux
 // 6.7+): the first write to a protected page is not sent to the handler but only clears the
@@ -140,7 +162,10 @@ func TrackWrites() Option { return func(c *config) { c.faults.trackWrites = true
 // page (no round trip to the handler); the writes are not counted in FaultStats.WP nor logged.
 // Needs ServeFaults.
 func TrackWritesAsync() Option {
-	return func(c *config) { c.faults.trackWrites, c.faults.trackAsync = true, true }
+	return func(c *config) {
+		c.faults.use("TrackWritesAsync", nil)
+		c.faults.trackWrites, c.faults.trackAsync = true, true
+	}
 }
 
 // Handler chooses who serves the faults of a ServeFaults pair.
@@ -196,24 +221,46 @@ func (h Handler) String() string {
 // WithHandler chooses the fault handler instead of letting ServeFaults decide. Needs ServeFaults.
 func WithHandler(h Handler) Option {
 	return func(c *config) {
+		var err error
 		if h < HandlerAuto || h > HandlerGo {
-			c.faults.err = fmt.Errorf("%w: unknown fault handler %d", ErrUnsupported, int(h))
+			err = fmt.Errorf("%w: WithHandler(%d): unknown fault handler", ErrOption, int(h))
 		}
+		c.faults.use("WithHandler", err)
 		c.faults.handler = h
 	}
 }
 
+// MinWatchdog and MaxWatchdog bound the timeout given to Watchdog.
+const (
+	MinWatchdog = 10 * time.Millisecond
+	MaxWatchdog = 24 * time.Hour
+)
+
 // Watchdog sets how long the Go runtime may stand still while a thread waits in a fault of a
 // mirror served by Go code before the process is aborted with a message (default
-// DefaultWatchdog). Needs ServeFaults with a Go source.
-func Watchdog(d time.Duration) Option { return func(c *config) { c.faults.watchdog = d } }
+// DefaultWatchdog); d must be between MinWatchdog and MaxWatchdog. It applies to the only
+// handler that is Go code of this process, so it needs ServeFaults with WithHandler(HandlerGo);
+// with any other handler it is refused (ErrOption), since nothing of this process could hang.
+func Watchdog(d time.Duration) Option {
+	return func(c *config) {
+		var err error
+		if d < MinWatchdog || d > MaxWatchdog {
+			err = fmt.Errorf("%w: Watchdog(%v): the timeout must be between %v and %v", ErrOption, d, MinWatchdog, MaxWatchdog)
+		}
+		c.faults.use("Watchdog", err)
+		c.faults.watchdog = d
+	}
+}
 
 func (f *faultConfig) check() error {
 	if f.err != nil {
 		return f.err
 	}
-	if !f.serve && (f.around >= 0 || f.logCap > 0 || f.staging || f.trackWrites || f.handler != HandlerAuto || f.watchdog != 0) {
-		return fmt.Errorf("%w: FaultAround, VerifyFaults, StageMinorFaults, TrackWrites, WithHandler and Watchdog need ServeFaults", ErrRange)
+	if !f.serve && len(f.used) > 0 {
+		return fmt.Errorf("%w: %s needs ServeFaults", ErrOption, f.used[0])
+	}
+	if f.watchdog != 0 && f.handler != HandlerGo {
+		return fmt.Errorf("%w: Watchdog watches the in-process Go handler: it needs WithHandler(HandlerGo)", ErrOption)
 	}
 	if f.handler == HandlerNative && !fault.NativeAvailable {
 		return fmt.Errorf("%w: WithHandler(HandlerNative) needs cgo; this program was built with CGO_ENABLED=0 (use HandlerProcess)", ErrUnsupported)

@@ -20,8 +20,11 @@ import (
 // the handler that serves it.
 type serving struct {
 	u       *uffd.UFFD
-	views   []uintptr
+	views   []uintptr // the addresses of mem
+	mem     [][]byte  // every view registered, the caller's own mapping included
 	n       int
+	srcLen  int64 // bytes of the source that the pages hold; past them pages are zeros
+	serving bool  // the handler started: Close must retire the views (see stop)
 	mode    uffd.Mode
 	hidden  int  // index in views of the caller's own mapping when Adjacent moved the original, else -1
 	asyncWP bool // TrackWritesAsync: the kernel resolves write-protect faults
@@ -45,6 +48,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	sv := &serving{n: s.n, src: f.src, srcKind: fmt.Sprintf("%T", f.src)}
 	for _, v := range s.views {
 		sv.views = append(sv.views, mem.Addr(mem.Ptr(v)))
+		sv.mem = append(sv.mem, v)
 	}
 	sv.hidden = -1
 	if orig := mem.Addr(src.ptr); orig != sv.views[0] {
@@ -53,13 +57,14 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		// its counts added to the original's.
 		sv.hidden = len(sv.views)
 		sv.views = append(sv.views, orig)
+		sv.mem = append(sv.mem, mem.Slice(src.ptr, s.n))
 	}
 	if len(sv.views) > fault.MaxViews {
 		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrRange, fault.MaxViews, len(sv.views))
 	}
 	defer func() {
 		if err != nil {
-			sv.stop()
+			sv.stop(-1, false)
 		}
 	}()
 
@@ -95,19 +100,25 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			fc.SourceAddr = mem.Addr(mem.Ptr(b))
 		}
 	default:
-		fd, ok := preadableFd(f.src)
-		if !ok {
-			if file, isFile := f.src.(*os.File); isFile {
-				return fmt.Errorf("%w: ServeFaults(%s): pread(2) cannot read it (closed, write-only, a pipe, socket or directory): open the file for reading",
-					ErrUnsupported, file.Name())
-			}
+		fd, hasFd, why := preadableFd(f.src)
+		if !hasFd {
 			goSource = true
 			break
+		}
+		if why != "" {
+			name := sv.srcKind
+			if file, isFile := f.src.(*os.File); isFile {
+				name = file.Name()
+			}
+			return fmt.Errorf("%w: ServeFaults(%s): pread(2) cannot read its descriptor: %s", ErrUnsupported, name, why)
 		}
 		if fc.SourceFD, err = sv.dup(fd); err != nil {
 			return err
 		}
 		fc.Source = fault.SourceFD
+		if fc.SourceLen, err = sourceSize(fd, s.n); err != nil {
+			return err
+		}
 	}
 	if err := sv.checkNotSelf(f.src, fc); err != nil {
 		return err
@@ -249,6 +260,15 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	if err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
 	}
+	sv.serving = true
+	if sv.kind != HandlerGo || sv.src == nil {
+		sv.srcLen = fc.SourceLen
+		if fc.Source == fault.SourceZero {
+			sv.srcLen = 0
+		}
+	} else {
+		sv.srcLen = int64(s.n) // a Go source's length is unknown: every page may have bytes
+	}
 	s.faults = sv
 	return nil
 }
@@ -290,35 +310,65 @@ func (s *regionReader) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// preadableFd returns the descriptor of a source that has one and that pread(2) can read.
-func preadableFd(src io.ReaderAt) (int, bool) {
-	fd := -1
+// preadableFd returns the descriptor of a source that has one (hasFd), and why pread(2)
+// cannot read it ("" if it can). Decided without reading a byte: creating the pair reads
+// nothing from the source.
+func preadableFd(src io.ReaderAt) (fd int, hasFd bool, why string) {
 	switch v := src.(type) {
 	case interface{ Fd() uintptr }:
 		fd = int(v.Fd())
 	case interface{ Fd() int }:
 		fd = v.Fd()
 	default:
-		return -1, false
+		return -1, false, ""
 	}
 	if fd < 0 {
-		return -1, false
+		return -1, true, "it is closed"
 	}
-	// Decided without reading a byte: creating the pair reads nothing from the source.
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil {
-		return -1, false // closed
+		return -1, true, "it is closed"
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	switch {
+	case err != nil:
+		return -1, true, "it is closed"
+	case fl&unix.O_PATH != 0:
+		return -1, true, "it was opened with O_PATH, which allows no reads: open the file for reading"
+	case fl&unix.O_ACCMODE == unix.O_WRONLY:
+		return -1, true, "it is write-only: open the file for reading"
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFREG, unix.S_IFBLK:
+	case unix.S_IFDIR:
+		return -1, true, "it is a directory"
 	default:
-		return -1, false // a pipe, socket or terminal: pread(2) fails with ESPIPE
+		return -1, true, "it is a pipe, socket or device, which has no offsets"
 	}
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil || fl&unix.O_ACCMODE == unix.O_WRONLY {
-		return -1, false
+	// A read of nothing checks what the flags cannot (a file system that refuses reads).
+	if _, err := unix.Pread(fd, nil, 0); err != nil {
+		return -1, true, fmt.Sprintf("a read of nothing fails (%v)", err)
 	}
-	return fd, true
+	return fd, true, ""
+}
+
+// sourceSize returns how many bytes of the source at fd a view of n bytes uses: its size now,
+// at most n. Pages past it are served as zeros; a source that shrinks below it later fails
+// loudly (the pages it no longer has are poisoned), never reads as zeros.
+func sourceSize(fd, n int) (int64, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return 0, fmt.Errorf("ServeFaults: %w", os.NewSyscallError("fstat", err))
+	}
+	size := st.Size
+	if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+		sz, err := unix.IoctlGetUint64(fd, unix.BLKGETSIZE64)
+		if err != nil {
+			return 0, fmt.Errorf("ServeFaults: the size of block device: %w", os.NewSyscallError("ioctl(BLKGETSIZE64)", err))
+		}
+		size = int64(sz)
+	}
+	return min(max(size, 0), int64(n)), nil
 }
 
 func openMapFile(p mem.Pointer) (int, error) {
@@ -333,9 +383,21 @@ func openMapFile(p mem.Pointer) (int, error) {
 	return mem.OpenMapFile(vmas[0], unix.O_RDONLY)
 }
 
-// stop stops serving and closes the userfaultfd (which unregisters every view). The handler
-// is stopped first: it must never read a descriptor number that was closed and reused.
-func (sv *serving) stop() error {
+// stop stops serving and closes the userfaultfd. keep is the index in sv.views of the one view
+// that outlives the pair (the caller's own mapping: r.Bytes() without CloseRegion, or Of's b),
+// or -1; poisonHoles says whether that view's pages the source never filled must fail loudly
+// from now on.
+//
+// A goroutine may be touching the views meanwhile, even waiting in a fault: it must get its
+// page or fail loudly, never read zeros, and Close must not wait for it (a goroutine stuck in a
+// fault may hold a P that Close would need). So, while the handler still serves: every view
+// that goes away with the pair becomes inaccessible (PROT_NONE) and its waiters are woken, to
+// fault again and crash (SIGSEGV, or EFAULT inside a system call); the view that stays has its
+// holes poisoned (UFFDIO_POISON: SIGBUS) where the source had bytes for them, and is
+// unregistered, which wakes its waiters: each gets its page, its SIGBUS, or (a zero source)
+// its zeros. Only then is the handler stopped, within a bounded time, and the userfaultfd
+// closed.
+func (sv *serving) stop(keep int, poisonHoles bool) error {
 	sv.mu.Lock()
 	if sv.stopped {
 		sv.mu.Unlock()
@@ -344,6 +406,9 @@ func (sv *serving) stop() error {
 	sv.stopped = true
 	sv.mu.Unlock()
 	var errs []error
+	if sv.serving {
+		errs = append(errs, sv.retire(keep, poisonHoles))
+	}
 	if sv.h != nil {
 		errs = append(errs, sv.h.Stop())
 	}
@@ -358,6 +423,67 @@ func (sv *serving) stop() error {
 	}
 	sv.fds = nil
 	return errors.Join(errs...)
+}
+
+// retire makes the views safe to leave unserved (see stop).
+func (sv *serving) retire(keep int, poisonHoles bool) error {
+	var errs []error
+	for i, b := range sv.mem {
+		if i != keep {
+			errs = append(errs, mem.Mprotect(mem.Ptr(b), uintptr(sv.n), unix.PROT_NONE))
+		}
+	}
+	if keep >= 0 {
+		if poisonHoles && sv.u.Features()&uffd.FeaturePoison != 0 {
+			errs = append(errs, sv.poisonHoles(sv.mem[keep]))
+		}
+		if err := sv.u.Unregister(sv.views[keep], sv.n); err != nil {
+			errs = append(errs, fmt.Errorf("mirror: Close: %w", err))
+		}
+	}
+	for i, a := range sv.views {
+		if i != keep {
+			sv.u.Wake(a, sv.n) // nobody waiting is the usual case, not an error
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// poisonHoles poisons the pages of the view at a that are in no page cache (never filled) and
+// that the source has bytes for: touched after Close, they raise SIGBUS instead of reading as
+// zeros. A page the handler fills meanwhile answers EEXIST and is skipped.
+func (sv *serving) poisonHoles(b []byte) error {
+	a := mem.Addr(mem.Ptr(b))
+	page := mem.PageSize()
+	limit, stalls := sv.srcLen, 0
+	vec := make([]byte, sv.n/page)
+	if err := mincore(b, vec); err != nil {
+		return fmt.Errorf("mirror: Close: %w", err)
+	}
+	for pg := 0; pg < len(vec); {
+		if vec[pg]&1 != 0 || int64(pg*page) >= limit {
+			pg++
+			continue
+		}
+		end := pg
+		for end < len(vec) && vec[end]&1 == 0 && int64(end*page) < limit {
+			end++
+		}
+		done, err := sv.u.Poison(a+uintptr(pg*page), (end-pg)*page, uffd.DontWake)
+		switch {
+		case err == nil:
+			pg = end
+		case errors.Is(err, unix.EEXIST):
+			pg += max(done, 0)/page + 1 // filled meanwhile: go on past it
+		case errors.Is(err, unix.EAGAIN) && done > 0:
+			pg += done / page
+		case errors.Is(err, unix.EAGAIN) && stalls < 1000:
+			stalls++ // an event is pending, which the handler reads
+		default:
+			return fmt.Errorf("mirror: Close: poisoning the pages never filled: %w", err)
+		}
+	}
+	return nil
 }
 
 func (sv *serving) stats(i int) FaultStats {

@@ -11,10 +11,19 @@ func (s *state) afterViews(src *source, cfg *config) error {
 }
 
 // beforeUnmap runs first in Close, while every view is still mapped: it stops the handler and
-// closes the userfaultfd, which unregisters the views.
+// closes the userfaultfd, which unregisters the views. The caller's own mapping (r.Bytes(), or
+// Of's b) outlives the pair unless CloseRegion closes the region with it.
 func (s *state) beforeUnmap() error {
-	if s.faults == nil {
+	sv := s.faults
+	if sv == nil {
 		return nil
 	}
-	return s.faults.stop()
+	keep := -1
+	if !s.owns {
+		keep = 0
+		if sv.hidden >= 0 {
+			keep = sv.hidden
+		}
+	}
+	return sv.stop(keep, true)
 }

@@ -24,7 +24,11 @@ type config struct {
 func newConfig(opts []Option) *config {
 	c := &config{views: 2}
 	c.faults.around = -1
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			c.err = fmt.Errorf("%w: option %d is nil", ErrOption, i+1)
+			return c
+		}
 		o(c)
 	}
 	if c.err == nil {

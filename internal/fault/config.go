@@ -45,6 +45,10 @@ type Config struct {
 	Present []bool
 }
 
+// MaxLogCap is the most log entries a handler keeps (128 MiB of log): it also keeps the size of
+// the shared block far from overflowing.
+const MaxLogCap = 1 << 22
+
 func (c *Config) check(pageSize int) error {
 	switch {
 	case c.UFFD == nil:
@@ -63,8 +67,8 @@ func (c *Config) check(pageSize int) error {
 		return fmt.Errorf("fault: negative source offset %d or length %d", c.SourceOff, c.SourceLen)
 	case c.MaxAround < 0 || c.MaxAround > 1<<16:
 		return fmt.Errorf("fault: fault-around of %d pages is out of range [0, 65536]", c.MaxAround)
-	case c.LogCap < 0:
-		return fmt.Errorf("fault: negative log capacity %d", c.LogCap)
+	case c.LogCap < 0 || c.LogCap > MaxLogCap:
+		return fmt.Errorf("fault: log capacity %d is out of range [0, %d]", c.LogCap, MaxLogCap)
 	}
 	for i, v := range c.Views {
 		if v%uintptr(pageSize) != 0 {

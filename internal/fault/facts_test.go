@@ -2,6 +2,9 @@ package fault
 
 import (
 	"bytes"
+	"fmt"
+	"runtime/debug"
+	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -263,31 +266,52 @@ func TestWriteProtectDirtyPerView(t *testing.T) {
 // file, which faults past the new end; the handler falls back to pread and serves zeros there,
 // as for any short source, instead of failing.
 func TestSourceFileShrinks(t *testing.T) {
-	for _, st := range starters(t) {
-		t.Run(st.name, func(t *testing.T) {
-			const n = 8 * pg
-			f, data := sourceFile(t, n)
-			p := newTestPair(t, n, uffd.ModeMissing, 0)
-			h, err := st.start(Config{UFFD: p.u, Views: p.views(), Len: n, Source: SourceFD, SourceFD: int(f.Fd()), SourceLen: n, AliasFD: -1})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer h.Stop()
-			if sum(p.orig[:pg]) != sum(data[:pg]) {
-				t.Fatal("first page differs")
-			}
-			if err := f.Truncate(2 * pg); err != nil {
-				t.Fatal(err)
-			}
-			if sum(p.orig[pg:2*pg]) != sum(data[pg:2*pg]) {
-				t.Fatal("second page (still in the file) differs")
-			}
-			if sum(p.dup[4*pg:]) != 0 {
-				t.Fatal("pages past the new end of the file are not zero")
-			}
-			if s := h.Stats(); s.Errors != 0 || s.Violations != 0 {
-				t.Errorf("errors %d (%s), violations %d", s.Errors, s.Error, s.Violations)
-			}
-		})
+	avail, err := uffd.Available()
+	if err != nil || avail&uffd.FeaturePoison == 0 {
+		t.Skip("UFFDIO_POISON needs Linux 6.6")
 	}
+	for _, st := range starters(t) {
+		for _, around := range []int{1, 8} {
+			t.Run(fmt.Sprintf("%s/around%d", st.name, around), func(t *testing.T) {
+				const n = 8 * pg
+				f, data := sourceFile(t, n)
+				p := newTestPair(t, n, uffd.ModeMissing, uffd.FeaturePoison)
+				h, err := st.start(Config{UFFD: p.u, Views: p.views(), Len: n, Source: SourceFD, SourceFD: int(f.Fd()),
+					SourceLen: n, AliasFD: -1, Poison: true, MaxAround: around})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer h.Stop()
+				if sum(p.orig[:pg]) != sum(data[:pg]) {
+					t.Fatal("first page differs")
+				}
+				if err := f.Truncate(2*pg + 100); err != nil {
+					t.Fatal(err)
+				}
+				if sum(p.orig[pg:2*pg]) != sum(data[pg:2*pg]) {
+					t.Fatal("second page (still in the file) differs")
+				}
+				// The file had 8 pages when serving began: the pages it lost are a source
+				// error, never zeros, through either view, and with fault-around too.
+				for _, b := range [][]byte{p.dup[2*pg : 3*pg], p.orig[5*pg : 6*pg], p.dup[7*pg:]} {
+					if r := touchRecover(b); r == nil {
+						t.Fatalf("a page the file lost read as %d: want SIGBUS", sum(b))
+					}
+				}
+				s := h.Stats()
+				if s.Errors == 0 || !strings.Contains(s.Error, "ended") || s.Violations != 0 {
+					t.Errorf("errors %d (%s), violations %d: want the truncation reported", s.Errors, s.Error, s.Violations)
+				}
+			})
+		}
+	}
+}
+
+// touchRecover reads b and returns the panic of the fault it raised (SIGBUS of a poisoned
+// page, with SetPanicOnFault), or nil.
+func touchRecover(b []byte) (r any) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() { r = recover() }()
+	sum(b)
+	return nil
 }

@@ -2,6 +2,8 @@ package fault
 
 import (
 	"fmt"
+
+	"golang.org/x/sys/unix"
 	"strings"
 	"sync"
 	"time"
@@ -96,7 +98,7 @@ func (h *Handler) Stats() Stats {
 		s.Violation = violationText(b.hdr(hViolCode), int64(b.hdr(hViolOff)))
 	}
 	if s.Errors > 0 {
-		s.Error = fmt.Sprintf("reading the source for offset %d: errno %d", b.hdr(hErrOff), b.hdr(hErrno))
+		s.Error = sourceErrorText(int64(b.hdr(hErrOff)), unix.Errno(b.hdr(hErrno)))
 	}
 	return s
 }
@@ -115,6 +117,14 @@ func violationText(code uint64, off int64) string {
 		return fmt.Sprintf("minor fault at offset %d on a page no handler filled (filled behind the handler's back)", off)
 	}
 	return fmt.Sprintf("violation %d at offset %d", code, off)
+}
+
+// sourceErrorText says why the source failed at offset off.
+func sourceErrorText(off int64, e unix.Errno) string {
+	if e == unix.ENODATA {
+		return fmt.Sprintf("the source ended at offset %d, before the length it had when serving began (truncated?)", off)
+	}
+	return fmt.Sprintf("reading the source at offset %d: %v", off, e)
 }
 
 // Kind is what raised a log entry.

@@ -27,8 +27,10 @@ const (
 	hHeartbeat
 	hLoops
 	hTakeovers
-	hTracked // bit v: view v is under dirty tracking
-	hWords   = 32
+	hTracked       // bit v: view v is under dirty tracking
+	hInflight      // handler process: first page of the fault being resolved, plus 1 (0: none)
+	hInflightPages // handler process: how many pages from hInflight
+	hWords         = 32
 )
 
 // Per-view counter words.

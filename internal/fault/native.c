@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -168,10 +169,13 @@ static void read_events(struct mm_handler *h);
 // write-protected, so that their first write raises a write-protect fault.
 static int tracked(struct mm_handler *h, int v) { return (LOAD(&h->hdr[H_TRACKED]) >> v) & 1; }
 
-// fill_src reads n bytes of the source at object offset off into buf (zeros past its end).
-// Returns 0 or an errno.
-static int fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t n) {
+// fill_src reads the source for the n bytes at object offset off into buf: the bytes the source
+// had when serving began (src_len), then zeros. It returns how many bytes of buf are ready, n
+// or, when the source fails or ends early (it shrank), the whole pages read before that point;
+// 0 with *err set when not even the first page could be read.
+static uint64_t fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t n, int *err) {
 	uint64_t have = 0;
+	*err = 0;
 	if (off < h->cfg.src_len)
 		have = h->cfg.src_len - off < n ? h->cfg.src_len - off : n;
 	if (h->cfg.src_kind == MM_SRC_MEM) {
@@ -180,22 +184,23 @@ static int fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t n) {
 		uint64_t done = 0;
 		while (done < have) {
 			ssize_t r = pread(h->cfg.src_fd, buf + done, have - done, (off_t)(h->cfg.src_off + off + done));
-			if (r < 0) {
-				if (errno == EINTR)
-					continue;
-				return errno;
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r <= 0) {
+				// A read error, or the source ended before the length it had when serving
+				// began (it was truncated): never zeros in place of its bytes.
+				*err = r < 0 ? errno : ENODATA;
+				uint64_t pages = done / h->cfg.page * h->cfg.page;
+				return pages;
 			}
-			if (r == 0)
-				break; // the file shrank: the rest reads as zeros
 			done += (uint64_t)r;
 		}
-		have = done;
 	} else {
 		have = 0;
 	}
 	if (have < n)
 		memset(buf + have, 0, n - have);
-	return 0;
+	return n;
 }
 
 static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, uint32_t tid) {
@@ -205,12 +210,14 @@ static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, ui
 	record(h, v, off, K_MISSING, R_ERROR, tid, 1);
 	if (h->cfg.poison) {
 		// The page is lost in every view: poison it in each (EEXIST: that view maps it
-		// already), then wake every view, so that no thread waits on it anywhere.
+		// already; ENOENT: the view is unregistered, its pair closing), then wake every view,
+		// so that no thread waits on it anywhere.
 		int ok = 1;
 		for (uint32_t w = 0; w < h->cfg.nviews; w++) {
 			struct mm_uffdio_poison p = {.range = {.start = h->cfg.views[w] + off, .len = h->cfg.page},
 						     .mode = 1 /* DONTWAKE */};
-			if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) != 0 && errno != EEXIST && w == (uint32_t)v)
+			if (ioctl(h->cfg.uffd, MM_UFFDIO_POISON, &p) != 0 && errno != EEXIST && errno != ENOENT &&
+			    w == (uint32_t)v)
 				ok = 0;
 		}
 		if (ok) {
@@ -256,6 +263,36 @@ static uint64_t around(struct mm_handler *h, int v, int k, uint64_t p) {
 	return n;
 }
 
+// src_has reports whether the file source still has the bytes the object's first end bytes
+// need. The source's mapping cannot tell: a page cut in the middle by a truncation still reads,
+// its lost bytes as zeros; only pages wholly past the end make UFFDIO_COPY fail.
+static int src_has(struct mm_handler *h, uint64_t end) {
+	struct stat st;
+	if (end > h->cfg.src_len)
+		end = h->cfg.src_len;
+	return fstat(h->cfg.src_fd, &st) == 0 && (uint64_t)st.st_size >= h->cfg.src_off + end;
+}
+
+// refill reads the fault's window again with pread after a COPY from the source's mapping
+// failed (the file shrank under it), from done bytes on: it shortens the window to the pages the
+// source still has, or, if it has none of them, fails the page at done and returns 0.
+static int refill(struct mm_handler *h, int v, uint64_t p, uint32_t tid, uint64_t *n, uint64_t *len,
+		  uint64_t done) {
+	uint64_t pg = h->cfg.page, off = p * pg;
+	int err;
+	uint64_t got = fill_src(h, h->buf, off, *len, &err);
+	if (got <= done) {
+		source_failed(h, v, off + done, err, tid);
+		return 0;
+	}
+	if (got < *len) {
+		*n = got / pg;
+		*len = got;
+		h->next[v][0] = p + *n;
+	}
+	return 1;
+}
+
 // resolve_missing serves a MISSING fault at page p of view v: one fill for the shared page
 // (and fault-around pages), then a wake on every view.
 static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
@@ -268,14 +305,22 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	if (h->cfg.src_kind != MM_SRC_ZERO || h->cfg.alias_fd >= 0) {
 		if (h->cfg.src_kind == MM_SRC_MEM && off + len <= h->cfg.src_len) {
 			src = (const char *)(uintptr_t)(h->cfg.src_addr + off); // zero-copy
-		} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && off + len <= h->cfg.map_len) {
+		} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && off + len <= h->cfg.map_len &&
+			   src_has(h, off + len)) {
 			src = (const char *)(uintptr_t)(h->cfg.map_addr + off); // the kernel copies from the page cache
 			mapped = 1;
 		} else {
-			int err = fill_src(h, h->buf, off, len);
-			if (err) {
+			int err;
+			uint64_t got = fill_src(h, h->buf, off, len, &err);
+			if (got == 0) {
 				source_failed(h, v, off, err, tid);
 				return;
+			}
+			if (got < len) {
+				// Serve the pages the source still had; the rest fault again.
+				n = got / pg;
+				len = got;
+				h->next[v][0] = p + n;
 			}
 			src = h->buf;
 		}
@@ -338,16 +383,15 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 		done = got > 0 ? (uint64_t)got : 0;
 		SUB(ctr(h, v, ck), (len - done) / pg);
 		SUB(ctr(h, v, C_BYTES), len - done);
+		if (n > 1)
+			SUB(ctr(h, v, C_AROUND), n - 1);
 		for (uint64_t i = done / pg; i < n; i++)
 			__atomic_store_n(&h->state[p + i], h->saved[i], __ATOMIC_RELEASE);
 		if (done > 0)
 			wake_others(h, v, off, done);
 		if (err == EFAULT && mapped) {
-			int ferr = fill_src(h, h->buf, off, len);
-			if (ferr) {
-				source_failed(h, v, off + done, ferr, tid);
+			if (!refill(h, v, p, tid, &n, &len, done))
 				return;
-			}
 			src = h->buf;
 			mapped = 0;
 		}
@@ -413,13 +457,15 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			read_events(h); // a non-cooperative event is pending: read it, then retry
 			continue;
 		}
+		if (err == ENOENT) {
+			// The view is no longer registered: the pair is closing, and its Close wakes and
+			// fails every thread left waiting there. Nothing to fill.
+			break;
+		}
 		if (err == EFAULT && mapped) {
-			// The file shrank under its mapping: read what is left with pread (zeros past the end).
-			int ferr = fill_src(h, h->buf, off, len);
-			if (ferr) {
-				source_failed(h, v, off + done, ferr, tid);
+			// The file shrank under its mapping: read what is left with pread.
+			if (!refill(h, v, p, tid, &n, &len, done))
 				return;
-			}
 			src = h->buf;
 			mapped = 0;
 			continue;
@@ -435,13 +481,12 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	// returns, the statistics include it. Then wake every view: the kernel would wake only the
 	// view it filled, and a thread blocked on the same page through another view would wait
 	// for its own message.
-	if (fast) {
+	if (n > 1)
+		ADD(ctr(h, v, C_AROUND), n - 1);
+	if (fast)
 		amend(h, logi, result, (uint32_t)n);
-	} else {
-		if (n > 1)
-			ADD(ctr(h, v, C_AROUND), n - 1);
+	else
 		record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
-	}
 	wake(h, v, off, len);
 	wake_others(h, v, off, len);
 }

@@ -84,7 +84,11 @@ func runHandlerProcess(env string) int {
 		b.addHdr(hTakeovers, 1)
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process died; standby handler %d took over serving process %d\n", os.Getpid(), os.Getppid())
 	}
-	newServer(u, b, &c).loop(c.ParentFD)
+	s := newServer(u, b, &c)
+	if c.Role == "standby" {
+		s.takeOver()
+	}
+	s.loop(c.ParentFD)
 	return 0
 }
 
@@ -328,12 +332,35 @@ func (p *process) kill() {
 	}
 }
 
+// stopGrace is how long stop lets the handler processes exit on their own before it kills
+// them (a variable for tests).
+var stopGrace = time.Second
+
+// stop ends the handler processes within a bounded time, whatever they do: they exit when
+// they see the hang-up of parentW, and one that does not within stopGrace (stopped by SIGSTOP,
+// or starved) is killed.
 func (p *process) stop() error {
 	p.mu.Lock()
 	p.closing = true
 	p.mu.Unlock()
 	err := p.parentW.Close() // the handlers see the hang-up and exit
-	p.done.Wait()
+	exited := make(chan struct{})
+	go func() {
+		p.done.Wait()
+		close(exited)
+	}()
+	t := time.NewTimer(stopGrace)
+	select {
+	case <-exited:
+		t.Stop()
+	case <-t.C:
+		for _, cmd := range p.cmds {
+			if cmd != nil {
+				cmd.Process.Signal(os.Kill) // an error means it has exited meanwhile
+			}
+		}
+		<-exited
+	}
 	if cerr := p.blockF.Close(); err == nil {
 		err = cerr
 	}

@@ -124,32 +124,43 @@ func (s *server) aroundPages(v, k, p int) int {
 	return n
 }
 
-func (s *server) fillSrc(buf []byte, off int) error {
+// srcHas reports whether the file source still has the bytes the object's first end bytes
+// need. The source's mapping cannot tell: a page cut in the middle by a truncation still reads,
+// its lost bytes as zeros; only pages wholly past the end make UFFDIO_COPY fail.
+func (s *server) srcHas(end int) bool {
+	var st unix.Stat_t
+	return unix.Fstat(s.srcFD, &st) == nil && st.Size >= s.srcOff+min(int64(end), s.srcLen)
+}
+
+// fillSrc reads the source for buf, the bytes at object offset off: the bytes the source had
+// when serving began (srcLen), then zeros. It returns how many bytes of buf are ready: all of
+// them or, when the source fails or ends early (it shrank), the whole pages read before that
+// point; 0 and the error when not even the first page could be read.
+func (s *server) fillSrc(buf []byte, off int) (int, error) {
 	have := 0
 	if int64(off) < s.srcLen {
 		have = int(min(s.srcLen-int64(off), int64(len(buf))))
 	}
-	if s.src == SourceFD {
-		done := 0
-		for done < have {
-			r, err := unix.Pread(s.srcFD, buf[done:have], s.srcOff+int64(off+done))
-			if err == unix.EINTR {
-				continue
-			}
-			if err != nil {
-				return err
-			}
-			if r == 0 {
-				break
-			}
-			done += r
-		}
-		have = done
-	} else {
+	if s.src != SourceFD {
 		have = 0
 	}
+	for done := 0; done < have; {
+		r, err := unix.Pread(s.srcFD, buf[done:have], s.srcOff+int64(off+done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || r == 0 {
+			// A read error, or the source ended before the length it had when serving began
+			// (it was truncated): never zeros in place of its bytes.
+			if err == nil {
+				err = unix.ENODATA
+			}
+			return done / s.page * s.page, err
+		}
+		done += r
+	}
 	clear(buf[have:])
-	return nil
+	return len(buf), nil
 }
 
 func errnoOf(err error) unix.Errno {
@@ -167,10 +178,12 @@ func (s *server) sourceFailed(v, off int, err error, tid uint32) {
 	s.record(v, off, KindMissing, ResultError, tid, 1)
 	if s.poison {
 		// The page is lost in every view: poison it in each (EEXIST: that view maps it
-		// already), then wake every view, so that no thread waits on it anywhere.
+		// already; ENOENT: the view is unregistered, its pair closing), then wake every view,
+		// so that no thread waits on it anywhere.
 		ok := true
 		for w := range s.views {
-			if _, perr := s.u.Poison(s.views[w]+uintptr(off), s.page, uffd.DontWake); perr != nil && errnoOf(perr) != unix.EEXIST && w == v {
+			_, perr := s.u.Poison(s.views[w]+uintptr(off), s.page, uffd.DontWake)
+			if e := errnoOf(perr); perr != nil && e != unix.EEXIST && e != unix.ENOENT && w == v {
 				ok = false
 			}
 		}
@@ -190,17 +203,25 @@ func (s *server) missing(v, p int, tid uint32) {
 	s.b.addCtr(v, cMissing, 1)
 	n := s.aroundPages(v, 0, p)
 	off, length, done := p*s.page, n*s.page, 0
+	// Pages in flight: a standby that takes over from this process, should it die before
+	// recording what it filled, must not take their later fills for invariant violations.
+	s.b.setHdr(hInflightPages, uint64(n))
+	s.b.setHdr(hInflight, uint64(p)+1)
+	defer s.b.setHdr(hInflight, 0)
 	var src []byte
 	mapped := false // src is the source's mapping: a file that shrank makes COPY fail
 	switch {
-	case s.src == SourceFD && s.aliasFD < 0 && off+length <= len(s.srcMap):
+	case s.src == SourceFD && s.aliasFD < 0 && off+length <= len(s.srcMap) && s.srcHas(off+length):
 		src, mapped = s.srcMap[off:off+length], true
 	case s.src != SourceZero || s.aliasFD >= 0:
-		src = s.buf[:length]
-		if err := s.fillSrc(src, off); err != nil {
+		got, err := s.fillSrc(s.buf[:length], off)
+		if got == 0 {
 			s.sourceFailed(v, off, err, tid)
 			return
 		}
+		n, length = got/s.page, got // the pages the source still has; the rest fault again
+		s.next[v][0] = p + n
+		src = s.buf[:length]
 	}
 	result := ResultCopied
 	wp := s.tracked(v)
@@ -264,12 +285,20 @@ func (s *server) missing(v, p int, tid uint32) {
 		case e == unix.EAGAIN:
 			s.b.addCtr(v, cEAGAIN, 1)
 			s.readEvents()
+		case e == unix.ENOENT:
+			// The view is no longer registered: the pair is closing, and its Close wakes and
+			// fails every thread left waiting there. Nothing to fill.
+			done = length
 		case e == unix.EFAULT && mapped:
-			src, mapped = s.buf[:length], false
-			if ferr := s.fillSrc(src, off); ferr != nil {
+			// The file shrank under its mapping: read what it still has with pread.
+			got, ferr := s.fillSrc(s.buf[:length], off)
+			if got <= done {
 				s.sourceFailed(v, off+done, ferr, tid)
 				return
 			}
+			n, length = got/s.page, got
+			s.next[v][0] = p + n
+			src, mapped = s.buf[:length], false
 		case e == unix.EFAULT && s.aliasFD >= 0 && got <= 0:
 			done = length
 		default:
@@ -409,6 +438,27 @@ func (s *server) readEvents() {
 				s.backlog = append(s.backlog, msgs[i])
 			}
 		}
+	}
+}
+
+// takeOver is the first act of a standby that replaces a dead primary. The primary may have
+// died holding a fault message it had read but not resolved: the thread of that fault waits
+// until someone wakes it (a fault taken in user mode is retried after any signal, but one taken
+// inside a system call is not), so every view is woken, and each thread still waiting faults
+// again, sending a message this process reads. Pages the primary was filling are marked
+// reset: whether they made it into memory is unknown, and either outcome is correct.
+func (s *server) takeOver() {
+	if p := s.b.hdr(hInflight); p != 0 {
+		first := int(p - 1)
+		for i := first; i < first+int(s.b.hdr(hInflightPages)) && i < s.npages; i++ {
+			if s.b.state(i) == stEmpty {
+				s.b.setState(i, stReset)
+			}
+		}
+		s.b.setHdr(hInflight, 0)
+	}
+	for v := range s.views {
+		s.wake(v, 0, s.len)
 	}
 }
 

@@ -102,6 +102,15 @@ func Madvise(addr unsafe.Pointer, length uintptr, advice int) error {
 	return nil
 }
 
+// Mprotect wraps mprotect(2).
+func Mprotect(addr unsafe.Pointer, length uintptr, prot int) error {
+	_, _, e := unix.Syscall(unix.SYS_MPROTECT, uintptr(addr), length, uintptr(prot))
+	if e != 0 {
+		return os.NewSyscallError("mprotect", e)
+	}
+	return nil
+}
+
 // Reserve maps length bytes of inaccessible address space (PROT_NONE, private, no swap
 // reservation) anywhere.
 func Reserve(length uintptr) (unsafe.Pointer, error) {
