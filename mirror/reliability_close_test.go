@@ -1,10 +1,13 @@
 package mirror
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
 	"runtime"
 	"strconv"
 	"strings"
@@ -281,4 +284,110 @@ func waitBlockedFault(t *testing.T, p *Pair) {
 	if n, err := unix.Poll(fds, 30_000); err != nil || n != 1 {
 		t.Fatalf("no fault pending after 30 s (poll %d, %v)", n, err)
 	}
+}
+
+const envKilledRun = "MIRRORMEM_TEST_KILLED_RUN" // the child of TestEveryHandlerKilled
+
+// Every handler process is killed while more goroutines than GOMAXPROCS wait in faults inside
+// copy(): no goroutine of the program can run, yet the program must end at once with a message
+// naming the cause (a thread outside the Go scheduler does it), never hang. The child stops its
+// handlers, prints their pids and starts the faulting goroutines; the parent waits
+// until the child's threads sleep in the fault, then kills both handlers.
+func TestEveryHandlerKilled(t *testing.T) {
+	if os.Getenv(envKilledRun) != "" {
+		everyHandlerKilledChild(t)
+		return
+	}
+	t.Parallel()
+	procs := runtime.GOMAXPROCS(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestEveryHandlerKilled$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), envKilledRun+"=1", "GORACE=atexit_sleep_ms=0")
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pids [2]int
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		if _, err := fmt.Sscanf(sc.Text(), "handlers %d %d", &pids[0], &pids[1]); err == nil {
+			break
+		}
+	}
+	if pids[0] == 0 {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the child printed no handler pids; stderr:\n%s", stderr.String())
+	}
+	go io.Copy(io.Discard, stdout)
+	// The child's goroutines sleep in the fault, each holding its P.
+	deadline := time.Now().Add(60 * time.Second)
+	for threadsInFault(cmd.Process.Pid) < procs {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("fewer than %d threads of the child wait in a fault after 60 s", procs)
+		}
+		time.Sleep(time.Millisecond) // polling the kernel's account of the child
+	}
+	for _, pid := range pids {
+		unix.Kill(pid, unix.SIGKILL)
+	}
+	err = cmd.Wait()
+	if ctx.Err() != nil {
+		t.Fatalf("the program hung after every handler process was killed:\n%s", tail([]byte(stderr.String())))
+	}
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(stderr.String(), "every fault handler process of this program died") {
+		t.Fatalf("child: %v, want exit status 2 and the guard's message; stderr:\n%s", err, tail([]byte(stderr.String())))
+	}
+}
+
+func everyHandlerKilledChild(t *testing.T) {
+	const n = 16 << 20
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, _ := patternFile(t, n)
+	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pids := p.FaultHandlerPids()
+	for _, pid := range pids {
+		stopAndWait(t, pid)
+	}
+	// Said before the goroutines start: once they fault, nothing of this program runs.
+	fmt.Printf("handlers %d %d\n", pids[0], pids[1])
+	views := [][]byte{p.Original(), p.Mirror()}
+	for w := 0; w < runtime.GOMAXPROCS(0)+2; w++ {
+		go func() {
+			buf := make([]byte, 4096)
+			off := w * 4096 * 8
+			copy(buf, views[w%2][off:off+4096])
+			fmt.Println("a page was served with every handler stopped")
+			os.Exit(4)
+		}()
+	}
+	select {}
+}
+
+// threadsInFault counts the threads of process pid asleep in a userfaultfd fault.
+func threadsInFault(pid int) int {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task/"
+	tasks, _ := os.ReadDir(dir)
+	n := 0
+	for _, task := range tasks {
+		if w, _ := os.ReadFile(dir + task.Name() + "/wchan"); string(w) == "handle_userfault" {
+			n++
+		}
+	}
+	return n
 }

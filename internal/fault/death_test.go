@@ -122,9 +122,9 @@ func TestLastHandlerDeathIsLoud(t *testing.T) {
 	err := cmd.Run()
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) || ee.ExitCode() != 2 {
-		t.Fatalf("helper: %v, want exit status 2 (a panic); stderr:\n%s", err, stderr.String())
+		t.Fatalf("helper: %v, want exit status 2 (the guard ends the program); stderr:\n%s", err, stderr.String())
 	}
-	if !strings.Contains(stderr.String(), "every handler process died") {
+	if !strings.Contains(stderr.String(), "every fault handler process of this program died") {
 		t.Errorf("stderr does not name the cause:\n%s", stderr.String())
 	}
 	if stdout.Len() != 0 {

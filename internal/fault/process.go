@@ -7,11 +7,13 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mirrormem/mirrormem/internal/guard"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -109,14 +111,15 @@ type process struct {
 	parentW *os.File // closing it stops the handler processes
 	cmds    [2]*exec.Cmd
 	blockF  *os.File
+	guard   *guard.Guard // ends the program when every handler process is dead (nil with OnDeath)
 
 	mu      sync.Mutex
 	closing bool
 	alive   int
 	failure error
 	done    sync.WaitGroup
-	// OnDeath is called (in a goroutine) when the last handler process dies unexpectedly;
-	// the default panics: faulting threads could never be served again.
+	// onDeath is called (in a goroutine) when the last handler process dies unexpectedly,
+	// instead of the guard ending the program (see ProcessOptions).
 	onDeath func(error)
 }
 
@@ -124,8 +127,10 @@ type process struct {
 type ProcessOptions struct {
 	// NoStandby starts only the primary handler process (no standby that takes over).
 	NoStandby bool
-	// OnDeath is called when no handler process is left while serving (both died). The default
-	// panics with a message naming the cause: the served threads would block forever.
+	// OnDeath, for tests, is called when no handler process is left while serving (both
+	// died). Without it a guard thread, outside the Go scheduler, ends the program with a
+	// message on standard error (exit status 2): the served threads would block forever, and
+	// a goroutine could not act while they hold every P.
 	OnDeath func(error)
 }
 
@@ -134,7 +139,7 @@ type ProcessOptions struct {
 // waits to take over if the primary dies. The caller keeps its own userfaultfd open, so the
 // views stay registered even if every handler dies: faulting threads block, they never read
 // silent zero pages; and the death is reported on standard error and, for the last handler,
-// through OnDeath (a panic by default).
+// through the guard thread, which ends the program.
 func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	page := os.Getpagesize()
 	if err := cfg.check(page); err != nil {
@@ -186,6 +191,13 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		return nil, err
 	}
 	files = append(files, liveR, liveW)
+	// Every handler process holds a write end of deadR's pipe and this process none: when the
+	// last handler dies, deadR hangs up.
+	deadR, deadW, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	files = append(files, deadR, deadW)
 
 	// Duplicates of the caller's descriptors: an *os.File wrapping the caller's own would
 	// close it when collected.
@@ -224,6 +236,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 			extra = append(extra, liveR)
 		}
 		pc.LiveFD = 7
+		extra = append(extra, deadW) // fd 8: held, never used, until the process ends
 		if srcF != nil {
 			pc.SourceFD = 3 + len(extra)
 			extra = append(extra, srcF)
@@ -263,6 +276,16 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		}
 		p.alive++
 	}
+	if o.OnDeath == nil {
+		// The death of every handler must end the program even when no goroutine can run (a
+		// goroutine blocked in a fault inside runtime assembly keeps its P): a thread outside
+		// the Go scheduler watches deadR.
+		msg := fmt.Sprintf("mirrormem: every fault handler process of this program died (%s): threads that touch its unfilled mirrored memory could never be served, so the program ends here (exit status %d) instead of hanging or reading zeros\n",
+			p.pidList(), deathExit)
+		if p.guard, err = guard.Start(int(deadR.Fd()), msg, deathExit); err != nil {
+			return nil, fmt.Errorf("fault: %w", err)
+		}
+	}
 	h = &Handler{b: b, cfg: cfg, page: page, backend: p}
 	for _, cmd := range p.cmds {
 		if cmd != nil {
@@ -271,6 +294,19 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		}
 	}
 	return h, nil
+}
+
+// deathExit is the exit status of a program whose every handler process died.
+const deathExit = 2
+
+func (p *process) pidList() string {
+	var pids []string
+	for i, c := range p.cmds {
+		if c != nil {
+			pids = append(pids, fmt.Sprintf("%s pid %d", [2]string{"primary", "standby"}[i], c.Process.Pid))
+		}
+	}
+	return strings.Join(pids, ", ")
 }
 
 // goraceNoExitSleep keeps a race-detector build of the handler process from sleeping a second
@@ -314,6 +350,9 @@ func (p *process) watch(cmd *exec.Cmd) {
 		p.onDeath(failure)
 		return
 	}
+	if p.guard != nil {
+		return // the guard thread ends the program, with a message, whether or not this runs
+	}
 	panic("mirrormem: " + failure.Error() + "; threads touching unfilled pages would block forever, so the program stops here")
 }
 
@@ -321,6 +360,9 @@ func (p *process) kill() {
 	p.mu.Lock()
 	p.closing = true
 	p.mu.Unlock()
+	if p.guard != nil {
+		p.guard.Stop()
+	}
 	if p.parentW != nil {
 		p.parentW.Close()
 	}
@@ -343,7 +385,13 @@ func (p *process) stop() error {
 	p.mu.Lock()
 	p.closing = true
 	p.mu.Unlock()
-	err := p.parentW.Close() // the handlers see the hang-up and exit
+	var err error
+	if p.guard != nil {
+		err = p.guard.Stop() // before any handler exits
+	}
+	if cerr := p.parentW.Close(); err == nil { // the handlers see the hang-up and exit
+		err = cerr
+	}
 	exited := make(chan struct{})
 	go func() {
 		p.done.Wait()
