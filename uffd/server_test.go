@@ -478,10 +478,12 @@ func TestServerWithRegister(t *testing.T) {
 	if err := srvVerify(a, n, 6, false, 0); err != nil {
 		t.Error(err)
 	}
-	// A range the kernel cannot register is refused, with the kernel's reason.
-	priv := srvShared(t, srvPage)
-	defer srvUnmap(t, priv, srvPage)
-	if err := s.Handle(priv+uintptr(1<<30), srvPage, nil); err == nil || !contains(err.Error(), "UFFDIO_REGISTER") {
+	// A range the kernel cannot register is refused, with the kernel's reason: a hole this
+	// test made in a reservation of its own, so that no other mapping can be there.
+	hole := srvShared(t, 3*srvPage)
+	defer srvUnmap(t, hole, 3*srvPage)
+	srvUnmap(t, hole+uintptr(srvPage), srvPage)
+	if err := s.Handle(hole+uintptr(srvPage), srvPage, nil); err == nil || !contains(err.Error(), "UFFDIO_REGISTER") {
 		t.Errorf("Handle of unmapped memory with WithRegister: %v", err)
 	}
 }
