@@ -43,7 +43,11 @@ func startGoServing(sv *serving, around int, watchdog time.Duration) (*goServing
 		opts = append(opts, uffd.OnSourceError(uffd.PoisonOnSourceError))
 	}
 	g.srv = uffd.NewServer(sv.u, opts...)
-	if err := g.srv.HandleViews(sv.n, &goSource{src: sv.src, g: g, page: int64(os.Getpagesize())}, sv.views...); err != nil {
+	var src io.ReaderAt // nil: zero pages
+	if sv.src != nil {
+		src = &goSource{src: sv.src, g: g, page: int64(os.Getpagesize())}
+	}
+	if err := g.srv.HandleViews(sv.n, src, sv.views...); err != nil {
 		g.srv.Close()
 		return nil, err
 	}
