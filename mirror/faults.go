@@ -88,19 +88,27 @@ const DefaultWatchdog = 10 * time.Second
 //
 // Handler death never turns into silent zero pages: the pair keeps its own userfaultfd open, so
 // the views stay registered whatever happens to a handler process, and a standby process takes
-// over from a dead one; if every handler process dies, the program panics with a message naming
-// the cause (FaultErr reports it too). A source that fails to read (an error other than io.EOF,
-// or a short read without one) poisons the page (UFFDIO_POISON, 6.6+: the access raises SIGBUS,
-// which a Go program reports as "unexpected fault address") and serving goes on; FaultErr and
-// Verify then report the failures (ErrSourceFailed). Without poison the process is aborted
-// with a message: the faulting thread could never get its bytes, and zeros would be data loss.
+// over from a dead one (waking every view, so that a fault the dead one had read is raised
+// again); if every handler process dies, a thread of this program that is not a goroutine (so
+// that it runs even when every goroutine waits in a fault) prints the cause to standard error
+// and ends the program with exit status 2. A source that fails to read (an error other than
+// io.EOF, a short read without one, or a file that became shorter than it was when the pair was
+// made) poisons the page (UFFDIO_POISON, 6.6+: the access raises SIGBUS, which a Go program
+// reports as "unexpected fault address") and serving goes on; FaultErr and Verify then report
+// the failures (ErrSourceFailed). Only the bytes past the source's length at Mirror read as
+// zeros. Without poison the process is aborted with a message: the faulting thread could never
+// get its bytes, and zeros would be data loss.
 //
-// Close stops serving and closes the userfaultfd: do not touch the views while or after closing
-// (a fault then is served by the kernel with a zero page, or the memory is already gone). With
-// a Go source, Close waits up to CloseWait for a ReadAt in flight, then returns anyway: that
-// ReadAt's goroutine finishes in the background when ReadAt returns, and its bytes are
-// discarded. A source that can block forever (a network read without a deadline) leaks that
-// goroutine: give it a timeout.
+// Close stops serving within a bounded time, whatever the handlers do (a stopped handler
+// process is killed after a second), and never lets a page that should come from the source
+// read as zeros: the views that go away with the pair become inaccessible first, so a goroutine
+// still touching one crashes (SIGSEGV; EFAULT inside a system call); in the view that stays
+// (the region's own mapping, or Of's b) the pages never filled are poisoned before the
+// handler stops (with a nil source their zeros are the data). So: do not touch the views while
+// or after closing. With a Go source, Close waits up to CloseWait for a ReadAt in flight, then
+// returns anyway: that ReadAt's goroutine finishes in the background when ReadAt returns, and
+// its bytes are discarded. A source that can block forever (a network read without a
+// deadline) leaks that goroutine: give it a timeout.
 func ServeFaults(src io.ReaderAt) Option {
 	return func(c *config) {
 		c.faults.serve = true

@@ -283,8 +283,13 @@ func (p *Pair) Contiguous() []byte {
 func (p *Pair) Backend() Backend { return p.s.backend }
 
 // Close unmaps the views this package made and gives back borrowed room; it closes the
-// Region only if the Pair was made with CloseRegion. A second Close returns nil (the first one's error is not repeated). Slices
-// obtained from the Pair must not be used after Close.
+// Region only if the Pair was made with CloseRegion. A second Close returns nil (the first
+// one's error is not repeated). Slices obtained from the Pair must not be used after Close.
+//
+// With ServeFaults, Close returns within a bounded time whatever the handlers do, and a
+// goroutine that touches a view meanwhile crashes rather than read zeros in place of the
+// source's bytes; pages of the region's own mapping that the source never filled are poisoned
+// (they raise SIGBUS; MADV_REMOVE, or Reset of a new pair, clears them). See ServeFaults.
 func (p *Pair) Close() error {
 	err := p.s.teardown()
 	p.cleanup.Stop()
