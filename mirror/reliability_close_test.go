@@ -46,7 +46,7 @@ func TestCloseWhileFaulting(t *testing.T) {
 	}
 	t.Parallel()
 	runs := 6
-	if testing.Short() {
+	if testing.Short() || raceEnabled {
 		runs = 2
 	}
 	for _, h := range outsideGo() {
@@ -74,7 +74,10 @@ func TestCloseWhileFaulting(t *testing.T) {
 }
 
 func closeWhileFaultingChild(t *testing.T, handler string, workers int) {
-	const n = 16 << 20
+	n := 16 << 20
+	if raceEnabled {
+		n = 4 << 20 // the race detector slows copying many times over
+	}
 	page := alloc.PageSize()
 	f, data := patternFile(t, n)
 	r, err := alloc.Shared(n)
