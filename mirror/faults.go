@@ -311,9 +311,10 @@ func (e FaultEvent) String() string {
 // raises SIGBUS), never filled with zeros.
 var ErrSourceFailed = errors.New("the fault source failed to read")
 
-// ErrGoSource is matched by the error ServeFaults returns for a source that is Go code (an
-// io.ReaderAt without a file descriptor) without WithHandler(HandlerGo): see ServeFaults.
-var ErrGoSource = fmt.Errorf("%w: a Go-code fault source needs WithHandler(HandlerGo)", ErrUnsupported)
+// ErrGoSource is matched by the error ServeFaults returns for a plain Go value as a source (an
+// io.ReaderAt without a file descriptor): a handler process serves Go code only through
+// RegisterSource and NamedSource; WithHandler(HandlerGo) is the expert's in-process alternative.
+var ErrGoSource = fmt.Errorf("%w: a Go value as fault source", ErrUnsupported)
 
 // ErrNotServing is returned by the fault methods of a Pair made without ServeFaults.
 var ErrNotServing = errors.New("the pair does not serve faults (made without ServeFaults)")

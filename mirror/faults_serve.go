@@ -77,6 +77,13 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	switch rr := f.src.(type) {
 	case nil:
 		fc.Source = fault.SourceZero
+	case *namedSource:
+		if _, err := rr.registration(); err != nil {
+			return err
+		}
+		fc.Source, fc.SourceName, fc.SourceConfig = fault.SourceNamed, rr.name, rr.config
+		fc.Workers = namedWorkers
+		sv.srcKind = fmt.Sprintf("NamedSource(%q)", rr.name)
 	case *regionReader:
 		v := rr.r
 		if v == nil {
@@ -125,12 +132,20 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	}
 	sv.kind = f.handler
 	if goSource && sv.kind == HandlerAuto {
-		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (it has no file descriptor a handler outside Go could read), so only a fault server written in Go, in this process, could serve it; "+
-			"and a goroutine that touches an unfilled page inside runtime assembly (copy, clear, append, string(b), bytes.*, hash/*, fmt, strconv, or a channel send of a value read from the view) "+
-			"cannot be stopped by the garbage collector, which then waits for it forever while the Go server waits for the collector: the program hangs (a watchdog aborts it). "+
-			"Safe alternatives: serve from an *os.File or anything with a readable file descriptor, from an alloc region (RegionSource), or nil (zeros), which are served outside Go; "+
-			"or stage the bytes into an alloc.Memfd region yourself. If you accept the rule (touch unfilled pages only after Pair.Populate, or with plain Go loops and system calls), "+
-			"opt in with WithHandler(HandlerGo)", ErrGoSource, sv.srcKind)
+		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code, which a handler process serves only if it can build it: "+
+			"register a constructor from an init function, RegisterSource(\"name\", func(config []byte) (io.ReaderAt, error) {...}), "+
+			"then serve ServeFaults(NamedSource(\"name\", config))", ErrGoSource, sv.srcKind)
+	}
+	if fc.Source == fault.SourceNamed {
+		switch sv.kind {
+		case HandlerAuto:
+			sv.kind = HandlerProcess
+		case HandlerNative:
+			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code is served by a handler process, not by the C thread (HandlerNative)", ErrOption, sv.srcKind)
+		}
+		if sv.kind == HandlerProcess && (f.staging || f.logCap > 0 || f.trackWrites) {
+			return fmt.Errorf("%w: ServeFaults(%s): StageMinorFaults, VerifyFaults and TrackWrites are not yet served for a source that is Go code", ErrUnsupported, sv.srcKind)
+		}
 	}
 	if sv.kind == HandlerAuto {
 		switch {
@@ -281,6 +296,10 @@ func (sv *serving) dup(fd int) (int, error) {
 	sv.fds = append(sv.fds, nfd)
 	return nfd, nil
 }
+
+// namedWorkers is how many goroutines of a handler process serve a named source: a source that
+// waits (a network round trip) is read for several fault-around windows at once.
+const namedWorkers = 4
 
 // RegionSource makes a region the source of ServeFaults: pages are copied from it (a native
 // handler copies straight from its memory; a handler process reads its memfd). Its ReadAt

@@ -77,6 +77,7 @@ type serverConfig struct {
 	batch     int
 	aroundMax int // bytes; <= one page disables fault-around
 	policy    SourceErrorPolicy
+	observer  Observer
 	register  Mode
 	onFork    func(*UFFD)
 	onError   func(error)

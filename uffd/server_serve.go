@@ -152,6 +152,9 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 		v := &tab.views[i]
 		st := &v.st.live
 		if try == 0 {
+			if o := s.cfg.observer; o != nil {
+				o.Faulted(v.st.index, v.off+int64(addr-v.addr), flags&(FlagMinor|FlagWP))
+			}
 			switch {
 			case flags&FlagWP != 0:
 				st.wp.Add(1)
@@ -278,11 +281,18 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 		} else {
 			k, err = s.u.ZeroPage(addr+uintptr(done), int(n-done), 0)
 		}
-		done += int64(k)
-		mapped += int64(k)
 		if k > 0 {
 			skipped = 0
+			if o := s.cfg.observer; o != nil {
+				how := Copied
+				if buf == nil {
+					how = Zeroed
+				}
+				o.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), how)
+			}
 		}
+		done += int64(k)
+		mapped += int64(k)
 		if err == nil {
 			break
 		}
@@ -298,11 +308,13 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 			n = done
 		case e == unix.EEXIST && done == 0:
 			// Someone else filled the faulting page: wake its waiters (errors never wake).
+			s.existed(v, addr)
 			st.eexist.Add(1)
 			st.wakes.Add(1)
 			s.u.Wake(addr, s.page)
 			return 0, nil
 		case e == unix.EEXIST:
+			s.existed(v, addr+uintptr(done))
 			st.eexist.Add(1)
 			done += page // skip the page that exists, go on with the rest of the window
 			if skipped++; skipped >= maxSkipped {
@@ -321,6 +333,13 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 		st.around.Add(uint64(mapped/page - 1))
 	}
 	return done, nil
+}
+
+// existed tells the observer, if any, that the page at addr of v existed (EEXIST).
+func (s *Server) existed(v *view, addr uintptr) {
+	if o := s.cfg.observer; o != nil {
+		o.Existed(v.st.index, v.off+int64(addr-v.addr))
+	}
 }
 
 // maxSkipped is how many present pages in a row end a window: skipping each costs an ioctl.
@@ -354,11 +373,14 @@ func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
 	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		k, err := s.u.Continue(addr+uintptr(done), int(n-done), 0)
-		done += int64(k)
-		mapped += int64(k)
 		if k > 0 {
 			skipped = 0
+			if o := s.cfg.observer; o != nil {
+				o.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), Continued)
+			}
 		}
+		done += int64(k)
+		mapped += int64(k)
 		if err == nil {
 			break
 		}
@@ -368,11 +390,13 @@ func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
 		case e == unix.EAGAIN && done == 0:
 			return errRetry
 		case e == unix.EEXIST && done == 0:
+			s.existed(v, addr)
 			st.eexist.Add(1)
 			st.wakes.Add(1)
 			s.u.Wake(addr, s.page)
 			n = 0
 		case e == unix.EEXIST:
+			s.existed(v, addr+uintptr(done))
 			st.eexist.Add(1)
 			done += page
 			if skipped++; skipped >= maxSkipped {

@@ -69,6 +69,40 @@ func storeByte(p *uint8, v uint8) {
 	}
 }
 
+// errTextLen is the room for the text of the last source error (header words hErrText on).
+const errTextLen = 8 * 8
+
+// putErrText stores the text of the last source error, cut to errTextLen bytes (it is read
+// together with hErrors, which the writer bumps after it).
+func (b *block) putErrText(s string) {
+	var buf [errTextLen]byte
+	copy(buf[:], s)
+	for i := 0; i < errTextLen/8; i++ {
+		atomic.StoreUint64(b.word((hErrText+i)*8), binary.LittleEndian.Uint64(buf[i*8:]))
+	}
+}
+
+// errText returns the text putErrText stored ("" if none).
+func (b *block) errText() string {
+	var buf [errTextLen]byte
+	for i := 0; i < errTextLen/8; i++ {
+		binary.LittleEndian.PutUint64(buf[i*8:], atomic.LoadUint64(b.word((hErrText+i)*8)))
+	}
+	if i := bytesIndexZero(buf[:]); i >= 0 {
+		return string(buf[:i])
+	}
+	return string(buf[:])
+}
+
+func bytesIndexZero(b []byte) int {
+	for i, c := range b {
+		if c == 0 {
+			return i
+		}
+	}
+	return -1
+}
+
 // entry reads log entry i (the caller checked i < published count).
 func (b *block) entry(i int) Entry {
 	e := b.mem[b.l.log+i*logEntrySize:][:logEntrySize]

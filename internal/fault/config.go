@@ -17,6 +17,10 @@ const (
 	SourceFD SourceKind = 1
 	// SourceMem copies pages from memory of this process (another region): native handler only.
 	SourceMem SourceKind = 2
+	// SourceNamed is Go code: a constructor registered under SourceName (RegisterSource)
+	// builds it from SourceConfig in the handler process, which serves it with a uffd.Server.
+	// Handler process only.
+	SourceNamed SourceKind = 3
 )
 
 // Config describes what a handler serves.
@@ -35,6 +39,10 @@ type Config struct {
 	// through this memfd (the object itself, not registered) and then mapped with
 	// UFFDIO_CONTINUE. The views must be registered ModeMissing|ModeMinor. -1: off.
 	AliasFD int
+
+	SourceName   string // SourceNamed: the name of the registered constructor
+	SourceConfig []byte // SourceNamed: its configuration
+	Workers      int    // SourceNamed: goroutines serving faults (several fetch in parallel); 0: 1
 
 	MaxAround int  // fault-around cap in pages; 0 or 1: one page per fault
 	LogCap    int  // verification log entries kept (the first LogCap); 0: no log
@@ -57,8 +65,12 @@ func (c *Config) check(pageSize int) error {
 		return fmt.Errorf("fault: %d views; between 1 and %d are served", len(c.Views), MaxViews)
 	case c.Len <= 0 || c.Len%pageSize != 0:
 		return fmt.Errorf("fault: view length %d is not a positive multiple of the page size %d", c.Len, pageSize)
-	case c.Source < SourceZero || c.Source > SourceMem:
+	case c.Source < SourceZero || c.Source > SourceNamed:
 		return fmt.Errorf("fault: unknown source kind %d", c.Source)
+	case c.Source == SourceNamed && c.SourceName == "":
+		return errors.New("fault: SourceNamed without a name")
+	case c.Workers < 0 || c.Workers > 256:
+		return fmt.Errorf("fault: %d workers is out of range [0, 256]", c.Workers)
 	case c.Source == SourceFD && c.SourceFD < 0:
 		return errors.New("fault: SourceFD without a descriptor")
 	case c.Source == SourceMem && c.SourceAddr == 0 && c.SourceLen > 0:

@@ -99,6 +99,9 @@ func (h *Handler) Stats() Stats {
 	}
 	if s.Errors > 0 {
 		s.Error = sourceErrorText(int64(b.hdr(hErrOff)), unix.Errno(b.hdr(hErrno)))
+		if t := b.errText(); t != "" {
+			s.Error = fmt.Sprintf("reading the source at offset %d: %s", b.hdr(hErrOff), t)
+		}
 	}
 	return s
 }

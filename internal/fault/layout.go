@@ -30,6 +30,7 @@ const (
 	hTracked       // bit v: view v is under dirty tracking
 	hInflight      // handler process: first page of the fault being resolved, plus 1 (0: none)
 	hInflightPages // handler process: how many pages from hInflight
+	hErrText       // 8 words: the last source error's text, for sources that are Go code
 	hWords         = 32
 )
 

@@ -8,6 +8,7 @@ package fault
 import "C"
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"unsafe"
@@ -30,6 +31,9 @@ func StartNative(cfg Config) (*Handler, error) {
 	page := os.Getpagesize()
 	if err := cfg.check(page); err != nil {
 		return nil, err
+	}
+	if cfg.Source == SourceNamed {
+		return nil, errors.New("fault: a source that is Go code is served by a handler process, not by the C thread")
 	}
 	b, err := newHandlerBlock(&cfg, -1, page)
 	if err != nil {

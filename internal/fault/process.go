@@ -42,32 +42,79 @@ type procConfig struct {
 	ParentFD  int // hangs up when the served process stops the handler or dies
 	ReadyFD   int // written once serving starts
 	LiveFD    int // primary: held open while it lives; standby: hangs up when the primary dies
+
+	SourceName   string // SourceNamed: the registered constructor
+	SourceConfig []byte // and its configuration
+	Workers      int    // SourceNamed: serving goroutines
 }
 
 func init() {
 	if v := os.Getenv(envHandler); v != "" {
-		os.Exit(runHandlerProcess(v))
+		hp, code := setUpHandlerProcess(v)
+		if hp == nil {
+			os.Exit(code)
+		}
+		if hp.c.SourceName != "" {
+			// A source that is Go code: its constructor is registered by an init function
+			// that runs after this one (ServeRegistered). Initialisation goes on until then.
+			pending = hp
+			return
+		}
+		os.Exit(hp.serve(nil))
 	}
 }
 
-// runHandlerProcess is the main function of a handler process.
-func runHandlerProcess(env string) int {
+// handlerProcess is a handler process set up and ready to serve.
+type handlerProcess struct {
+	c procConfig
+	u *uffd.UFFD
+	b *block
+}
+
+// pending is the handler process waiting for its source's constructor to be registered.
+var pending *handlerProcess
+
+// setUpHandlerProcess adopts what the served process handed over; nil and an exit status if it
+// cannot.
+func setUpHandlerProcess(env string) (*handlerProcess, int) {
 	var c procConfig
 	if err := json.Unmarshal([]byte(env), &c); err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: bad %s: %v\n", envHandler, err)
-		return 2
+		return nil, 2
 	}
 	u, err := uffd.FromFD(c.UFFDFD)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
-		return 2
+		return nil, 2
 	}
 	b, err := newBlock(c.BlockFD, c.NPages, c.LogCap, c.Page)
 	if err != nil || b.hdr(hMagic) != magic {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: mapping the counters: %v\n", err)
-		return 2
+		return nil, 2
 	}
-	unix.Write(c.ReadyFD, []byte{1})
+	return &handlerProcess{c: c, u: u, b: b}, 0
+}
+
+// fail tells the served process why this handler cannot serve (StartProcess returns it as an
+// error) and returns the exit status.
+func (hp *handlerProcess) fail(why string) int {
+	unix.Write(hp.c.ReadyFD, append([]byte{readyFailed}, why...))
+	unix.Close(hp.c.ReadyFD)
+	return 2
+}
+
+// Ready bytes: the first byte a handler process writes on its ready pipe.
+const (
+	readyOK     = 1
+	readyFailed = 'E' // followed by the reason
+)
+
+// serve is the main function of a handler process: it says it is ready, waits to take over if
+// it is the standby, and serves until the served process stops it. src is the Go source built
+// from a registered constructor, nil for the sources native to the handler (see server).
+func (hp *handlerProcess) serve(src io.ReaderAt) int {
+	c, b := &hp.c, hp.b
+	unix.Write(c.ReadyFD, []byte{readyOK})
 	unix.Close(c.ReadyFD)
 	if c.Role == "standby" {
 		// Wait for the primary to die (its end of LiveFD hangs up) or for the end.
@@ -86,12 +133,34 @@ func runHandlerProcess(env string) int {
 		b.addHdr(hTakeovers, 1)
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process died; standby handler %d took over serving process %d\n", os.Getpid(), os.Getppid())
 	}
-	s := newServer(u, b, &c)
+	if src != nil {
+		return serveGoSource(hp, src)
+	}
+	s := newServer(hp.u, b, c)
 	if c.Role == "standby" {
 		s.takeOver()
 	}
 	s.loop(c.ParentFD)
 	return 0
+}
+
+// ServeRegistered is called by the registration of a Go source's constructor. In the handler
+// process waiting for that name it builds the source from its configuration and serves: it
+// never returns. Anywhere else it does nothing.
+func ServeRegistered(name string, open func(config []byte) (io.ReaderAt, error)) {
+	hp := pending
+	if hp == nil || hp.c.SourceName != name {
+		return
+	}
+	pending = nil
+	src, err := open(hp.c.SourceConfig)
+	if err == nil && src == nil {
+		err = errors.New("the constructor returned a nil source and no error")
+	}
+	if err != nil {
+		os.Exit(hp.fail(fmt.Sprintf("building source %q: %v", name, err)))
+	}
+	os.Exit(hp.serve(src))
 }
 
 // processAvailable reports whether this program can start handler processes (it can re-execute
@@ -222,7 +291,8 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	for i, role := range roles {
 		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
 			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
-			MaxAround: cfg.MaxAround, Poison: cfg.Poison}
+			MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
+			Workers: cfg.Workers}
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
 			return nil, err
@@ -273,6 +343,12 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 			werr := p.cmds[i].Wait()
 			p.cmds[i] = nil
 			return nil, fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
+		}
+		if one[0] == readyFailed {
+			why, _ := io.ReadAll(io.LimitReader(readies[i], 4096))
+			p.cmds[i].Wait()
+			p.cmds[i] = nil
+			return nil, fmt.Errorf("fault: the %s handler process cannot serve: %s", role, why)
 		}
 		p.alive++
 	}

@@ -1,0 +1,144 @@
+package mirror
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+
+	"github.com/mirrormem/mirrormem/alloc"
+)
+
+// computedSource is a source that is Go code: byte i is a hash of i and a seed. Its length is
+// fixed: reads past it end with io.EOF.
+type computedSource struct {
+	seed uint64
+	size int64
+}
+
+func (c computedSource) ReadAt(p []byte, off int64) (int, error) {
+	if off >= c.size {
+		return 0, io.EOF
+	}
+	n := len(p)
+	if rem := c.size - off; int64(n) > rem {
+		n = int(rem)
+	}
+	for i := 0; i < n; i++ {
+		x := uint64(off+int64(i))*0x9e3779b97f4a7c15 ^ c.seed
+		p[i] = byte(x>>56) | 1
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// computedConfig is the configuration of the registered computed source: seed, size, and
+// whether the constructor should fail.
+func computedConfig(seed uint64, size int64, fail bool) []byte {
+	b := binary.LittleEndian.AppendUint64(nil, seed)
+	b = binary.LittleEndian.AppendUint64(b, uint64(size))
+	if fail {
+		b = append(b, 1)
+	}
+	return b
+}
+
+const computedName = "mirrormem-test/computed"
+
+func init() {
+	RegisterSource(computedName, func(config []byte) (io.ReaderAt, error) {
+		if len(config) < 16 {
+			return nil, fmt.Errorf("computed source: config of %d bytes, want 16", len(config))
+		}
+		if len(config) > 16 {
+			return nil, errors.New("computed source: told to fail")
+		}
+		return computedSource{seed: binary.LittleEndian.Uint64(config), size: int64(binary.LittleEndian.Uint64(config[8:]))}, nil
+	})
+}
+
+// A source that is Go code, registered in init, is served by a handler process in either
+// build: every byte through both views is the source's, first touched with copy(); the faults
+// are counted per view; Verify passes; bytes past the source's end read as zeros.
+func TestNamedSource(t *testing.T) {
+	const n = 4 << 20
+	src := computedSource{seed: 42, size: n - 3*4096 - 100}
+	want := make([]byte, n)
+	src.ReadAt(want, 0)
+	defer unchanged(t)()
+	for _, around := range []int{0, DefaultFaultAround} {
+		r, err := alloc.Shared(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		p, err := Mirror(r, ServeFaults(NamedSource(computedName, computedConfig(src.seed, src.size, false))), FaultAround(around))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := p.FaultHandler(); h != HandlerProcess {
+			t.Errorf("served by %v, want a handler process", h)
+		}
+		got := make([]byte, n)
+		half := n / 2
+		copy(got[:half], p.Mirror()[:half])
+		copy(got[half:], p.Original()[half:])
+		if !bytes.Equal(got, want) {
+			t.Fatalf("around %d: the views differ from the source", around)
+		}
+		if !bytes.Equal(p.Original(), p.Mirror()) {
+			t.Fatal("the views differ from each other")
+		}
+		o, m := p.FaultStats()
+		if o.Missing == 0 || m.Missing == 0 || o.Filled+m.Filled != n/4096 {
+			t.Errorf("around %d: stats original %+v, mirror %+v: want missing faults through both and %d pages filled", around, o, m, n/4096)
+		}
+		if err := p.Verify(); err != nil {
+			t.Errorf("Verify: %v", err)
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r.Close()
+	}
+}
+
+// A name nobody registered, a registration made after initialisation, a constructor that fails
+// and a plain Go value are refused by Mirror with what to do, and leave nothing behind.
+func TestNamedSourceRefusals(t *testing.T) {
+	const n = 4 * 4096
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	RegisterSource("mirrormem-test/late", func([]byte) (io.ReaderAt, error) { return computedSource{size: n}, nil })
+	defer unchanged(t)()
+	for _, c := range []struct {
+		name string
+		src  io.ReaderAt
+		is   error
+		want string
+	}{
+		{"unregistered", NamedSource("mirrormem-test/nobody", nil), ErrOption, "no source is registered"},
+		{"late", NamedSource("mirrormem-test/late", nil), ErrOption, "init function"},
+		{"constructor fails", NamedSource(computedName, computedConfig(1, n, true)), nil, "told to fail"},
+		{"config too large", NamedSource(computedName, make([]byte, 65<<10)), ErrOption, "at most"},
+		{"plain Go value", computedSource{size: n}, ErrGoSource, "RegisterSource"},
+	} {
+		p, err := Mirror(r, ServeFaults(c.src))
+		if err == nil {
+			p.Close()
+			t.Errorf("%s: accepted", c.name)
+			continue
+		}
+		if c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %v saying %q", c.name, err, c.is, c.want)
+		}
+	}
+}
