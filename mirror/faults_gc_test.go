@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"runtime"
@@ -24,6 +26,7 @@ const (
 	envGCRun    = "MIRRORMEM_TEST_GC_RUN"   // region size of one no-hang run
 	envGCProc   = "MIRRORMEM_TEST_GC_PROC"  // the no-hang run uses HandlerProcess
 	envWatchdog = "MIRRORMEM_TEST_WATCHDOG" // run the deliberate deadlock
+	envGCNamed  = "MIRRORMEM_TEST_GC_NAMED" // the no-hang run serves a named source: "computed", or an HTTP URL
 )
 
 // runChild runs test in a subprocess with env and a timeout; it returns the output and the
@@ -57,7 +60,8 @@ func TestNoHangUnderGC(t *testing.T) {
 			opts = append(opts, WithHandler(HandlerProcess))
 		}
 		for i := 0; i < perProcess; i++ {
-			noHangRun(t, size, opts...)
+			src, data := noHangSource(t, size, os.Getenv(envGCNamed))
+			noHangRun(t, size, src, data, opts...)
 		}
 		return
 	}
@@ -69,6 +73,43 @@ func TestNoHangUnderGC(t *testing.T) {
 		// what matters is many runs under GC, and CI time is bounded).
 		t.Run("process", func(t *testing.T) { t.Parallel(); noHangRuns(t, 16<<20, []string{envGCProc + "=1"}) })
 	}
+	// Sources that are Go code, registered and served by a handler process, in either build:
+	// computed bytes, and the same bytes from an HTTP server (in this process, which does not
+	// fault) through the library's HTTP range source.
+	t.Run("named-computed", func(t *testing.T) { t.Parallel(); noHangRuns(t, 64<<20, []string{envGCNamed + "=computed"}) })
+	srv := httptest.NewServer(computedHandler())
+	t.Cleanup(srv.Close)
+	t.Run("named-http", func(t *testing.T) { t.Parallel(); noHangRuns(t, 64<<20, []string{envGCNamed + "=" + srv.URL}) })
+}
+
+// computedHandler serves computedSource objects over HTTP, with range support and a strong
+// ETag: GET /computed/SEED/SIZE.
+func computedHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var seed uint64
+		var size int64
+		if _, err := fmt.Sscanf(r.URL.Path, "/computed/%d/%d", &seed, &size); err != nil {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("ETag", fmt.Sprintf("\"%d-%d\"", seed, size))
+		http.ServeContent(w, r, "", time.Time{}, io.NewSectionReader(computedSource{seed: seed, size: size}, 0, size))
+	})
+}
+
+// noHangSource returns the source of one no-hang run and the bytes it must serve: a file by
+// default, or a named source ("computed", or an HTTP URL serving the computed bytes).
+func noHangSource(t *testing.T, size int, named string) (io.ReaderAt, []byte) {
+	if named == "" {
+		return patternFile(t, size)
+	}
+	cs := computedSource{seed: 7, size: int64(size)}
+	data := make([]byte, size)
+	cs.ReadAt(data, 0)
+	if named == "computed" {
+		return NamedSource(computedName, computedConfig(cs.seed, cs.size, false)), data
+	}
+	return HTTPSource(fmt.Sprintf("%s/computed/%d/%d", named, cs.seed, cs.size), HTTPOptions{}), data
 }
 
 // noHangRuns runs TestNoHangUnderGC's 50 runs of size bytes in subprocesses with env.
@@ -113,14 +154,13 @@ func noHangRuns(t *testing.T, size int, env []string) {
 	t.Logf("%d runs of %d MiB in %d subprocesses: every run completed", runs, size>>20, runs/perProcess)
 }
 
-func noHangRun(t *testing.T, size int, opts ...Option) {
-	f, data := patternFile(t, size)
+func noHangRun(t *testing.T, size int, src io.ReaderAt, data []byte, opts ...Option) {
 	r, err := alloc.Shared(size)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	p, err := Mirror(r, append([]Option{ServeFaults(f)}, opts...)...)
+	p, err := Mirror(r, append([]Option{ServeFaults(src)}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,12 +173,12 @@ func noHangRun(t *testing.T, size int, opts ...Option) {
 		v := views[(off/4096*7/5+off/(1<<20))%2]
 		copy(buf, v[off:off+4096])
 		if !bytes.Equal(buf, data[off:off+4096]) {
-			t.Fatalf("page at %d differs from the file", off)
+			t.Fatalf("page at %d differs from the source", off)
 		}
 	}
 	stop()
 	if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) {
-		t.Fatal("views differ from the file")
+		t.Fatal("views differ from the source")
 	}
 	o, m := p.FaultStats()
 	if o.Missing == 0 || m.Missing == 0 {

@@ -441,6 +441,9 @@ func (sv *serving) stop(keep int, poisonHoles bool) error {
 		errs = append(errs, unix.Close(fd))
 	}
 	sv.fds = nil
+	if ns, ok := sv.src.(*namedSource); ok {
+		ns.Close() // what Verify built in this process (an HTTP client's connections, say)
+	}
 	return errors.Join(errs...)
 }
 

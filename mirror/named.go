@@ -53,6 +53,13 @@ type namedSource struct {
 	name   string
 	config []byte
 
+	// prepare, if set, makes config when a pair is made (HTTPSource pins the object's
+	// version there), once.
+	prepare  func() error
+	prepared sync.Once
+	prepErr  error
+	built    io.ReaderAt // what prepare built already, if anything
+
 	once sync.Once
 	src  io.ReaderAt
 	err  error
@@ -62,11 +69,14 @@ type namedSource struct {
 func (n *namedSource) ReadAt(p []byte, off int64) (int, error) {
 	n.once.Do(func() {
 		r, err := n.registration()
-		if err != nil {
+		switch {
+		case err != nil:
 			n.err = err
-			return
+		case n.built != nil:
+			n.src = n.built
+		default:
+			n.src, n.err = r.open(n.config)
 		}
-		n.src, n.err = r.open(n.config)
 	})
 	if n.err != nil {
 		return 0, n.err
@@ -82,8 +92,15 @@ func (n *namedSource) Close() error {
 	return nil
 }
 
-// registration returns what RegisterSource recorded for the name, or why it cannot be used.
+// registration returns what RegisterSource recorded for the name, or why it cannot be used,
+// after preparing the configuration.
 func (n *namedSource) registration() (registration, error) {
+	if n.prepare != nil {
+		n.prepared.Do(func() { n.prepErr = n.prepare() })
+		if n.prepErr != nil {
+			return registration{}, n.prepErr
+		}
+	}
 	sources.mu.Lock()
 	r, ok := sources.m[n.name]
 	sources.mu.Unlock()

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/mirrormem/mirrormem/alloc"
 )
 
-// computedSource is a source that is Go code: byte i is a hash of i and a seed. Its length is
+// computedSource is a source that is Go code: each 8 bytes are a hash of their index and a seed. Its length is
 // fixed: reads past it end with io.EOF.
 type computedSource struct {
 	seed uint64
@@ -27,9 +30,13 @@ func (c computedSource) ReadAt(p []byte, off int64) (int, error) {
 	if rem := c.size - off; int64(n) > rem {
 		n = int(rem)
 	}
-	for i := 0; i < n; i++ {
-		x := uint64(off+int64(i))*0x9e3779b97f4a7c15 ^ c.seed
-		p[i] = byte(x>>56) | 1
+	for i := 0; i < n; {
+		pos := off + int64(i)
+		x := (uint64(pos/8)*0x9e3779b97f4a7c15 ^ c.seed) * 0xbf58476d1ce4e5b9
+		for b := pos % 8; b < 8 && i < n; b++ {
+			p[i] = byte(x >> (8 * b))
+			i++
+		}
 	}
 	if n < len(p) {
 		return n, io.EOF
@@ -108,6 +115,8 @@ func TestNamedSource(t *testing.T) {
 	}
 }
 
+var lateOnce sync.Once // a name registers once per process, whatever -count says
+
 // A name nobody registered, a registration made after initialisation, a constructor that fails
 // and a plain Go value are refused by Mirror with what to do, and leave nothing behind.
 func TestNamedSourceRefusals(t *testing.T) {
@@ -117,7 +126,9 @@ func TestNamedSourceRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
-	RegisterSource("mirrormem-test/late", func([]byte) (io.ReaderAt, error) { return computedSource{size: n}, nil })
+	lateOnce.Do(func() {
+		RegisterSource("mirrormem-test/late", func([]byte) (io.ReaderAt, error) { return computedSource{size: n}, nil })
+	})
 	defer unchanged(t)()
 	for _, c := range []struct {
 		name string
@@ -140,5 +151,47 @@ func TestNamedSourceRefusals(t *testing.T) {
 		if c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want %v saying %q", c.name, err, c.is, c.want)
 		}
+	}
+}
+
+// The HTTP server dies mid-run: the pages fetched before read as before, and a page fetched
+// after fails loudly (SIGBUS), never zeros; FaultErr says so.
+func TestHTTPSourceServerDies(t *testing.T) {
+	needPoison(t)
+	const n = 64 * 4096
+	defer unchanged(t)()
+	srv := httptest.NewServer(computedHandler())
+	defer srv.Close()
+	cs := computedSource{seed: 9, size: n}
+	want := make([]byte, n)
+	cs.ReadAt(want, 0)
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	src := HTTPSource(fmt.Sprintf("%s/computed/%d/%d", srv.URL, cs.seed, cs.size), HTTPOptions{Timeout: 200 * time.Millisecond, Retries: 1})
+	p, err := Mirror(r, ServeFaults(src), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for off := 0; off < n/2; off += 4096 {
+		if v, faulted := touchRecover(t, p.Mirror(), off+5); faulted || v != want[off+5] {
+			t.Fatalf("page at %d while the server lives: %d (faulted %v), want %d", off, v, faulted, want[off+5])
+		}
+	}
+	srv.CloseClientConnections()
+	srv.Close()
+	for off := n / 2; off < n; off += 8 * 4096 {
+		if v, faulted := touchRecover(t, p.Original(), off); !faulted {
+			t.Fatalf("page at %d after the server died read %d: want SIGBUS", off, v)
+		}
+	}
+	if v, faulted := touchRecover(t, p.Original(), 4096+5); faulted || v != want[4096+5] {
+		t.Errorf("a page fetched before the server died: %d (faulted %v), want %d", v, faulted, want[4096+5])
+	}
+	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("FaultErr = %v, want ErrSourceFailed", err)
 	}
 }
