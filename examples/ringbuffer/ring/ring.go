@@ -57,10 +57,15 @@ type Ring struct {
 // side is what one side keeps to itself, on its own cache lines.
 type side struct {
 	active atomic.Uint32 // 1 while a call of this side runs (Close waits for 0)
-	pos    uint64        // this side's index (head or tail), in [0, 2n); only this side writes it
-	peer   uint64        // last value read of the other side's index
-	lent   uint64        // bytes handed out by the last WriteSlice/ReadSlice and not yet released
-	_      [lineSize - 32]byte
+	// pos is this side's index (head or tail) in [0, 2n), as this side sees it: it runs ahead
+	// of the published index by the bytes a Writer buffered or Reserve reserved (producer) or
+	// NextRecord released (consumer) and not yet published. Only this side writes it.
+	pos  uint64
+	pub  uint64 // the index last published in the header (head or tail)
+	peer uint64 // last value read of the other side's index
+	lent uint64 // bytes handed out by the last WriteSlice/ReadSlice and not yet released
+	cur  uint64 // consumer: bytes of the record last returned by NextRecord, released by the next call
+	_    [lineSize - 48]byte
 }
 
 // DefaultSize is a good capacity for streaming between two cores: 256 KiB. The bytes of a
@@ -177,6 +182,7 @@ func newRing(m *memory, c config) *Ring {
 	}
 	r.prod.pos = r.h.head.Load()
 	r.cons.pos = r.h.tail.Load()
+	r.prod.pub, r.cons.pub = r.prod.pos, r.cons.pos
 	r.prod.peer = r.cons.pos
 	r.cons.peer = r.prod.pos
 	return r
@@ -368,6 +374,11 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 // waitWritable returns the free space once it is at least need.
 func (r *Ring) waitWritable(need uint64) (uint64, error) {
 	p, h := &r.prod, r.h
+	if p.pos != p.pub {
+		// The consumer may be waiting for what this side buffered: publish it before waiting
+		// for room, or both would wait for ever.
+		r.publishHead()
+	}
 	for i := 0; ; i++ {
 		p.peer = h.tail.Load()
 		if free := r.n - r.used(p.pos, p.peer); free >= need {
@@ -414,9 +425,17 @@ func (r *Ring) Commit(n int) error {
 }
 
 func (r *Ring) commit(n uint64) {
-	p, h := &r.prod, r.h
+	p := &r.prod
 	p.pos = r.advance(p.pos, n)
 	p.lent -= n
+	r.publishHead()
+}
+
+// publishHead makes every byte the producer wrote, committed, buffered or reserved so far
+// readable, and wakes the consumer if it sleeps waiting for them.
+func (r *Ring) publishHead() {
+	p, h := &r.prod, r.h
+	p.pub = p.pos
 	h.head.Store(p.pos)
 	if h.readerWaiting.Load() != 0 {
 		r.wakeReader()
@@ -427,7 +446,7 @@ func (r *Ring) commit(n uint64) {
 // move while it sleeps, so the tail read here is its position. Protocol: see waiter.
 func (r *Ring) wakeReader() {
 	h := r.h
-	if r.used(r.prod.pos, h.tail.Load()) >= h.readerNeed.Load() && h.readerWaiting.Swap(0) != 0 {
+	if r.used(r.prod.pub, h.tail.Load()) >= h.readerNeed.Load() && h.readerWaiting.Swap(0) != 0 {
 		r.wakeups.Add(1)
 		r.readerW.wake(&h.readerSeq)
 	}
@@ -473,6 +492,9 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {
 	c, h := &r.cons, r.h
+	if c.pos != c.pub {
+		r.publishTail() // as in waitWritable: the producer may be waiting for this room
+	}
 	for i := 0; ; i++ {
 		c.peer = h.head.Load()
 		avail := r.used(c.peer, c.pos)
@@ -529,9 +551,17 @@ func (r *Ring) Consume(n int) error {
 }
 
 func (r *Ring) consume(n uint64) {
-	c, h := &r.cons, r.h
+	c := &r.cons
 	c.pos = r.advance(c.pos, n)
 	c.lent -= n
+	r.publishTail()
+}
+
+// publishTail gives every byte the consumer released so far back to the producer, and wakes
+// the producer if it sleeps waiting for that room.
+func (r *Ring) publishTail() {
+	c, h := &r.cons, r.h
+	c.pub = c.pos
 	h.tail.Store(c.pos)
 	if h.writerWaiting.Load() != 0 {
 		r.wakeWriter()
@@ -541,7 +571,7 @@ func (r *Ring) consume(n uint64) {
 // wakeWriter wakes a sleeping producer once the free space it waits for is there.
 func (r *Ring) wakeWriter() {
 	h := r.h
-	if r.n-r.used(h.head.Load(), r.cons.pos) >= h.writerNeed.Load() && h.writerWaiting.Swap(0) != 0 {
+	if r.n-r.used(h.head.Load(), r.cons.pub) >= h.writerNeed.Load() && h.writerWaiting.Swap(0) != 0 {
 		r.wakeups.Add(1)
 		r.writerW.wake(&h.writerSeq)
 	}
@@ -647,13 +677,17 @@ func (r *Ring) WriteTo(w io.Writer) (int64, error) {
 }
 
 // CloseWrite tells the consumer that nothing more will be written: once it has read everything,
-// Read and ReadSlice return io.EOF and WriteTo returns. Later producer calls return ErrClosed.
-// Producer only.
+// Read, ReadSlice and NextRecord return io.EOF and WriteTo returns. It first publishes what a
+// Writer buffered and the records reserved and not yet submitted. Later producer calls return
+// ErrClosed. Producer only.
 func (r *Ring) CloseWrite() error {
 	if err := r.enter(&r.prod); err != nil {
 		return err
 	}
 	defer r.exit(&r.prod)
+	if r.h.state() == 0 && r.prod.pos != r.prod.pub {
+		r.publishHead()
+	}
 	r.h.stateOr(stateWriteDone)
 	r.h.readerWaiting.Store(0)
 	r.readerW.wake(&r.h.readerSeq)
