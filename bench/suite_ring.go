@@ -4,16 +4,12 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"hash/crc32"
 	"io"
-	"math"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -36,7 +32,10 @@ const (
 
 // streamLoad is one streaming workload: msgs messages of m bytes from a producer goroutine
 // to a consumer goroutine. Messages differ in their first and last byte, which the consumer
-// checks, so a torn or misplaced message is caught without slowing the copies down.
+// checks, so a torn or misplaced message is caught; the consumer also reads every byte in
+// between (it looks for a byte value the messages never hold, at the speed of
+// bytes.IndexByte), so every row moves every byte to the consumer's core, whether it hands the
+// consumer a copy or the bytes in place.
 type streamLoad struct {
 	m, msgs int
 	src     [16][]byte
@@ -47,7 +46,7 @@ func newStreamLoad(m, msgs int) *streamLoad {
 	for i := range l.src {
 		l.src[i] = make([]byte, m)
 		for j := range l.src[i] {
-			l.src[i][j] = byte(j * 7)
+			l.src[i][j] = byte(j * 7 % 255) // never 0xff: see check
 		}
 		l.src[i][0], l.src[i][m-1] = byte(i), byte(i)^0xff
 	}
@@ -55,30 +54,55 @@ func newStreamLoad(m, msgs int) *streamLoad {
 }
 
 func (l *streamLoad) check(i int, p []byte) error {
-	if p[0] != byte(i%16) || p[l.m-1] != byte(i%16)^0xff {
+	if len(p) != l.m || p[0] != byte(i%16) || p[l.m-1] != byte(i%16)^0xff || hasFF(p[1:l.m-1]) {
 		return fmt.Errorf("message %d of %d bytes arrived torn or out of order", i, l.m)
 	}
 	return nil
 }
 
-// run times a producer and a consumer; it returns GB/s.
+// hasFF reports whether b holds a byte 0xff, reading every byte: eight at a time in a plain
+// loop for short slices (no call), with bytes.IndexByte's vector loop for long ones.
+func hasFF(b []byte) bool {
+	if len(b) >= 256 {
+		return bytes.IndexByte(b, 0xff) >= 0
+	}
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	var acc uint64
+	for len(b) >= 8 {
+		w := ^binary.LittleEndian.Uint64(b) // a 0xff byte of b is a zero byte of w
+		acc |= (w - lo) &^ w & hi
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c == 0xff {
+			return true
+		}
+	}
+	return acc != 0
+}
+
+// run times a producer and a consumer that copies each message out with consume; it returns GB/s.
 func (l *streamLoad) run(produce func(i int, p []byte), consume func(i int, p []byte) error) (float64, error) {
-	errc := make(chan error, 1)
-	t0 := time.Now()
-	go func() {
+	return l.runAll(produce, func() error {
 		buf := make([]byte, l.m)
 		for i := range l.msgs {
 			if err := consume(i, buf); err != nil {
-				errc <- err
-				return
+				return err
 			}
 			if err := l.check(i, buf); err != nil {
-				errc <- err
-				return
+				return err
 			}
 		}
-		errc <- nil
-	}()
+		return nil
+	})
+}
+
+// runAll times a producer and a consumer that takes and checks all l.msgs messages its own
+// way; it returns GB/s.
+func (l *streamLoad) runAll(produce func(i int, p []byte), consumeAll func() error) (float64, error) {
+	errc := make(chan error, 1)
+	t0 := time.Now()
+	go func() { errc <- consumeAll() }()
 	for i := range l.msgs {
 		produce(i, l.src[i%16])
 	}
@@ -118,81 +142,26 @@ func (l *streamLoad) memcpy() (float64, error) {
 	return float64(l.m*l.msgs) / d.Seconds() / 1e9, nil
 }
 
-// crossCore is the limit of any byte ring between two cores on this machine, measured without
-// a ring: a producer thread pinned to CPU 0 copies messages into a buffer the size of the stream
-// rings, then a consumer thread pinned to CPU 1 copies them out, lap after lap, taking turns
-// (both spin on one atomic word, so neither core goes idle between laps). Every byte the
-// consumer copies was last written by the other core, and every line the producer writes was
-// last read by the other core: that cache-to-cache traffic is what a ring cannot avoid. Each
-// side's fastest lap is kept (preemption by other programs only makes laps slower), and the
-// figure is lap bytes / max(fastest producer lap, fastest consumer lap): what a ring would
-// reach with both sides perfectly overlapped and no synchronisation cost at all.
+// crossCore is the bound (see crossCoreBound) for this stream: laps of back-to-back messages,
+// copied in by the producer and checked in place by the consumer, as the fastest ring row does.
 func (l *streamLoad) crossCore() (float64, error) {
-	if runtime.NumCPU() < 2 {
-		return 0, errors.New("needs two CPUs")
-	}
-	buf := make([]byte, streamRingCap)
-	per := max(1, len(buf)/l.m) // messages per lap
-	laps := max(3, min(200, l.msgs/per))
-	var turn atomic.Int32 // 0: the producer's lap, 1: the consumer's, -1: stop
-	type result struct {
-		best time.Duration
-		err  error
-	}
-	side := func(cpu int32, lap func(i int) error, out chan<- result) {
-		// The goroutine ends locked to its thread, so the pinned thread exits with it.
-		runtime.LockOSThread()
-		best := time.Duration(math.MaxInt64)
-		if err := pinThread(int(cpu)); err != nil {
-			turn.Store(-1)
-			out <- result{err: err}
-			return
+	per := func(buf []byte) int { return len(buf) / l.m }
+	gbs, _, err := crossCoreBound(boundLapSizes(l.m, streamRingCap), func(buf []byte, lap int) (int, int, error) {
+		k := per(buf)
+		for j := range k {
+			copy(buf[j*l.m:(j+1)*l.m], l.src[(lap*k+j)%16])
 		}
-		for i := 0; i < laps; i++ {
-			for {
-				t := turn.Load()
-				if t == -1 {
-					out <- result{err: errors.New("the other side stopped")}
-					return
-				}
-				if t == cpu {
-					break
-				}
-			}
-			t0 := time.Now()
-			err := lap(i)
-			best = min(best, time.Since(t0))
-			if err != nil {
-				turn.Store(-1)
-				out <- result{err: err}
-				return
-			}
-			turn.Store(1 - cpu)
-		}
-		out <- result{best: best}
-	}
-	prodc, consc := make(chan result, 1), make(chan result, 1)
-	go side(0, func(lap int) error {
-		for k := range per {
-			copy(buf[k*l.m:(k+1)*l.m], l.src[(lap*per+k)%16])
-		}
-		return nil
-	}, prodc)
-	dst := make([]byte, l.m)
-	go side(1, func(lap int) error {
-		for k := range per {
-			copy(dst, buf[k*l.m:(k+1)*l.m])
-			if err := l.check(lap*per+k, dst); err != nil {
-				return err
+		return k * l.m, k, nil
+	}, func(buf []byte, lap int) (int, int, error) {
+		k := per(buf)
+		for j := range k {
+			if err := l.check(lap*k+j, buf[j*l.m:(j+1)*l.m]); err != nil {
+				return 0, 0, err
 			}
 		}
-		return nil
-	}, consc)
-	p, c := <-prodc, <-consc
-	if err := errors.Join(p.err, c.err); err != nil {
-		return 0, err
-	}
-	return float64(l.m*per) / max(p.best, c.best).Seconds() / 1e9, nil
+		return 0, 0, nil
+	})
+	return gbs / 1e9, err
 }
 
 // pinThread binds the calling thread (locked by the caller) to one CPU.
