@@ -13,7 +13,7 @@ import (
 // into it (its only copy), the consumer checks it where it lies.
 
 const (
-	rowRecBound = "cross-core bound (pinned threads, no ring, best of N laps)"
+	rowRecBound = rowCrossCore
 	// rowRecBatch: Reserve and copy per record, one Submit per 16 KiB; ReadRecords per batch.
 	rowRecBatch = "mirrored ring records: Reserve + Submit per 16 KiB, ReadRecords (in place)"
 	// rowRecOne: Reserve, copy and Submit per record; NextRecord per record.
