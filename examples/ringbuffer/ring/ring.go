@@ -19,6 +19,10 @@ var (
 	ErrWouldBlock = errors.New("ring: would block")
 	// ErrTooLarge is returned when a call asks for a window larger than the ring.
 	ErrTooLarge = errors.New("ring: request larger than the ring")
+	// ErrPeerGone is returned by a side of a shared ring that waits for the other side when
+	// the other process has exited without closing the ring (it was killed, or crashed). What
+	// the other side published before it died can still be read.
+	ErrPeerGone = errors.New("ring: the other process exited without closing the ring")
 )
 
 // state bits of header.state.
@@ -45,6 +49,7 @@ type Ring struct {
 	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
 	wakeups atomic.Uint64 // wake-ups sent by commit and consume (tests check that they are rare)
 	misc    atomic.Int32  // calls of Len, Free, Files in progress
+	peer    peerWatch     // the other process of a shared ring
 	closeCh chan struct{} // a side that leaves a call after Close tells Close here
 	done    chan struct{} // closed when Close has released everything
 	mem     *memory
@@ -130,7 +135,10 @@ func NewShared(size int, opts ...Option) (*Ring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newRing(m, c), nil
+	r := newRing(m, c)
+	r.peer.creator = true
+	r.h.creatorPid.Store(int32(os.Getpid()))
+	return r, nil
 }
 
 // Attach maps a ring made by NewShared in another process, from its header and data memfds.
@@ -156,7 +164,9 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 	if err != nil {
 		return nil, errors.Join(err, m.release())
 	}
-	return newRing(m, c), nil
+	r := newRing(m, c)
+	h.attacherPid.Store(int32(os.Getpid()))
+	return r, nil
 }
 
 func newRing(m *memory, c config) *Ring {
@@ -169,6 +179,7 @@ func newRing(m *memory, c config) *Ring {
 		done:        make(chan struct{}),
 		mem:         m,
 		track:       m.hdrReg != nil,
+		peer:        peerWatch{fd: -1},
 	}
 	if c.futex {
 		r.readerW, r.writerW = futexWaiter{}, futexWaiter{}
@@ -404,8 +415,13 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 			h.writerWaiting.Store(0)
 			continue
 		}
-		r.writerW.sleep(&h.writerSeq, tok)
+		timedOut := r.writerW.sleep(&h.writerSeq, tok)
 		h.writerWaiting.Store(0)
+		if timedOut {
+			if err := r.peerAlive(); err != nil {
+				return 0, err
+			}
+		}
 	}
 }
 
@@ -530,8 +546,13 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 			h.readerWaiting.Store(0)
 			continue
 		}
-		r.readerW.sleep(&h.readerSeq, tok)
+		timedOut := r.readerW.sleep(&h.readerSeq, tok)
 		h.readerWaiting.Store(0)
+		if timedOut {
+			if err := r.peerAlive(); err != nil {
+				return 0, err
+			}
+		}
 	}
 }
 
@@ -715,6 +736,7 @@ func (r *Ring) Close() error {
 	for r.prod.active.Load() != 0 || r.cons.active.Load() != 0 || r.misc.Load() != 0 {
 		<-r.closeCh
 	}
+	r.peer.close()
 	err := r.mem.release()
 	close(r.done)
 	return err
