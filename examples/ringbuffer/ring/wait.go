@@ -25,7 +25,7 @@ type chanWaiter chan struct{}
 
 func newChanWaiter() chanWaiter { return make(chanWaiter, 1) }
 
-func (c chanWaiter) prepare(*atomic.Uint32) uint32 { return 0 }
+func (c chanWaiter) prepare(*atomic.Uint32) uint32     { return 0 }
 func (c chanWaiter) sleep(*atomic.Uint32, uint32) bool { <-c; return false }
 func (c chanWaiter) wake(*atomic.Uint32) {
 	select {
@@ -39,7 +39,7 @@ func (c chanWaiter) wake(*atomic.Uint32) {
 // goroutines on other threads meanwhile.
 type futexWaiter struct{}
 
-func (futexWaiter) prepare(seq *atomic.Uint32) uint32      { return seq.Load() }
+func (futexWaiter) prepare(seq *atomic.Uint32) uint32 { return seq.Load() }
 func (futexWaiter) sleep(seq *atomic.Uint32, token uint32) bool {
 	return futexWait(seq, token, peerCheckEvery)
 }
