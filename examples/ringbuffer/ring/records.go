@@ -38,25 +38,28 @@ func (r *Ring) MaxRecord() int { return int(r.n / 2) }
 // store. A Reserve that must wait for room first submits the records reserved so far, so fill
 // each record before the next Reserve. n may be up to MaxRecord. Producer only.
 //
-// The slice is valid until the record is submitted, and never after Close.
+// The slice is valid until the record is submitted, and never after Close: a producer that
+// may be closed from another goroutine must not write into it once Close may have run.
 func (r *Ring) Reserve(n int) ([]byte, error) {
 	if n < 0 || uint64(n) > r.n/2 {
 		return nil, fmt.Errorf("%w: Reserve(%d) on a ring that takes records of up to %d bytes", ErrTooLarge, n, r.n/2)
 	}
-	if err := r.enterLight(&r.prod); err != nil {
+	// enter, not enterLight: Reserve writes the length into the ring's memory, which a Close
+	// in another goroutine must not unmap meanwhile.
+	if err := r.enter(&r.prod); err != nil {
 		return nil, err
 	}
 	total := recordSize(uint64(n))
 	s, err := r.writeSlice(total)
 	if err != nil {
-		r.exitLight(&r.prod)
+		r.exit(&r.prod)
 		return nil, err
 	}
 	binary.LittleEndian.PutUint64(s, uint64(n))
 	p := &r.prod
 	p.pos = r.advance(p.pos, total)
 	p.lent = 0
-	r.exitLight(&r.prod)
+	r.exit(&r.prod)
 	return s[recordHeader : recordHeader+n : recordHeader+n], nil
 }
 
@@ -85,21 +88,21 @@ func (r *Ring) releaseLazily() uint64 { return r.n / 8 }
 // next call of NextRecord, ReadRecords or Release (and never after Close). It returns io.EOF
 // once CloseWrite was called and every record was read. Consumer only.
 func (r *Ring) NextRecord() ([]byte, error) {
-	if err := r.enterLight(&r.cons); err != nil {
+	if err := r.enter(&r.cons); err != nil { // enter: it reads the length in the ring's memory
 		return nil, err
 	}
 	c := &r.cons
 	r.dropCurrent()
 	s, err := r.readSlice(recordHeader)
 	if err != nil {
-		r.exitLight(&r.cons)
+		r.exit(&r.cons)
 		return nil, err
 	}
 	rec, total, err := r.parseRecord(s)
 	if err == nil {
 		c.cur = total
 	}
-	r.exitLight(&r.cons)
+	r.exit(&r.cons)
 	return rec, err
 }
 
@@ -150,12 +153,13 @@ func (r *Ring) Release() error {
 // is valid only during its call of fn. It returns how many records fn saw, and io.EOF once
 // CloseWrite was called and every record was read. Consumer only.
 func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
-	if err := r.enterLight(&r.cons); err != nil {
+	if err := r.enter(&r.cons); err != nil { // enter: it reads lengths in the ring's memory
 		return 0, err
 	}
-	defer r.exitLight(&r.cons)
+	defer r.exit(&r.cons)
 	c := &r.cons
 	r.dropCurrent()
+	c.peer = r.h.head.Load() // every record published so far
 	s, err := r.readSlice(recordHeader)
 	if err != nil {
 		return 0, err

@@ -484,6 +484,7 @@ func (r *Ring) ReadSliceAtLeast(min int) ([]byte, error) {
 	if err := r.enterLight(&r.cons); err != nil {
 		return nil, err
 	}
+	r.cons.peer = r.h.head.Load() // every byte published so far, not only those seen last time
 	b, err := r.readSlice(uint64(max(min, 1)))
 	r.exitLight(&r.cons)
 	return b, err

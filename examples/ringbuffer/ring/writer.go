@@ -43,6 +43,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		r.exit(&r.prod)
 		return len(p), nil
 	}
+	pr.peer = r.h.tail.Load() // the known room was too small: look at the consumer's tail
 	done := 0
 	var err error
 	for done < len(p) {

@@ -1,0 +1,75 @@
+package ring
+
+import (
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
+)
+
+// TestCloseWhileOtherSideWaits: every call that waits (the consumer's on an empty ring, the
+// producer's on a full one) returns when the other side calls Close, or CloseWrite for the
+// consumer, with the error that says so, and leaves no goroutine behind.
+func TestCloseWhileOtherSideWaits(t *testing.T) {
+	defer leakcheck.Check(t)()
+	defer leakcheck.NoneLeft(t)()
+	consumerCalls := map[string]func(r *Ring) error{
+		"ReadSlice":  func(r *Ring) error { _, err := r.ReadSlice(); return err },
+		"Read":       func(r *Ring) error { _, err := r.Read(make([]byte, 10)); return err },
+		"NextRecord": func(r *Ring) error { _, err := r.NextRecord(); return err },
+		"ReadRecords": func(r *Ring) error {
+			_, err := r.ReadRecords(func([]byte) bool { return true })
+			return err
+		},
+		"WriteTo": func(r *Ring) error {
+			_, err := r.WriteTo(io.Discard)
+			if err == nil {
+				err = io.EOF // WriteTo ends without error at the end of the stream
+			}
+			return err
+		},
+	}
+	producerCalls := map[string]func(r *Ring) error{
+		"Write":        func(r *Ring) error { _, err := r.Write(make([]byte, 10)); return err },
+		"WriteSlice":   func(r *Ring) error { _, err := r.WriteSlice(10); return err },
+		"Reserve":      func(r *Ring) error { _, err := r.Reserve(10); return err },
+		"Writer.Write": func(r *Ring) error { _, err := NewWriter(r, 0).Write(make([]byte, 10)); return err },
+	}
+	run := func(t *testing.T, kind string, call func(*Ring) error, setup func(*Ring), waiting func(*Ring) bool, closer func(*Ring) error, want error) {
+		r := makeRing(t, kind, page)
+		defer r.Close()
+		setup(r)
+		errc := make(chan error, 1)
+		go func() { errc <- call(r) }()
+		waitUntil(func() bool { return waiting(r) })
+		if err := closer(r); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; !errors.Is(err, want) {
+			t.Errorf("waiting call returned %v, want %v", err, want)
+		}
+	}
+	empty := func(*Ring) {}
+	full := func(r *Ring) {
+		if _, err := r.Write(make([]byte, r.Cap())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, kind := range []string{"local", "shared"} {
+		for name, call := range consumerCalls {
+			t.Run(kind+"/"+name+"/Close", func(t *testing.T) {
+				run(t, kind, call, empty, (*Ring).readerWaiting, (*Ring).Close, ErrClosed)
+			})
+			t.Run(kind+"/"+name+"/CloseWrite", func(t *testing.T) {
+				want := io.EOF
+				run(t, kind, call, empty, (*Ring).readerWaiting, (*Ring).CloseWrite, want)
+			})
+		}
+		for name, call := range producerCalls {
+			t.Run(kind+"/"+name+"/Close", func(t *testing.T) {
+				run(t, kind, call, full, (*Ring).writerWaiting, (*Ring).Close, ErrClosed)
+			})
+		}
+	}
+}
