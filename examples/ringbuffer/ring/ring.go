@@ -61,7 +61,7 @@ type Ring struct {
 
 // side is what one side keeps to itself, on its own cache lines.
 type side struct {
-	active atomic.Uint32 // 1 while a call of this side runs (Close waits for 0)
+	active activeFlag // 1 while a call of this side runs (Close waits for 0); see active.go
 	// pos is this side's index (head or tail) in [0, 2n), as this side sees it: it runs ahead
 	// of the published index by the bytes a Writer buffered or Reserve reserved (producer) or
 	// NextRecord released (consumer) and not yet published. Only this side writes it.
@@ -170,6 +170,7 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 }
 
 func newRing(m *memory, c config) *Ring {
+	setupCheapFlags()
 	r := &Ring{
 		h:           m.hdr,
 		buf:         m.view,
@@ -285,7 +286,7 @@ func spinPause() { runtime.Gosched() }
 
 // enter marks a call of side s as running, or refuses it if the ring is closed.
 func (r *Ring) enter(s *side) error {
-	s.active.Store(1)
+	s.active.set(1)
 	if r.closed.Load() {
 		r.exit(s)
 		return ErrClosed
@@ -311,7 +312,7 @@ func (r *Ring) exitLight(s *side) {
 }
 
 func (r *Ring) exit(s *side) {
-	s.active.Store(0)
+	s.active.set(0)
 	if r.closed.Load() {
 		r.tellCloser()
 	}
@@ -734,7 +735,8 @@ func (r *Ring) Close() error {
 	h.writerWaiting.Store(0)
 	r.readerW.wake(&h.readerSeq)
 	r.writerW.wake(&h.writerSeq)
-	for r.prod.active.Load() != 0 || r.cons.active.Load() != 0 || r.misc.Load() != 0 {
+	heavyFence() // after closed is set, before the flags are read: see active.go
+	for r.prod.active.load() != 0 || r.cons.active.load() != 0 || r.misc.Load() != 0 {
 		<-r.closeCh
 	}
 	r.peer.close()
