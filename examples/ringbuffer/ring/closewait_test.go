@@ -73,3 +73,87 @@ func TestCloseWhileOtherSideWaits(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseWhileRecordsStream closes the ring from a third goroutine while both sides run the
+// record calls that touch the ring's memory (Reserve writes a length, ReadRecords reads them):
+// both stop with ErrClosed and nothing faults on the unmapped memory.
+func TestCloseWhileRecordsStream(t *testing.T) {
+	defer leakcheck.Check(t)()
+	for _, kind := range []string{"local", "shared"} {
+		for i := 0; i < 50; i++ {
+			r := makeRing(t, kind, 3*page)
+			errs := make(chan error, 2)
+			started := make(chan struct{}, 2)
+			go func() {
+				started <- struct{}{}
+				for {
+					// Only the call itself: the payload is not written, since a write into a
+					// reserved record after Close is the caller's to avoid.
+					if _, err := r.Reserve(100); err != nil {
+						errs <- err
+						return
+					}
+					r.Submit()
+				}
+			}()
+			go func() {
+				started <- struct{}{}
+				for {
+					if _, err := r.ReadRecords(func([]byte) bool { return true }); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}()
+			<-started
+			<-started
+			if err := r.Close(); err != nil {
+				t.Fatal(err)
+			}
+			for k := 0; k < 2; k++ {
+				if err := <-errs; !errors.Is(err, ErrClosed) {
+					t.Fatalf("%s: a side stopped with %v, want ErrClosed", kind, err)
+				}
+			}
+		}
+	}
+}
+
+// TestCloseWhileWriterStreams is the same with the buffered Writer, whose Write copies into
+// the ring's memory.
+func TestCloseWhileWriterStreams(t *testing.T) {
+	defer leakcheck.Check(t)()
+	for i := 0; i < 50; i++ {
+		r := makeRing(t, "local", 3*page)
+		errs := make(chan error, 2)
+		go func() {
+			w, buf := NewWriter(r, 1000), make([]byte, 300)
+			for {
+				if _, err := w.Write(buf); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		go func() {
+			for {
+				s, err := r.ReadSlice()
+				if err == nil {
+					err = r.Consume(len(s))
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for k := 0; k < 2; k++ {
+			if err := <-errs; !errors.Is(err, ErrClosed) {
+				t.Fatalf("a side stopped with %v, want ErrClosed", err)
+			}
+		}
+	}
+}
