@@ -86,7 +86,7 @@ func crossCoreBound(lapSizes []int, produce, consume boundSide) (bytesPerSec, ms
 // pinned to CPU 0.
 func sameCoreLaps(buf []byte, produce, consume boundSide) (time.Duration, error) {
 	const warm = 3
-	laps := warm + boundLapCount(len(buf))
+	laps := warm + 1 // set from the first lap, as in boundLaps
 	type result struct {
 		best time.Duration
 		err  error
@@ -99,7 +99,7 @@ func sameCoreLaps(buf []byte, produce, consume boundSide) (time.Duration, error)
 			return
 		}
 		best := time.Duration(math.MaxInt64)
-		for i := range laps {
+		for i := 0; i < laps; i++ {
 			t0 := time.Now()
 			_, _, err := produce(buf, i)
 			if err == nil {
@@ -113,6 +113,9 @@ func sameCoreLaps(buf []byte, produce, consume boundSide) (time.Duration, error)
 			if i >= warm {
 				best = min(best, d)
 			}
+			if i == 0 {
+				laps = warm + boundLapCount(d/2)
+			}
 		}
 		out <- result{best: best}
 	}()
@@ -120,11 +123,11 @@ func sameCoreLaps(buf []byte, produce, consume boundSide) (time.Duration, error)
 	return r.best, r.err
 }
 
-// boundLapCount is how many laps are timed: enough that the fastest is a steady-state lap,
-// within about 10 ms per lap size.
-func boundLapCount(lapBytes int) int {
-	perLap := max(time.Microsecond, time.Duration(lapBytes/8)*time.Nanosecond)
-	return max(20, min(400, int(10*time.Millisecond/perLap)))
+// boundLapCount is how many laps are timed after one lap of one side took lap: enough that
+// the fastest is a steady-state lap (at least 20), within about 10 ms per lap size, and never
+// more than 400.
+func boundLapCount(lap time.Duration) int {
+	return max(20, min(400, int(10*time.Millisecond/max(lap, time.Nanosecond)/2)))
 }
 
 // clockCost is the least time between two readings of the clock.
@@ -140,7 +143,10 @@ func clockCost() time.Duration {
 // boundLaps runs warm-up laps and then timed ones on buf, and returns each side's fastest lap.
 func boundLaps(buf []byte, produce, consume boundSide) (bestP, bestC time.Duration, bytes, msgs int, err error) {
 	const warm = 3
-	laps := warm + boundLapCount(len(buf))
+	// The producer sets the number of laps after its first one, from how long it took, so
+	// that a slow build (the race detector) does not take minutes; the consumer reads it.
+	var laps atomic.Int32
+	laps.Store(warm + 1)
 	var turn atomic.Int32 // 0: the producer's lap, 1: the consumer's, -1: stop
 	type result struct {
 		best        time.Duration
@@ -157,7 +163,7 @@ func boundLaps(buf []byte, produce, consume boundSide) (bestP, bestC time.Durati
 			return
 		}
 		var res result
-		for i := 0; i < laps; i++ {
+		for i := 0; i < int(laps.Load()); i++ {
 			for {
 				t := turn.Load()
 				if t == -1 {
@@ -178,6 +184,9 @@ func boundLaps(buf []byte, produce, consume boundSide) (bestP, bestC time.Durati
 				turn.Store(-1)
 				out <- result{err: err}
 				return
+			}
+			if i == 0 && cpu == 0 {
+				laps.Store(int32(warm + boundLapCount(d)))
 			}
 			res.bytes, res.msgs = b, m
 			turn.Store(1 - cpu)
