@@ -123,11 +123,14 @@ func sameCoreLaps(buf []byte, produce, consume boundSide) (time.Duration, error)
 	return r.best, r.err
 }
 
+// boundMinLaps is the fewest laps timed per lap size: 20, or 5 in a quick run.
+var boundMinLaps = 20
+
 // boundLapCount is how many laps are timed after one lap of one side took lap: enough that
-// the fastest is a steady-state lap (at least 20), within about 10 ms per lap size, and never
-// more than 400.
+// the fastest is a steady-state lap (at least boundMinLaps), within about 10 ms per lap size,
+// and never more than 400.
 func boundLapCount(lap time.Duration) int {
-	return max(20, min(400, int(10*time.Millisecond/max(lap, time.Nanosecond)/2)))
+	return max(boundMinLaps, min(400, int(10*time.Millisecond/max(lap, time.Nanosecond)/2)))
 }
 
 // clockCost is the least time between two readings of the clock.

@@ -436,7 +436,8 @@ func suiteRing(b *bencher) {
 	if b.cfg.quick {
 		sizes, recSizes = []int{64, 4 << 10, 64 << 10}, []int{64, 4 << 10}
 		bytesPerRun, maxMsgs, runs = 16<<20, 50_000, b.cfg.runsOr(3)
-		mixedFrames, xprocBytes, latencyMsgs = 30_000, 8<<20, 200
+		mixedFrames, xprocBytes, latencyMsgs = 30_000, 4<<20, 100
+		boundMinLaps = 5
 	}
 	for _, m := range sizes {
 		l := newStreamLoad(m, min(maxMsgs, bytesPerRun/m))
