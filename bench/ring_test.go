@@ -101,7 +101,8 @@ func TestRingRowsCheckOut(t *testing.T) {
 	rows := map[string]func() (float64, error){
 		"records batched": func() (float64, error) { return l.records(true) },
 		"records one":     func() (float64, error) { return l.records(false) },
-		"mixed ring":      mix.ring, "mixed split": mix.split, "mixed pipe": mix.pipe, "mixed chan": mix.channel,
+		"mixed ring":      mix.ring, "mixed split": mix.split, "mixed split peek": mix.splitPeek,
+		"mixed pipe": mix.pipe, "mixed chan": mix.channel,
 	}
 	for _, r := range libraryRingStreamRows(l) {
 		rows["stream "+r.name] = r.run
