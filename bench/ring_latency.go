@@ -34,7 +34,13 @@ const (
 	latencyCaseP50   = "64 B messages, one-way latency, median"
 	latencyCaseP99   = "64 B messages, one-way latency, 99th percentile"
 	latencyChildRing = "lat-ring"
-	latencyChildSock = "lat-sock"
+	latencyChildSpin = "lat-ring-spin"
+	// latencySpin is the SpinFor of the spinning ring rows: longer than the gap between
+	// messages, so that the consumer never sleeps.
+	latencySpin         = 200 * time.Microsecond
+	rowLatRingSpin      = "mirrored ring (New, SpinFor 200 us): Reserve + Submit, NextRecord"
+	rowLatRingSpinXproc = "between processes: mirrored ring (NewShared, SpinFor 200 us): Reserve + Submit, NextRecord"
+	latencyChildSock    = "lat-sock"
 )
 
 func monoNow() int64 {
@@ -153,8 +159,8 @@ func (r fdReader) Read(p []byte) (int, error) {
 	}
 }
 
-func latencyRingLocal(n int) (float64, float64, error) {
-	r, err := ring.New(64 << 10)
+func latencyRingLocal(n int, opts ...ring.Option) (float64, float64, error) {
+	r, err := ring.New(64<<10, opts...)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -203,7 +209,7 @@ func latencySockLocal(n int) (float64, float64, error) {
 }
 
 // latencyXproc measures with the consumer in a child process.
-func latencyXproc(n int, viaRing bool) (float64, float64, error) {
+func latencyXproc(n int, viaRing, spin bool) (float64, float64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var files []*os.File
@@ -235,6 +241,9 @@ func latencyXproc(n int, viaRing bool) (float64, float64, error) {
 	mode := latencyChildSock
 	if viaRing {
 		mode = latencyChildRing
+		if spin {
+			mode = latencyChildSpin
+		}
 	}
 	cmd, br, err := startXprocChild(ctx, mode, strconv.Itoa(n), files...)
 	for _, f := range files {
@@ -266,9 +275,13 @@ func latencyChild(f []string) int {
 	var lat []int64
 	var err error
 	switch f[0] {
-	case latencyChildRing:
+	case latencyChildRing, latencyChildSpin:
+		var opts []ring.Option
+		if f[0] == latencyChildSpin {
+			opts = append(opts, ring.SpinFor(latencySpin))
+		}
 		var r *ring.Ring
-		if r, err = ring.Attach(3, 4); err == nil {
+		if r, err = ring.Attach(3, 4, opts...); err == nil {
 			defer r.Close()
 			fmt.Println("ready")
 			lat, err = ringRecvLatency(r, n)
@@ -299,16 +312,22 @@ type latencyRow struct {
 	run  func(n int) (p50, p99 float64, err error)
 }
 
+func latencyRows() []latencyRow {
+	return []latencyRow{
+		{rowLatRing, func(n int) (float64, float64, error) { return latencyRingLocal(n) }},
+		{rowLatRingSpin, func(n int) (float64, float64, error) { return latencyRingLocal(n, ring.SpinFor(latencySpin)) }},
+		{rowLatChan, latencyChan},
+		{rowLatSock, latencySockLocal},
+		{rowLatRingXproc, func(n int) (float64, float64, error) { return latencyXproc(n, true, false) }},
+		{rowLatRingSpinXproc, func(n int) (float64, float64, error) { return latencyXproc(n, true, true) }},
+		{rowLatSockXproc, func(n int) (float64, float64, error) { return latencyXproc(n, false, false) }},
+	}
+}
+
 // ringLatency measures the latency cases. Each run of a row gives both figures, so the rows are
 // run here (interleaved and rotated as bencher.measure does) and recorded as two cases.
 func ringLatency(b *bencher, n, runs int) {
-	rows := []latencyRow{
-		{rowLatRing, latencyRingLocal},
-		{rowLatChan, latencyChan},
-		{rowLatSock, latencySockLocal},
-		{rowLatRingXproc, func(n int) (float64, float64, error) { return latencyXproc(n, true) }},
-		{rowLatSockXproc, func(n int) (float64, float64, error) { return latencyXproc(n, false) }},
-	}
+	rows := latencyRows()
 	params := map[string]any{"message_bytes": latencyMsg, "messages": n, "gap_us": latencyGap.Microseconds()}
 	mk := func(cas, row string) *Measurement {
 		return &Measurement{Suite: "latency", Case: cas, Row: row, Name: "latency/" + cas + "/" + row, Params: params,

@@ -115,11 +115,7 @@ func TestRingRowsCheckOut(t *testing.T) {
 			t.Errorf("%s: %v, %v", name, v, err)
 		}
 	}
-	for _, r := range []latencyRow{
-		{rowLatRing, latencyRingLocal}, {rowLatChan, latencyChan}, {rowLatSock, latencySockLocal},
-		{rowLatRingXproc, func(n int) (float64, float64, error) { return latencyXproc(n, true) }},
-		{rowLatSockXproc, func(n int) (float64, float64, error) { return latencyXproc(n, false) }},
-	} {
+	for _, r := range latencyRows() {
 		if p50, p99, err := r.run(50); err != nil || !(p50 > 0) || p99 < p50 {
 			t.Errorf("%s: p50 %v, p99 %v, %v", r.name, p50, p99, err)
 		}

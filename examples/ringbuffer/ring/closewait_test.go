@@ -3,7 +3,9 @@ package ring
 import (
 	"errors"
 	"io"
+	"runtime"
 	"testing"
+	"time"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
 )
@@ -155,5 +157,43 @@ func TestCloseWhileWriterStreams(t *testing.T) {
 				t.Fatalf("a side stopped with %v, want ErrClosed", err)
 			}
 		}
+	}
+}
+
+// TestSpinForDoesNotSleep: a consumer with SpinFor keeps looking instead of going to sleep,
+// so the message that ends its wait needs no wake-up; without SpinFor the same consumer goes
+// to sleep (readerWaiting) within those yields, and the message costs one.
+func TestSpinForDoesNotSleep(t *testing.T) {
+	defer leakcheck.Check(t)()
+	for _, spin := range []bool{true, false} {
+		var opts []Option
+		if spin {
+			opts = append(opts, SpinFor(time.Minute))
+		}
+		r := makeRing(t, "local", page, opts...)
+		done := make(chan error)
+		go func() {
+			_, err := r.NextRecord()
+			done <- err
+		}()
+		slept := false
+		for i := 0; i < 10000 && !slept; i++ {
+			slept = r.readerWaiting()
+			runtime.Gosched()
+		}
+		if slept == spin {
+			t.Fatalf("SpinFor %v: consumer asleep: %v", spin, slept)
+		}
+		if _, err := r.Reserve(1); err != nil {
+			t.Fatal(err)
+		}
+		r.Submit()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		if w := r.wakeups.Load(); (w == 0) != spin {
+			t.Errorf("SpinFor %v: %d wake-ups", spin, w)
+		}
+		r.Close()
 	}
 }

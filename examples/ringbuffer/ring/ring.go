@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,6 +40,7 @@ type Ring struct {
 	n   uint64
 
 	nonBlocking bool
+	spinFor     time.Duration // SpinFor
 	// track: calls that touch only the header must tell Close they are running, because the
 	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
 	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
@@ -91,6 +93,7 @@ type Option func(*config)
 
 type config struct {
 	nonBlocking bool
+	spinFor     time.Duration
 	name        string
 	futex       bool
 }
@@ -98,6 +101,14 @@ type config struct {
 // NonBlocking makes calls that would wait (a full ring for the producer, an empty one for the
 // consumer) return ErrWouldBlock instead. Write and ReadFrom then return what they did so far.
 func NonBlocking() Option { return func(c *config) { c.nonBlocking = true } }
+
+// SpinFor makes a side that must wait look at the ring again and again (yielding the
+// processor between looks) for up to d before it sleeps. At low load that trades a CPU kept
+// busy while waiting for the cost of a sleep and a wake-up on each message: a futex or
+// scheduler wake-up of several microseconds, and tens of microseconds when the other CPU
+// is idle on a virtual machine. The default is to spin little (see spinTries): on a machine
+// shared with other programs, a spinning side takes time the other side needs.
+func SpinFor(d time.Duration) Option { return func(c *config) { c.spinFor = d } }
 
 // Name sets the name of the memfds of a ring made by NewShared (shown in /proc/PID/maps as
 // memfd:NAME-header and memfd:NAME). The default is "ring".
@@ -176,6 +187,7 @@ func newRing(m *memory, c config) *Ring {
 		buf:         m.view,
 		n:           uint64(len(m.view) / 2),
 		nonBlocking: c.nonBlocking,
+		spinFor:     c.spinFor,
 		closeCh:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		mem:         m,
@@ -284,6 +296,21 @@ const spinTries = 64
 // spinPause is one step of a waiting side's spin.
 func spinPause() { runtime.Gosched() }
 
+// keepSpinning says whether a waiting side looks again (after spinPause) instead of sleeping,
+// at its i-th look: up to spinTries looks on a shared ring, and for as long as SpinFor says.
+func (r *Ring) keepSpinning(i int, until *time.Time) bool {
+	if r.spinFor > 0 {
+		now := time.Now()
+		if i == 0 {
+			*until = now.Add(r.spinFor)
+		}
+		if now.Before(*until) {
+			return true
+		}
+	}
+	return r.track && i < spinTries
+}
+
 // enter marks a call of side s as running, or refuses it if the ring is closed.
 func (r *Ring) enter(s *side) error {
 	s.active.set(1)
@@ -386,6 +413,7 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 // waitWritable returns the free space once it is at least need.
 func (r *Ring) waitWritable(need uint64) (uint64, error) {
 	p, h := &r.prod, r.h
+	var spinUntil time.Time
 	if p.pos != p.pub {
 		// The consumer may be waiting for what this side buffered: publish it before waiting
 		// for room, or both would wait for ever.
@@ -402,7 +430,7 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
 		}
-		if r.track && i < spinTries {
+		if r.keepSpinning(i, &spinUntil) {
 			spinPause()
 			continue
 		}
@@ -510,6 +538,7 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {
 	c, h := &r.cons, r.h
+	var spinUntil time.Time
 	if c.pos != c.pub {
 		r.publishTail() // as in waitWritable: the producer may be waiting for this room
 	}
@@ -536,7 +565,7 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
 		}
-		if r.track && i < spinTries {
+		if r.keepSpinning(i, &spinUntil) {
 			spinPause()
 			continue
 		}
