@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"hash/crc32"
 	"io"
 	"time"
 
@@ -115,44 +114,6 @@ func libraryRingWrapRows(w *wrapLoad) []row {
 		}
 		d := time.Since(t0)
 		return d.Seconds() * 1e9 / float64(w.iters), w.verify()
-	}}}
-}
-
-// libraryRingParseRows: the examples' ring with a consumer that checksums each record in
-// place through ReadSliceAtLeast, repositioned like libraryRingWrapRows.
-func libraryRingParseRows(w *wrapLoad) []row {
-	return []row{{name: rowMirring, note: func() string {
-		return "includes four zero-copy calls per message that put the next message across the end again"
-	}, run: func() (float64, error) {
-		r, err := ring.New(wrapRingCap)
-		if err != nil {
-			return 0, err
-		}
-		defer r.Close()
-		skip := ringSkipper(r)
-		if err := skip(wrapRingCap - w.m/2); err != nil {
-			return 0, err
-		}
-		var sum uint32
-		t0 := time.Now()
-		for range w.iters {
-			if _, err := r.Write(w.msg); err != nil {
-				return 0, err
-			}
-			rec, err := r.ReadSliceAtLeast(w.m)
-			if err != nil {
-				return 0, err
-			}
-			sum = crc32.Checksum(rec[:w.m], castagnoli)
-			if err := r.Consume(w.m); err != nil {
-				return 0, err
-			}
-			if err := skip(wrapRingCap - w.m); err != nil {
-				return 0, err
-			}
-		}
-		d := time.Since(t0)
-		return d.Seconds() * 1e9 / float64(w.iters), w.checkSum(sum)
 	}}}
 }
 

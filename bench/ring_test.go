@@ -37,8 +37,7 @@ func TestWrapCasesStraddle(t *testing.T) {
 		w := newWrapLoad(m, 20)
 		for _, mirrored := range []bool{true, false} {
 			cases := map[string]func() (float64, error){
-				"copied out":      func() (float64, error) { return w.spsc(mirrored) },
-				"parsed in place": func() (float64, error) { return w.spscParse(mirrored) },
+				"copied out": func() (float64, error) { return w.spsc(mirrored) },
 			}
 			for _, dec := range decoders {
 				cases["consumer, "+dec.name] = func() (float64, error) { return w.consumerSide(mirrored, dec) }

@@ -299,33 +299,6 @@ func (w *wrapLoad) straddledAll(r *spscRing, want int) error {
 	return nil
 }
 
-// spscParse is spsc with a consumer that parses each record in place (a CRC-32C over its
-// bytes) instead of copying it out: what a mirror is for. Without the mirror a record across the
-// end must be copied out first to be seen whole. Returns ns per record.
-func (w *wrapLoad) spscParse(mirrored bool) (float64, error) {
-	r, err := newSPSC(wrapRingCap, mirrored)
-	if err != nil {
-		return 0, err
-	}
-	defer r.close()
-	r.skip(uint64(wrapRingCap - w.m/2))
-	back := uint64(wrapRingCap - w.m)
-	scratch := make([]byte, w.m)
-	var sum uint32
-	t0 := time.Now()
-	for range w.iters {
-		r.write(w.msg)
-		sum = crc32.Checksum(r.readRecord(w.m, scratch), castagnoli)
-		r.consume(w.m)
-		r.skip(back)
-	}
-	d := time.Since(t0)
-	if err := w.straddledAll(r, 2*w.iters); err != nil { // the write and the read
-		return 0, err
-	}
-	return d.Seconds() * 1e9 / float64(w.iters), w.checkSum(sum)
-}
-
 // A decoder is what a consumer does with one record seen whole, in one slice.
 type decoder struct {
 	name   string // "hashed", ...: the case names say "record <name> by the consumer"
@@ -393,26 +366,6 @@ func (w *wrapLoad) checkDecode(dec decoder, acc uint64) error {
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
-
-func (w *wrapLoad) checkSum(sum uint32) error {
-	if want := crc32.Checksum(w.msg, castagnoli); sum != want {
-		return fmt.Errorf("record of %d bytes parsed with checksum %#x, want %#x", w.m, sum, want)
-	}
-	return nil
-}
-
-// parseFloor is a record copied in and checksummed, with no ring around it.
-func (w *wrapLoad) parseFloor() (float64, error) {
-	buf := make([]byte, w.m)
-	var sum uint32
-	t0 := time.Now()
-	for range w.iters {
-		copy(buf, w.msg)
-		sum = crc32.Checksum(buf, castagnoli)
-	}
-	d := time.Since(t0)
-	return d.Seconds() * 1e9 / float64(w.iters), w.checkSum(sum)
-}
 
 // memcpy is the two copies a ring does per message (in and out), with no ring around them.
 func (w *wrapLoad) memcpy() (float64, error) {
