@@ -37,6 +37,7 @@ func (w *Writer) Write(p []byte) (int, error) {
 		off := r.offset(pr.pos)
 		copy(r.buf[off:off+m], p)
 		pr.pos = r.advance(pr.pos, m)
+		pr.lent = 0
 		if r.used(pr.pos, pr.pub) >= w.every {
 			r.publishHead()
 		}
@@ -76,5 +77,5 @@ func (w *Writer) Flush() error {
 	return nil
 }
 
-// Buffered returns how many bytes were written and not yet published.
+// Buffered returns how many bytes were written and not yet published. Producer only.
 func (w *Writer) Buffered() int { return int(w.r.used(w.r.prod.pos, w.r.prod.pub)) }
