@@ -25,6 +25,7 @@ func writePlots(r *Report, dir string) error {
 		{"faults.png", plotFaults4K},
 		{"faults-per-fault-size.png", plotFaultSizes},
 		{"ring.png", plotRing},
+		{"records.png", plotRecords},
 		{"wrap.png", plotWrap},
 		{"wrap-parse.png", plotParse},
 	}
@@ -148,6 +149,11 @@ func plotCreate(r *Report) (*plot.Plot, error) {
 func plotRing(r *Report) (*plot.Plot, error) {
 	names, pts := series(r, "ring", intParam("message_bytes"))
 	return linePlot("SPSC byte stream between two goroutines (median)", "message size", "GB/s (log)", names, pts, true)
+}
+
+func plotRecords(r *Report) (*plot.Plot, error) {
+	names, pts := series(r, "records", intParam("record_bytes"))
+	return linePlot("Records between two goroutines, zero-copy on both sides (median)", "record size", "GB/s (log)", names, pts, true)
 }
 
 func plotWrap(r *Report) (*plot.Plot, error) {

@@ -37,8 +37,7 @@ func TestWrapCasesStraddle(t *testing.T) {
 		w := newWrapLoad(m, 20)
 		for _, mirrored := range []bool{true, false} {
 			cases := map[string]func() (float64, error){
-				"copied out":      func() (float64, error) { return w.spsc(mirrored) },
-				"parsed in place": func() (float64, error) { return w.spscParse(mirrored) },
+				"copied out": func() (float64, error) { return w.spsc(mirrored) },
 			}
 			for _, dec := range decoders {
 				cases["consumer, "+dec.name] = func() (float64, error) { return w.consumerSide(mirrored, dec) }
@@ -89,6 +88,84 @@ func TestStreamReferences(t *testing.T) {
 		}
 		if err != nil || !(v > 0) {
 			t.Errorf("cross-core bound, %d B: %v GB/s, %v", m, v, err)
+		}
+	}
+}
+
+// TestRingRowsCheckOut runs every row of the new ring cases once on small loads: each must
+// deliver every message intact (the consumers check every byte) and give a positive figure.
+func TestRingRowsCheckOut(t *testing.T) {
+	l := newStreamLoad(4<<10, 300)
+	mix := newMixedLoad(3000)
+	rows := map[string]func() (float64, error){
+		"records batched": func() (float64, error) { return l.records(true) },
+		"records one":     func() (float64, error) { return l.records(false) },
+		"mixed ring":      mix.ring, "mixed split": mix.split, "mixed split peek": mix.splitPeek,
+		"mixed pipe": mix.pipe, "mixed chan": mix.channel,
+	}
+	for _, r := range libraryRingStreamRows(l) {
+		rows["stream "+r.name] = r.run
+	}
+	for _, name := range []string{rowXRing, rowXSock, rowXSockBuf, rowXPipe, rowXVmsplice} {
+		rows["xproc "+name] = func() (float64, error) { return l.xprocStream(name) }
+	}
+	for name, run := range rows {
+		if v, err := run(); err != nil || !(v > 0) {
+			t.Errorf("%s: %v, %v", name, v, err)
+		}
+	}
+	for _, r := range latencyRows() {
+		if p50, p99, err := r.run(50); err != nil || !(p50 > 0) || p99 < p50 {
+			t.Errorf("%s: p50 %v, p99 %v, %v", r.name, p50, p99, err)
+		}
+	}
+}
+
+// TestChecksCatchDamage: the consumers' checks fail on a damaged message or frame, so a
+// transport that delivered wrong bytes could not produce a figure.
+func TestChecksCatchDamage(t *testing.T) {
+	l := newStreamLoad(300, 1)
+	msg := append([]byte(nil), l.src[0]...)
+	if err := l.check(0, msg); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 1, 150, 298, 299} {
+		bad := append([]byte(nil), msg...)
+		bad[i] = 0xff
+		if i == 0 || i == 299 {
+			bad[i] ^= 0x0f
+		}
+		if l.check(0, bad) == nil {
+			t.Errorf("message damaged at byte %d passed the check", i)
+		}
+	}
+	if l.check(1, msg) == nil {
+		t.Error("message 0 passed as message 1")
+	}
+	for _, n := range []int{0, 7, 8, 63, 64, 255, 256, 1000} {
+		b := make([]byte, n)
+		if hasFF(b) {
+			t.Errorf("hasFF on %d zero bytes", n)
+		}
+		for i := range n {
+			b[i] = 0xff
+			if !hasFF(b) {
+				t.Errorf("hasFF missed 0xff at byte %d of %d", i, n)
+			}
+			b[i] = 0xfe
+		}
+	}
+	mix := newMixedLoad(1)
+	f := make([]byte, mix.size(0))
+	mix.put(0, f)
+	if err := mix.decode(0, f); err != nil {
+		t.Fatal(err)
+	}
+	for _, i := range []int{0, 9, 13, mixedHeader, len(f) - mixedTrailer - 1, len(f) - 8, len(f) - 1} {
+		bad := append([]byte(nil), f...)
+		bad[i] ^= 1
+		if mix.decode(0, bad) == nil {
+			t.Errorf("frame damaged at byte %d of %d passed", i, len(f))
 		}
 	}
 }

@@ -36,6 +36,19 @@ func childMain() int {
 		}
 		fmt.Println(n)
 		return 0
+	case mode == "hold", mode == "submit-hold":
+		if mode == "submit-hold" {
+			rec, err := r.Reserve(len(lastWords))
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "child: Reserve:", err)
+				return 1
+			}
+			copy(rec, lastWords)
+			r.Submit()
+		}
+		fmt.Println("ready")
+		io.ReadAll(os.Stdin) // the parent never writes: it kills this process while it waits here
+		return 0
 	case mode == "block":
 		fmt.Println("ready")
 		_, err := r.ReadSlice() // the parent closes the ring while we wait here
@@ -47,6 +60,9 @@ func childMain() int {
 	}
 	return 3
 }
+
+// lastWords is the record a child submits before it is killed.
+const lastWords = "submitted before dying"
 
 func startChild(t *testing.T, r *Ring, mode string) (*exec.Cmd, io.ReadCloser) {
 	t.Helper()
@@ -61,6 +77,9 @@ func startChild(t *testing.T, r *Ring, mode string) (*exec.Cmd, io.ReadCloser) {
 	cmd.ExtraFiles = []*os.File{hf, df}
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if _, err := cmd.StdinPipe(); err != nil { // never written: a "hold" child waits on it
+		t.Fatal(err)
+	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -130,5 +149,61 @@ func TestAttachRefusesNonRing(t *testing.T) {
 		t.Fatal("Attach of a file that holds no ring header succeeded")
 	} else {
 		t.Log(err)
+	}
+}
+
+// waitReady reads the child's "ready" line.
+func waitReady(t *testing.T, out io.Reader) {
+	t.Helper()
+	line := make([]byte, 6)
+	if _, err := io.ReadFull(out, line); err != nil || string(line) != "ready\n" {
+		t.Fatalf("child: %q, %v", line, err)
+	}
+}
+
+// TestPeerKilled: a side waiting for the other process learns that it was killed (SIGKILL, so
+// it closed nothing) and returns ErrPeerGone instead of waiting for ever; what the dead
+// process submitted before it died is still read.
+func TestPeerKilled(t *testing.T) {
+	defer leakcheck.Check(t)()
+	defer leakcheck.NoneLeft(t)()
+	for _, waiter := range []string{"consumer", "producer"} {
+		t.Run(waiter, func(t *testing.T) {
+			r := makeRing(t, "shared", page)
+			defer r.Close()
+			mode := "hold"
+			if waiter == "consumer" {
+				mode = "submit-hold"
+			}
+			cmd, out := startChild(t, r, mode)
+			waitReady(t, out)
+			errc := make(chan error, 1)
+			if waiter == "consumer" {
+				rec, err := r.NextRecord()
+				if err != nil || string(rec) != lastWords {
+					t.Fatalf("record the child submitted: %q, %v", rec, err)
+				}
+				go func() {
+					_, err := r.NextRecord()
+					errc <- err
+				}()
+				waitUntil(r.readerWaiting)
+			} else {
+				go func() {
+					_, err := r.Write(make([]byte, 2*page)) // more than the ring holds: waits
+					errc <- err
+				}()
+				waitUntil(r.writerWaiting)
+			}
+			if err := cmd.Process.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			cmd.Wait()
+			err := <-errc
+			if !errors.Is(err, ErrPeerGone) || !strings.Contains(err.Error(), strconv.Itoa(cmd.Process.Pid)) {
+				t.Fatalf("blocked %s after the other process was killed: %v, want ErrPeerGone naming process %d", waiter, err, cmd.Process.Pid)
+			}
+			t.Log(err)
+		})
 	}
 }

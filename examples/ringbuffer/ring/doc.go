@@ -7,6 +7,25 @@
 // ring is one contiguous slice even when it crosses the wrap point: WriteSlice and ReadSlice
 // never split.
 //
+// # Three ways to use it
+//
+// As a byte stream: Write and Read (io.Writer, io.Reader, io.ReaderFrom, io.WriterTo), or
+// zero-copy with WriteSlice/Commit and ReadSlice/Consume. Each Write publishes its bytes.
+//
+// As a buffered byte stream, for many small writes: NewWriter returns a Writer that copies
+// straight into the ring and publishes every few kilobytes (or on Flush, or when the ring is
+// full), the way bufio.Writer batches system calls; the consumer takes everything published
+// in one ReadSlice and releases it with one Consume.
+//
+// As records, zero-copy on both sides: Reserve(n) returns n bytes in place for the producer
+// to fill, Submit publishes every record reserved so far with one store; NextRecord returns
+// the next record as one slice wherever it lies (the mirror makes a record that runs past the
+// end contiguous), and ReadRecords hands every available record to a function and releases
+// them all at once. Records are length-prefixed (8 bytes, payloads 8-byte aligned) and may be
+// up to half the capacity (MaxRecord). This is the scheme of the kernel's BPF ring buffer,
+// whose data pages are mapped twice for the same reason. A ring carries a stream or records,
+// not both.
+//
 // # Capacity
 //
 // The capacity is the requested size rounded up to whole pages, since the kernel can only map
@@ -16,9 +35,9 @@
 //
 // # Concurrency
 //
-// One goroutine (or process) produces: WriteSlice, Commit, Write, ReadFrom, CloseWrite.
-// One consumes: ReadSlice, ReadSliceAtLeast, Consume, Read, WriteTo. Any goroutine may call
-// Close, Len, Free and Cap. The head (bytes written) and the tail (bytes consumed) are atomics
+// One goroutine (or process) produces: WriteSlice, Commit, Write, ReadFrom, a Writer, Reserve,
+// Submit, CloseWrite. One consumes: ReadSlice, ReadSliceAtLeast, Consume, Read, WriteTo,
+// NextRecord, Release, ReadRecords. Any goroutine may call Close, Len, Free, Cap and MaxRecord. The head (bytes written) and the tail (bytes consumed) are atomics
 // on separate cache lines, and each side caches the other's index so that it touches the
 // other side's cache line only when the ring looks full or empty.
 //
@@ -42,8 +61,11 @@
 // NewShared puts the ring's header and data in two memfds; pass both to another process
 // (exec.Cmd.ExtraFiles, or SCM_RIGHTS over a Unix socket) and call Attach there. Close in
 // either process shuts the ring down for both: a side blocked in the other process wakes with
-// ErrClosed. A peer that dies without closing cannot tell anyone; the program that started it
-// should call Close when it notices (for example when exec.Cmd.Wait returns).
+// ErrClosed. A process that dies without closing (killed, crashed) cannot tell anyone, so a
+// side of a shared ring that waits wakes every 50 ms and looks at the other process through a
+// pidfd: if it has exited, the call returns ErrPeerGone (what it published before dying can
+// still be read). Both processes must be in one PID namespace, as a child started with
+// exec.Cmd is.
 //
 // # Aliasing
 //
@@ -57,6 +79,12 @@
 // # Lifetime
 //
 // A slice returned by WriteSlice or ReadSlice is valid until the next Commit or Consume of the
-// same side, and never after Close: Close waits for calls in progress on either side to return
-// (a blocked call is woken and returns ErrClosed) and then unmaps the ring.
+// same side; a record from Reserve until it is submitted; a record from NextRecord until the
+// next NextRecord, ReadRecords or Release. None is valid after Close: Close waits for calls in
+// progress on either side to return (a blocked call is woken and returns ErrClosed) and then
+// unmaps the ring, so a goroutine that may be closed from another must not write into or read
+// from such a slice once Close may have run. The calls themselves are safe against a Close
+// from any goroutine: each tells Close it runs with a plain store, and Close makes every
+// thread of the process execute a memory fence (membarrier(2)) before it looks, so a call
+// pays no fenced instruction for it (see active.go).
 package ring

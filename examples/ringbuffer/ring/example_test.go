@@ -1,6 +1,7 @@
 package ring_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -45,4 +46,76 @@ func ExampleRing_ReadSliceAtLeast() {
 		r.Consume(len(rec))
 	}
 	// Output: record 4, 1000 contiguous bytes
+}
+
+// Records: the producer reserves each record in the ring, fills it in place and submits a
+// batch; the consumer gets each record as one slice, in place, and releases it by asking for
+// the next.
+func ExampleRing_Reserve() {
+	r, err := ring.New(os.Getpagesize())
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	for _, s := range []string{"alpha", "beta", "gamma"} {
+		rec, err := r.Reserve(len(s))
+		if err != nil {
+			panic(err)
+		}
+		copy(rec, s)
+	}
+	r.Submit() // one store publishes the three records
+	r.CloseWrite()
+	for {
+		rec, err := r.NextRecord()
+		if err == io.EOF {
+			break
+		}
+		fmt.Printf("%s ", rec)
+	}
+	fmt.Println()
+	// Output: alpha beta gamma
+}
+
+// ReadRecords hands every available record to a function and releases them all at once.
+func ExampleRing_ReadRecords() {
+	r, err := ring.New(os.Getpagesize())
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	for i := range 5 {
+		rec, _ := r.Reserve(8)
+		binary.LittleEndian.PutUint64(rec, uint64(i*i))
+	}
+	r.Submit()
+	var sum uint64
+	n, _ := r.ReadRecords(func(rec []byte) bool {
+		sum += binary.LittleEndian.Uint64(rec)
+		return true
+	})
+	fmt.Println(n, "records, sum", sum)
+	// Output: 5 records, sum 30
+}
+
+// A buffered Writer publishes small writes in batches; the consumer takes everything
+// published in one ReadSlice.
+func ExampleNewWriter() {
+	r, err := ring.New(os.Getpagesize())
+	if err != nil {
+		panic(err)
+	}
+	defer r.Close()
+	w := ring.NewWriter(r, 1024)
+	for _, word := range []string{"many ", "small ", "writes"} {
+		w.Write([]byte(word))
+	}
+	fmt.Println(r.Len(), "bytes readable before Flush")
+	w.Flush()
+	s, _ := r.ReadSlice()
+	fmt.Printf("%q\n", s)
+	r.Consume(len(s))
+	// Output:
+	// 0 bytes readable before Flush
+	// "many small writes"
 }

@@ -2,6 +2,7 @@ package ring
 
 import (
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -14,12 +15,15 @@ const (
 )
 
 // futexWait sleeps while *addr == val, until futexWake on the same word (from any process that
-// maps it) or a signal. It uses the shared (not FUTEX_PRIVATE_FLAG) futex so that the word can
-// live in memory shared with another process. Spurious returns are fine: callers re-check.
-func futexWait(addr *atomic.Uint32, val uint32) {
+// maps it), a signal, or the timeout; it reports whether the timeout ended the sleep. It uses
+// the shared (not FUTEX_PRIVATE_FLAG) futex so that the word can live in memory shared with
+// another process. Spurious returns are fine: callers re-check.
+func futexWait(addr *atomic.Uint32, val uint32, timeout time.Duration) (timedOut bool) {
+	ts := unix.NsecToTimespec(int64(timeout))
 	// Syscall6, not RawSyscall6: the thread may sleep for long, and the scheduler must know
 	// so that it hands this P to another thread.
-	unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitOp, uintptr(val), 0, 0, 0)
+	_, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), futexWaitOp, uintptr(val), uintptr(unsafe.Pointer(&ts)), 0, 0)
+	return e == unix.ETIMEDOUT
 }
 
 // futexWake wakes every sleeper on addr.

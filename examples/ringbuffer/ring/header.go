@@ -8,7 +8,7 @@ const lineSize = 128
 
 const (
 	headerMagic   = 0x676e6972_6d6d6972 // "rimmring" little-endian
-	headerVersion = 2
+	headerVersion = 3
 	headerSize    = 5 * lineSize
 )
 
@@ -20,7 +20,11 @@ type header struct {
 	capacity  uint64
 	version   uint32
 	stateBits atomic.Uint32 // stateClosed | stateWriteDone
-	_         [lineSize - 24]byte
+	// The processes of a shared ring, so that a side waiting for the other can tell that the
+	// other process died: the one that called NewShared, and the last one that called Attach.
+	creatorPid  atomic.Int32
+	attacherPid atomic.Int32
+	_           [lineSize - 32]byte
 
 	// Line 1: the producer's. head is the write position in [0, 2n).
 	head atomic.Uint64

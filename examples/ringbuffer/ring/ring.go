@@ -7,6 +7,7 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -19,6 +20,10 @@ var (
 	ErrWouldBlock = errors.New("ring: would block")
 	// ErrTooLarge is returned when a call asks for a window larger than the ring.
 	ErrTooLarge = errors.New("ring: request larger than the ring")
+	// ErrPeerGone is returned by a side of a shared ring that waits for the other side when
+	// the other process has exited without closing the ring (it was killed, or crashed). What
+	// the other side published before it died can still be read.
+	ErrPeerGone = errors.New("ring: the other process exited without closing the ring")
 )
 
 // state bits of header.state.
@@ -35,6 +40,7 @@ type Ring struct {
 	n   uint64
 
 	nonBlocking bool
+	spinFor     time.Duration // SpinFor
 	// track: calls that touch only the header must tell Close they are running, because the
 	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
 	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
@@ -45,6 +51,7 @@ type Ring struct {
 	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
 	wakeups atomic.Uint64 // wake-ups sent by commit and consume (tests check that they are rare)
 	misc    atomic.Int32  // calls of Len, Free, Files in progress
+	peer    peerWatch     // the other process of a shared ring
 	closeCh chan struct{} // a side that leaves a call after Close tells Close here
 	done    chan struct{} // closed when Close has released everything
 	mem     *memory
@@ -56,11 +63,16 @@ type Ring struct {
 
 // side is what one side keeps to itself, on its own cache lines.
 type side struct {
-	active atomic.Uint32 // 1 while a call of this side runs (Close waits for 0)
-	pos    uint64        // this side's index (head or tail), in [0, 2n); only this side writes it
-	peer   uint64        // last value read of the other side's index
-	lent   uint64        // bytes handed out by the last WriteSlice/ReadSlice and not yet released
-	_      [lineSize - 32]byte
+	active activeFlag // 1 while a call of this side runs (Close waits for 0); see active.go
+	// pos is this side's index (head or tail) in [0, 2n), as this side sees it: it runs ahead
+	// of the published index by the bytes a Writer buffered or Reserve reserved (producer) or
+	// NextRecord released (consumer) and not yet published. Only this side writes it.
+	pos  uint64
+	pub  uint64 // the index last published in the header (head or tail)
+	peer uint64 // last value read of the other side's index
+	lent uint64 // bytes handed out by the last WriteSlice/ReadSlice and not yet released
+	cur  uint64 // consumer: bytes of the record last returned by NextRecord, released by the next call
+	_    [lineSize - 48]byte
 }
 
 // DefaultSize is a good capacity for streaming between two cores: 256 KiB. The bytes of a
@@ -81,6 +93,7 @@ type Option func(*config)
 
 type config struct {
 	nonBlocking bool
+	spinFor     time.Duration
 	name        string
 	futex       bool
 }
@@ -88,6 +101,14 @@ type config struct {
 // NonBlocking makes calls that would wait (a full ring for the producer, an empty one for the
 // consumer) return ErrWouldBlock instead. Write and ReadFrom then return what they did so far.
 func NonBlocking() Option { return func(c *config) { c.nonBlocking = true } }
+
+// SpinFor makes a side that must wait look at the ring again and again (yielding the
+// processor between looks) for up to d before it sleeps. At low load that trades a CPU kept
+// busy while waiting for the cost of a sleep and a wake-up on each message: a futex or
+// scheduler wake-up of several microseconds, and tens of microseconds when the other CPU
+// is idle on a virtual machine. The default is to spin little (see spinTries): on a machine
+// shared with other programs, a spinning side takes time the other side needs.
+func SpinFor(d time.Duration) Option { return func(c *config) { c.spinFor = d } }
 
 // Name sets the name of the memfds of a ring made by NewShared (shown in /proc/PID/maps as
 // memfd:NAME-header and memfd:NAME). The default is "ring".
@@ -125,7 +146,10 @@ func NewShared(size int, opts ...Option) (*Ring, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newRing(m, c), nil
+	r := newRing(m, c)
+	r.peer.creator = true
+	r.h.creatorPid.Store(int32(os.Getpid()))
+	return r, nil
 }
 
 // Attach maps a ring made by NewShared in another process, from its header and data memfds.
@@ -151,19 +175,24 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 	if err != nil {
 		return nil, errors.Join(err, m.release())
 	}
-	return newRing(m, c), nil
+	r := newRing(m, c)
+	h.attacherPid.Store(int32(os.Getpid()))
+	return r, nil
 }
 
 func newRing(m *memory, c config) *Ring {
+	setupCheapFlags()
 	r := &Ring{
 		h:           m.hdr,
 		buf:         m.view,
 		n:           uint64(len(m.view) / 2),
 		nonBlocking: c.nonBlocking,
+		spinFor:     c.spinFor,
 		closeCh:     make(chan struct{}, 1),
 		done:        make(chan struct{}),
 		mem:         m,
 		track:       m.hdrReg != nil,
+		peer:        peerWatch{fd: -1},
 	}
 	if c.futex {
 		r.readerW, r.writerW = futexWaiter{}, futexWaiter{}
@@ -177,6 +206,7 @@ func newRing(m *memory, c config) *Ring {
 	}
 	r.prod.pos = r.h.head.Load()
 	r.cons.pos = r.h.tail.Load()
+	r.prod.pub, r.cons.pub = r.prod.pos, r.cons.pos
 	r.prod.peer = r.cons.pos
 	r.cons.peer = r.prod.pos
 	return r
@@ -266,9 +296,24 @@ const spinTries = 64
 // spinPause is one step of a waiting side's spin.
 func spinPause() { runtime.Gosched() }
 
+// keepSpinning says whether a waiting side looks again (after spinPause) instead of sleeping,
+// at its i-th look: up to spinTries looks on a shared ring, and for as long as SpinFor says.
+func (r *Ring) keepSpinning(i int, until *time.Time) bool {
+	if r.spinFor > 0 {
+		now := time.Now()
+		if i == 0 {
+			*until = now.Add(r.spinFor)
+		}
+		if now.Before(*until) {
+			return true
+		}
+	}
+	return r.track && i < spinTries
+}
+
 // enter marks a call of side s as running, or refuses it if the ring is closed.
 func (r *Ring) enter(s *side) error {
-	s.active.Store(1)
+	s.active.set(1)
 	if r.closed.Load() {
 		r.exit(s)
 		return ErrClosed
@@ -294,7 +339,7 @@ func (r *Ring) exitLight(s *side) {
 }
 
 func (r *Ring) exit(s *side) {
-	s.active.Store(0)
+	s.active.set(0)
 	if r.closed.Load() {
 		r.tellCloser()
 	}
@@ -368,6 +413,12 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 // waitWritable returns the free space once it is at least need.
 func (r *Ring) waitWritable(need uint64) (uint64, error) {
 	p, h := &r.prod, r.h
+	var spinUntil time.Time
+	if p.pos != p.pub {
+		// The consumer may be waiting for what this side buffered: publish it before waiting
+		// for room, or both would wait for ever.
+		r.publishHead()
+	}
 	for i := 0; ; i++ {
 		p.peer = h.tail.Load()
 		if free := r.n - r.used(p.pos, p.peer); free >= need {
@@ -379,7 +430,7 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
 		}
-		if r.track && i < spinTries {
+		if r.keepSpinning(i, &spinUntil) {
 			spinPause()
 			continue
 		}
@@ -393,8 +444,13 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 			h.writerWaiting.Store(0)
 			continue
 		}
-		r.writerW.sleep(&h.writerSeq, tok)
+		timedOut := r.writerW.sleep(&h.writerSeq, tok)
 		h.writerWaiting.Store(0)
+		if timedOut {
+			if err := r.peerAlive(); err != nil {
+				return 0, err
+			}
+		}
 	}
 }
 
@@ -414,9 +470,17 @@ func (r *Ring) Commit(n int) error {
 }
 
 func (r *Ring) commit(n uint64) {
-	p, h := &r.prod, r.h
+	p := &r.prod
 	p.pos = r.advance(p.pos, n)
 	p.lent -= n
+	r.publishHead()
+}
+
+// publishHead makes every byte the producer wrote, committed, buffered or reserved so far
+// readable, and wakes the consumer if it sleeps waiting for them.
+func (r *Ring) publishHead() {
+	p, h := &r.prod, r.h
+	p.pub = p.pos
 	h.head.Store(p.pos)
 	if h.readerWaiting.Load() != 0 {
 		r.wakeReader()
@@ -427,7 +491,7 @@ func (r *Ring) commit(n uint64) {
 // move while it sleeps, so the tail read here is its position. Protocol: see waiter.
 func (r *Ring) wakeReader() {
 	h := r.h
-	if r.used(r.prod.pos, h.tail.Load()) >= h.readerNeed.Load() && h.readerWaiting.Swap(0) != 0 {
+	if r.used(r.prod.pub, h.tail.Load()) >= h.readerNeed.Load() && h.readerWaiting.Swap(0) != 0 {
 		r.wakeups.Add(1)
 		r.readerW.wake(&h.readerSeq)
 	}
@@ -449,6 +513,7 @@ func (r *Ring) ReadSliceAtLeast(min int) ([]byte, error) {
 	if err := r.enterLight(&r.cons); err != nil {
 		return nil, err
 	}
+	r.cons.peer = r.h.head.Load() // every byte published so far, not only those seen last time
 	b, err := r.readSlice(uint64(max(min, 1)))
 	r.exitLight(&r.cons)
 	return b, err
@@ -473,6 +538,10 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {
 	c, h := &r.cons, r.h
+	var spinUntil time.Time
+	if c.pos != c.pub {
+		r.publishTail() // as in waitWritable: the producer may be waiting for this room
+	}
 	for i := 0; ; i++ {
 		c.peer = h.head.Load()
 		avail := r.used(c.peer, c.pos)
@@ -496,7 +565,7 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
 		}
-		if r.track && i < spinTries {
+		if r.keepSpinning(i, &spinUntil) {
 			spinPause()
 			continue
 		}
@@ -508,8 +577,13 @@ func (r *Ring) waitReadable(need uint64) (uint64, error) {
 			h.readerWaiting.Store(0)
 			continue
 		}
-		r.readerW.sleep(&h.readerSeq, tok)
+		timedOut := r.readerW.sleep(&h.readerSeq, tok)
 		h.readerWaiting.Store(0)
+		if timedOut {
+			if err := r.peerAlive(); err != nil {
+				return 0, err
+			}
+		}
 	}
 }
 
@@ -529,9 +603,17 @@ func (r *Ring) Consume(n int) error {
 }
 
 func (r *Ring) consume(n uint64) {
-	c, h := &r.cons, r.h
+	c := &r.cons
 	c.pos = r.advance(c.pos, n)
 	c.lent -= n
+	r.publishTail()
+}
+
+// publishTail gives every byte the consumer released so far back to the producer, and wakes
+// the producer if it sleeps waiting for that room.
+func (r *Ring) publishTail() {
+	c, h := &r.cons, r.h
+	c.pub = c.pos
 	h.tail.Store(c.pos)
 	if h.writerWaiting.Load() != 0 {
 		r.wakeWriter()
@@ -541,7 +623,7 @@ func (r *Ring) consume(n uint64) {
 // wakeWriter wakes a sleeping producer once the free space it waits for is there.
 func (r *Ring) wakeWriter() {
 	h := r.h
-	if r.n-r.used(h.head.Load(), r.cons.pos) >= h.writerNeed.Load() && h.writerWaiting.Swap(0) != 0 {
+	if r.n-r.used(h.head.Load(), r.cons.pub) >= h.writerNeed.Load() && h.writerWaiting.Swap(0) != 0 {
 		r.wakeups.Add(1)
 		r.writerW.wake(&h.writerSeq)
 	}
@@ -647,13 +729,17 @@ func (r *Ring) WriteTo(w io.Writer) (int64, error) {
 }
 
 // CloseWrite tells the consumer that nothing more will be written: once it has read everything,
-// Read and ReadSlice return io.EOF and WriteTo returns. Later producer calls return ErrClosed.
-// Producer only.
+// Read, ReadSlice and NextRecord return io.EOF and WriteTo returns. It first publishes what a
+// Writer buffered and the records reserved and not yet submitted. Later producer calls return
+// ErrClosed. Producer only.
 func (r *Ring) CloseWrite() error {
 	if err := r.enter(&r.prod); err != nil {
 		return err
 	}
 	defer r.exit(&r.prod)
+	if r.h.state() == 0 && r.prod.pos != r.prod.pub {
+		r.publishHead()
+	}
 	r.h.stateOr(stateWriteDone)
 	r.h.readerWaiting.Store(0)
 	r.readerW.wake(&r.h.readerSeq)
@@ -678,9 +764,11 @@ func (r *Ring) Close() error {
 	h.writerWaiting.Store(0)
 	r.readerW.wake(&h.readerSeq)
 	r.writerW.wake(&h.writerSeq)
-	for r.prod.active.Load() != 0 || r.cons.active.Load() != 0 || r.misc.Load() != 0 {
+	heavyFence() // after closed is set, before the flags are read: see active.go
+	for r.prod.active.load() != 0 || r.cons.active.load() != 0 || r.misc.Load() != 0 {
 		<-r.closeCh
 	}
+	r.peer.close()
 	err := r.mem.release()
 	close(r.done)
 	return err

@@ -14,7 +14,9 @@ import "sync/atomic"
 // side that is not waiting.
 type waiter interface {
 	prepare(seq *atomic.Uint32) uint32
-	sleep(seq *atomic.Uint32, token uint32)
+	// sleep reports whether it gave up waiting after peerCheckEvery, so that the caller can
+	// check that the other side is still alive.
+	sleep(seq *atomic.Uint32, token uint32) (timedOut bool)
 	wake(seq *atomic.Uint32)
 }
 
@@ -23,8 +25,8 @@ type chanWaiter chan struct{}
 
 func newChanWaiter() chanWaiter { return make(chanWaiter, 1) }
 
-func (c chanWaiter) prepare(*atomic.Uint32) uint32 { return 0 }
-func (c chanWaiter) sleep(*atomic.Uint32, uint32)  { <-c }
+func (c chanWaiter) prepare(*atomic.Uint32) uint32     { return 0 }
+func (c chanWaiter) sleep(*atomic.Uint32, uint32) bool { <-c; return false }
 func (c chanWaiter) wake(*atomic.Uint32) {
 	select {
 	case c <- struct{}{}:
@@ -37,8 +39,10 @@ func (c chanWaiter) wake(*atomic.Uint32) {
 // goroutines on other threads meanwhile.
 type futexWaiter struct{}
 
-func (futexWaiter) prepare(seq *atomic.Uint32) uint32      { return seq.Load() }
-func (futexWaiter) sleep(seq *atomic.Uint32, token uint32) { futexWait(seq, token) }
+func (futexWaiter) prepare(seq *atomic.Uint32) uint32 { return seq.Load() }
+func (futexWaiter) sleep(seq *atomic.Uint32, token uint32) bool {
+	return futexWait(seq, token, peerCheckEvery)
+}
 func (futexWaiter) wake(seq *atomic.Uint32) {
 	seq.Add(1)
 	futexWake(seq)

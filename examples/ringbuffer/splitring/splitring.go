@@ -103,40 +103,76 @@ func (r *Ring) Read(p []byte) (int, error) {
 		return 0, nil
 	}
 	tail := r.tail.Load()
+	avail, err := r.waitReadable(tail, 1)
+	if err != nil {
+		return 0, err
+	}
+	k := min(avail, uint64(len(p)))
+	off := tail % r.n
+	c := copy(p[:k], r.buf[off:min(off+k, r.n)])
+	copy(p[c:k], r.buf)
+	r.release(tail + k)
+	return int(k), nil
+}
+
+// waitReadable waits until at least need bytes are readable and returns how many are.
+func (r *Ring) waitReadable(tail, need uint64) (uint64, error) {
 	avail := r.consPeer - tail
-	for avail == 0 {
+	for avail < need {
 		r.consPeer = r.head.Load()
-		if avail = r.consPeer - tail; avail > 0 {
+		if avail = r.consPeer - tail; avail >= need {
 			break
 		}
 		if st := r.state.Load(); st != 0 {
 			if st&1 != 0 {
 				return 0, ErrClosed
 			}
-			if r.consPeer = r.head.Load(); r.consPeer == tail {
-				return 0, io.EOF
+			if r.consPeer = r.head.Load(); r.consPeer-tail < need {
+				if r.consPeer == tail {
+					return 0, io.EOF
+				}
+				return 0, io.ErrUnexpectedEOF
 			}
 			continue
 		}
 		r.rWaiting.Store(1)
 		r.consPeer = r.head.Load()
-		if avail = r.consPeer - tail; avail > 0 || r.state.Load() != 0 {
+		if avail = r.consPeer - tail; avail >= need || r.state.Load() != 0 {
 			r.rWaiting.Store(0)
 			continue
 		}
 		<-r.readerCh
 		r.rWaiting.Store(0)
 	}
-	k := min(avail, uint64(len(p)))
-	off := tail % r.n
-	c := copy(p[:k], r.buf[off:min(off+k, r.n)])
-	copy(p[c:k], r.buf)
-	r.tail.Store(tail + k)
+	return avail, nil
+}
+
+func (r *Ring) release(tail uint64) {
+	r.tail.Store(tail)
 	if r.wWaiting.Load() != 0 && r.wWaiting.Swap(0) != 0 {
 		wake(r.writerCh)
 	}
-	return int(k), nil
 }
+
+// Peek returns the next n bytes (n at most the capacity) as one slice, waiting for them: in
+// place when they lie in one piece, otherwise copied, in two pieces, into scratch (which must
+// hold n bytes), the one copy a ring without a mirror cannot avoid. Release them with Discard.
+func (r *Ring) Peek(n int, scratch []byte) ([]byte, error) {
+	tail := r.tail.Load()
+	if _, err := r.waitReadable(tail, uint64(n)); err != nil {
+		return nil, err
+	}
+	off := tail % r.n
+	if off+uint64(n) <= r.n {
+		return r.buf[off : off+uint64(n)], nil
+	}
+	c := copy(scratch[:n], r.buf[off:])
+	copy(scratch[c:n], r.buf)
+	return scratch[:n], nil
+}
+
+// Discard releases the next n bytes, which a Peek returned.
+func (r *Ring) Discard(n int) { r.release(r.tail.Load() + uint64(n)) }
 
 // CloseWrite makes Read return io.EOF once the ring is drained.
 func (r *Ring) CloseWrite() { r.state.Or(2); wake(r.readerCh) }

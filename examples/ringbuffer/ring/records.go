@@ -1,0 +1,185 @@
+package ring
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Records: the ring as a queue of length-prefixed messages, zero-copy on both sides. The
+// producer reserves a record, writes it in place and submits it; the consumer gets each record
+// as one slice, wherever it lies in the ring (the mirror makes a record that runs past the end
+// contiguous), and releases it. This is the shape of the kernel's BPF ring buffer
+// (bpf_ringbuf_reserve / bpf_ringbuf_submit over data pages mapped twice) without its busy bit:
+// with one producer, records are published in order by moving the head past them.
+//
+// Layout: each record is an 8-byte header (the payload length as a little-endian uint32, then
+// four zero bytes) followed by the payload, padded to a multiple of 8 bytes, so every payload
+// starts 8-byte aligned. A ring carries records or a byte stream, not both.
+
+// recordHeader is the size of the length prefix in front of every record.
+const recordHeader = 8
+
+// ErrCorrupt is returned by NextRecord and ReadRecords when the bytes at the consumer's
+// position are not a record header this package wrote: the ring was used as a byte stream, or
+// memory shared with another process was overwritten.
+var ErrCorrupt = errors.New("ring: corrupt record")
+
+// recordSize is the room a record of n payload bytes takes in the ring.
+func recordSize(n uint64) uint64 { return recordHeader + (n+7)&^7 }
+
+// MaxRecord is the largest record payload the ring takes: half its capacity, so that a
+// producer waiting for room for one record never waits for more than the consumer can free.
+func (r *Ring) MaxRecord() int { return int(r.n / 2) }
+
+// Reserve reserves a record of n payload bytes and returns them, in place in the ring, for the
+// producer to fill. The record reaches the consumer at the next Submit (or CloseWrite). Reserve
+// may be called several times before one Submit: a batch of records is published with one
+// store. A Reserve that must wait for room first submits the records reserved so far, so fill
+// each record before the next Reserve. n may be up to MaxRecord. Producer only.
+//
+// The slice is valid until the record is submitted, and never after Close: a producer that
+// may be closed from another goroutine must not write into it once Close may have run.
+func (r *Ring) Reserve(n int) ([]byte, error) {
+	if n < 0 || uint64(n) > r.n/2 {
+		return nil, fmt.Errorf("%w: Reserve(%d) on a ring that takes records of up to %d bytes", ErrTooLarge, n, r.n/2)
+	}
+	// enter, not enterLight: Reserve writes the length into the ring's memory, which a Close
+	// in another goroutine must not unmap meanwhile.
+	if err := r.enter(&r.prod); err != nil {
+		return nil, err
+	}
+	total := recordSize(uint64(n))
+	s, err := r.writeSlice(total)
+	if err != nil {
+		r.exit(&r.prod)
+		return nil, err
+	}
+	binary.LittleEndian.PutUint64(s, uint64(n))
+	p := &r.prod
+	p.pos = r.advance(p.pos, total)
+	p.lent = 0
+	r.exit(&r.prod)
+	return s[recordHeader : recordHeader+n : recordHeader+n], nil
+}
+
+// Submit publishes every record reserved since the last Submit, waking the consumer if it
+// waits for one. Producer only.
+func (r *Ring) Submit() error {
+	if err := r.enterLight(&r.prod); err != nil {
+		return err
+	}
+	if r.prod.pos != r.prod.pub {
+		r.publishHead()
+	}
+	r.exitLight(&r.prod)
+	return nil
+}
+
+// releaseLazily is how many released bytes the consumer keeps to itself before it publishes
+// them: publishing is a store to a cache line the producer reads, so one per record would cost
+// a cache-line transfer per record when the ring runs full. The consumer also publishes
+// whenever it is about to wait, so a producer waiting for room is never left waiting for bytes
+// already released.
+func (r *Ring) releaseLazily() uint64 { return r.n / 8 }
+
+// NextRecord returns the payload of the next record, in place in the ring, waiting for one. It
+// releases the record returned by the previous NextRecord, so a record stays valid until the
+// next call of NextRecord, ReadRecords or Release (and never after Close). It returns io.EOF
+// once CloseWrite was called and every record was read. Consumer only.
+func (r *Ring) NextRecord() ([]byte, error) {
+	if err := r.enter(&r.cons); err != nil { // enter: it reads the length in the ring's memory
+		return nil, err
+	}
+	c := &r.cons
+	r.dropCurrent()
+	s, err := r.readSlice(recordHeader)
+	if err != nil {
+		r.exit(&r.cons)
+		return nil, err
+	}
+	rec, total, err := r.parseRecord(s)
+	if err == nil {
+		c.cur = total
+	}
+	r.exit(&r.cons)
+	return rec, err
+}
+
+// dropCurrent releases the record last returned by NextRecord, publishing the released bytes
+// once enough have gathered.
+func (r *Ring) dropCurrent() {
+	c := &r.cons
+	if c.cur != 0 {
+		c.pos = r.advance(c.pos, c.cur)
+		c.cur = 0
+		if r.used(c.pos, c.pub) >= r.releaseLazily() {
+			r.publishTail()
+		}
+	}
+}
+
+// parseRecord reads the record at the start of s (the readable bytes from the consumer's
+// position on) and returns its payload and the room it takes.
+func (r *Ring) parseRecord(s []byte) ([]byte, uint64, error) {
+	hdr := binary.LittleEndian.Uint64(s)
+	n := hdr & 0xffffffff
+	total := recordSize(n)
+	if hdr>>32 != 0 || n > r.n/2 || total > uint64(len(s)) {
+		return nil, 0, fmt.Errorf("%w: header %#016x at position %d with %d bytes readable", ErrCorrupt, hdr, r.cons.pos, len(s))
+	}
+	return s[recordHeader : recordHeader+n : recordHeader+n], total, nil
+}
+
+// Release gives the record last returned by NextRecord back to the producer now, instead of at
+// the next NextRecord. Consumer only.
+func (r *Ring) Release() error {
+	if err := r.enterLight(&r.cons); err != nil {
+		return err
+	}
+	c := &r.cons
+	c.pos = r.advance(c.pos, c.cur)
+	c.cur = 0
+	if c.pos != c.pub {
+		r.publishTail()
+	}
+	r.exitLight(&r.cons)
+	return nil
+}
+
+// ReadRecords waits for at least one record, then calls fn with the payload of every record
+// available, in order and in place, and releases them all with one store. fn may stop the
+// batch early by returning false; the records it was given are released either way. A payload
+// is valid only during its call of fn. It returns how many records fn saw, and io.EOF once
+// CloseWrite was called and every record was read. Consumer only.
+func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
+	if err := r.enter(&r.cons); err != nil { // enter: it reads lengths in the ring's memory
+		return 0, err
+	}
+	defer r.exit(&r.cons)
+	c := &r.cons
+	r.dropCurrent()
+	c.peer = r.h.head.Load() // every record published so far
+	s, err := r.readSlice(recordHeader)
+	if err != nil {
+		return 0, err
+	}
+	count := 0
+	var done uint64
+	for done < uint64(len(s)) {
+		rec, total, err := r.parseRecord(s[done:])
+		if err != nil {
+			c.pos = r.advance(c.pos, done)
+			r.publishTail()
+			return count, err
+		}
+		done += total
+		count++
+		if !fn(rec) {
+			break
+		}
+	}
+	c.pos = r.advance(c.pos, done)
+	r.publishTail()
+	return count, nil
+}
