@@ -63,10 +63,12 @@
 // collector, and the collector for the goroutine, forever. So the faults of a file, a region
 // or zeros are served by a C thread (cgo builds) or by a handler process (this program
 // re-executed; CGO_ENABLED=0), which the collector never stops: touch those views any way you
-// like. A source that is Go code can only be served by Go code in this process, and only if
-// you opt in with WithHandler(HandlerGo): then touch unfilled pages only after Populate, or with
-// plain loops and system calls (never copy, clear, append, string(b), bytes.*, hash/*, fmt,
-// strconv, nor a channel send of a value read from the view: they run runtime assembly); a
-// watchdog thread aborts the process with a message naming this rule if it is broken. Without
-// the opt-in such a source is refused (ErrGoSource), and without cgo always. See ServeFaults.
+// like. A source that is Go code (HTTPSource, or any constructor registered with
+// RegisterSource and named with NamedSource) is built and served by a handler process, in
+// every build: the same holds. A plain Go value is refused (ErrGoSource), unless you opt in
+// with WithHandler(HandlerGo) to serve it with Go code in this process: then touch unfilled
+// pages only after Populate, or with plain loops and system calls (never copy, clear, append,
+// string(b), bytes.*, hash/*, fmt, strconv, nor a channel send of a value read from the view:
+// they run runtime assembly); a watchdog thread aborts the process with a message naming this
+// rule if it is broken. See ServeFaults.
 package mirror

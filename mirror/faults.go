@@ -69,19 +69,20 @@ const DefaultWatchdog = 10 * time.Second
 //     or Fd() int method), or another region (RegionSource): a handler that is not Go code of this
 //     process — a C thread in cgo builds, a handler process (this program re-executed) with
 //     CGO_ENABLED=0. Touch the views any way you like, copy() included.
-//   - any other io.ReaderAt is Go code, which only a uffd.Server in this process can serve,
-//     and only if you opt in with WithHandler(HandlerGo); without it ServeFaults refuses the
-//     source with an error matching ErrGoSource. The rule you then accept: touch pages that
-//     may be unfilled only with Populate (a system call), plain Go loops
-//     (for i := range b { s += b[i] }) or system calls. Runtime assembly hides in many places,
-//     and any of them hangs the program under garbage collection: copy, clear, append, string(b),
-//     the bytes, strings and hash/* packages, fmt, strconv, encoding/*, and a channel send or
-//     receive of a value (an array, a struct) read from the view, which the runtime copies
-//     with memmove. A watchdog (a C thread) aborts the process with a message naming this rule
-//     if it is broken and the program hangs. With CGO_ENABLED=0 there is no watchdog, and
-//     such a source is refused with ErrUnsupported even with HandlerGo. The safe alternatives:
-//     an *os.File or anything with a readable descriptor, RegionSource (copy the bytes into an
-//     alloc.Memfd region first), or nil.
+//   - NamedSource(name, config) (HTTPSource is one): Go code built by a constructor
+//     registered with RegisterSource, served by a handler process in every build. Touch those
+//     views any way you like too. Its server must not be this program (a goroutine of this
+//     program may be waiting in a fault, holding its P).
+//   - any other io.ReaderAt is Go code that only this process can run: ServeFaults refuses it
+//     with an error matching ErrGoSource that shows how to register it instead, unless you opt
+//     in with WithHandler(HandlerGo), which serves it with a uffd.Server in this process (cgo
+//     builds only). The rule you then accept: touch pages that may be unfilled only with
+//     Populate (a system call), plain Go loops (for i := range b { s += b[i] }) or system
+//     calls. Runtime assembly hides in many places, and any of them hangs the program under
+//     garbage collection: copy, clear, append, string(b), the bytes, strings and hash/*
+//     packages, fmt, strconv, encoding/*, and a channel send or receive of a value read from
+//     the view, which the runtime copies with memmove. A watchdog (a C thread) aborts the
+//     process with a message naming this rule if it is broken and the program hangs.
 //
 // The userfaultfd needs privilege for faults raised inside the kernel (vm.unprivileged_userfaultfd,
 // CAP_SYS_PTRACE); without it, read(2) into an unfilled page and Populate fail with EFAULT.
