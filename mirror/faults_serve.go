@@ -255,6 +255,16 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		return fmt.Errorf("%w: ServeFaults: %d of the %d pages already hold data (the first at offset %d; written, or allocated with alloc.Populate): the source would never be asked for them. Mirror fresh memory, or free those pages first (MADV_REMOVE, as Pair.Reset does)",
 			ErrResident, resident, len(vec), first*page)
 	}
+	// The caller's own mapping may carry the poisoned holes a previous pair's Close left (see
+	// stop): nothing is resident (checked above), so dropping its page-table entries
+	// (MADV_DONTNEED) removes only those, and this pair serves those pages again.
+	keep := sv.mem[0]
+	if sv.hidden >= 0 {
+		keep = sv.mem[sv.hidden]
+	}
+	if err := mem.Madvise(mem.Ptr(keep), uintptr(s.n), unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("ServeFaults: %w", err)
+	}
 	for i, a := range sv.views {
 		if err := sv.u.Register(a, s.n, sv.mode); err != nil {
 			if errors.Is(err, unix.EINVAL) {

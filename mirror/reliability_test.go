@@ -191,3 +191,47 @@ func TestSourceTruncatedWhileServing(t *testing.T) {
 		}
 	}
 }
+
+// A region served again after a pair's Close: the pages the first pair never filled were
+// poisoned in the region's mapping (so that nothing read zeros in their place); the next pair
+// serves them from its source, after the region was freed (MADV_REMOVE) or untouched.
+func TestServeAgainAfterClose(t *testing.T) {
+	needPoison(t)
+	const n = 16 * 4096
+	f, data := patternFile(t, n)
+	defer unchanged(t)()
+	for _, touched := range []int{0, 4} {
+		r, err := alloc.Shared(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		p, err := Mirror(r, ServeFaults(f), FaultAround(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		loopSum(p.Original()[:touched*4096])
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, faulted := touchRecover(t, r.Bytes(), 8*4096); !faulted {
+			t.Fatal("a page never filled reads after Close: want SIGBUS")
+		}
+		if touched > 0 {
+			if err := unix.Madvise(r.Bytes(), unix.MADV_REMOVE); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p, err = Mirror(r, ServeFaults(f), FaultAround(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for off := 0; off < n; off += 4096 {
+			if v, faulted := touchRecover(t, p.Original(), off+1); faulted || v != data[off+1] {
+				t.Fatalf("%d pages touched before: page at %d served again: %d (faulted %v), want %d", touched, off, v, faulted, data[off+1])
+			}
+		}
+		p.Close()
+		r.Close()
+	}
+}
