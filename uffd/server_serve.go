@@ -310,6 +310,7 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 			// Someone else filled the faulting page: wake its waiters (errors never wake).
 			s.existed(v, addr)
 			st.eexist.Add(1)
+			st.stale.Add(1)
 			st.wakes.Add(1)
 			s.u.Wake(addr, s.page)
 			return 0, nil
@@ -392,6 +393,7 @@ func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
 		case e == unix.EEXIST && done == 0:
 			s.existed(v, addr)
 			st.eexist.Add(1)
+			st.stale.Add(1)
 			st.wakes.Add(1)
 			s.u.Wake(addr, s.page)
 			n = 0

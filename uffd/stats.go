@@ -25,6 +25,11 @@ type RangeStats struct {
 	WP      uint64 // write-protect faults read
 	// EEXIST counts pages found already present while resolving (someone else filled them).
 	EEXIST uint64
+	// Stale counts the faults (of Missing, Minor) whose own page was already present when
+	// they were resolved, each also counted in EEXIST: filled through another view, or a fault
+	// raised twice (a signal interrupted the first wait, and the thread faulted again before
+	// the first message was resolved, as the Go runtime's preemption signal does).
+	Stale uint64
 	// EAGAIN counts resolves refused because a non-cooperative event was pending.
 	EAGAIN uint64
 	// Bytes counts bytes mapped into this view by COPY, ZEROPAGE or CONTINUE.
@@ -58,6 +63,7 @@ type ServerStats struct {
 // liveStats is the atomically updated form of RangeStats.
 type liveStats struct {
 	missing, minor, wp, eexist, eagain   atomic.Uint64
+	stale                                atomic.Uint64
 	bytes, around, wakes, srcErr, poison atomic.Uint64
 	gone                                 atomic.Bool
 	lat                                  liveHist
@@ -70,6 +76,7 @@ func (l *liveStats) snapshot() RangeStats {
 		Minor:        l.minor.Load(),
 		WP:           l.wp.Load(),
 		EEXIST:       l.eexist.Load(),
+		Stale:        l.stale.Load(),
 		EAGAIN:       l.eagain.Load(),
 		Bytes:        l.bytes.Load(),
 		AroundPages:  l.around.Load(),
