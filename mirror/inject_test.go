@@ -46,8 +46,12 @@ type injectPlan struct {
 }
 
 func planFor(short bool) injectPlan {
-	if short {
+	switch {
+	case short:
 		return injectPlan{lifecycles: 2, lifecycleIters: 4, truncations: 4, killBoth: 2, closes: 2}
+	case raceEnabled:
+		// Every subprocess and handler process is a race-detector build, slow to start.
+		return injectPlan{lifecycles: 24, lifecycleIters: 9, truncations: 64, killBoth: 6, closes: 7}
 	}
 	return injectPlan{lifecycles: 24, lifecycleIters: 9, truncations: 60, killBoth: 10, closes: 10}
 }
@@ -136,10 +140,13 @@ func TestFaultInjection(t *testing.T) {
 			t.Skipf("truncation not injected: UFFDIO_POISON unavailable (%v): a failing source aborts the process", err)
 		}
 		for i := 0; i < plan.truncations && !t.Failed(); i++ {
-			// Two native runs for one of the handler process where there is a choice: a pair
-			// served by processes costs two process starts (slow under the race detector).
-			h := kinds[len(kinds)-1]
-			if len(kinds) > 1 && i%3 != 2 {
+			// Two native runs for one of the handler process where there is a choice (five
+			// under the race detector): a pair served by processes costs two process starts.
+			h, every := kinds[len(kinds)-1], 3
+			if raceEnabled {
+				every = 6
+			}
+			if len(kinds) > 1 && i%every != every-1 {
 				h = kinds[0]
 			}
 			injectTruncate(t, rand.New(rand.NewPCG(rng.Uint64(), injectStream)), c, h)
@@ -423,7 +430,7 @@ func injectLifecycle(t *testing.T, rng *rand.Rand, c *tally, iters int, kill str
 	serving, standby := pids[0], pids[1] // standby 0: dead
 	killAt := rng.IntN(iters)
 	for it := 0; it < iters; it++ {
-		npages := min(64+rng.IntN(193), n/ip.page)
+		npages := min(32+rng.IntN(129), n/ip.page)
 		lo := rng.IntN(n/ip.page - npages + 1)
 		if it > 0 {
 			if err := ip.p.Reset(lo*ip.page, npages*ip.page); err != nil {
@@ -548,7 +555,7 @@ func injectLifecycle(t *testing.T, rng *rand.Rand, c *tally, iters int, kill str
 // faults (SIGBUS), in every view, for good; FaultErr and Verify match ErrSourceFailed exactly
 // when a page faulted.
 func injectTruncate(t *testing.T, rng *rand.Rand, c *tally, h handlerCase) {
-	n := (1 << 20) << rng.IntN(2)
+	n := 1 << 20
 	f, data := patternFile(t, n)
 	base := outsideThreads()
 	defer unchanged(t)()
@@ -746,7 +753,7 @@ func injectChild(t *testing.T, spec string) {
 		h.opt = WithHandler(HandlerNative)
 	}
 	rng := rand.New(rand.NewPCG(seed, injectStream))
-	n := (2 + rng.IntN(7)) << 20
+	n := (1 + rng.IntN(4)) << 20
 	if raceEnabled {
 		n /= 2
 	}
