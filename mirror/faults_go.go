@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/uffd"
 )
@@ -144,6 +146,11 @@ func (s *goSource) ReadAt(p []byte, off int64) (int, error) {
 	if err == nil {
 		err = fmt.Errorf("short read of %d bytes with no error (an io.ReaderAt must return one): %w", n, io.ErrUnexpectedEOF)
 	}
+	if s.g.poison && s.g.inPageCache(off) {
+		// Filled through another view since the fault was raised: not lost. The server
+		// maps it (UFFDIO_CONTINUE) instead of poisoning it.
+		return n, err
+	}
 	s.g.sourceError(off, err)
 	if s.g.poison {
 		// The page is lost in every view: poison it in each (EEXIST: mapped there already)
@@ -157,6 +164,23 @@ func (s *goSource) ReadAt(p []byte, off int64) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// inPageCache reports whether the page at off is in the page cache already (filled through a
+// view): UFFDIO_CONTINUE maps it into the first view where it is not mapped yet, or every
+// view maps it (EEXIST).
+func (g *goServing) inPageCache(off int64) bool {
+	page := os.Getpagesize()
+	for _, v := range g.views {
+		k, err := g.u.Continue(v+uintptr(off), page, 0)
+		if k > 0 {
+			return true
+		}
+		if !errors.Is(err, unix.EEXIST) {
+			return false
+		}
+	}
+	return true
 }
 
 // err is why serving stopped, or the source errors so far (their pages raise SIGBUS).

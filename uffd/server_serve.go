@@ -441,14 +441,29 @@ func (s *Server) resolveWP(v *view, addr uintptr) error {
 
 func (s *Server) sourceError(v *view, addr uintptr, off int64, rerr error) error {
 	st := &v.st.live
-	st.srcErr.Add(1)
 	serr := &SourceError{Addr: addr, Offset: off, Err: rerr}
 	if s.cfg.policy != PoisonOnSourceError {
+		st.srcErr.Add(1)
 		// Serve stops; the thread faults again and waits for the next Serve (or for the
 		// caller to end the program). It is never given zeros.
 		s.u.Wake(addr, s.page)
 		return serr
 	}
+	// A page filled through another view since this fault was raised holds the source's
+	// bytes already: map it (a view registered for minor faults) rather than poison it.
+	if k, err := s.u.Continue(addr, s.page, 0); k > 0 {
+		if o := s.cfg.observer; o != nil {
+			o.Resolved(v.st.index, off, int64(k), Continued)
+		}
+		st.bytes.Add(uint64(k))
+		return nil
+	} else if errnoOf(err) == unix.EEXIST {
+		s.existed(v, addr)
+		st.eexist.Add(1)
+		s.u.Wake(addr, s.page)
+		return nil
+	}
+	st.srcErr.Add(1)
 	for {
 		_, err := s.u.Poison(addr, s.page, 0)
 		switch e := errnoOf(err); {

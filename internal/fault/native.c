@@ -298,6 +298,16 @@ static int refill(struct mm_handler *h, int v, uint64_t p, uint32_t tid, uint64_
 static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
 	uint64_t pg = h->cfg.page;
 	ADD(ctr(h, v, C_MISSING), 1);
+	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
+	if ((s0 == ST_FILLED || s0 == ST_PRESENT) && h->cfg.alias_fd < 0) {
+		// Filled through another view after this fault was raised: the page is in the page
+		// cache, and the source is not read again (a source that fails now must not poison a
+		// page that holds its bytes). Wake the thread: it maps the page, or raises a minor fault.
+		ADD(ctr(h, v, C_EEXIST), 1);
+		record(h, v, p * pg, K_MISSING, R_EEXIST, tid, 1);
+		wake(h, v, p * pg, pg);
+		return;
+	}
 	uint64_t n = around(h, v, 0, p);
 	uint64_t off = p * pg, len = n * pg, done = 0;
 	int mapped = 0; // src points into the source's mapping (a truncated file makes COPY fail)
@@ -337,8 +347,7 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	// statistics and the log include it, and no extra UFFDIO_WAKE is spent on it.
 	int64_t logi = -1;
 	int fast = 0;
-	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
-	if (h->cfg.alias_fd < 0 && s0 != ST_FILLED && s0 != ST_PRESENT) {
+	if (h->cfg.alias_fd < 0) {
 		fast = 1;
 		int ck = src ? C_COPIED : C_ZEROED;
 		result = src ? R_COPIED : R_ZEROED;
