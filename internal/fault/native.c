@@ -204,6 +204,19 @@ static uint64_t fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t
 }
 
 static void source_failed(struct mm_handler *h, int v, uint64_t off, int err, uint32_t tid) {
+	if (h->cfg.poison) {
+		// A page filled through another view since this fault was raised holds the source's
+		// bytes already: map it here (UFFDIO_CONTINUE, on a view registered for minor
+		// faults) rather than poison it. EEXIST: it is mapped here already.
+		struct uffdio_continue c = {.range = {.start = h->cfg.views[v] + off, .len = h->cfg.page}};
+		int cerr = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0 ? errno : 0;
+		if (c.mapped > 0 || cerr == EEXIST) {
+			ADD(ctr(h, v, c.mapped > 0 ? C_CONTINUED : C_EEXIST), 1);
+			record(h, v, off, K_MISSING, c.mapped > 0 ? R_CONTINUED : R_EEXIST, tid, 1);
+			wake(h, v, off, h->cfg.page);
+			return;
+		}
+	}
 	ADD(&h->hdr[H_ERRORS], 1);
 	STORE(&h->hdr[H_ERR_OFF], off);
 	STORE(&h->hdr[H_ERRNO], (uint64_t)err);
@@ -298,16 +311,6 @@ static int refill(struct mm_handler *h, int v, uint64_t p, uint32_t tid, uint64_
 static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
 	uint64_t pg = h->cfg.page;
 	ADD(ctr(h, v, C_MISSING), 1);
-	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
-	if ((s0 == ST_FILLED || s0 == ST_PRESENT) && h->cfg.alias_fd < 0) {
-		// Filled through another view after this fault was raised: the page is in the page
-		// cache, and the source is not read again (a source that fails now must not poison a
-		// page that holds its bytes). Wake the thread: it maps the page, or raises a minor fault.
-		ADD(ctr(h, v, C_EEXIST), 1);
-		record(h, v, p * pg, K_MISSING, R_EEXIST, tid, 1);
-		wake(h, v, p * pg, pg);
-		return;
-	}
 	uint64_t n = around(h, v, 0, p);
 	uint64_t off = p * pg, len = n * pg, done = 0;
 	int mapped = 0; // src points into the source's mapping (a truncated file makes COPY fail)
@@ -347,7 +350,8 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 	// statistics and the log include it, and no extra UFFDIO_WAKE is spent on it.
 	int64_t logi = -1;
 	int fast = 0;
-	if (h->cfg.alias_fd < 0) {
+	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
+	if (h->cfg.alias_fd < 0 && s0 != ST_FILLED && s0 != ST_PRESENT) {
 		fast = 1;
 		int ck = src ? C_COPIED : C_ZEROED;
 		result = src ? R_COPIED : R_ZEROED;

@@ -172,6 +172,22 @@ func errnoOf(err error) unix.Errno {
 }
 
 func (s *server) sourceFailed(v, off int, err error, tid uint32) {
+	if s.poison {
+		// A page filled through another view since this fault was raised holds the source's
+		// bytes already: map it here (UFFDIO_CONTINUE, on a view registered for minor
+		// faults) rather than poison it. EEXIST: it is mapped here already.
+		k, cerr := s.u.Continue(s.views[v]+uintptr(off), s.page, 0)
+		if k > 0 || errnoOf(cerr) == unix.EEXIST {
+			c, r := cContinued, ResultContinued
+			if k <= 0 {
+				c, r = cEEXIST, ResultExists
+			}
+			s.b.addCtr(v, c, 1)
+			s.record(v, off, KindMissing, r, tid, 1)
+			s.wake(v, off, s.page)
+			return
+		}
+	}
 	s.b.addHdr(hErrors, 1)
 	s.b.setHdr(hErrOff, uint64(off))
 	s.b.setHdr(hErrno, uint64(errnoOf(err)))
@@ -201,16 +217,6 @@ func (s *server) sourceFailed(v, off int, err error, tid uint32) {
 
 func (s *server) missing(v, p int, tid uint32) {
 	s.b.addCtr(v, cMissing, 1)
-	if st := s.b.state(p); (st == stFilled || st == stPresent) && s.aliasFD < 0 {
-		// Filled through another view after this fault was raised: the page is in the page
-		// cache, and the source is not read again (a source that fails now must not poison
-		// a page that holds its bytes). Wake the thread: it maps the page, or raises a minor
-		// fault.
-		s.b.addCtr(v, cEEXIST, 1)
-		s.record(v, p*s.page, KindMissing, ResultExists, tid, 1)
-		s.wake(v, p*s.page, s.page)
-		return
-	}
 	n := s.aroundPages(v, 0, p)
 	off, length, done := p*s.page, n*s.page, 0
 	// Pages in flight: a standby that takes over from this process, should it die before
