@@ -239,9 +239,10 @@ func WithHandler(h Handler) Option {
 	}
 }
 
-// MinWatchdog and MaxWatchdog bound the timeout given to Watchdog.
+// MinWatchdog and MaxWatchdog bound the timeout given to Watchdog. Below half a second a
+// loaded machine, whose scheduler may leave a goroutine waiting that long, would look hung.
 const (
-	MinWatchdog = 10 * time.Millisecond
+	MinWatchdog = 500 * time.Millisecond
 	MaxWatchdog = 24 * time.Hour
 )
 
