@@ -134,24 +134,7 @@ func tail(out []byte) string {
 // signal): the standby takes over and wakes every view, and the system call completes with the
 // source's bytes.
 func TestStandbyFinishesFaultInFlight(t *testing.T) {
-	const n = 16 * 4096
-	f, data := patternFile(t, n)
-	out, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer unchanged(t)()
-	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, out, data := processServedPair(t)
 	pids := p.FaultHandlerPids()
 	if len(pids) != 2 {
 		t.Fatalf("handler pids %v, want a primary and a standby", pids)
@@ -200,6 +183,32 @@ func TestStandbyFinishesFaultInFlight(t *testing.T) {
 	}
 }
 
+// processServedPair returns a pair of 16 pages served from a pattern file by handler
+// processes (one page per fault), the file's bytes, and a file to write views into; everything
+// is released, and checked to leave nothing behind, when the test ends.
+func processServedPair(t *testing.T) (*Pair, *os.File, []byte) {
+	t.Helper()
+	const n = 16 * 4096
+	f, data := patternFile(t, n)
+	out, err := os.CreateTemp(t.TempDir(), "out")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { out.Close() })
+	t.Cleanup(unchanged(t))
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p, out, data
+}
+
 // stopAndWait stops process pid (SIGSTOP) and waits until the kernel reports it stopped.
 func stopAndWait(t *testing.T, pid int) {
 	t.Helper()
@@ -232,23 +241,7 @@ func procState(pid int) string {
 // and a system call blocked meanwhile in a fault on a view fails (EFAULT) instead of waiting
 // for ever or reading zeros. Nothing is left behind: the stopped handlers are reaped.
 func TestCloseWithStoppedHandlers(t *testing.T) {
-	const n = 16 * 4096
-	f, _ := patternFile(t, n)
-	out, err := os.CreateTemp(t.TempDir(), "out")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer out.Close()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	defer unchanged(t)()
-	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, out, _ := processServedPair(t)
 	loopSum(p.Original()[:4096])
 	for _, pid := range p.FaultHandlerPids() {
 		stopAndWait(t, pid)
