@@ -67,6 +67,10 @@ type Server struct {
 	failErr  error // first fatal error of the running Serve
 
 	sstats liveServerStats
+
+	tracker Tracker      // the observer, if it is a Tracker
+	rflags  ResolveFlags // DontWake under a Tracker: waiters are woken after Handled
+	stageMu sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
 }
 
 // ServerOption configures NewServer.
@@ -81,6 +85,7 @@ type serverConfig struct {
 	register  Mode
 	onFork    func(*UFFD)
 	onError   func(error)
+	stage     *os.File // WithStaging
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
@@ -195,6 +200,9 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 		cfg.aroundMax = page
 	}
 	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(cfg.aroundMax)}
+	if t, ok := cfg.observer.(Tracker); ok {
+		s.tracker, s.rflags = t, DontWake
+	}
 	s.tab.Store(&table{})
 	return s
 }
@@ -360,6 +368,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.policy == PoisonOnSourceError && s.u.Features()&FeaturePoison == 0 {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: PoisonOnSourceError needs a userfaultfd made with WithFeatures(FeaturePoison): %w", &FeatureError{Missing: FeaturePoison})
+	}
+	if s.cfg.stage != nil && s.u.Features()&FeatureMinorShmem == 0 {
+		s.mu.Unlock()
+		return fmt.Errorf("uffd: WithStaging maps staged pages with UFFDIO_CONTINUE: %w", &FeatureError{Missing: FeatureMinorShmem})
 	}
 	// The deadline is how Close interrupts a read parked in the poller without closing the fd.
 	if err := s.u.File().SetReadDeadline(time.Time{}); err != nil {

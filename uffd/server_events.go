@@ -18,6 +18,17 @@ func (s *Server) event(m *Msg) {
 		// The pages are gone from [start, end): their next touch faults as MISSING again and
 		// is served from the source again. Nothing to change.
 		s.sstats.removes.Add(1)
+		if s.tracker != nil {
+			start, end := m.Range()
+			tab := s.tab.Load()
+			for i := range tab.views {
+				v := &tab.views[i]
+				lo, hi := max(start, v.addr), min(end, v.end)
+				if lo < hi {
+					s.tracker.Removed(v.st.index, v.off+int64(lo-v.addr), int64(hi-lo))
+				}
+			}
+		}
 	case EventUnmap:
 		s.sstats.unmaps.Add(1)
 		start, end := m.Range()

@@ -132,6 +132,32 @@ func (s *Server) drain(w *worker) error {
 	return nil
 }
 
+// outcome is what resolving one fault message did, for the Tracker and for the wakes that
+// follow it.
+type outcome struct {
+	n    int64      // bytes resolved from the faulting page
+	how  Resolution // what was done
+	own  int64      // bytes of the faulting view to wake from the faulting page (0: none)
+	sib  int64      // bytes to wake at the same offset in the other views of the object
+	woke bool       // the resolving ioctl woke the faulting view already
+}
+
+// resolved records that n bytes from the faulting page were resolved by an ioctl made with
+// s.rflags, which woke their waiters unless it was DontWake.
+func (s *Server) resolved(o *outcome, n int64, how Resolution) {
+	o.n, o.how, o.own = n, how, n
+	o.woke = s.rflags&DontWake == 0
+}
+
+// exists records that the faulting page existed: its waiters must be woken explicitly.
+func (s *Server) exists(o *outcome, v *view, addr uintptr) {
+	s.existed(v, addr)
+	st := &v.st.live
+	st.eexist.Add(1)
+	st.stale.Add(1)
+	o.how, o.own, o.woke = Existed, int64(s.page), false
+}
+
 // fault resolves one page fault message.
 func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 	addr := m.Address() &^ uintptr(s.page-1)
@@ -164,14 +190,15 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 				st.missing.Add(1)
 			}
 		}
+		o := &outcome{}
 		var err error
 		switch {
 		case flags&FlagWP != 0:
-			err = s.resolveWP(v, addr)
+			err = s.resolveWP(o, v, addr)
 		case flags&FlagMinor != 0:
-			err = s.resolveMinor(tab, v, addr)
+			err = s.resolveMinor(o, v, addr)
 		default:
-			err = s.resolveMissing(w, tab, v, addr)
+			err = s.resolveMissing(w, o, tab, v, addr)
 		}
 		if err == errRetry {
 			st.eagain.Add(1)
@@ -184,8 +211,28 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 			}
 			continue
 		}
+		if err == nil {
+			s.finish(o, tab, v, addr, m)
+		}
 		st.lat.observe(time.Since(t))
 		return err
+	}
+}
+
+// finish tells the Tracker what was done, then wakes the waiters: the faulting view's and, for
+// pages filled, the other views'. This is the one wake policy of the library's handlers (see
+// internal/fault's package documentation): records first, wakes second, every view.
+func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
+	off := v.off + int64(addr-v.addr)
+	if s.tracker != nil {
+		s.tracker.Handled(Handled{View: v.st.index, Off: off, Len: o.n, Flags: m.Flags(), Thread: m.ThreadID(), How: o.how})
+	}
+	if o.own > 0 && !o.woke {
+		v.st.live.wakes.Add(1)
+		s.u.Wake(addr, int(o.own))
+	}
+	if o.sib > 0 && len(v.siblings) > 0 {
+		s.wakeSiblings(tab, v, off, o.sib)
 	}
 }
 
@@ -227,72 +274,145 @@ func (s *Server) plan(st *aroundState, v *view, addr uintptr) (off, n int64) {
 	return off, n
 }
 
-func (s *Server) resolveMissing(w *worker, tab *table, v *view, addr uintptr) error {
+// cutFilled ends a window of missing pages at off before the first page after the faulting one
+// that the Tracker knows to be filled.
+func (s *Server) cutFilled(off, n int64) int64 {
+	if s.tracker == nil {
+		return n
+	}
+	for p := int64(s.page); p < n; p += int64(s.page) {
+		if s.tracker.Filled(off + p) {
+			return p
+		}
+	}
+	return n
+}
+
+// read reads the window [off, off+n) of src into the worker's buffer. It returns the bytes to
+// serve: all of them; up to the source's end (io.EOF) rounded up to a page, the tail zeroed as
+// a file mapping's; or the whole pages read before a failure. A failure before the end of the
+// first page is an error, never zeros.
+func (s *Server) read(w *worker, src io.ReaderAt, off, n int64) ([]byte, int64, error) {
+	buf := w.buf[:n]
+	k, rerr := src.ReadAt(buf, off)
+	if int64(k) >= n {
+		return buf, n, nil
+	}
+	page := int64(s.page)
+	switch {
+	case rerr == io.EOF && k > 0:
+		full := (int64(k) + page - 1) &^ (page - 1)
+		clear(buf[k:full])
+		return buf[:full], full, nil
+	case int64(k) >= page:
+		m := int64(k) &^ (page - 1) // the pages read are good; the rest will fault again
+		return buf[:m], m, nil
+	}
+	if rerr == nil || rerr == io.EOF {
+		rerr = io.ErrUnexpectedEOF
+	}
+	return nil, 0, rerr
+}
+
+func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
 	obj := v.obj
 	off, planned := s.plan(&obj.missing, v, addr)
-	n := planned
-	page := int64(s.page)
+	n := s.cutFilled(off, planned)
+	protect := s.tracker != nil && s.tracker.Protect(v.st.index)
 	var buf []byte
-	if obj.src != nil {
-		buf = w.buf[:n]
-		k, rerr := obj.src.ReadAt(buf, off)
-		if int64(k) < n {
-			switch {
-			case rerr == io.EOF && k > 0:
-				// The source ends inside the window: serve up to its end, the tail of its last
-				// page zeroed as a file mapping would be.
-				full := (int64(k) + page - 1) &^ (page - 1)
-				clear(buf[k:full])
-				n = full
-			case int64(k) >= page:
-				n = int64(k) &^ (page - 1) // the pages read are good; the rest will fault again
-			default:
-				if rerr == nil || rerr == io.EOF {
-					rerr = io.ErrUnexpectedEOF
-				}
+	mapped := false
+	switch {
+	case obj.src != nil:
+		if ms, ok := obj.src.(MappedSource); ok && s.cfg.stage == nil {
+			if b := ms.Bytes(off, n); int64(len(b)) >= n {
+				buf, mapped = b[:n], true
+			}
+		}
+		if buf == nil {
+			var err error
+			if buf, n, err = s.read(w, obj.src, off, n); err != nil {
 				obj.missing.settle(off, planned, off)
-				return s.sourceError(v, addr, off, rerr)
+				return s.sourceError(o, tab, v, addr, off, err)
+			}
+		}
+	case protect || s.cfg.stage != nil:
+		// UFFDIO_ZEROPAGE has no write-protect mode, and staging writes the zeros.
+		buf = w.buf[:n]
+		clear(buf)
+	}
+	var done int64
+	var err error
+	if s.cfg.stage != nil {
+		done, err = s.stage(o, tab, v, addr, buf, n, protect)
+	} else {
+		done, err = s.fill(o, v, addr, buf, n, protect, mapped)
+		if err == errMapFault {
+			// The file shrank under its mapping: read what it still has.
+			rbuf, k, rerr := s.read(w, obj.src, off+done, n-done)
+			switch {
+			case rerr != nil && done == 0:
+				obj.missing.settle(off, planned, off)
+				return s.sourceError(o, tab, v, addr, off, rerr)
+			case rerr != nil:
+				err = nil // the faulting page is resolved; the rest faults again
+			default:
+				var more int64
+				more, err = s.fill(o, v, addr+uintptr(done), rbuf, k, protect, false)
+				done += more
 			}
 		}
 	}
-	done, err := s.fill(v, addr, buf, n)
 	if err != nil {
 		return err
 	}
 	obj.missing.settle(off, planned, off+done)
-	if done > 0 && len(v.siblings) > 0 {
-		s.wakeSiblings(tab, v, off, done)
+	if done > 0 {
+		if s.cfg.stage == nil { // stage reports its own outcome
+			how := Copied
+			if buf == nil {
+				how = Zeroed
+			}
+			s.resolved(o, done, how)
+		}
+		o.sib = done
 	}
 	return nil
 }
 
+// errMapFault says copying from a MappedSource's bytes faulted: the file shrank.
+var errMapFault = errors.New("uffd: the source's mapping faulted")
+
 // fill resolves [addr, addr+n) of v from buf (nil: zeros), finishing short copies and skipping
 // pages that already exist. It returns how far the window got (0 if the faulting page existed).
-func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error) {
+func (s *Server) fill(o *outcome, v *view, addr uintptr, buf []byte, n int64, protect, mapped bool) (int64, error) {
 	st := &v.st.live
 	page := int64(s.page)
-	var done, mapped int64
+	flags := s.rflags
+	if protect {
+		flags |= WriteProtect
+	}
+	var done, got int64
 	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		var k int
 		var err error
 		if buf != nil {
-			k, err = s.u.Copy(addr+uintptr(done), bufAddr(buf, int(done)), int(n-done), 0)
+			k, err = s.u.Copy(addr+uintptr(done), bufAddr(buf, int(done)), int(n-done), flags)
 		} else {
-			k, err = s.u.ZeroPage(addr+uintptr(done), int(n-done), 0)
+			k, err = s.u.ZeroPage(addr+uintptr(done), int(n-done), flags)
 		}
 		if k > 0 {
 			skipped = 0
-			if o := s.cfg.observer; o != nil {
+			if ob := s.cfg.observer; ob != nil {
 				how := Copied
 				if buf == nil {
 					how = Zeroed
 				}
-				o.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), how)
+				ob.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), how)
 			}
 		}
 		done += int64(k)
-		mapped += int64(k)
+		got += int64(k)
 		if err == nil {
 			break
 		}
@@ -302,17 +422,12 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 		case e == unix.EAGAIN && done == 0:
 			return 0, errRetry
 		case e == unix.EAGAIN:
-			// An event arrived mid-window; the faulting page is resolved and woken. Leave the
-			// rest of the window to later faults.
+			// An event arrived mid-window; the faulting page is resolved. Leave the rest of
+			// the window to later faults.
 			st.eagain.Add(1)
 			n = done
 		case e == unix.EEXIST && done == 0:
-			// Someone else filled the faulting page: wake its waiters (errors never wake).
-			s.existed(v, addr)
-			st.eexist.Add(1)
-			st.stale.Add(1)
-			st.wakes.Add(1)
-			s.u.Wake(addr, s.page)
+			s.exists(o, v, addr) // someone else filled the faulting page
 			return 0, nil
 		case e == unix.EEXIST:
 			s.existed(v, addr+uintptr(done))
@@ -323,17 +438,118 @@ func (s *Server) fill(v *view, addr uintptr, buf []byte, n int64) (int64, error)
 			}
 		case gone(e):
 			s.sstats.unhandled.Add(1)
-			s.u.Wake(addr, s.page)
+			o.own, o.woke = int64(s.page), false
 			return 0, nil
+		case e == unix.EFAULT && mapped:
+			s.account(st, got)
+			return done, errMapFault
 		default:
 			return 0, fmt.Errorf("uffd: resolving fault at %#x: %w", addr, err)
 		}
 	}
+	s.account(st, got)
+	return done, nil
+}
+
+// account counts the bytes a window mapped, and its pages past the faulting one.
+func (s *Server) account(st *liveStats, mapped int64) {
 	st.bytes.Add(uint64(mapped))
-	if mapped > page {
+	if page := int64(s.page); mapped > page {
 		st.around.Add(uint64(mapped/page - 1))
 	}
-	return done, nil
+}
+
+// stage writes the window [addr, addr+n) of v into the page cache through the staging file and
+// maps it with UFFDIO_CONTINUE. Pages already in the page cache are never written: the window
+// stops before the first one, and a faulting page found there is mapped as it is.
+func (s *Server) stage(o *outcome, tab *table, v *view, addr uintptr, buf []byte, n int64, protect bool) (int64, error) {
+	fd := int(s.cfg.stage.Fd())
+	off := v.off + int64(addr-v.addr)
+	s.stageMu.Lock()
+	defer s.stageMu.Unlock()
+	d, err := unix.Seek(fd, off, unix.SEEK_DATA)
+	switch {
+	case err == nil && d == off:
+		// In the page cache already (staged for a fault through another view): map it.
+		err := s.continueWindow(o, v, addr, int64(s.page), protect, Continued)
+		return o.n, err
+	case err == nil && d < off+n:
+		n = d - off
+	case err != nil && err != unix.ENXIO:
+		return 0, fmt.Errorf("uffd: staging at offset %d: lseek(SEEK_DATA): %w", off, err)
+	}
+	for w := int64(0); w < n; {
+		k, err := unix.Pwrite(fd, buf[w:n], off+w)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			if w < int64(s.page) {
+				return 0, s.sourceError(o, tab, v, addr, off, fmt.Errorf("staging the page: pwrite: %w", err))
+			}
+			n = w &^ int64(s.page-1)
+			break
+		}
+		w += int64(k)
+	}
+	err = s.continueWindow(o, v, addr, n, protect, Staged)
+	return o.n, err
+}
+
+// continueWindow maps [addr, addr+n) of v from the page cache (UFFDIO_CONTINUE), skipping
+// pages mapped already. It stops at a page that is not in the page cache. how is Continued,
+// or Staged for pages just written through the staging file.
+func (s *Server) continueWindow(o *outcome, v *view, addr uintptr, n int64, protect bool, how Resolution) error {
+	st := &v.st.live
+	page := int64(s.page)
+	flags := s.rflags
+	if protect {
+		flags |= WriteProtect
+	}
+	var done, mapped int64
+	skipped := 0 // pages skipped in a row because they exist
+	for done < n {
+		k, err := s.u.Continue(addr+uintptr(done), int(n-done), flags)
+		if k > 0 {
+			skipped = 0
+			if ob := s.cfg.observer; ob != nil {
+				ob.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), how)
+			}
+		}
+		done += int64(k)
+		mapped += int64(k)
+		if err == nil {
+			break
+		}
+		switch e := errnoOf(err); {
+		case e == unix.EAGAIN && k > 0:
+			continue
+		case e == unix.EAGAIN && done == 0:
+			return errRetry
+		case e == unix.EEXIST && done == 0:
+			s.exists(o, v, addr)
+			return nil
+		case e == unix.EEXIST:
+			s.existed(v, addr+uintptr(done))
+			st.eexist.Add(1)
+			done += page
+			if skipped++; skipped >= maxSkipped {
+				n = done
+			}
+		case e == unix.EFAULT && done == 0, gone(e):
+			// The page left the page cache (MADV_REMOVE) or the range went away since the
+			// fault was raised: wake the thread, it faults again as MISSING or fails.
+			o.own, o.woke = int64(s.page), false
+			return nil
+		case e == unix.EFAULT, e == unix.EAGAIN:
+			n = done // the window reached a page not in the page cache, or an event came
+		default:
+			return fmt.Errorf("uffd: UFFDIO_CONTINUE at %#x: %w", addr, err)
+		}
+	}
+	s.account(st, mapped)
+	s.resolved(o, done, how)
+	return nil
 }
 
 // existed tells the observer, if any, that the page at addr of v existed (EEXIST).
@@ -365,81 +581,37 @@ func (s *Server) wakeSiblings(tab *table, v *view, off, n int64) {
 	}
 }
 
-func (s *Server) resolveMinor(tab *table, v *view, addr uintptr) error {
-	st := &v.st.live
+func (s *Server) resolveMinor(o *outcome, v *view, addr uintptr) error {
 	off, planned := s.plan(&v.obj.minor, v, addr)
-	n := planned
-	page := int64(s.page)
-	var done, mapped int64
-	skipped := 0 // pages skipped in a row because they exist
-	for done < n {
-		k, err := s.u.Continue(addr+uintptr(done), int(n-done), 0)
-		if k > 0 {
-			skipped = 0
-			if o := s.cfg.observer; o != nil {
-				o.Resolved(v.st.index, v.off+int64(addr-v.addr)+done, int64(k), Continued)
-			}
-		}
-		done += int64(k)
-		mapped += int64(k)
-		if err == nil {
-			break
-		}
-		switch e := errnoOf(err); {
-		case e == unix.EAGAIN && k > 0:
-			continue
-		case e == unix.EAGAIN && done == 0:
-			return errRetry
-		case e == unix.EEXIST && done == 0:
-			s.existed(v, addr)
-			st.eexist.Add(1)
-			st.stale.Add(1)
-			st.wakes.Add(1)
-			s.u.Wake(addr, s.page)
-			n = 0
-		case e == unix.EEXIST:
-			s.existed(v, addr+uintptr(done))
-			st.eexist.Add(1)
-			done += page
-			if skipped++; skipped >= maxSkipped {
-				n = done
-			}
-		case e == unix.EFAULT && done == 0, gone(e):
-			// The page left the page cache (MADV_REMOVE) or the range went away since the
-			// fault was raised: wake the thread, it faults again as MISSING or fails.
-			st.wakes.Add(1)
-			s.u.Wake(addr, s.page)
-			n = 0
-		case e == unix.EFAULT, e == unix.EAGAIN:
-			n = done // the window reached a page not in the page cache, or an event came
-		default:
-			return fmt.Errorf("uffd: resolving minor fault at %#x: %w", addr, err)
-		}
+	protect := s.tracker != nil && s.tracker.Protect(v.st.index)
+	if err := s.continueWindow(o, v, addr, planned, protect, Continued); err != nil {
+		return err
 	}
-	v.obj.minor.settle(off, planned, off+n)
-	st.bytes.Add(uint64(mapped))
-	if mapped > page {
-		st.around.Add(uint64(mapped/page - 1))
-	}
+	v.obj.minor.settle(off, planned, off+o.n)
 	return nil
 }
 
-func (s *Server) resolveWP(v *view, addr uintptr) error {
-	err := s.u.WriteProtectRange(addr, s.page, false, 0)
+func (s *Server) resolveWP(o *outcome, v *view, addr uintptr) error {
+	err := s.u.WriteProtectRange(addr, s.page, false, s.rflags)
 	if err == nil {
+		s.resolved(o, int64(s.page), Unprotected)
 		return nil
 	}
 	switch e := errnoOf(err); {
 	case e == unix.EAGAIN:
 		return errRetry
 	case gone(e):
-		s.u.Wake(addr, s.page)
+		o.own, o.woke = int64(s.page), false
 		return nil
 	}
 	return fmt.Errorf("uffd: lifting write protection at %#x: %w", addr, err)
 }
 
-func (s *Server) sourceError(v *view, addr uintptr, off int64, rerr error) error {
+// sourceError handles a failed read of the source for the page at addr (object offset off).
+// Under PoisonOnSourceError the page is poisoned in every view of the object, so that no
+// thread anywhere waits on it or reads zeros there; the waiters are woken after the Tracker
+// and the error handler heard of it.
+func (s *Server) sourceError(o *outcome, tab *table, v *view, addr uintptr, off int64, rerr error) error {
 	st := &v.st.live
 	serr := &SourceError{Addr: addr, Offset: off, Err: rerr}
 	if s.cfg.policy != PoisonOnSourceError {
@@ -451,37 +623,44 @@ func (s *Server) sourceError(v *view, addr uintptr, off int64, rerr error) error
 	}
 	// A page filled through another view since this fault was raised holds the source's
 	// bytes already: map it (a view registered for minor faults) rather than poison it.
-	if k, err := s.u.Continue(addr, s.page, 0); k > 0 {
-		if o := s.cfg.observer; o != nil {
-			o.Resolved(v.st.index, off, int64(k), Continued)
+	if k, err := s.u.Continue(addr, s.page, s.rflags); k > 0 {
+		if ob := s.cfg.observer; ob != nil {
+			ob.Resolved(v.st.index, off, int64(k), Continued)
 		}
 		st.bytes.Add(uint64(k))
+		s.resolved(o, int64(k), Continued)
 		return nil
 	} else if errnoOf(err) == unix.EEXIST {
-		s.existed(v, addr)
-		st.eexist.Add(1)
-		s.u.Wake(addr, s.page)
+		s.exists(o, v, addr)
 		return nil
 	}
+	_, err := s.u.Poison(addr, s.page, DontWake)
+	switch e := errnoOf(err); {
+	case err == nil:
+	case e == unix.EAGAIN:
+		return errRetry // read the pending event, then the fault is tried again
+	case e == unix.EEXIST:
+		s.exists(o, v, addr) // filled meanwhile through another view: nothing to poison
+		return nil
+	case gone(e):
+		o.own, o.woke = int64(s.page), false
+		return nil
+	default:
+		return fmt.Errorf("uffd: poisoning %#x after a source error (%v): %w", addr, serr, err)
+	}
 	st.srcErr.Add(1)
-	for {
-		_, err := s.u.Poison(addr, s.page, 0)
-		switch e := errnoOf(err); {
-		case err == nil:
-			st.poison.Add(1)
-		case e == unix.EAGAIN:
-			return errRetry // read the pending event, then the fault is tried again
-		case e == unix.EEXIST:
-			s.u.Wake(addr, s.page) // filled meanwhile through another view: nothing to poison
-		case gone(e):
-			s.u.Wake(addr, s.page)
-		default:
-			return fmt.Errorf("uffd: poisoning %#x after a source error (%v): %w", addr, serr, err)
+	st.poison.Add(1)
+	// The page is lost in every view: poison it in the others too (EEXIST: that view maps
+	// it already; ENOENT: unregistered).
+	for _, j := range v.siblings {
+		sv := &tab.views[j]
+		if off >= sv.off && off < sv.off+int64(sv.end-sv.addr) {
+			s.u.Poison(sv.addr+uintptr(off-sv.off), s.page, DontWake)
 		}
-		break
 	}
 	if s.cfg.onError != nil {
 		s.cfg.onError(serr)
 	}
+	o.how, o.own, o.woke, o.sib = Failed, int64(s.page), false, int64(s.page)
 	return nil
 }
