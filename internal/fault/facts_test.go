@@ -2,6 +2,7 @@ package fault
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"runtime/debug"
 	"strings"
@@ -90,19 +91,19 @@ func TestCopyIntoOtherViewIsEEXIST(t *testing.T) {
 	if _, err := p.u.CopyAll(addrOf(p.orig), buf, 0); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.u.CopyAll(addrOf(p.dup), buf, 0); errnoOf(err) != unix.EEXIST {
+	if _, err := p.u.CopyAll(addrOf(p.dup), buf, 0); !errors.Is(err, unix.EEXIST) {
 		t.Fatalf("COPY into the mirror of a filled page: %v, want EEXIST", err)
 	}
-	if _, err := p.u.ZeroPage(addrOf(p.dup), pg, 0); errnoOf(err) != unix.EEXIST {
+	if _, err := p.u.ZeroPage(addrOf(p.dup), pg, 0); !errors.Is(err, unix.EEXIST) {
 		t.Fatalf("ZEROPAGE into the mirror of a filled page: %v, want EEXIST", err)
 	}
 	if _, err := p.u.Continue(addrOf(p.dup), pg, 0); err != nil {
 		t.Fatalf("CONTINUE: %v", err)
 	}
-	if _, err := p.u.Continue(addrOf(p.dup), pg, 0); errnoOf(err) != unix.EEXIST {
+	if _, err := p.u.Continue(addrOf(p.dup), pg, 0); !errors.Is(err, unix.EEXIST) {
 		t.Fatalf("second CONTINUE: %v, want EEXIST", err)
 	}
-	if _, err := p.u.Continue(addrOf(p.dup)+pg, pg, 0); errnoOf(err) != unix.EFAULT {
+	if _, err := p.u.Continue(addrOf(p.dup)+pg, pg, 0); !errors.Is(err, unix.EFAULT) {
 		t.Fatalf("CONTINUE of a page not in the page cache: %v, want EFAULT", err)
 	}
 	if p.dup[0] != 9 {

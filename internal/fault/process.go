@@ -133,15 +133,7 @@ func (hp *handlerProcess) serve(src io.ReaderAt) int {
 		b.addHdr(hTakeovers, 1)
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process died; standby handler %d took over serving process %d\n", os.Getpid(), os.Getppid())
 	}
-	if src != nil {
-		return serveGoSource(hp, src)
-	}
-	s := newServer(hp.u, b, c)
-	if c.Role == "standby" {
-		s.takeOver()
-	}
-	s.loop(c.ParentFD)
-	return 0
+	return serveEngine(hp, src)
 }
 
 // ServeRegistered is called by the registration of a Go source's constructor. In the handler

@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -146,10 +147,10 @@ func TestPendingEventMakesResolvesEAGAIN(t *testing.T) {
 	if _, err := unix.Poll(pfd, -1); err != nil { // the REMOVE event is queued
 		t.Fatal(err)
 	}
-	if _, err := p.u.Copy(addrOf(p.orig)+pg, unsafe.Pointer(&page[0]), pg, 0); errnoOf(err) != unix.EAGAIN {
+	if _, err := p.u.Copy(addrOf(p.orig)+pg, unsafe.Pointer(&page[0]), pg, 0); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("COPY with an unread REMOVE event: %v, want EAGAIN", err)
 	}
-	if _, err := p.u.ZeroPage(addrOf(p.orig)+pg, pg, 0); errnoOf(err) != unix.EAGAIN {
+	if _, err := p.u.ZeroPage(addrOf(p.orig)+pg, pg, 0); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("ZEROPAGE with an unread REMOVE event: %v, want EAGAIN", err)
 	}
 	var msgs [4]uffd.Msg

@@ -1,0 +1,335 @@
+package fault
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/uffd"
+)
+
+// serveEngine is the serving loop of a handler process, for every source: the one Go engine
+// (uffd.Server) with the shared block as its Tracker. Its garbage collector stops only this
+// process, never the one whose faults it serves. src is the source built from a registered
+// constructor, nil for the sources the handler reads itself (a descriptor, or zeros). It stops
+// when the served process hangs up.
+func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
+	c := &hp.c
+	var stage *os.File
+	if c.AliasFD >= 0 {
+		stage = os.NewFile(uintptr(c.AliasFD), "alias")
+	}
+	srv, obs, srcMap, err := newEngine(hp.u, hp.b, c, src, stage)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
+		return 2
+	}
+	_ = srcMap // unmapped at exit
+	if c.Role == "standby" {
+		takeOver(hp.u, hp.b, c)
+	}
+	go func() {
+		// The served process hangs up ParentFD to stop this handler, or by dying.
+		pfd := []unix.PollFd{{Fd: int32(c.ParentFD), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(pfd, -1); err != unix.EINTR {
+				break
+			}
+		}
+		srv.Close()
+	}()
+	err = srv.Serve(nil)
+	if err == nil || errors.Is(err, uffd.ErrServerClosed) {
+		return 0
+	}
+	var serr *uffd.SourceError
+	if errors.As(err, &serr) {
+		obs.sourceError(serr)
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v; this kernel cannot poison the page (UFFDIO_POISON needs Linux 6.6), so the thread that touched it could never get its bytes: killing the served process %d\n", serr, os.Getppid())
+	} else {
+		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: serving stopped: %v; killing the served process %d\n", err, os.Getppid())
+	}
+	unix.Kill(os.Getppid(), unix.SIGABRT)
+	return 3
+}
+
+// newEngine makes the server that serves c's views from src (nil: the source c names, read by
+// the engine itself), recording into b; stage is the staging file (c.AliasFD), if any. It returns the mapping of a file source, if it made one,
+// for the caller to unmap once the server is closed.
+func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os.File) (*uffd.Server, *blockObserver, []byte, error) {
+	obs := newBlockObserver(b, c)
+	opts := []uffd.ServerOption{
+		uffd.WithFaultAround(max(c.MaxAround, 1) * c.Page),
+		uffd.WithObserver(obs),
+		uffd.WithWorkers(max(c.Workers, 1)),
+	}
+	if c.Poison {
+		// A failed read poisons the page in every view: the thread that touched it gets
+		// SIGBUS, never zeros.
+		opts = append(opts, uffd.OnSourceError(uffd.PoisonOnSourceError), uffd.WithErrorHandler(obs.sourceError))
+	}
+	var srcMap []byte
+	switch {
+	case src != nil:
+		src = zerosPastEnd{src}
+	case c.Source == SourceFD:
+		fs := &fdSource{fd: c.SourceFD, off: c.SourceOff, len: c.SourceLen}
+		if c.AliasFD < 0 {
+			fs.m = mapSource(c.Source, c.SourceFD, c.AliasFD, c.SourceOff, c.SourceLen, c.Len, c.Page)
+			srcMap = fs.m
+		}
+		src = fs
+	}
+	if stage != nil {
+		opts = append(opts, uffd.WithStaging(stage))
+	}
+	srv := uffd.NewServer(u, opts...)
+	if err := srv.HandleViews(c.Len, src, c.Views...); err != nil {
+		if srcMap != nil {
+			unix.Munmap(srcMap)
+		}
+		return nil, nil, nil, err
+	}
+	return srv, obs, srcMap, nil
+}
+
+// takeOver is the first act of a standby that replaces a dead primary. The primary may have
+// died holding a fault message it had read but not resolved: the thread of that fault waits
+// until someone wakes it (a fault taken in user mode is retried after any signal, but one taken
+// inside a system call is not), so every view is woken, and each thread still waiting faults
+// again, sending a message this process reads. Pages the primary was filling are marked
+// reset: whether they made it into memory is unknown, and either outcome is correct.
+func takeOver(u *uffd.UFFD, b *block, c *procConfig) {
+	if p := b.hdr(hInflight); p != 0 {
+		first := int(p - 1)
+		for i := first; i < first+int(b.hdr(hInflightPages)) && i < b.l.npages; i++ {
+			if b.state(i) == stEmpty {
+				b.setState(i, stReset)
+			}
+		}
+		b.setHdr(hInflight, 0)
+	}
+	for _, v := range c.Views {
+		u.Wake(v, c.Len)
+	}
+}
+
+// zerosPastEnd reads a Go source whose end (io.EOF) comes before the end of the views: the
+// bytes past it are zeros, as documented for every source.
+type zerosPastEnd struct{ src io.ReaderAt }
+
+func (z zerosPastEnd) ReadAt(p []byte, off int64) (int, error) {
+	n, err := z.src.ReadAt(p, off)
+	switch {
+	case n >= len(p):
+		return len(p), nil
+	case errors.Is(err, io.EOF):
+		clear(p[n:])
+		return len(p), nil
+	case err == nil:
+		err = fmt.Errorf("short read of %d bytes with no error (an io.ReaderAt must return one): %w", n, io.ErrUnexpectedEOF)
+	}
+	return n, err
+}
+
+// fdSource is a file (or memfd) source: the bytes it had when serving began (len from off),
+// then zeros. A read that comes up short of that length (the file shrank) is an error, never
+// zeros. Where the file is mapped (m), the engine copies straight from the mapping.
+type fdSource struct {
+	fd  int
+	off int64
+	len int64
+	m   []byte
+}
+
+func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
+	have := 0
+	if off < s.len {
+		have = int(min(s.len-off, int64(len(p))))
+	}
+	for done := 0; done < have; {
+		r, err := unix.Pread(s.fd, p[done:have], s.off+off+int64(done))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || r == 0 {
+			// A read error, or the source ended before the length it had when serving began
+			// (it was truncated): never zeros in place of its bytes.
+			if err == nil {
+				err = unix.ENODATA
+			}
+			return done, err
+		}
+		done += r
+	}
+	clear(p[have:])
+	return len(p), nil
+}
+
+// Bytes lends [off, off+n) of the file's mapping, once fstat shows that the file still has
+// those bytes: a page cut in the middle by a truncation still reads, its lost bytes as zeros;
+// only pages wholly past the end make UFFDIO_COPY fail.
+func (s *fdSource) Bytes(off, n int64) []byte {
+	if off+n > int64(len(s.m)) {
+		return nil
+	}
+	var st unix.Stat_t
+	if unix.Fstat(s.fd, &st) != nil || st.Size < s.off+min(off+n, s.len) {
+		return nil
+	}
+	return s.m[off : off+n]
+}
+
+// blockObserver records what the engine does in the shared block, the way native.c does.
+type blockObserver struct {
+	b      *block
+	page   int64
+	around uint64 // fault-around cap in pages, for the pages in flight
+	staged bool   // missing pages are staged: a minor fault on a page not filled yet is normal
+}
+
+func newBlockObserver(b *block, c *procConfig) *blockObserver {
+	return &blockObserver{b: b, page: int64(c.Page), around: uint64(max(c.MaxAround, 1)), staged: c.AliasFD >= 0}
+}
+
+func (o *blockObserver) Faulted(view int, off int64, flags uffd.PagefaultFlags) {
+	o.b.addHdr(hMsgs, 1)
+	p := int(off / o.page)
+	switch {
+	case flags&uffd.FlagWP != 0:
+		o.b.addCtr(view, cWP, 1)
+		if !o.b.dirty(view, p) {
+			o.b.setDirty(view, p, true)
+			o.b.addCtr(view, cDirty, 1)
+		}
+	case flags&uffd.FlagMinor != 0:
+		o.b.addCtr(view, cMinor, 1)
+		if o.b.state(p) == stEmpty && !o.staged && o.b.hdr(hTakeovers) == 0 {
+			o.violation(violMinorUnfilled, off)
+		}
+	default:
+		o.b.addCtr(view, cMissing, 1)
+		// Pages in flight: a standby that takes over from this process, should it die before
+		// recording what it filled, must not take their later fills for invariant violations.
+		o.b.setHdr(hInflightPages, o.around)
+		o.b.setHdr(hInflight, uint64(p)+1)
+	}
+}
+
+func (o *blockObserver) Resolved(view int, off, n int64, how uffd.Resolution) {
+	pages := uint64(n / o.page)
+	switch how {
+	case uffd.Copied:
+		o.b.addCtr(view, cCopied, pages)
+	case uffd.Zeroed:
+		o.b.addCtr(view, cZeroed, pages)
+	case uffd.Staged:
+		o.b.addCtr(view, cStaged, pages)
+		o.b.addCtr(view, cContinued, pages)
+	case uffd.Continued:
+		o.b.addCtr(view, cContinued, pages)
+		return
+	default:
+		return
+	}
+	o.b.addCtr(view, cBytes, uint64(n))
+	for p := int(off / o.page); p < int((off+n)/o.page) && p < o.b.l.npages; p++ {
+		if st := o.b.state(p); st == stFilled || st == stPresent {
+			o.violation(violTwice, int64(p)*o.page)
+		}
+		o.b.setState(p, stFilled)
+	}
+}
+
+func (o *blockObserver) Existed(view int, off int64) { o.b.addCtr(view, cEEXIST, 1) }
+
+func (o *blockObserver) Filled(off int64) bool {
+	p := int(off / o.page)
+	if p >= o.b.l.npages {
+		return false
+	}
+	st := o.b.state(p)
+	return st == stFilled || st == stPresent
+}
+
+func (o *blockObserver) Protect(view int) bool { return o.b.hdr(hTracked)>>view&1 != 0 }
+
+func (o *blockObserver) Removed(view int, off, n int64) {
+	o.b.addHdr(hRemoves, 1)
+	first, last := int(off/o.page), int((off+n+o.page-1)/o.page)
+	for p := first; p < last && p < o.b.l.npages; p++ {
+		o.b.setState(p, stReset)
+	}
+	o.record(Entry{View: view, Offset: off, Kind: KindRemove, Result: ResultReset, Pages: last - first})
+}
+
+// results maps the engine's resolutions to log results.
+var results = [...]Result{uffd.Copied: ResultCopied, uffd.Zeroed: ResultZeroed, uffd.Continued: ResultContinued,
+	uffd.Staged: ResultStaged, uffd.Existed: ResultExists, uffd.Unprotected: ResultUnprotected, uffd.Failed: ResultError}
+
+func (o *blockObserver) Handled(h uffd.Handled) {
+	e := Entry{View: h.View, Offset: h.Off, Thread: h.Thread, Kind: KindMissing, Pages: max(int(h.Len/o.page), 1)}
+	switch {
+	case h.Flags&uffd.FlagWP != 0:
+		e.Kind = KindWP
+	case h.Flags&uffd.FlagMinor != 0:
+		e.Kind = KindMinor
+	default:
+		o.b.setHdr(hInflight, 0)
+	}
+	if int(h.How) < len(results) {
+		e.Result = results[h.How]
+	}
+	if e.Kind != KindWP && e.Pages > 1 {
+		o.b.addCtr(h.View, cAround, uint64(e.Pages-1))
+	}
+	o.b.addCtr(h.View, cWakes, 1)
+	o.record(e)
+}
+
+// record appends e to the log, if there is one, with the time.
+func (o *blockObserver) record(e Entry) {
+	if o.b.l.logcap == 0 {
+		return
+	}
+	i := o.b.hdr(hLogNext)
+	if i < uint64(o.b.l.logcap) {
+		e.Time = monoNow()
+		o.b.putEntry(int(i), e)
+	}
+	o.b.setHdr(hLogNext, i+1)
+}
+
+func monoNow() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
+}
+
+func (o *blockObserver) violation(code int, off int64) {
+	if o.b.casHdr(hViolations, 0, 1) {
+		o.b.setHdr(hViolOff, uint64(off))
+		o.b.setHdr(hViolCode, uint64(code))
+		return
+	}
+	o.b.addHdr(hViolations, 1)
+}
+
+// sourceError records a failed read of the source (its page poisoned by the server).
+func (o *blockObserver) sourceError(err error) {
+	var serr *uffd.SourceError
+	if !errors.As(err, &serr) {
+		return
+	}
+	var e unix.Errno
+	errors.As(serr.Err, &e)
+	o.b.setHdr(hErrOff, uint64(serr.Offset))
+	o.b.setHdr(hErrno, uint64(e))
+	if _, plain := serr.Err.(unix.Errno); !plain {
+		o.b.putErrText(serr.Err.Error()) // a Go source's own words; an errno says it all
+	}
+	o.b.addHdr(hErrors, 1)
+}
