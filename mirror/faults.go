@@ -207,8 +207,10 @@ const (
 	// must not happen twice (os.Args[0] is "mirrormem-fault-handler" there). Mirror fails with
 	// an error if a handler process does not start serving within 30 seconds.
 	HandlerProcess
-	// HandlerGo is a uffd.Server in this process: the explicit opt-in for sources that are Go
-	// code. See ServeFaults for the rule it imposes (no runtime assembly on unfilled pages).
+	// HandlerGo is the library's fault engine (a uffd.Server) run by goroutines of this
+	// process: the expert's opt-in for a source that is Go code and not registered. See
+	// ServeFaults for the rule it imposes (no runtime assembly on unfilled pages). Every
+	// feature works with it as with the other handlers.
 	HandlerGo
 )
 
@@ -278,18 +280,15 @@ func (f *faultConfig) check() error {
 	return nil
 }
 
-// FaultStats counts the faults served through one view.
-//
-// With HandlerGo, Filled and Mapped are always 0: the Go server does not tell fills from
-// mappings, and Bytes counts both.
+// FaultStats counts the faults served through one view, the same way for every handler.
 type FaultStats struct {
 	Missing uint64 // missing faults: the page was not in memory yet
 	Minor   uint64 // minor faults: the page was filled through another view, and mapped here
 	WP      uint64 // write-protect faults (TrackWrites)
-	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged; 0 with HandlerGo
-	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE; 0 with HandlerGo
+	Filled  uint64 // pages filled through this view (fault-around included): copied, zeroed or staged
+	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE
 	Exists  uint64 // resolves answered EEXIST: someone filled the page first (not an error)
-	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged; with HandlerGo also mapped)
+	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged)
 }
 
 // FaultEvent is one entry of the VerifyFaults log.

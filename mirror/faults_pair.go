@@ -105,9 +105,6 @@ func (sv *serving) err() error {
 		}
 		return nil
 	}
-	if sv.g != nil {
-		return sv.g.err()
-	}
 	return nil
 }
 

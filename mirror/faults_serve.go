@@ -35,7 +35,7 @@ type serving struct {
 	h   *fault.Handler // native or process
 	fds []int          // descriptors this pair duplicated for the handler
 
-	g *goServing // HandlerGo
+	wd *fault.Watchdog // HandlerGo: aborts the program, with a message, if serving hangs
 
 	mu      sync.Mutex
 	stopped bool
@@ -143,9 +143,6 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		case HandlerNative:
 			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code is served by a handler process, not by the C thread (HandlerNative)", ErrOption, sv.srcKind)
 		}
-		if sv.kind == HandlerProcess && (f.staging || f.logCap > 0 || f.trackWrites) {
-			return fmt.Errorf("%w: ServeFaults(%s): StageMinorFaults, VerifyFaults and TrackWrites are not yet served for a source that is Go code", ErrUnsupported, sv.srcKind)
-		}
 	}
 	if sv.kind == HandlerAuto {
 		switch {
@@ -163,12 +160,13 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code must be served by Go code in this process, and a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) would then hang the program under garbage collection; without cgo there is no watchdog to catch that. Serve from an *os.File, an *alloc.Region or nil (a handler process serves those), or build with cgo",
 				ErrUnsupported, sv.srcKind)
 		}
-		if f.staging || f.logCap > 0 {
-			return fmt.Errorf("%w: StageMinorFaults and VerifyFaults need a handler outside Go (a source with a file descriptor, a region or nil)", ErrUnsupported)
-		}
 	}
-	if sv.kind == HandlerGo {
-		fc.Source = fault.SourceZero // the Go server reads f.src itself
+	var goSrc io.ReaderAt // HandlerGo: what the engine reads, if not a descriptor or zeros
+	if sv.kind == HandlerGo && (goSource || fc.Source == fault.SourceMem || fc.Source == fault.SourceNamed) {
+		goSrc = f.src // a named source is built in this process, as Verify builds it
+		if fc.Source == fault.SourceNamed {
+			fc.Source = fault.SourceZero
+		}
 	}
 	if sv.kind == HandlerProcess && fc.Source == fault.SourceMem {
 		// A handler process reaches a region without descriptor through map_files.
@@ -188,10 +186,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	if avail&uffd.FeatureMissingShmem == 0 {
 		return fmt.Errorf("%w: ServeFaults: userfaultfd on shared memory needs Linux 4.11 (UFFD_FEATURE_MISSING_SHMEM)", ErrUnsupported)
 	}
-	want := uffd.FeatureMissingShmem | avail&(uffd.FeatureThreadID|uffd.FeatureMinorShmem|uffd.FeaturePoison)
-	if sv.kind != HandlerGo {
-		want |= avail & uffd.FeatureEventRemove
-	}
+	want := uffd.FeatureMissingShmem | avail&(uffd.FeatureThreadID|uffd.FeatureMinorShmem|uffd.FeaturePoison|uffd.FeatureEventRemove)
 	sv.mode = uffd.ModeMissing
 	if avail&uffd.FeatureMinorShmem != 0 {
 		sv.mode |= uffd.ModeMinor
@@ -280,7 +275,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	case HandlerProcess:
 		sv.h, err = fault.StartProcess(fc, fault.ProcessOptions{})
 	case HandlerGo:
-		sv.g, err = startGoServing(sv, fc.MaxAround*page, f.watchdog)
+		err = startGoServing(sv, fc, goSrc, f)
 	}
 	if err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
@@ -438,11 +433,11 @@ func (sv *serving) stop(keep int, poisonHoles bool) error {
 	if sv.serving {
 		errs = append(errs, sv.retire(keep, poisonHoles))
 	}
+	if sv.wd != nil {
+		sv.wd.Stop()
+	}
 	if sv.h != nil {
 		errs = append(errs, sv.h.Stop())
-	}
-	if sv.g != nil {
-		errs = append(errs, sv.g.stop())
 	}
 	if sv.u != nil {
 		errs = append(errs, sv.u.Close())
@@ -542,9 +537,6 @@ func (sv *serving) viewStats(i int) FaultStats {
 		v := s.Views[i]
 		return FaultStats{Missing: v.Missing, Minor: v.Minor, WP: v.WP, Filled: v.Copied + v.Zeroed + v.Staged,
 			Mapped: v.Continued - v.Staged, Exists: v.EEXIST, Bytes: v.Bytes}
-	}
-	if sv.g != nil {
-		return sv.g.stats(i)
 	}
 	return FaultStats{}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 
@@ -189,6 +190,12 @@ type blockObserver struct {
 	page   int64
 	around uint64 // fault-around cap in pages, for the pages in flight
 	staged bool   // missing pages are staged: a minor fault on a page not filled yet is normal
+
+	// filling counts the missing faults being resolved. With several workers, a page may be
+	// mapped by one worker's UFFDIO_COPY and not yet recorded when another worker takes up
+	// a minor fault on it: a minor fault on a page not recorded as filled is a violation
+	// only when no fill is in flight.
+	filling atomic.Int64
 }
 
 func newBlockObserver(b *block, c *procConfig) *blockObserver {
@@ -207,11 +214,12 @@ func (o *blockObserver) Faulted(view int, off int64, flags uffd.PagefaultFlags) 
 		}
 	case flags&uffd.FlagMinor != 0:
 		o.b.addCtr(view, cMinor, 1)
-		if o.b.state(p) == stEmpty && !o.staged && o.b.hdr(hTakeovers) == 0 {
+		if o.b.state(p) == stEmpty && !o.staged && o.b.hdr(hTakeovers) == 0 && o.filling.Load() == 0 {
 			o.violation(violMinorUnfilled, off)
 		}
 	default:
 		o.b.addCtr(view, cMissing, 1)
+		o.filling.Add(1)
 		// Pages in flight: a standby that takes over from this process, should it die before
 		// recording what it filled, must not take their later fills for invariant violations.
 		o.b.setHdr(hInflightPages, o.around)
@@ -279,6 +287,7 @@ func (o *blockObserver) Handled(h uffd.Handled) {
 		e.Kind = KindMinor
 	default:
 		o.b.setHdr(hInflight, 0)
+		o.filling.Add(-1)
 	}
 	if int(h.How) < len(results) {
 		e.Result = results[h.How]

@@ -9,7 +9,8 @@ import (
 	"time"
 )
 
-// Handler is a running fault handler: a native C thread or a handler process. Its counters,
+// Handler is a running fault handler: a native C thread, a handler process, or the Go engine
+// in this process (StartGo). Its counters,
 // page states and log live in a block that both sides read and write atomically.
 type Handler struct {
 	b       *block
@@ -27,7 +28,7 @@ type backend interface {
 	kind() string
 }
 
-// Kind names the handler: "native" (a C thread) or "process" (a handler process).
+// Kind names the handler: "native" (a C thread), "process" (a handler process) or "go".
 func (h *Handler) Kind() string { return h.backend.kind() }
 
 // Err returns nil while the handler serves, or why it no longer can.
@@ -39,6 +40,9 @@ func (h *Handler) Stop() error {
 	h.stopOnce.Do(func() {
 		h.b.setHdr(hClosing, 1)
 		h.stopErr = h.backend.stop()
+		if k, ok := h.backend.(interface{ keepsBlock() bool }); ok && k.keepsBlock() {
+			return // still in use by a server finishing a read; it unmaps the block itself
+		}
 		if err := h.b.unmap(); h.stopErr == nil {
 			h.stopErr = err
 		}
