@@ -279,9 +279,10 @@ func TestQuickEndToEnd(t *testing.T) {
 		if m.Suite != "sources" {
 			continue
 		}
-		needed := (m.Row != rowSrcFileNative && m.Row != rowSrcPeerHTTP) || cgoEnabled
+		row, _, _ := strings.Cut(m.Row, ", first ") // the rows that touch a sample of the image
+		needed := (row != rowSrcFileNative && row != rowSrcPeerHTTP) || cgoEnabled
 		if m.NotMeasured == "" && m.Median > 0 {
-			figures[m.Row]++
+			figures[row]++
 		} else if needed {
 			t.Errorf("sources %q %q: not measured: %s", m.Case, m.Row, m.NotMeasured)
 		}
