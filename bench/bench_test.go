@@ -272,6 +272,39 @@ func TestQuickEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	// The sources suite: the handler process's rows in every build, the C thread's and the
+	// peer's with cgo; both targets measured with cgo, and said to be missing without.
+	figures := map[string]int{}
+	for _, m := range rep.Measurements {
+		if m.Suite != "sources" {
+			continue
+		}
+		row, _, _ := strings.Cut(m.Row, ", first ") // the rows that touch a sample of the image
+		needed := (row != rowSrcFileNative && row != rowSrcPeerHTTP) || cgoEnabled
+		if m.NotMeasured == "" && m.Median > 0 {
+			figures[row]++
+		} else if needed {
+			t.Errorf("sources %q %q: not measured: %s", m.Case, m.Row, m.NotMeasured)
+		}
+	}
+	for row, want := range map[string]int{rowSrcFileProcess: 2, rowSrcHTTP: 1, rowSrcHTTP4K: 1} {
+		if figures[row] != want {
+			t.Errorf("sources %q: %d figures, want %d", row, figures[row], want)
+		}
+	}
+	ntargets := 0
+	for _, tg := range rep.Targets {
+		if tg.Suite != "sources" {
+			continue
+		}
+		ntargets++
+		if measured := tg.NotMeasured == "" && tg.Ratio > 0; measured != cgoEnabled {
+			t.Errorf("sources target %q: measured %v in a build with cgo %v: %s", tg.Claim, measured, cgoEnabled, tg)
+		}
+	}
+	if ntargets != 2 {
+		t.Errorf("sources: %d targets, want 2", ntargets)
+	}
 	for _, m := range rep.Measurements {
 		if m.Suite == "faults" && (m.Params["memory"] == nil || m.Params["region_bytes"] == nil) {
 			t.Errorf("faults %q %q: params %v lack memory or region_bytes", m.Case, m.Row, m.Params)

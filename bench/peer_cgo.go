@@ -43,20 +43,32 @@ type peerResult struct {
 // peerRow runs the peer on a 4 KiB COPY case. Only that case exists for the peer: it has no
 // zero-page, minor or fault-around mode.
 func peerRow(fc faultCase, _ int, _ []byte) row {
+	return peerChildRow(rowPeer, "peer", fc.threads, func(seed uint64) any {
+		return peerArgs{Size: fc.size, Threads: fc.threads, Random: fc.random, Seed: seed}
+	}, func(ns int64) float64 { return fc.usPerPage(time.Duration(ns)) })
+}
+
+// peerChildRow is a row of the peer measured in the child process registered as child, one
+// child per run, with the JSON of args(seed) as its arguments and threads faulting goroutines;
+// perPage turns the nanoseconds the child reports into the row's figure.
+func peerChildRow(name, child string, threads int, args func(seed uint64) any, perPage func(ns int64) float64) row {
 	seed := uint64(1000)
 	var attempts, failed int
 	var lastErr error
-	return row{name: rowPeer, run: func() (float64, error) {
+	return row{name: name, run: func() (float64, error) {
 		// The peer's handler returns on the first EEXIST, which the kernel produces whenever a
 		// fault is delivered twice (a faulting thread interrupted by a signal, two threads on
 		// one page). Such a run is retried, up to peerAttempts times, and counted.
 		for range peerAttempts {
 			seed++
 			attempts++
-			a, _ := json.Marshal(peerArgs{Size: fc.size, Threads: fc.threads, Random: fc.random, Seed: seed})
-			ns, err := runPeerChild(string(a), fc.threads, peerTimeout)
+			a, err := json.Marshal(args(seed))
+			if err != nil {
+				return 0, err
+			}
+			ns, err := runPeerChild(child, string(a), threads, peerTimeout)
 			if err == nil {
-				return fc.usPerPage(time.Duration(ns)), nil
+				return perPage(ns), nil
 			}
 			failed++
 			lastErr = err
@@ -70,11 +82,11 @@ func peerRow(fc faultCase, _ int, _ []byte) row {
 	}}
 }
 
-// runPeerChild runs one measurement of the peer in a child process. The child gets one P more
-// than it has faulting goroutines (GOMAXPROCS=threads+1), like the library's server rows: a
-// goroutine blocked in a page fault keeps its P, and with every P held so, the peer's handler
-// goroutine would only run when the runtime's monitor steps in.
-func runPeerChild(args string, threads int, timeout time.Duration) (int64, error) {
+// runPeerChild runs one measurement of the peer in the child process registered as child. The
+// child gets one P more than it has faulting goroutines (GOMAXPROCS=threads+1), like the
+// library's server rows: a goroutine blocked in a page fault keeps its P, and with every P held
+// so, the peer's handler goroutine would only run when the runtime's monitor steps in.
+func runPeerChild(child, args string, threads int, timeout time.Duration) (int64, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return 0, fmt.Errorf("userfaultfd-go child: %w", err)
@@ -83,7 +95,7 @@ func runPeerChild(args string, threads int, timeout time.Duration) (int64, error
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe)
 	procs := max(runtime.GOMAXPROCS(0), threads+1)
-	cmd.Env = append(os.Environ(), childEnv+"=peer", childArgsEnv+"="+args, fmt.Sprintf("GOMAXPROCS=%d", procs))
+	cmd.Env = append(os.Environ(), childEnv+"="+child, childArgsEnv+"="+args, fmt.Sprintf("GOMAXPROCS=%d", procs))
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err = cmd.Run()

@@ -176,6 +176,7 @@ func (r *Report) writeJSON(dir string) error {
 var suiteTitles = []struct{ id, title, ref string }{
 	{"create", "Mirror creation: adjacent ring, create + destroy", refRawC},
 	{"faults", "Fault serving: time per 4 KiB page touched", refC},
+	{"sources", "Fault sources: time per 4 KiB page touched, file and HTTP Range, handler process and C thread", rowSrcFileNative},
 	{"ring", "Double-mapped buffers: SPSC byte stream between two goroutines", refMemcpy},
 	{"ring-msgs", "Double-mapped buffers: the same streams in messages per second", refMemcpy},
 	{"records", "Mirrored ring: records between two goroutines, zero-copy on both sides", rowCrossCore},
