@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
@@ -71,6 +73,7 @@ type Server struct {
 	tracker Tracker      // the observer, if it is a Tracker
 	rflags  ResolveFlags // DontWake under a Tracker: waiters are woken after Handled
 	stageMu sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
+	stopFD  int          // WithDirectReads: an eventfd that Close and cancellation make readable
 }
 
 // ServerOption configures NewServer.
@@ -86,6 +89,7 @@ type serverConfig struct {
 	onFork    func(*UFFD)
 	onError   func(error)
 	stage     *os.File // WithStaging
+	direct    bool     // WithDirectReads
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
@@ -128,6 +132,13 @@ func WithFaultAround(maxBytes int) ServerOption {
 
 // WithoutFaultAround resolves exactly the faulting page, always.
 func WithoutFaultAround() ServerOption { return WithFaultAround(0) }
+
+// WithDirectReads makes the workers wait for faults in poll(2) and read them with read(2) on
+// their own threads, instead of parking in the runtime's poller: a fault then wakes the
+// waiting thread itself, with no hand-off through the scheduler. It pays where the server has
+// the process to itself (a handler process, as mirror's); it holds one OS thread per worker
+// while waiting. Close and a cancelled context still stop Serve at once.
+func WithDirectReads() ServerOption { return func(c *serverConfig) { c.direct = true } }
 
 // WithRegister makes Handle and HandleViews register each view with mode (UFFDIO_REGISTER)
 // before handling it. Without it the caller registers. Registering a range again with the same
@@ -199,7 +210,7 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 	if cfg.aroundMax < page {
 		cfg.aroundMax = page
 	}
-	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(cfg.aroundMax)}
+	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(cfg.aroundMax), stopFD: -1}
 	if t, ok := cfg.observer.(Tracker); ok {
 		s.tracker, s.rflags = t, DontWake
 	}
@@ -378,6 +389,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: the userfaultfd is not in the runtime poller, Close could not interrupt Serve: %w", err)
 	}
+	if s.cfg.direct {
+		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+		if err != nil {
+			s.mu.Unlock()
+			return fmt.Errorf("uffd: WithDirectReads: %w", os.NewSyscallError("eventfd", err))
+		}
+		s.stopFD = efd
+	}
 	s.serving = true
 	s.stopping.Store(false)
 	s.failErr = nil
@@ -401,6 +420,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	s.serving = false
 	s.u.File().SetReadDeadline(time.Time{})
+	if s.stopFD >= 0 {
+		unix.Close(s.stopFD)
+		s.stopFD = -1
+	}
 	closed := s.closed
 	close(done)
 	s.mu.Unlock()
@@ -426,6 +449,10 @@ func (s *Server) interrupt() {
 	if s.serving {
 		s.stopping.Store(true)
 		s.u.File().SetReadDeadline(time.Unix(1, 0))
+		if s.stopFD >= 0 {
+			one := [8]byte{1}
+			unix.Write(s.stopFD, one[:])
+		}
 	}
 	s.mu.Unlock()
 }

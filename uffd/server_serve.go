@@ -42,7 +42,13 @@ func (s *Server) runWorker() {
 // serveLoop returns nil when told to stop, the fatal error otherwise.
 func (s *Server) serveLoop(w *worker) error {
 	for !s.stopping.Load() {
-		n, err := s.u.ReadMessages(w.msgs)
+		var n int
+		var err error
+		if s.cfg.direct {
+			n, err = s.readDirect(w)
+		} else {
+			n, err = s.u.ReadMessages(w.msgs)
+		}
 		if err != nil {
 			if s.stopping.Load() {
 				return nil
@@ -75,6 +81,32 @@ func (s *Server) serveLoop(w *worker) error {
 		}
 	}
 	return nil
+}
+
+// errStopped is what readDirect returns when Serve must stop.
+var errStopped = errors.New("uffd: serving stopped")
+
+// readDirect reads messages into w.msgs, waiting in poll(2) on this thread for a message or
+// for the stop eventfd (WithDirectReads).
+func (s *Server) readDirect(w *worker) (int, error) {
+	pfd := [2]unix.PollFd{{Fd: int32(s.u.Fd()), Events: unix.POLLIN}, {Fd: int32(s.stopFD), Events: unix.POLLIN}}
+	for {
+		if n, err := s.u.TryReadMessages(w.msgs); n > 0 || err != nil {
+			return n, err
+		}
+		if s.stopping.Load() {
+			return 0, errStopped
+		}
+		if _, err := unix.Poll(pfd[:], -1); err != nil && err != unix.EINTR {
+			return 0, os.NewSyscallError("poll", err)
+		}
+		switch {
+		case pfd[1].Revents != 0:
+			return 0, errStopped
+		case pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0:
+			return 0, io.EOF
+		}
+	}
 }
 
 // requeue wakes the threads of faults read but not resolved, when Serve stops on an error:

@@ -23,7 +23,9 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 	if c.AliasFD >= 0 {
 		stage = os.NewFile(uintptr(c.AliasFD), "alias")
 	}
-	srv, obs, srcMap, err := newEngine(hp.u, hp.b, c, src, stage)
+	// The handler process has nothing else to do: its workers wait for faults in poll(2)
+	// on their own threads, woken by the fault itself rather than through the scheduler.
+	srv, obs, srcMap, err := newEngine(hp.u, hp.b, c, src, stage, uffd.WithDirectReads())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
 		return 2
@@ -60,13 +62,14 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 // newEngine makes the server that serves c's views from src (nil: the source c names, read by
 // the engine itself), recording into b; stage is the staging file (c.AliasFD), if any. It returns the mapping of a file source, if it made one,
 // for the caller to unmap once the server is closed.
-func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os.File) (*uffd.Server, *blockObserver, []byte, error) {
+func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os.File, extra ...uffd.ServerOption) (*uffd.Server, *blockObserver, []byte, error) {
 	obs := newBlockObserver(b, c)
 	opts := []uffd.ServerOption{
 		uffd.WithFaultAround(max(c.MaxAround, 1) * c.Page),
 		uffd.WithObserver(obs),
 		uffd.WithWorkers(max(c.Workers, 1)),
 	}
+	opts = append(opts, extra...)
 	if c.Poison {
 		// A failed read poisons the page in every view: the thread that touched it gets
 		// SIGBUS, never zeros.
