@@ -73,8 +73,17 @@ type Tracker interface {
 	// Removed is called for an EventRemove (MADV_DONTNEED, MADV_REMOVE) over [off, off+n) of view.
 	Removed(view int, off, n int64)
 	// Handled is called once per fault message, after it is resolved and before its waiters
-	// are woken.
+	// are woken (except on the fast path: see Filling).
 	Handled(h Handled)
+	// Filling is the fast path of a server with one worker: it is called before the ioctl that
+	// resolves h's whole window (h.Len bytes, h.How), and records h as done, as Resolved and
+	// Handled would, so that the ioctl itself may wake the faulting thread: one system call per
+	// fault. It returns a token for Unfilled.
+	Filling(h Handled) (token uint64)
+	// Unfilled follows Filling when the ioctl resolved only done bytes of h.Len: the tracker
+	// takes back the rest. The fault then goes on the usual way (Resolved, Existed, then
+	// Handled with Amend set to the token).
+	Unfilled(h Handled, token uint64, done int64)
 }
 
 // Handled describes a fault message once it is handled.
@@ -85,6 +94,7 @@ type Handled struct {
 	Flags  PagefaultFlags // the message's flags (FlagMinor, FlagWP, FlagWrite)
 	Thread uint32         // the faulting thread (with FeatureThreadID; 0 otherwise)
 	How    Resolution     // what was done
+	Amend  uint64         // nonzero: the token of a Filling for this fault, whose record this one replaces
 }
 
 // MappedSource is an io.ReaderAt that can also lend its bytes in place, such as a file mapped

@@ -167,6 +167,9 @@ func (s *Server) drain(w *worker) error {
 // outcome is what resolving one fault message did, for the Tracker and for the wakes that
 // follow it.
 type outcome struct {
+	msg  *Msg       // the fault
+	fast bool       // resolved on the fast path: recorded and woken already
+	tok  uint64     // the token of a fast path that fell back to the slow one (Handled.Amend)
 	n    int64      // bytes resolved from the faulting page
 	how  Resolution // what was done
 	own  int64      // bytes of the faulting view to wake from the faulting page (0: none)
@@ -194,6 +197,7 @@ func (s *Server) exists(o *outcome, v *view, addr uintptr) {
 func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 	addr := m.Address() &^ uintptr(s.page-1)
 	flags := m.Flags()
+	var tok uint64 // a fast path's token, kept across retries (its record is amended)
 	for try := 0; ; try++ {
 		tab := s.tab.Load()
 		i := tab.find(addr)
@@ -222,7 +226,7 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 				st.missing.Add(1)
 			}
 		}
-		o := &outcome{}
+		o := &outcome{msg: m, tok: tok}
 		var err error
 		switch {
 		case flags&FlagWP != 0:
@@ -232,6 +236,7 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 		default:
 			err = s.resolveMissing(w, o, tab, v, addr)
 		}
+		tok = o.tok
 		if err == errRetry {
 			st.eagain.Add(1)
 			if s.stopping.Load() {
@@ -255,9 +260,12 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 // pages filled, the other views'. This is the one wake policy of the library's handlers (see
 // internal/fault's package documentation): records first, wakes second, every view.
 func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
+	if o.fast {
+		return
+	}
 	off := v.off + int64(addr-v.addr)
 	if s.tracker != nil {
-		s.tracker.Handled(Handled{View: v.st.index, Off: off, Len: o.n, Flags: m.Flags(), Thread: m.ThreadID(), How: o.how})
+		s.tracker.Handled(Handled{View: v.st.index, Off: off, Len: o.n, Flags: m.Flags(), Thread: m.ThreadID(), How: o.how, Amend: o.tok})
 	}
 	if o.own > 0 && !o.woke {
 		v.st.live.wakes.Add(1)
@@ -266,6 +274,32 @@ func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
 	if o.sib > 0 && len(v.siblings) > 0 {
 		s.wakeSiblings(tab, v, off, o.sib)
 	}
+}
+
+// fastPath reports whether a fault may take the fast path: a Tracker records it as done before
+// the resolving ioctl, which then wakes the faulting thread itself (no DontWake, no UFFDIO_WAKE
+// afterwards, no wake of the other views, whose blocked threads have queued messages of their
+// own). Only with one worker, so that nothing else resolves while the record runs ahead, and
+// only on the first try of a fault.
+func (s *Server) fastPath(o *outcome) bool {
+	return s.tracker != nil && s.cfg.workers == 1 && o.tok == 0
+}
+
+// fastHandled is the record of a fault resolved on the fast path.
+func (s *Server) fastHandled(o *outcome, v *view, addr uintptr, n int64, how Resolution) Handled {
+	return Handled{View: v.st.index, Off: v.off + int64(addr-v.addr), Len: n, Flags: o.msg.Flags(), Thread: o.msg.ThreadID(), How: how}
+}
+
+// fastDone settles a fast path whose ioctl resolved k of h.Len bytes: done if all of them,
+// else the record is taken back for the rest and the fault goes on the slow path.
+func (s *Server) fastDone(o *outcome, h Handled, tok uint64, k int64) bool {
+	if k >= h.Len {
+		o.fast, o.n, o.how = true, h.Len, h.How
+		return true
+	}
+	s.tracker.Unfilled(h, tok, max(k, 0))
+	o.tok = max(tok, 1)
+	return false
 }
 
 // errnoOf returns the errno inside an error of the binding, 0 if none.
@@ -374,10 +408,41 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 	}
 	var done int64
 	var err error
+	if s.cfg.stage == nil && s.fastPath(o) && !s.tracker.Filled(off) {
+		how := Copied
+		if buf == nil {
+			how = Zeroed
+		}
+		h := s.fastHandled(o, v, addr, n, how)
+		tok := s.tracker.Filling(h)
+		flags := ResolveFlags(0)
+		if protect {
+			flags |= WriteProtect
+		}
+		var k int
+		if buf != nil {
+			k, err = s.u.Copy(addr, bufAddr(buf, 0), int(n), flags)
+		} else {
+			k, err = s.u.ZeroPage(addr, int(n), flags)
+		}
+		if s.fastDone(o, h, tok, int64(k)) {
+			s.account(&v.st.live, n)
+			obj.missing.settle(off, planned, off+n)
+			return nil
+		}
+		if k > 0 {
+			// The pages copied stay copied and recorded: the slow path goes on from there.
+			s.account(&v.st.live, int64(k))
+			done = int64(k)
+		}
+		err = nil
+	}
 	if s.cfg.stage != nil {
 		done, err = s.stage(o, tab, v, addr, buf, n, protect)
 	} else {
-		done, err = s.fill(o, v, addr, buf, n, protect, mapped)
+		var more int64
+		more, err = s.fill(o, v, addr, buf, done, n, protect, mapped)
+		done += more
 		if err == errMapFault {
 			// The file shrank under its mapping: read what it still has.
 			rbuf, k, rerr := s.read(w, obj.src, off+done, n-done)
@@ -389,7 +454,7 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 				err = nil // the faulting page is resolved; the rest faults again
 			default:
 				var more int64
-				more, err = s.fill(o, v, addr+uintptr(done), rbuf, k, protect, false)
+				more, err = s.fill(o, v, addr+uintptr(done), rbuf, 0, k, protect, false)
 				done += more
 			}
 		}
@@ -416,14 +481,17 @@ var errMapFault = errors.New("uffd: the source's mapping faulted")
 
 // fill resolves [addr, addr+n) of v from buf (nil: zeros), finishing short copies and skipping
 // pages that already exist. It returns how far the window got (0 if the faulting page existed).
-func (s *Server) fill(o *outcome, v *view, addr uintptr, buf []byte, n int64, protect, mapped bool) (int64, error) {
+// start bytes of the window are resolved already (by a fast path that fell short); the count
+// returned is of the bytes after them.
+func (s *Server) fill(o *outcome, v *view, addr uintptr, buf []byte, start, n int64, protect, mapped bool) (int64, error) {
 	st := &v.st.live
 	page := int64(s.page)
 	flags := s.rflags
 	if protect {
 		flags |= WriteProtect
 	}
-	var done, got int64
+	done := start
+	var got int64
 	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		var k int
@@ -474,13 +542,13 @@ func (s *Server) fill(o *outcome, v *view, addr uintptr, buf []byte, n int64, pr
 			return 0, nil
 		case e == unix.EFAULT && mapped:
 			s.account(st, got)
-			return done, errMapFault
+			return done - start, errMapFault
 		default:
 			return 0, fmt.Errorf("uffd: resolving fault at %#x: %w", addr, err)
 		}
 	}
 	s.account(st, got)
-	return done, nil
+	return done - start, nil
 }
 
 // account counts the bytes a window mapped, and its pages past the faulting one.
@@ -539,6 +607,16 @@ func (s *Server) continueWindow(o *outcome, v *view, addr uintptr, n int64, prot
 		flags |= WriteProtect
 	}
 	var done, mapped int64
+	if how == Continued && s.fastPath(o) {
+		h := s.fastHandled(o, v, addr, n, Continued)
+		tok := s.tracker.Filling(h)
+		k, _ := s.u.Continue(addr, int(n), flags&^DontWake)
+		if s.fastDone(o, h, tok, int64(k)) {
+			s.account(st, n)
+			return nil
+		}
+		done, mapped = max(int64(k), 0), max(int64(k), 0)
+	}
 	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
 		k, err := s.u.Continue(addr+uintptr(done), int(n-done), flags)
@@ -624,6 +702,17 @@ func (s *Server) resolveMinor(o *outcome, v *view, addr uintptr) error {
 }
 
 func (s *Server) resolveWP(o *outcome, v *view, addr uintptr) error {
+	if s.fastPath(o) {
+		h := s.fastHandled(o, v, addr, int64(s.page), Unprotected)
+		tok := s.tracker.Filling(h)
+		k := int64(0)
+		if s.u.WriteProtectRange(addr, s.page, false, 0) == nil {
+			k = int64(s.page)
+		}
+		if s.fastDone(o, h, tok, k) {
+			return nil
+		}
+	}
 	err := s.u.WriteProtectRange(addr, s.page, false, s.rflags)
 	if err == nil {
 		s.resolved(o, int64(s.page), Unprotected)

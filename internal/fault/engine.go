@@ -110,7 +110,8 @@ func takeOver(u *uffd.UFFD, b *block, c *procConfig) {
 	if p := b.hdr(hInflight); p != 0 {
 		first := int(p - 1)
 		for i := first; i < first+int(b.hdr(hInflightPages)) && i < b.l.npages; i++ {
-			if b.state(i) == stEmpty {
+			// Filled too: the engine records a fill before its ioctl (its fast path).
+			if st := b.state(i); st == stEmpty || st == stFilled {
 				b.setState(i, stReset)
 			}
 		}
@@ -199,6 +200,8 @@ type blockObserver struct {
 	// a minor fault on it: a minor fault on a page not recorded as filled is a violation
 	// only when no fill is in flight.
 	filling atomic.Int64
+
+	saved []uint8 // page states before the last Filling, for Unfilled
 }
 
 func newBlockObserver(b *block, c *procConfig) *blockObserver {
@@ -282,30 +285,93 @@ var results = [...]Result{uffd.Copied: ResultCopied, uffd.Zeroed: ResultZeroed, 
 	uffd.Staged: ResultStaged, uffd.Existed: ResultExists, uffd.Unprotected: ResultUnprotected, uffd.Failed: ResultError}
 
 func (o *blockObserver) Handled(h uffd.Handled) {
+	e := o.entry(h)
+	if e.Kind == KindMissing && h.Amend == 0 {
+		o.b.setHdr(hInflight, 0)
+		o.filling.Add(-1)
+	}
+	if e.Kind != KindWP && e.Pages > 1 {
+		o.b.addCtr(h.View, cAround, uint64(e.Pages-1))
+	}
+	o.b.addCtr(h.View, cWakes, 1)
+	if h.Amend != 0 {
+		o.amend(h.Amend, e)
+		return
+	}
+	o.record(e)
+}
+
+// entry is the log record of h.
+func (o *blockObserver) entry(h uffd.Handled) Entry {
 	e := Entry{View: h.View, Offset: h.Off, Thread: h.Thread, Kind: KindMissing, Pages: max(int(h.Len/o.page), 1)}
 	switch {
 	case h.Flags&uffd.FlagWP != 0:
 		e.Kind = KindWP
 	case h.Flags&uffd.FlagMinor != 0:
 		e.Kind = KindMinor
-	default:
-		o.b.setHdr(hInflight, 0)
-		o.filling.Add(-1)
 	}
 	if int(h.How) < len(results) {
 		e.Result = results[h.How]
 	}
-	if e.Kind != KindWP && e.Pages > 1 {
-		o.b.addCtr(h.View, cAround, uint64(e.Pages-1))
-	}
-	o.b.addCtr(h.View, cWakes, 1)
-	o.record(e)
+	return e
 }
 
-// record appends e to the log, if there is one, with the time.
-func (o *blockObserver) record(e Entry) {
+// Filling records h before the engine's ioctl resolves it (its fast path: one worker, so one
+// Filling at a time), as Resolved and Handled would after it. The page states it replaces are
+// kept for Unfilled. The fault stays in flight for a standby (hInflight) until the next one.
+func (o *blockObserver) Filling(h uffd.Handled) uint64 {
+	e := o.entry(h)
+	first, n := int(h.Off/o.page), int(h.Len/o.page)
+	switch h.How {
+	case uffd.Copied, uffd.Zeroed:
+		o.saved = o.saved[:0]
+		for p := first; p < first+n && p < o.b.l.npages; p++ {
+			o.saved = append(o.saved, o.b.state(p))
+		}
+		o.Resolved(h.View, h.Off, h.Len, h.How)
+	case uffd.Continued:
+		o.b.addCtr(h.View, cContinued, uint64(n))
+	}
+	if e.Kind == KindMissing {
+		o.filling.Add(-1)
+	}
+	if e.Kind != KindWP && n > 1 {
+		o.b.addCtr(h.View, cAround, uint64(n-1))
+	}
+	o.b.addCtr(h.View, cWakes, 1)
+	return o.record(e)
+}
+
+// Unfilled takes back what Filling recorded past the done bytes the ioctl resolved.
+func (o *blockObserver) Unfilled(h uffd.Handled, token uint64, done int64) {
+	sub := func(c int, x uint64) { o.b.addCtr(h.View, c, -x) }
+	first, n := int(h.Off/o.page), int(h.Len/o.page)
+	left := uint64(n - int(done/o.page))
+	switch h.How {
+	case uffd.Copied, uffd.Zeroed:
+		c := cCopied
+		if h.How == uffd.Zeroed {
+			c = cZeroed
+		}
+		sub(c, left)
+		sub(cBytes, uint64(h.Len-done))
+		for i := int(done / o.page); i < n && i < len(o.saved); i++ {
+			o.b.setState(first+i, o.saved[i])
+		}
+	case uffd.Continued:
+		sub(cContinued, left)
+	}
+	if h.Flags&uffd.FlagWP == 0 && n > 1 {
+		sub(cAround, uint64(n-1))
+	}
+	sub(cWakes, 1)
+}
+
+// record appends e to the log, if there is one, with the time. It returns the entry's index
+// plus one (a token for amend), 0 without a log.
+func (o *blockObserver) record(e Entry) uint64 {
 	if o.b.l.logcap == 0 {
-		return
+		return 0
 	}
 	i := o.b.hdr(hLogNext)
 	if i < uint64(o.b.l.logcap) {
@@ -313,6 +379,17 @@ func (o *blockObserver) record(e Entry) {
 		o.b.putEntry(int(i), e)
 	}
 	o.b.setHdr(hLogNext, i+1)
+	return i + 1
+}
+
+// amend replaces the entry that record's token names (if it was kept), keeping its time.
+func (o *blockObserver) amend(token uint64, e Entry) {
+	i := token - 1
+	if o.b.l.logcap == 0 || i >= uint64(o.b.l.logcap) {
+		return
+	}
+	e.Time = o.b.entry(int(i)).Time
+	o.b.putEntry(int(i), e)
 }
 
 func monoNow() int64 {
