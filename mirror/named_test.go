@@ -2,11 +2,13 @@ package mirror
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -193,5 +195,43 @@ func TestHTTPSourceServerDies(t *testing.T) {
 	}
 	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
 		t.Errorf("FaultErr = %v, want ErrSourceFailed", err)
+	}
+}
+
+// A source's configuration (an HTTP header with a credential, say) reaches the handler
+// process through a descriptor, never through its environment, which /proc/PID/environ shows
+// for the life of the process.
+func TestHandlerProcessEnvironHoldsNoConfig(t *testing.T) {
+	const n = 16 * 4096
+	srv := httptest.NewServer(computedHandler())
+	defer srv.Close()
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const secret = "Bearer s3cr3t-t0ken-in-a-header"
+	src := HTTPSource(srv.URL+"/computed/5/65536", HTTPOptions{Header: map[string]string{"Authorization": secret}})
+	p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerProcess))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	loopSum(p.Original())
+	pids := p.FaultHandlerPids()
+	if len(pids) == 0 {
+		t.Fatal("no handler process")
+	}
+	for _, pid := range pids {
+		env, err := os.ReadFile(fmt.Sprintf("/proc/%d/environ", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The configuration travelled as JSON, its source config in base64: look for both.
+		for _, leak := range []string{secret, "SourceConfig", "s3cr3t", "computed/5", base64.StdEncoding.EncodeToString([]byte(secret))[:20]} {
+			if bytes.Contains(env, []byte(leak)) {
+				t.Errorf("handler process %d: its environment holds %q", pid, leak)
+			}
+		}
 	}
 }

@@ -50,6 +50,7 @@ type procConfig struct {
 
 func init() {
 	if v := os.Getenv(envHandler); v != "" {
+		os.Unsetenv(envHandler)
 		hp, code := setUpHandlerProcess(v)
 		if hp == nil {
 			os.Exit(code)
@@ -62,6 +63,43 @@ func init() {
 		}
 		os.Exit(hp.serve(nil))
 	}
+}
+
+// configFile writes pc into a memfd for a handler process, its offset back at 0.
+func configFile(pc procConfig) (*os.File, error) {
+	data, err := json.Marshal(pc)
+	if err != nil {
+		return nil, err
+	}
+	fd, err := unix.MemfdCreate("mirrormem-fault-config", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("memfd_create", err)
+	}
+	f := os.NewFile(uintptr(fd), "mirrormem-fault-config")
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return nil, err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// readConfig reads the configuration that env ("fd:N") points to, and closes descriptor N.
+func readConfig(env string, c *procConfig) error {
+	var fd int
+	if _, err := fmt.Sscanf(env, "fd:%d", &fd); err != nil || fd < 3 {
+		return fmt.Errorf("want fd:N, got %.40q", env)
+	}
+	f := os.NewFile(uintptr(fd), "mirrormem-fault-config")
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(data, c)
 }
 
 // handlerProcess is a handler process set up and ready to serve.
@@ -78,7 +116,7 @@ var pending *handlerProcess
 // cannot.
 func setUpHandlerProcess(env string) (*handlerProcess, int) {
 	var c procConfig
-	if err := json.Unmarshal([]byte(env), &c); err != nil {
+	if err := readConfig(env, &c); err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: bad %s: %v\n", envHandler, err)
 		return nil, 2
 	}
@@ -307,11 +345,20 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 			pc.AliasFD = 3 + len(extra)
 			extra = append(extra, aliasF)
 		}
-		env, _ := json.Marshal(pc)
+		// The configuration goes through a memfd, not the environment: a source's config
+		// may hold credentials (an HTTP header), which an environment would show in
+		// /proc/PID/environ for the life of the process.
+		cf, err := configFile(pc)
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, cf)
+		cfgFD := 3 + len(extra)
+		extra = append(extra, cf)
 		cmd := &exec.Cmd{
 			Path:       "/proc/self/exe",
 			Args:       []string{"mirrormem-fault-handler"},
-			Env:        append(os.Environ(), envHandler+"="+string(env), goraceNoExitSleep()),
+			Env:        append(os.Environ(), fmt.Sprintf("%s=fd:%d", envHandler, cfgFD), goraceNoExitSleep()),
 			Stderr:     os.Stderr,
 			ExtraFiles: extra,
 		}
