@@ -107,23 +107,23 @@ func bytesIndexZero(b []byte) int {
 func (b *block) entry(i int) Entry {
 	e := b.mem[b.l.log+i*logEntrySize:][:logEntrySize]
 	return Entry{
-		Time:   int64(binary.LittleEndian.Uint64(e[0:])),
-		Offset: int64(binary.LittleEndian.Uint64(e[8:])),
-		Thread: binary.LittleEndian.Uint32(e[16:]),
-		View:   int(e[20]),
-		Kind:   Kind(e[21]),
-		Result: Result(e[22]),
-		Pages:  int(binary.LittleEndian.Uint32(e[24:])),
+		Time:   int64(binary.LittleEndian.Uint64(e[logTime:])),
+		Offset: int64(binary.LittleEndian.Uint64(e[logOffset:])),
+		Thread: binary.LittleEndian.Uint32(e[logThread:]),
+		View:   int(e[logView]),
+		Kind:   Kind(e[logKind]),
+		Result: Result(e[logResult]),
+		Pages:  int(binary.LittleEndian.Uint32(e[logPages:])),
 	}
 }
 
 func (b *block) putEntry(i int, e Entry) {
 	d := b.mem[b.l.log+i*logEntrySize:][:logEntrySize]
-	binary.LittleEndian.PutUint64(d[0:], uint64(e.Time))
-	binary.LittleEndian.PutUint64(d[8:], uint64(e.Offset))
-	binary.LittleEndian.PutUint32(d[16:], e.Thread)
-	d[20], d[21], d[22] = byte(e.View), byte(e.Kind), byte(e.Result)
-	binary.LittleEndian.PutUint32(d[24:], uint32(e.Pages))
+	binary.LittleEndian.PutUint64(d[logTime:], uint64(e.Time))
+	binary.LittleEndian.PutUint64(d[logOffset:], uint64(e.Offset))
+	binary.LittleEndian.PutUint32(d[logThread:], e.Thread)
+	d[logView], d[logKind], d[logResult] = byte(e.View), byte(e.Kind), byte(e.Result)
+	binary.LittleEndian.PutUint32(d[logPages:], uint32(e.Pages))
 }
 
 func (b *block) ptr() unsafe.Pointer { return unsafe.Pointer(&b.mem[0]) }

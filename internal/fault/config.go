@@ -7,7 +7,7 @@ import (
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
-// SourceKind says where page contents come from. Must match MM_SRC_* in native.h.
+// SourceKind says where page contents come from. Must match MM_SRC_* in native.h (checked by layout_cgo.go).
 type SourceKind int
 
 const (

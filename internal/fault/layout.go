@@ -1,8 +1,9 @@
 package fault
 
 // The shared block: counters, page states, dirty bits and the verification log of one handler,
-// written by the handler (a C thread, or a handler process through a shared memfd) and read by
-// Go with atomic loads. Keep in sync with native.c.
+// written by the handler (a C thread, a handler process through a shared memfd, or the engine
+// in this process) and read by Go with atomic loads. block.h is its definition for C; in cgo
+// builds layout_cgo.go fails to compile if the two differ.
 
 // MaxViews is the most views one handler serves.
 const MaxViews = 8
@@ -62,7 +63,17 @@ const (
 
 const magic = 0x6d6972726f726d31 // "mirrorm1"
 
-const logEntrySize = 32
+// A log entry: its size and the byte offsets of its fields.
+const (
+	logEntrySize = 32
+	logTime      = 0
+	logOffset    = 8
+	logThread    = 16
+	logView      = 20
+	logKind      = 21
+	logResult    = 22
+	logPages     = 24
+)
 
 type layout struct {
 	npages, logcap         int

@@ -30,30 +30,6 @@ struct mm_uffdio_poison {
 #define MM_UFFDIO_POISON _IOWR(UFFDIO, 0x08, struct mm_uffdio_poison)
 
 // Layout of the shared block: keep in sync with layout.go.
-enum {
-	H_MAGIC = 0, H_NVIEWS, H_NPAGES, H_PAGE, H_LOGCAP, H_LOGNEXT, H_VIOLATIONS, H_VIOL_CODE,
-	H_VIOL_OFF, H_ERRORS, H_ERRNO, H_ERR_OFF, H_MSGS, H_REMOVES, H_CLOSING, H_HEARTBEAT,
-	H_LOOPS, H_TAKEOVERS, H_TRACKED, H_WORDS = 32,
-};
-enum {
-	C_MISSING = 0, C_MINOR, C_WP, C_COPIED, C_ZEROED, C_CONTINUED, C_EEXIST, C_EAGAIN, C_WAKES,
-	C_STAGED, C_BYTES, C_DIRTY, C_AROUND, C_WORDS = 16,
-};
-enum { ST_EMPTY = 0, ST_FILLED = 1, ST_PRESENT = 2, ST_RESET = 3 };
-enum { K_MISSING = 1, K_MINOR = 2, K_WP = 3, K_REMOVE = 4 };
-enum {
-	R_COPIED = 1, R_ZEROED = 2, R_STAGED = 3, R_CONTINUED = 4, R_EEXIST = 5, R_ERROR = 6,
-	R_UNPROTECTED = 7, R_RESET = 8,
-};
-enum { V_TWICE = 1, V_MINOR_UNFILLED = 2 };
-
-struct mm_log {
-	uint64_t time_ns, off;
-	uint32_t tid;
-	uint8_t view, kind, result, pad;
-	uint32_t pages, pad2;
-};
-
 struct mm_handler {
 	struct mm_cfg cfg;
 	pthread_t thread;
@@ -749,10 +725,11 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 	h->hdr = cfg->shared;
 	h->npages = h->hdr[H_NPAGES];
 	h->logcap = h->hdr[H_LOGCAP];
-	h->counters = h->hdr + H_WORDS;
-	h->state = (uint8_t *)(h->counters + MM_MAX_VIEWS * C_WORDS);
-	h->dirty = h->state + ((h->npages + 63) & ~63ull);
-	h->log = (struct mm_log *)(h->dirty + ((MM_MAX_VIEWS * h->npages + 63) & ~63ull));
+	char *base = cfg->shared;
+	h->counters = (uint64_t *)(base + MM_COUNTERS_OFF);
+	h->state = (uint8_t *)(base + MM_STATE_OFF);
+	h->dirty = (uint8_t *)(base + MM_DIRTY_OFF(h->npages));
+	h->log = (struct mm_log *)(base + MM_LOG_OFF(h->npages));
 	for (int v = 0; v < MM_MAX_VIEWS; v++)
 		for (int k = 0; k < 2; k++) {
 			h->next[v][k] = UINT64_MAX;

@@ -8,7 +8,7 @@
 
 #include <stdint.h>
 
-#define MM_MAX_VIEWS 8
+#include "block.h"
 
 // Source kinds: must match the Go constants in config.go.
 enum { MM_SRC_ZERO = 0, MM_SRC_FD = 1, MM_SRC_MEM = 2 };
@@ -20,7 +20,6 @@ struct mm_cfg {
 	int src_fd;        // MM_SRC_FD: pread from here
 	int alias_fd;      // >= 0: stage pages with pwrite into this memfd, then UFFDIO_CONTINUE
 	int poison;        // UFFDIO_POISON usable: a page whose source fails raises SIGBUS
-	int watch_only;    // watchdog mode: serve nothing, watch a Go server (see mm_watch)
 	uint64_t src_addr; // MM_SRC_MEM: source bytes in this process
 	uint64_t map_addr; // MM_SRC_FD: a read-only mapping of the source from src_off on (0: none)
 	uint64_t map_len;  // its length: COPY reads straight from it, saving pread's copy
@@ -31,14 +30,14 @@ struct mm_cfg {
 	uint32_t max_around; // fault-around cap in pages (1 = off)
 	uint32_t nviews;
 	uint64_t views[MM_MAX_VIEWS];
-	void *shared;      // the counters/state/log block (layout in layout.go)
+	void *shared;      // the counters/state/log block (layout in block.h)
 };
 
 struct mm_handler;
 
 // mm_start starts the handler thread. On error returns NULL with *err = errno.
 struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err);
-// mm_stop signals the stop eventfd (the caller writes it) and joins the thread, then frees h.
+// mm_join joins the thread once the caller has written the stop eventfd, then frees h.
 void mm_join(struct mm_handler *h);
 
 // The watchdog of an in-process Go fault server (watchdog.c).
