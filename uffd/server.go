@@ -231,7 +231,8 @@ func (s *Server) Handle(addr uintptr, length int, src io.ReaderAt) error {
 // of every view. A page is filled once: a MISSING fault at offset o through any view copies the
 // page into that view (EEXIST: it was filled through another view, which is fine), then wakes the
 // waiters at offset o on every view, since a resolve through one view does not wake a thread
-// faulting through another. Counts go to the faulting view.
+// faulting through another. (On a Tracker's fast path the other views are left to their own
+// messages instead: see Tracker.Filling.) Counts go to the faulting view.
 //
 // Register every view with ModeMissing, and also ModeMinor where the userfaultfd has
 // FeatureMinorShmem (5.14+): a page filled through one view is then reported as a MINOR fault on
