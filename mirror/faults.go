@@ -75,14 +75,19 @@ const DefaultWatchdog = 10 * time.Second
 //     program may be waiting in a fault, holding its P).
 //   - any other io.ReaderAt is Go code that only this process can run: ServeFaults refuses it
 //     with an error matching ErrGoSource that shows how to register it instead, unless you opt
-//     in with WithHandler(HandlerGo), which serves it with a uffd.Server in this process (cgo
-//     builds only). The rule you then accept: touch pages that may be unfilled only with
+//     in with WithHandler(HandlerGo), which serves it with the library's engine (uffd.Server) in
+//     this process (cgo builds only). The rule you then accept: touch pages that may be unfilled only with
 //     Populate (a system call), plain Go loops (for i := range b { s += b[i] }) or system
 //     calls. Runtime assembly hides in many places, and any of them hangs the program under
 //     garbage collection: copy, clear, append, string(b), the bytes, strings and hash/*
 //     packages, fmt, strconv, encoding/*, and a channel send or receive of a value read from
 //     the view, which the runtime copies with memmove. A watchdog (a C thread) aborts the
 //     process with a message naming this rule if it is broken and the program hangs.
+//
+// Every handler runs the same fault engine (a uffd.Server, or the C thread with the same wake
+// policy and the same counter block), so every companion option works with every handler and
+// every source: FaultAround, VerifyFaults, StageMinorFaults, TrackWrites, and FaultStats,
+// FaultLog, Verify and Dirty read the same way.
 //
 // The userfaultfd needs privilege for faults raised inside the kernel (vm.unprivileged_userfaultfd,
 // CAP_SYS_PTRACE); without it, read(2) into an unfilled page and Populate fail with EFAULT.
