@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -30,13 +31,14 @@ type Error struct {
 	Err          error  // the last cause
 }
 
-// Error returns a message naming the server, the pages, the last cause and the attempts.
+// Error returns a message naming the server, the last cause, the pages and the attempts (in
+// that order: fault handlers keep only the start of a long message).
 func (e *Error) Error() string {
 	pages := "page " + strconv.FormatUint(uint64(e.First), 10)
 	if e.Count > 1 {
 		pages = fmt.Sprintf("pages %d-%d", e.First, uint64(e.First)+uint64(e.Count)-1)
 	}
-	return fmt.Sprintf("page server %s: %s: %v (%s)", e.Addr, pages, e.Err, attempts(e.Attempts))
+	return fmt.Sprintf("page server %s: %v (%s, %s)", e.Addr, e.Err, pages, attempts(e.Attempts))
 }
 
 func attempts(n int) string {
@@ -318,6 +320,10 @@ func (c *Client) connect(deadline time.Time) (*conn, bool, error) {
 		var oe *net.OpError
 		if errors.As(err, &oe) {
 			err = oe.Err // its message repeats the address
+		}
+		var se *os.SyscallError
+		if errors.As(err, &se) {
+			err = se.Err // "connect: connection refused" says connect twice
 		}
 		return nil, true, fmt.Errorf("dial: %w", err)
 	}
