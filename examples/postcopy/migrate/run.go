@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/mirrormem/mirrormem/mirror"
 )
 
 // Mode is the kind of migration.
@@ -48,16 +50,17 @@ type Config struct {
 	DestTouches     int     // pages the destination workload reads after resuming (default 4096)
 	Seed            uint64  // workload randomness (default 1)
 	// DemandOverHTTP makes the destination fetch pages on demand with HTTP Range requests
-	// (HTTPSource) from an HTTP server the source runs on loopback, instead of over the demand
-	// socket: the path a restore from an object store takes.
+	// (mirror.HTTPSource) from an HTTP server the source runs on loopback, instead of from its
+	// page server (mirror.TCPSource): the path a restore from an object store takes.
 	DemandOverHTTP bool
-	// Lazy makes the destination map a page into its guest only when the guest faults on it
-	// (no background install, no pull of what was not pushed): every page's first touch is a
-	// fault served by the pager, and the guest reads every page (DestTouches is raised to the
-	// number of pages). The migration ends when the guest has touched every page.
+	// Lazy makes the destination populate nothing in the background: every page comes in on
+	// a fault of its workload, one page per fault (no fault-around), and the workload reads
+	// every page (DestTouches is raised to the number of pages). The migration ends when the
+	// workload has touched every page.
 	Lazy bool
 	// NoPush makes the source push nothing after the resume: every page written after the
-	// pre-copy then comes on demand, fetched by the destination's pager for a fault or once the stream ended.
+	// pre-copy then comes on demand, fetched by the destination's fault handler for a fault
+	// or once the stream ended.
 	NoPush bool
 	// FailSourceAfter > 0 makes the source drop its connections once it has sent that many
 	// pages after the resume (pushed or on demand), as a crashed source would: the migration
@@ -65,17 +68,18 @@ type Config struct {
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
-	// DestGC makes the destination's guest force garbage collections in a loop while it reads
-	// pages that may not have arrived yet with copy(). A goroutine that faults inside runtime
-	// assembly cannot be stopped by the collector, so a fault server in the guest's own Go
-	// runtime would never run and the guest would hang; the pager is another process, so it
-	// cannot.
+	// DestGC makes the destination's workload force garbage collections in a loop while it
+	// reads pages that may not have arrived yet with copy(). A goroutine that faults inside
+	// runtime assembly cannot be stopped by the collector, so a fault server in the
+	// destination's own Go runtime would never run and it would hang; the library's handler
+	// is another process, so it cannot.
 	DestGC bool
-	// pagerCrashAfter > 0 makes the destination's pager kill itself (SIGKILL) after serving
-	// that many faults: its guest must die with it, never run on with missing pages.
-	pagerCrashAfter int
-	// guestCrash makes the destination's guest exit with an error right after it resumed.
-	guestCrash bool
+	// killHandlers > 0 makes the destination kill (SIGKILL) that many of its fault handler
+	// processes after its workload's first 16 reads: with 1, the standby takes over; with 2,
+	// the destination must end with a message, never run on with missing pages.
+	killHandlers int
+	// destCrash makes the destination exit (status 3) right after it resumed.
+	destCrash bool
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
 	Timeout time.Duration
@@ -122,7 +126,7 @@ func (c *Config) defaults() error {
 // Report is what a migration measured.
 type Report struct {
 	Mode           Mode
-	Demand         string // how faults fetched pages: "socket" or "HTTP Range"
+	Demand         string // how faults fetched pages: "TCP" or "HTTP Range"
 	ImageBytes     int
 	PageSize       int
 	Pages          int
@@ -132,15 +136,14 @@ type Report struct {
 	OnDemand       int           // pages fetched because a fault needed them first
 	Pushed         int           // pages the destination took from the push stream
 	DemandRequests int           // demand round trips
-	DemandWait     time.Duration // time faults spent waiting for the source, in total
-	BytesSent      int64         // bytes the source sent, both connections
+	BytesSent      int64         // bytes the source sent, every connection
 	PreCopyTime    time.Duration // the pre-copy, while the workload ran
 	Downtime       time.Duration // workload stopped at the source until running at the destination
 	Total          time.Duration // start until every page is resident at the destination
 	Touches        int           // pages the destination workload read after resuming
 	TouchMean      time.Duration // mean time of such a read (a fault or not)
 	TouchMax       time.Duration
-	DestFaults     uint64 // faults of the guest served by the destination's pager (missing and minor)
+	DestFaults     uint64 // faults of the destination's memory served by its fault handler process
 	VerifiedPages  int    // pages whose checksum matched the source's final image
 	DestGCCycles   int64  // garbage collections forced at the destination (DestGC)
 }
@@ -158,9 +161,9 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
 	}
 	if r.Mode == PostCopy {
-		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
-			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
-		fmt.Fprintf(&b, "  destination: %d faults of its guest served by its pager; the guest read %d pages right after resuming (mean %v, worst %v per page)\n",
+		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests) and %d pushed\n",
+			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.Pushed)
+		fmt.Fprintf(&b, "  destination: %d faults served by its handler process; it read %d pages right after resuming (mean %v, worst %v per page)\n",
 			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
 	} else {
 		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d copied while the workload was stopped\n", float64(r.BytesSent)/(1<<20), r.PreCopied)
@@ -188,7 +191,7 @@ func Run(cfg Config) (Report, error) {
 	if cfg.Lazy {
 		cfg.DestTouches = max(cfg.DestTouches, s.npages)
 	}
-	rep := Report{Mode: cfg.Mode, Demand: "socket", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
+	rep := Report{Mode: cfg.Mode, Demand: "TCP", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
 	if cfg.DemandOverHTTP {
 		rep.Demand = "HTTP Range"
 	}
@@ -217,11 +220,11 @@ func Run(cfg Config) (Report, error) {
 	if cfg.Lazy {
 		cmd.Env = append(cmd.Env, envLazy+"=1")
 	}
-	if cfg.guestCrash {
-		cmd.Env = append(cmd.Env, envGuestCrash+"=1")
+	if cfg.destCrash {
+		cmd.Env = append(cmd.Env, envDestCrash+"=1")
 	}
-	if cfg.pagerCrashAfter > 0 {
-		cmd.Env = append(cmd.Env, envCrashAfter+"="+strconv.Itoa(cfg.pagerCrashAfter))
+	if cfg.killHandlers > 0 {
+		cmd.Env = append(cmd.Env, envKillHandlers+"="+strconv.Itoa(cfg.killHandlers))
 	}
 	if cfg.DemandOverHTTP {
 		hln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -232,6 +235,24 @@ func Run(cfg Config) (Report, error) {
 		go hs.Serve(countingListener{hln, &s.sent})
 		defer hs.Close()
 		cmd.Env = append(cmd.Env, envHTTP+"=http://"+hln.Addr().String()+"/image")
+	} else if cfg.Mode == PostCopy {
+		pln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return rep, err
+		}
+		served := make(chan error, 1)
+		go func() { served <- mirror.ServePages(countingListener{pln, &s.sent}, pageReader{s}, int64(len(s.img))) }()
+		defer func() { pln.Close(); <-served }() // ServePages closes its connections
+		ended := make(chan struct{})
+		defer close(ended)
+		go func() {
+			select {
+			case <-s.dropConns: // the simulated crash
+			case <-ended:
+			}
+			pln.Close()
+		}()
+		cmd.Env = append(cmd.Env, envPages+"="+pln.Addr().String())
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -266,42 +287,16 @@ func Run(cfg Config) (Report, error) {
 		}
 	}()
 
-	// The destination dials twice: the stream, then (post-copy) the demand connection.
-	conns := make(chan net.Conn, 2)
+	// The destination dials once: the stream.
+	conns := make(chan net.Conn, 1)
 	acceptErr := make(chan error, 1)
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				acceptErr <- err
-				return
-			}
-			var kind [1]byte
-			if _, err := io.ReadFull(c, kind[:]); err != nil {
-				c.Close()
-				continue
-			}
-			switch kind[0] {
-			case connStream:
-				conns <- c
-			case connDemand:
-				go func() {
-					defer c.Close()
-					done := make(chan struct{})
-					go func() {
-						select {
-						case <-s.dropConns:
-							c.Close()
-						case <-done:
-						}
-					}()
-					s.serveDemand(c)
-					close(done)
-				}()
-			default:
-				c.Close()
-			}
+		c, err := ln.Accept()
+		if err != nil {
+			acceptErr <- err
+			return
 		}
+		conns <- c
 	}()
 	var stream net.Conn
 	select {
@@ -329,9 +324,9 @@ func Run(cfg Config) (Report, error) {
 
 	var dr destReport
 	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
-		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q; source: %v", werr, out.String(), serr)
+		return rep, fmt.Errorf("migrate: the destination ended without a report (%v): its error output says why", werr)
 	}
-	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.Pushed, dr.OnDemand, dr.DemandRequests, dr.DemandWait
+	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests = dr.PreCopied, int(s.pushed.Load()), int(s.onDemand.Load()), int(s.demandRequests.Load())
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
 	rep.DestGCCycles = dr.GCCycles
 	if dr.Err != "" || werr != nil {
