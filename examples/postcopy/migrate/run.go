@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrormem/mirrormem/mirror"
 )
 
@@ -207,78 +209,25 @@ func Run(cfg Config) (Report, error) {
 	}
 	defer tcp.Close()
 	ln := countingListener{tcp, &s.sent}
-	self, err := os.Executable()
+	demandEnv, stopDemand, err := s.serveDemand(cfg)
 	if err != nil {
 		return rep, err
 	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envDest+"="+ln.Addr().String(),
-		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
-	if cfg.DestGC {
-		cmd.Env = append(cmd.Env, envGC+"=1")
-	}
-	if cfg.Lazy {
-		cmd.Env = append(cmd.Env, envLazy+"=1")
-	}
-	if cfg.destCrash {
-		cmd.Env = append(cmd.Env, envDestCrash+"=1")
-	}
-	if cfg.killHandlers > 0 {
-		cmd.Env = append(cmd.Env, envKillHandlers+"="+strconv.Itoa(cfg.killHandlers))
-	}
-	if cfg.DemandOverHTTP {
-		hln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return rep, err
-		}
-		hs := &http.Server{Handler: s.httpHandler()}
-		go hs.Serve(countingListener{hln, &s.sent})
-		defer hs.Close()
-		cmd.Env = append(cmd.Env, envHTTP+"=http://"+hln.Addr().String()+"/image")
-	} else if cfg.Mode == PostCopy {
-		pln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return rep, err
-		}
-		served := make(chan error, 1)
-		go func() { served <- mirror.ServePages(countingListener{pln, &s.sent}, pageReader{s}, int64(len(s.img))) }()
-		defer func() { pln.Close(); <-served }() // ServePages closes its connections
-		ended := make(chan struct{})
-		defer close(ended)
-		go func() {
-			select {
-			case <-s.dropConns: // the simulated crash
-			case <-ended:
-			}
-			pln.Close()
-		}()
-		cmd.Env = append(cmd.Env, envPages+"="+pln.Addr().String())
+	defer stopDemand()
+	cmd, err := destCommand(cfg, envDest+"="+ln.Addr().String(), demandEnv)
+	if err != nil {
+		return rep, err
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
-	cmd.Stderr = cfg.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
 	go s.workload()
 	defer s.stop() // before s.close, deferred earlier: the workload must not outlive the image
 	startNs := monotonic()
-	if err := cmd.Start(); err != nil {
-		return rep, fmt.Errorf("migrate: start destination: %w", err)
+	exited, err := startDestination(cmd, cfg.Timeout)
+	if err != nil {
+		return rep, err
 	}
-	var timedOut atomic.Bool
-	killer := time.AfterFunc(cfg.Timeout, func() {
-		timedOut.Store(true)
-		cmd.Process.Kill()
-	})
-	defer killer.Stop()
-	exited := make(chan error, 1)
-	go func() {
-		err := cmd.Wait()
-		if timedOut.Load() {
-			err = fmt.Errorf("the destination did not finish within %v and was killed: %v", cfg.Timeout, err)
-		}
-		exited <- err
-	}()
 	waited := false
 	defer func() {
 		if !waited { // an early return: the destination must not outlive Run
@@ -289,14 +238,11 @@ func Run(cfg Config) (Report, error) {
 
 	// The destination dials once: the stream.
 	conns := make(chan net.Conn, 1)
-	acceptErr := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
-		if err != nil {
-			acceptErr <- err
-			return
+		if err == nil {
+			conns <- c
 		}
-		conns <- c
 	}()
 	var stream net.Conn
 	select {
@@ -304,8 +250,6 @@ func Run(cfg Config) (Report, error) {
 	case err := <-exited:
 		waited = true
 		return rep, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
-	case err := <-acceptErr:
-		return rep, err
 	}
 	defer stream.Close()
 	preCopy, stopNs, dirty, serr := s.stream(stream, cfg.Mode)
@@ -328,19 +272,98 @@ func Run(cfg Config) (Report, error) {
 	}
 	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests = dr.PreCopied, int(s.pushed.Load()), int(s.onDemand.Load()), int(s.demandRequests.Load())
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
-	rep.DestGCCycles = dr.GCCycles
+	rep.DestGCCycles, rep.Downtime, rep.Total = dr.GCCycles, time.Duration(dr.ResumeNs-stopNs), time.Duration(dr.DoneNs-startNs)
 	if dr.Err != "" || werr != nil {
 		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
 	}
 	if serr != nil {
 		return rep, serr
 	}
-	rep.Downtime = time.Duration(dr.ResumeNs - stopNs)
-	rep.Total = time.Duration(dr.DoneNs - startNs)
 	if rep.VerifiedPages != rep.Pages {
 		return rep, errors.New("migrate: not every page was verified")
 	}
 	return rep, nil
+}
+
+// startDestination starts the destination process and returns a channel that receives its
+// exit, which an error names the timeout of if the process was killed for taking longer.
+func startDestination(cmd *exec.Cmd, timeout time.Duration) (<-chan error, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("migrate: start destination: %w", err)
+	}
+	var timedOut atomic.Bool
+	killer := time.AfterFunc(timeout, func() {
+		timedOut.Store(true)
+		cmd.Process.Kill()
+	})
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		killer.Stop()
+		if timedOut.Load() {
+			err = fmt.Errorf("the destination did not finish within %v and was killed: %v", timeout, err)
+		}
+		exited <- err
+	}()
+	return exited, nil
+}
+
+// destCommand returns the destination process: this program again, told what to do in its
+// environment (see MaybeDestination).
+func destCommand(cfg Config, env ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(append(os.Environ(), env...),
+		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+	for _, o := range []struct {
+		on bool
+		kv string
+	}{
+		{cfg.DestGC, envGC + "=1"}, {cfg.Lazy, envLazy + "=1"}, {cfg.destCrash, envDestCrash + "=1"},
+		{cfg.killHandlers > 0, envKillHandlers + "=" + strconv.Itoa(cfg.killHandlers)},
+	} {
+		if o.on {
+			cmd.Env = append(cmd.Env, o.kv)
+		}
+	}
+	cmd.Stderr = cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// serveDemand starts what the destination fetches pages on demand from: the source's page
+// server (mirror.ServePages), or an HTTP server of the image. It returns the destination's
+// environment entry that names it, and a function that stops it.
+func (s *source) serveDemand(cfg Config) (env string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	counted := countingListener{ln, &s.sent}
+	if cfg.DemandOverHTTP {
+		hs := &http.Server{Handler: s.httpHandler()}
+		go hs.Serve(counted)
+		return envHTTP + "=http://" + ln.Addr().String() + "/image", func() { hs.Close() }, nil
+	}
+	served, ended := make(chan error, 1), make(chan struct{})
+	go func() { served <- mirror.ServePages(counted, pageReader{s}, int64(len(s.img))) }()
+	go func() {
+		select {
+		case <-s.dropConns: // the simulated crash
+		case <-ended:
+		}
+		ln.Close() // ServePages closes its connections and returns
+	}()
+	return envPages + "=" + ln.Addr().String(), func() { close(ended); <-served }, nil
+}
+
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // countingListener counts the bytes written to the connections it accepts.
