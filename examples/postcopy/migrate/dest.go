@@ -234,14 +234,15 @@ func runDestination(addr string) (destReport, error) {
 	if os.Getenv(envDestCrash) != "" {
 		os.Exit(3) // a destination that dies (tests)
 	}
-	go func() { errs <- d.workload(stale, &rep) }()
+	var w destReport // the workload's figures: read only once it has ended
+	go func() { errs <- d.workload(stale, &w) }()
 	go func() { errs <- d.fill() }()
 	for range 3 {
 		if err := <-errs; err != nil {
 			return rep, d.failure(err)
 		}
 	}
-	rep.DoneNs = d.doneNs.Load()
+	rep.DoneNs, rep.Touches, rep.TouchMean, rep.TouchMax, rep.GCCycles = d.doneNs.Load(), w.Touches, w.TouchMean, w.TouchMax, w.GCCycles
 	view := d.mem
 	if d.pair != nil {
 		o, m := d.pair.FaultStats()
