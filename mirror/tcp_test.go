@@ -5,12 +5,21 @@ import (
 	"io"
 	"net"
 	"net/http/httptest"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mirrormem/mirrormem/alloc"
 )
+
+// serverP keeps a P for the server of these tests, which is this program, while a goroutine
+// waits in a fault; with one P, each fault would wait for the scheduler to preempt it.
+func serverP(t *testing.T) {
+	prev := runtime.GOMAXPROCS(max(2, runtime.GOMAXPROCS(0)))
+	t.Cleanup(func() { runtime.GOMAXPROCS(prev) })
+}
 
 // servePages runs ServePages on a loopback listener; stop closes the listener and waits until
 // ServePages has closed every connection and returned.
@@ -51,6 +60,7 @@ func checkBytes(t *testing.T, what string, b, want []byte) {
 // bytes past its end (mid-page) are zeros, the faults are counted per view, Verify passes, and
 // nothing is left behind, with and without fault-around.
 func TestTCPSource(t *testing.T) {
+	serverP(t)
 	const n = 4 << 20
 	src := computedSource{seed: 11, size: n - 3*4096 - 100}
 	want := make([]byte, n)
@@ -100,6 +110,7 @@ func TestTCPSource(t *testing.T) {
 // The page server dies mid-run: the pages fetched before read as before, and a page fetched
 // after fails loudly (SIGBUS), never zeros; FaultErr says so, naming the server.
 func TestTCPSourceServerDies(t *testing.T) {
+	serverP(t)
 	needPoison(t)
 	const n = 64 * 4096
 	defer unchanged(t)()
@@ -137,6 +148,82 @@ func TestTCPSourceServerDies(t *testing.T) {
 		t.Errorf("FaultErr = %v, want ErrSourceFailed naming %s", err, addr)
 	}
 	t.Log(err)
+}
+
+// cuttingListener's connections, once cut is set, write half of what they are given and close:
+// a page server whose connections break mid-answer.
+type cuttingListener struct {
+	net.Listener
+	cut *atomic.Bool
+}
+
+func (l cuttingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return cuttingConn{c, l.cut}, nil
+}
+
+type cuttingConn struct {
+	net.Conn
+	cut *atomic.Bool
+}
+
+func (c cuttingConn) Write(p []byte) (int, error) {
+	if !c.cut.Load() {
+		return c.Conn.Write(p)
+	}
+	n, _ := c.Conn.Write(p[:len(p)/2])
+	c.Conn.Close()
+	return n, net.ErrClosed
+}
+
+// The server's connections break in the middle of its answers: the pages asked then fail
+// loudly (SIGBUS), never zeros, and the pages served before read as before.
+func TestTCPSourceConnectionsCut(t *testing.T) {
+	serverP(t)
+	needPoison(t)
+	const n = 32 * 4096
+	defer unchanged(t)()
+	cs := computedSource{seed: 5, size: n}
+	want := make([]byte, n)
+	cs.ReadAt(want, 0)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cut atomic.Bool
+	done := make(chan error, 1)
+	go func() { done <- ServePages(cuttingListener{l, &cut}, cs, n) }()
+	defer func() { l.Close(); <-done }()
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	p, err := Mirror(r, ServeFaults(TCPSource(l.Addr().String(), TCPOptions{Timeout: time.Second, Retries: 2})), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for off := 0; off < n/2; off += 4096 {
+		if v, faulted := touchRecover(t, p.Original(), off+9); faulted || v != want[off+9] {
+			t.Fatalf("page at %d before the cut: %d (faulted %v), want %d", off, v, faulted, want[off+9])
+		}
+	}
+	cut.Store(true)
+	for off := n / 2; off < n; off += 4 * 4096 {
+		if v, faulted := touchRecover(t, p.Mirror(), off+9); !faulted {
+			t.Fatalf("page at %d, its answer cut short, read %d: want SIGBUS", off, v)
+		}
+	}
+	if v, faulted := touchRecover(t, p.Mirror(), 9); faulted || v != want[9] {
+		t.Errorf("a page served before the cut: %d (faulted %v), want %d", v, faulted, want[9])
+	}
+	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("FaultErr = %v, want ErrSourceFailed", err)
+	}
 }
 
 // Bad addresses, absurd options, nothing listening and a server of another protocol are

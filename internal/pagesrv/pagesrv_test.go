@@ -186,6 +186,7 @@ func TestSourceFails(t *testing.T) {
 			if !errors.As(err, &e) || !errors.As(err, &se) || e.Attempts != 1 || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("ReadAt of a page the source cannot give: %v; want a ServerError saying %q after 1 attempt", err, tc.want)
 			}
+			notEOF(t, err)
 			t.Log(err)
 			got := make([]byte, page)
 			if _, err := c.ReadAt(got, page); err != nil || !bytes.Equal(got, img[page:2*page]) {
@@ -214,6 +215,7 @@ func TestServerGoneOrChanged(t *testing.T) {
 	if !errors.As(err, &e) || e.Attempts != 3 || errors.Is(err, ErrChanged) {
 		t.Fatalf("read from a closed server: %v; want an *Error after 3 attempts", err)
 	}
+	notEOF(t, err)
 	t.Log(err)
 
 	l, err := net.Listen("tcp", addr)
@@ -231,6 +233,15 @@ func TestServerGoneOrChanged(t *testing.T) {
 			c2.Close()
 		}
 		t.Errorf("Dial(pinned config) to a restarted server: %v; want ErrChanged", err)
+	}
+}
+
+// notEOF fails t if the error of a read inside the image matches io.EOF: a fault handler
+// would take it for the end of the source and fill the page with zeros.
+func notEOF(t *testing.T, err error) {
+	t.Helper()
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Errorf("the error of a failed read inside the image matches io.EOF: %v", err)
 	}
 }
 
@@ -344,6 +355,7 @@ func TestBadServers(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.readErr) {
 				t.Fatalf("ReadAt: %v; want an error saying %q", err, tc.readErr)
 			}
+			notEOF(t, err)
 			t.Log(err)
 		})
 	}
