@@ -32,8 +32,10 @@
 // size the image's length in bytes and token a nonzero number identifying this image as served
 // by this server. The last page of an image whose size is not a whole number of pages is
 // padded with zeros. A server that does not speak the client's version answers with a greeting
-// carrying its own and closes the connection; so does one that receives a malformed hello. A
-// request outside the image is answered with status 1, and the server closes the connection.
+// carrying its own and closes the connection; one that receives a malformed hello closes it
+// without a word. A request outside the image, or for more than max pages, is answered with
+// status 1, and the server closes the connection; a source that fails is answered with
+// status 1 too, and the connection stays usable.
 package pagesrv
 
 import (
