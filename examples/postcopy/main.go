@@ -6,15 +6,15 @@
 // The program is the source: it fills an image, starts a workload that keeps writing to it,
 // and starts itself again as the destination, which connects over TCP on loopback. The source
 // pre-copies every page while the workload runs, stops the workload, and sends only the list
-// of pages written since (tracked with userfaultfd write protection). The destination is two
-// processes: a guest, which resumes at once on memory registered with userfaultfd, and a
-// pager, which receives the pages into a memfd and serves every fault of the guest from it,
-// fetching on demand from the source the pages not pushed yet. No code of the guest is on the
-// path that serves its faults, so it cannot hang under garbage collection, with or without
-// cgo. The guest checks every page against the checksums of the source's final image. The
-// same migration runs again with the pager fetching pages on demand with HTTP Range requests
-// (the path of a restore from an object store), then the same image goes through
-// stop-and-copy. The program exits non-zero if any page differs or either migration fails.
+// of pages written since (tracked with userfaultfd write protection). The destination resumes
+// at once on memory whose faults the library serves from a handler process: the pages it
+// received from its store, the others fetched on demand from the source's page server
+// (mirror.TCPSource). No code of the destination is on the path that serves its faults, so it
+// cannot hang under garbage collection, with or without cgo. The destination checks every page
+// against the checksums of the source's final image. The same migration runs again with pages
+// fetched on demand with HTTP Range requests (mirror.HTTPSource, the path of a restore from an
+// object store), then the same image goes through stop-and-copy. The program exits non-zero
+// if any page differs or either migration fails.
 package main
 
 import (

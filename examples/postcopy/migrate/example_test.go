@@ -1,11 +1,7 @@
 package migrate_test
 
 import (
-	"bytes"
 	"fmt"
-	"net/http"
-	"net/http/httptest"
-	"time"
 
 	"github.com/mirrormem/mirrormem/examples/postcopy/migrate"
 )
@@ -19,22 +15,4 @@ func ExampleRun() {
 		return
 	}
 	fmt.Println(rep)
-}
-
-// Pages can come from any HTTP server that serves byte ranges.
-func ExampleHTTPSource() {
-	image := bytes.Repeat([]byte("page"), 2*4096/4)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "image", time.Time{}, bytes.NewReader(image))
-	}))
-	defer srv.Close()
-	src := migrate.HTTPSource(srv.URL, nil)
-	defer src.Close()
-	page := make([]byte, 4096)
-	if err := src.ReadPages(page, 4096); err != nil {
-		fmt.Println(err)
-		return
-	}
-	fmt.Printf("%s...\n", page[:8])
-	// Output: pagepage...
 }

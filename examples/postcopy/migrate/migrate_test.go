@@ -2,11 +2,8 @@ package migrate
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -72,40 +69,55 @@ func TestPostCopyUnderGC(t *testing.T) {
 	}
 }
 
-// TestPagerCrash: the destination's pager dies (SIGKILL) while its guest reads pages that
-// only the pager can give it. The migration fails, and the guest is gone too: it never runs on
-// with pages it does not have (it keeps its userfaultfd open, so no fault becomes a zero
-// page; the kernel kills it when its parent dies).
-func TestPagerCrash(t *testing.T) {
+// TestHandlerCrash: fault handler processes of the destination die (SIGKILL) while its
+// workload reads pages that only they can give it. With one killed, the standby takes over and
+// every page arrives; with both, the destination ends with the library's message, and no
+// process of the migration outlives it: it never runs on with pages it does not have (its
+// views stay registered, so no fault becomes a zero page).
+func TestHandlerCrash(t *testing.T) {
+	rep, err := Run(Config{ImageSize: 8 << 20, Lazy: true, killHandlers: 1, Stderr: io.Discard})
+	if err != nil || rep.VerifiedPages != rep.Pages {
+		t.Fatalf("migration whose primary handler was killed: %v; verified %d of %d pages", err, rep.VerifiedPages, rep.Pages)
+	}
 	token := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
 	t.Setenv("MIRRORMEM_POSTCOPY_TEST_TOKEN", token)
-	_, err := Run(Config{ImageSize: 8 << 20, Lazy: true, pagerCrashAfter: 50, Stderr: io.Discard})
-	if err == nil || !strings.Contains(err.Error(), "killed") {
-		t.Fatalf("migration whose pager was killed: %v", err)
+	var stderr bytes.Buffer
+	_, err = Run(Config{ImageSize: 8 << 20, Lazy: true, killHandlers: 2, Stderr: &stderr})
+	if err == nil || !strings.Contains(stderr.String(), "every fault handler process") {
+		t.Fatalf("migration whose handlers were killed: %v; error output %q", err, stderr.String())
 	}
 	t.Log(err)
-	// The guest dies asynchronously (the parent-death signal): give it a few seconds.
+	noneOutlive(t, token)
+}
+
+// TestDestinationDies: the destination ends abruptly after resuming; Run says so, and its
+// fault handler processes do not outlive it.
+func TestDestinationDies(t *testing.T) {
+	token := fmt.Sprintf("%d-%d", os.Getpid(), time.Now().UnixNano())
+	t.Setenv("MIRRORMEM_POSTCOPY_TEST_TOKEN", token)
+	_, err := Run(Config{ImageSize: 8 << 20, destCrash: true, Stderr: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "without a report") || !strings.Contains(err.Error(), "exit status 3") {
+		t.Fatalf("migration whose destination died: %v", err)
+	}
+	t.Log(err)
+	noneOutlive(t, token)
+}
+
+// noneOutlive fails t if processes with the token in their environment are still there after
+// a few seconds (they end asynchronously, on their parent's death).
+func noneOutlive(t *testing.T, token string) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		pids := processesWith("MIRRORMEM_POSTCOPY_TEST_TOKEN=" + token)
 		if len(pids) == 0 {
-			break
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("processes %v of the migration outlived their pager", pids)
+			t.Fatalf("processes %v of the migration outlived their destination", pids)
 		}
-		time.Sleep(20 * time.Millisecond)
+		time.Sleep(20 * time.Millisecond) // polling other processes' exits, bounded by the deadline
 	}
-}
-
-// TestGuestDies: the guest ends before the migration does; the destination says so, with
-// the guest's own error.
-func TestGuestDies(t *testing.T) {
-	_, err := Run(Config{ImageSize: 8 << 20, guestCrash: true, Stderr: io.Discard})
-	if err == nil || !strings.Contains(err.Error(), "guest process ended") || !strings.Contains(err.Error(), "on purpose") {
-		t.Fatalf("migration whose guest died: %v", err)
-	}
-	t.Log(err)
 }
 
 // processesWith lists the processes other than this one whose environment has kv.
@@ -228,100 +240,4 @@ func TestBadConfig(t *testing.T) {
 			t.Errorf("Run(%+v) succeeded", c)
 		}
 	}
-}
-
-func image(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(i*31 + i>>12)
-	}
-	return b
-}
-
-func TestHTTPSource(t *testing.T) {
-	img := image(64 << 10)
-	name := filepath.Join(t.TempDir(), "image")
-	if err := os.WriteFile(name, img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.ServeContent(w, r, "image", st.ModTime(), io.NewSectionReader(f, 0, st.Size())) // one reader per request: safe when requests overlap
-	}))
-	defer srv.Close()
-	src := HTTPSource(srv.URL, srv.Client())
-	defer src.Close()
-	for _, tc := range []struct{ off, n int }{{0, 4096}, {8192, 3 * 4096}, {len(img) - 4096, 4096}} {
-		got := make([]byte, tc.n)
-		if err := src.ReadPages(got, int64(tc.off)); err != nil {
-			t.Fatalf("ReadPages(%d, %d): %v", tc.n, tc.off, err)
-		}
-		if !bytes.Equal(got, img[tc.off:tc.off+tc.n]) {
-			t.Errorf("ReadPages(%d, %d): wrong bytes", tc.n, tc.off)
-		}
-	}
-	// Past the end: 416 from ServeContent, an error here, never zeros.
-	if err := src.ReadPages(make([]byte, 4096), int64(len(img))); err == nil {
-		t.Error("a range past the end of the image succeeded")
-	}
-	// A range that runs past the end is answered short by the server: an error too.
-	if err := src.ReadPages(make([]byte, 8192), int64(len(img)-4096)); err == nil {
-		t.Error("a range running past the end of the image succeeded")
-	}
-}
-
-func TestHTTPSourceRefusesBadServers(t *testing.T) {
-	img := image(16 << 10)
-	for name, h := range map[string]http.HandlerFunc{
-		"ignores Range": func(w http.ResponseWriter, r *http.Request) { w.Write(img) },
-		"wrong range": func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Range", "bytes 0-4095/16384")
-			w.WriteHeader(http.StatusPartialContent)
-			w.Write(img[:4096])
-		},
-		"dies mid-body": func(w http.ResponseWriter, r *http.Request) {
-			w.Header().Set("Content-Range", "bytes 4096-8191/16384")
-			w.Header().Set("Content-Length", "4096")
-			w.WriteHeader(http.StatusPartialContent)
-			w.Write(img[4096:6000])
-			panic(http.ErrAbortHandler)
-		},
-	} {
-		t.Run(name, func(t *testing.T) {
-			srv := httptest.NewServer(h)
-			defer srv.Close()
-			src := HTTPSource(srv.URL, srv.Client())
-			defer src.Close()
-			err := src.ReadPages(make([]byte, 4096), 4096)
-			if err == nil {
-				t.Fatal("succeeded")
-			}
-			t.Log(err)
-		})
-	}
-	// A server that is gone.
-	srv := httptest.NewServer(http.NotFoundHandler())
-	url := srv.URL
-	srv.Close()
-	err := HTTPSource(url, nil).ReadPages(make([]byte, 4096), 0)
-	if !errors.Is(err, errSourceGone) {
-		t.Errorf("unreachable server: %v, want errSourceGone", err)
-	}
-}
-
-// TestSocketSourceGone: the demand connection's peer closes: ReadPages says so.
-func TestSocketSourceGone(t *testing.T) {
-	_, err := DialSource("127.0.0.1:1", 4096)
-	if err == nil {
-		t.Fatal("dialing a closed port succeeded")
-	}
-	var _ io.Closer = HTTPSource("http://x", nil)
 }

@@ -8,14 +8,11 @@ import (
 	"io"
 )
 
-// Wire protocol. The destination opens two TCP connections to the source and names each with
-// its first byte: connStream carries the source's pre-copy, resume and push messages; on
-// connDemand the destination asks for pages and the source answers at once.
+// The stream's protocol. The destination opens one TCP connection to the source, the stream,
+// which carries the source's pre-copy, resume and push messages. The pages the destination
+// fetches on demand come from the source's page server (mirror.ServePages) or its HTTP server.
 const (
-	connStream = 'S'
-	connDemand = 'D'
-
-	msgHello    = 'H' // image size u64, page size u32, mode u8
+	msgHello    = 'H' // image size u64, page size u32, mode u32
 	msgPage     = 'P' // page index u32, crc32c u32, the page
 	msgResume   = 'R' // count u32, count page indices u32: pages the pre-copy must not supply
 	msgManifest = 'M' // one crc32c u32 per page of the source's final image

@@ -15,6 +15,10 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/mirror"
 )
 
 // Mode is the kind of migration.
@@ -48,16 +52,17 @@ type Config struct {
 	DestTouches     int     // pages the destination workload reads after resuming (default 4096)
 	Seed            uint64  // workload randomness (default 1)
 	// DemandOverHTTP makes the destination fetch pages on demand with HTTP Range requests
-	// (HTTPSource) from an HTTP server the source runs on loopback, instead of over the demand
-	// socket: the path a restore from an object store takes.
+	// (mirror.HTTPSource) from an HTTP server the source runs on loopback, instead of from its
+	// page server (mirror.TCPSource): the path a restore from an object store takes.
 	DemandOverHTTP bool
-	// Lazy makes the destination map a page into its guest only when the guest faults on it
-	// (no background install, no pull of what was not pushed): every page's first touch is a
-	// fault served by the pager, and the guest reads every page (DestTouches is raised to the
-	// number of pages). The migration ends when the guest has touched every page.
+	// Lazy makes the destination populate nothing in the background: every page comes in on
+	// a fault of its workload, one page per fault (no fault-around), and the workload reads
+	// every page (DestTouches is raised to the number of pages). The migration ends when the
+	// workload has touched every page.
 	Lazy bool
 	// NoPush makes the source push nothing after the resume: every page written after the
-	// pre-copy then comes on demand, fetched by the destination's pager for a fault or once the stream ended.
+	// pre-copy then comes on demand, fetched by the destination's fault handler for a fault
+	// or once the stream ended.
 	NoPush bool
 	// FailSourceAfter > 0 makes the source drop its connections once it has sent that many
 	// pages after the resume (pushed or on demand), as a crashed source would: the migration
@@ -65,17 +70,18 @@ type Config struct {
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
-	// DestGC makes the destination's guest force garbage collections in a loop while it reads
-	// pages that may not have arrived yet with copy(). A goroutine that faults inside runtime
-	// assembly cannot be stopped by the collector, so a fault server in the guest's own Go
-	// runtime would never run and the guest would hang; the pager is another process, so it
-	// cannot.
+	// DestGC makes the destination's workload force garbage collections in a loop while it
+	// reads pages that may not have arrived yet with copy(). A goroutine that faults inside
+	// runtime assembly cannot be stopped by the collector, so a fault server in the
+	// destination's own Go runtime would never run and it would hang; the library's handler
+	// is another process, so it cannot.
 	DestGC bool
-	// pagerCrashAfter > 0 makes the destination's pager kill itself (SIGKILL) after serving
-	// that many faults: its guest must die with it, never run on with missing pages.
-	pagerCrashAfter int
-	// guestCrash makes the destination's guest exit with an error right after it resumed.
-	guestCrash bool
+	// killHandlers > 0 makes the destination kill (SIGKILL) that many of its fault handler
+	// processes after its workload's first 16 reads: with 1, the standby takes over; with 2,
+	// the destination must end with a message, never run on with missing pages.
+	killHandlers int
+	// destCrash makes the destination exit (status 3) right after it resumed.
+	destCrash bool
 	// Timeout bounds the whole migration (default 2 minutes): past it the destination process
 	// is killed and Run fails, rather than wait for ever.
 	Timeout time.Duration
@@ -122,7 +128,7 @@ func (c *Config) defaults() error {
 // Report is what a migration measured.
 type Report struct {
 	Mode           Mode
-	Demand         string // how faults fetched pages: "socket" or "HTTP Range"
+	Demand         string // how faults fetched pages: "TCP" or "HTTP Range"
 	ImageBytes     int
 	PageSize       int
 	Pages          int
@@ -132,15 +138,14 @@ type Report struct {
 	OnDemand       int           // pages fetched because a fault needed them first
 	Pushed         int           // pages the destination took from the push stream
 	DemandRequests int           // demand round trips
-	DemandWait     time.Duration // time faults spent waiting for the source, in total
-	BytesSent      int64         // bytes the source sent, both connections
+	BytesSent      int64         // bytes the source sent, every connection
 	PreCopyTime    time.Duration // the pre-copy, while the workload ran
 	Downtime       time.Duration // workload stopped at the source until running at the destination
 	Total          time.Duration // start until every page is resident at the destination
 	Touches        int           // pages the destination workload read after resuming
 	TouchMean      time.Duration // mean time of such a read (a fault or not)
 	TouchMax       time.Duration
-	DestFaults     uint64 // faults of the guest served by the destination's pager (missing and minor)
+	DestFaults     uint64 // faults of the destination's memory served by its fault handler process
 	VerifiedPages  int    // pages whose checksum matched the source's final image
 	DestGCCycles   int64  // garbage collections forced at the destination (DestGC)
 }
@@ -158,9 +163,9 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
 	}
 	if r.Mode == PostCopy {
-		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests, %v waited) and %d pushed\n",
-			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.DemandWait.Round(time.Microsecond), r.Pushed)
-		fmt.Fprintf(&b, "  destination: %d faults of its guest served by its pager; the guest read %d pages right after resuming (mean %v, worst %v per page)\n",
+		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests) and %d pushed\n",
+			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.Pushed)
+		fmt.Fprintf(&b, "  destination: %d faults served by its handler process; it read %d pages right after resuming (mean %v, worst %v per page)\n",
 			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
 	} else {
 		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d copied while the workload was stopped\n", float64(r.BytesSent)/(1<<20), r.PreCopied)
@@ -188,7 +193,7 @@ func Run(cfg Config) (Report, error) {
 	if cfg.Lazy {
 		cfg.DestTouches = max(cfg.DestTouches, s.npages)
 	}
-	rep := Report{Mode: cfg.Mode, Demand: "socket", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
+	rep := Report{Mode: cfg.Mode, Demand: "TCP", ImageBytes: len(s.img), PageSize: s.page, Pages: s.npages}
 	if cfg.DemandOverHTTP {
 		rep.Demand = "HTTP Range"
 	}
@@ -204,60 +209,25 @@ func Run(cfg Config) (Report, error) {
 	}
 	defer tcp.Close()
 	ln := countingListener{tcp, &s.sent}
-	self, err := os.Executable()
+	demandEnv, stopDemand, err := s.serveDemand(cfg)
 	if err != nil {
 		return rep, err
 	}
-	cmd := exec.Command(self)
-	cmd.Env = append(os.Environ(), envDest+"="+ln.Addr().String(),
-		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
-	if cfg.DestGC {
-		cmd.Env = append(cmd.Env, envGC+"=1")
-	}
-	if cfg.Lazy {
-		cmd.Env = append(cmd.Env, envLazy+"=1")
-	}
-	if cfg.guestCrash {
-		cmd.Env = append(cmd.Env, envGuestCrash+"=1")
-	}
-	if cfg.pagerCrashAfter > 0 {
-		cmd.Env = append(cmd.Env, envCrashAfter+"="+strconv.Itoa(cfg.pagerCrashAfter))
-	}
-	if cfg.DemandOverHTTP {
-		hln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return rep, err
-		}
-		hs := &http.Server{Handler: s.httpHandler()}
-		go hs.Serve(countingListener{hln, &s.sent})
-		defer hs.Close()
-		cmd.Env = append(cmd.Env, envHTTP+"=http://"+hln.Addr().String()+"/image")
+	defer stopDemand()
+	cmd, err := destCommand(cfg, envDest+"="+ln.Addr().String(), demandEnv)
+	if err != nil {
+		return rep, err
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
-	cmd.Stderr = cfg.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 
 	go s.workload()
 	defer s.stop() // before s.close, deferred earlier: the workload must not outlive the image
 	startNs := monotonic()
-	if err := cmd.Start(); err != nil {
-		return rep, fmt.Errorf("migrate: start destination: %w", err)
+	exited, err := startDestination(cmd, cfg.Timeout)
+	if err != nil {
+		return rep, err
 	}
-	var timedOut atomic.Bool
-	killer := time.AfterFunc(cfg.Timeout, func() {
-		timedOut.Store(true)
-		cmd.Process.Kill()
-	})
-	defer killer.Stop()
-	exited := make(chan error, 1)
-	go func() {
-		err := cmd.Wait()
-		if timedOut.Load() {
-			err = fmt.Errorf("the destination did not finish within %v and was killed: %v", cfg.Timeout, err)
-		}
-		exited <- err
-	}()
 	waited := false
 	defer func() {
 		if !waited { // an early return: the destination must not outlive Run
@@ -266,41 +236,12 @@ func Run(cfg Config) (Report, error) {
 		}
 	}()
 
-	// The destination dials twice: the stream, then (post-copy) the demand connection.
-	conns := make(chan net.Conn, 2)
-	acceptErr := make(chan error, 1)
+	// The destination dials once: the stream.
+	conns := make(chan net.Conn, 1)
 	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				acceptErr <- err
-				return
-			}
-			var kind [1]byte
-			if _, err := io.ReadFull(c, kind[:]); err != nil {
-				c.Close()
-				continue
-			}
-			switch kind[0] {
-			case connStream:
-				conns <- c
-			case connDemand:
-				go func() {
-					defer c.Close()
-					done := make(chan struct{})
-					go func() {
-						select {
-						case <-s.dropConns:
-							c.Close()
-						case <-done:
-						}
-					}()
-					s.serveDemand(c)
-					close(done)
-				}()
-			default:
-				c.Close()
-			}
+		c, err := ln.Accept()
+		if err == nil {
+			conns <- c
 		}
 	}()
 	var stream net.Conn
@@ -309,8 +250,6 @@ func Run(cfg Config) (Report, error) {
 	case err := <-exited:
 		waited = true
 		return rep, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
-	case err := <-acceptErr:
-		return rep, err
 	}
 	defer stream.Close()
 	preCopy, stopNs, dirty, serr := s.stream(stream, cfg.Mode)
@@ -329,23 +268,102 @@ func Run(cfg Config) (Report, error) {
 
 	var dr destReport
 	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
-		return rep, fmt.Errorf("migrate: destination failed (%v) and reported %q; source: %v", werr, out.String(), serr)
+		return rep, fmt.Errorf("migrate: the destination ended without a report (%v): its error output says why", werr)
 	}
-	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests, rep.DemandWait = dr.PreCopied, dr.Pushed, dr.OnDemand, dr.DemandRequests, dr.DemandWait
+	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests = dr.PreCopied, int(s.pushed.Load()), int(s.onDemand.Load()), int(s.demandRequests.Load())
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
-	rep.DestGCCycles = dr.GCCycles
+	rep.DestGCCycles, rep.Downtime, rep.Total = dr.GCCycles, time.Duration(dr.ResumeNs-stopNs), time.Duration(dr.DoneNs-startNs)
 	if dr.Err != "" || werr != nil {
 		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
 	}
 	if serr != nil {
 		return rep, serr
 	}
-	rep.Downtime = time.Duration(dr.ResumeNs - stopNs)
-	rep.Total = time.Duration(dr.DoneNs - startNs)
 	if rep.VerifiedPages != rep.Pages {
 		return rep, errors.New("migrate: not every page was verified")
 	}
 	return rep, nil
+}
+
+// startDestination starts the destination process and returns a channel that receives its
+// exit, which an error names the timeout of if the process was killed for taking longer.
+func startDestination(cmd *exec.Cmd, timeout time.Duration) (<-chan error, error) {
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("migrate: start destination: %w", err)
+	}
+	var timedOut atomic.Bool
+	killer := time.AfterFunc(timeout, func() {
+		timedOut.Store(true)
+		cmd.Process.Kill()
+	})
+	exited := make(chan error, 1)
+	go func() {
+		err := cmd.Wait()
+		killer.Stop()
+		if timedOut.Load() {
+			err = fmt.Errorf("the destination did not finish within %v and was killed: %v", timeout, err)
+		}
+		exited <- err
+	}()
+	return exited, nil
+}
+
+// destCommand returns the destination process: this program again, told what to do in its
+// environment (see MaybeDestination).
+func destCommand(cfg Config, env ...string) (*exec.Cmd, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(append(os.Environ(), env...),
+		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+	for _, o := range []struct {
+		on bool
+		kv string
+	}{
+		{cfg.DestGC, envGC + "=1"}, {cfg.Lazy, envLazy + "=1"}, {cfg.destCrash, envDestCrash + "=1"},
+		{cfg.killHandlers > 0, envKillHandlers + "=" + strconv.Itoa(cfg.killHandlers)},
+	} {
+		if o.on {
+			cmd.Env = append(cmd.Env, o.kv)
+		}
+	}
+	cmd.Stderr = cfg.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// serveDemand starts what the destination fetches pages on demand from: the source's page
+// server (mirror.ServePages), or an HTTP server of the image. It returns the destination's
+// environment entry that names it, and a function that stops it.
+func (s *source) serveDemand(cfg Config) (env string, stop func(), err error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", nil, err
+	}
+	counted := countingListener{ln, &s.sent}
+	if cfg.DemandOverHTTP {
+		hs := &http.Server{Handler: s.httpHandler()}
+		go hs.Serve(counted)
+		return envHTTP + "=http://" + ln.Addr().String() + "/image", func() { hs.Close() }, nil
+	}
+	served, ended := make(chan error, 1), make(chan struct{})
+	go func() { served <- mirror.ServePages(counted, pageReader{s}, int64(len(s.img))) }()
+	go func() {
+		select {
+		case <-s.dropConns: // the simulated crash
+		case <-ended:
+		}
+		ln.Close() // ServePages closes its connections and returns
+	}()
+	return envPages + "=" + ln.Addr().String(), func() { close(ended); <-served }, nil
+}
+
+func monotonic() int64 {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
+	return ts.Nano()
 }
 
 // countingListener counts the bytes written to the connections it accepts.

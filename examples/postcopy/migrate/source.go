@@ -2,10 +2,11 @@ package migrate
 
 import (
 	"bufio"
+	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -30,12 +31,14 @@ type source struct {
 	writes   atomic.Int64
 	wrote    chan struct{} // closed once the workload's first batch of writes is done
 
-	sent      atomic.Int64  // bytes written to the destination, every connection (countingListener)
-	resent    []atomic.Bool // page sent after the stop (pushed or on demand)
-	onDemand  atomic.Int64
-	afterStop atomic.Int64  // pages sent after the resume, pushed or on demand
-	dropConns chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
-	dropOnce  sync.Once
+	sent           atomic.Int64  // bytes written to the destination, every connection (countingListener)
+	resent         []atomic.Bool // page sent after the stop (pushed or on demand)
+	onDemand       atomic.Int64  // pages sent on demand first
+	pushed         atomic.Int64  // pages pushed first
+	demandRequests atomic.Int64
+	afterStop      atomic.Int64  // pages sent after the resume, pushed or on demand
+	dropConns      chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
+	dropOnce       sync.Once
 }
 
 // newSource maps the image, fills it, and (for post-copy) starts tracking writes.
@@ -145,47 +148,44 @@ func (s *source) writePage(w io.Writer, p int, scratch []byte) error {
 	return err
 }
 
-// serveDemand answers the destination's page requests until the connection closes.
-func (s *source) serveDemand(conn net.Conn) {
-	r := bufio.NewReader(conn)
-	w := bufio.NewWriterSize(conn, 256<<10)
-	for {
-		first, err := getU32(r)
-		if err != nil {
-			return
-		}
-		count, err := getU32(r)
-		if err != nil {
-			return
-		}
-		if uint64(first)+uint64(count) > uint64(s.npages) || count == 0 {
-			return // a request outside the image: drop the connection, the destination reports it
-		}
-		select {
-		case <-s.dropConns:
-			return
-		default:
-		}
-		if s.sendingAfterStop(int(count)) {
-			return
-		}
-		for p := int(first); p < int(first+count); p++ {
-			if _, err := w.Write(s.img[p*s.page : (p+1)*s.page]); err != nil {
-				return
-			}
-			if !s.resent[p].Swap(true) {
-				s.onDemand.Add(1)
-			}
-		}
-		if err := w.Flush(); err != nil {
-			return
+// demand counts a request for count pages from first, about to be sent on demand; it reports
+// false if the source must play dead instead (Config.FailSourceAfter).
+func (s *source) demand(first, count int) bool {
+	if s.sendingAfterStop(count) {
+		return false
+	}
+	s.demandRequests.Add(1)
+	for p := first; p < first+count; p++ {
+		if !s.resent[p].Swap(true) {
+			s.onDemand.Add(1)
 		}
 	}
+	return true
+}
+
+// errPlayDead is what the source's servers answer once it plays dead.
+var errPlayDead = errors.New("the source is gone (Config.FailSourceAfter)")
+
+// pageReader is the image as the page server (mirror.ServePages) reads it: one ReadAt per
+// request of the destination's handler processes, for pages of the frozen image.
+type pageReader struct{ s *source }
+
+func (pr pageReader) ReadAt(p []byte, off int64) (int, error) {
+	s := pr.s
+	select {
+	case <-s.dropConns:
+		return 0, errPlayDead
+	default:
+	}
+	if !s.demand(int(off)/s.page, (len(p)+s.page-1)/s.page) {
+		return 0, errPlayDead
+	}
+	return copy(p, s.img[off:]), nil
 }
 
 // stream runs the stream connection: hello, pre-copy, stop, resume, push, manifest, end.
 // It returns the times of the stop and of the end of the pre-copy.
-func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt int64, dirty int, err error) {
+func (s *source) stream(conn io.Writer, mode Mode) (preCopy time.Duration, stopAt int64, dirty int, err error) {
 	w := bufio.NewWriterSize(conn, 1<<20)
 	w.Write([]byte{msgHello})
 	putU32(w, uint32(uint64(len(s.img))), uint32(uint64(len(s.img))>>32), uint32(s.page), uint32(mode))
@@ -250,6 +250,7 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 		if err := s.writePage(w, p, scratch); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
 		}
+		s.pushed.Add(1)
 		if i%64 == 63 {
 			w.Flush() // keep the destination's pager busy, not waiting for a full buffer
 		}
@@ -268,42 +269,21 @@ func (s *source) stream(conn net.Conn, mode Mode) (preCopy time.Duration, stopAt
 }
 
 // httpHandler serves the image with HTTP Range support (http.ServeContent) for a destination
-// that fetches on demand with HTTPSource. Only pages of the frozen image are asked for: the
-// destination asks after the resume.
+// that fetches pages on demand with mirror.HTTPSource. Only pages of the frozen image are
+// asked for: the destination asks after the resume (its probe of byte 0 is not a page).
 func (s *source) httpHandler() http.Handler {
-	size := int64(len(s.img))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-s.dropConns:
-			panic(http.ErrAbortHandler) // the simulated crash
-		default:
-		}
-		if rg := r.Header.Get("Range"); rg != "" {
-			var first, last int
-			if _, err := fmt.Sscanf(rg, "bytes=%d-%d", &first, &last); err == nil && s.sendingAfterStop((last-first+1)/s.page) {
-				panic(http.ErrAbortHandler)
+		var first, last int
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil && first%s.page == 0 && (last+1)%s.page == 0 {
+			if !s.demand(first/s.page, (last+1-first)/s.page) {
+				panic(http.ErrAbortHandler) // the simulated crash
 			}
 		}
-		http.ServeContent(w, r, "image", time.Time{}, io.NewSectionReader(imageReader{s}, 0, size))
-	})
-}
-
-// imageReader reads the image and counts the pages it hands out as sent on demand.
-type imageReader struct{ s *source }
-
-func (ir imageReader) ReadAt(p []byte, off int64) (int, error) {
-	s := ir.s
-	if off >= int64(len(s.img)) {
-		return 0, io.EOF
-	}
-	n := copy(p, s.img[off:])
-	for pg := int(off) / s.page; pg*s.page < int(off)+n; pg++ {
-		if !s.resent[pg].Swap(true) {
-			s.onDemand.Add(1)
+		select {
+		case <-s.dropConns:
+			panic(http.ErrAbortHandler)
+		default:
 		}
-	}
-	if n < len(p) {
-		return n, io.EOF
-	}
-	return n, nil
+		http.ServeContent(w, r, "image", time.Time{}, bytes.NewReader(s.img))
+	})
 }

@@ -1,0 +1,135 @@
+package pagesrv
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults for the zero values of Config's tuning fields, and the largest values accepted.
+const (
+	DefaultTimeout  = 30 * time.Second
+	DefaultRetries  = 3
+	DefaultMaxConns = 8
+
+	MaxRetries  = 100
+	MaxMaxConns = 1024
+)
+
+// Config describes a page server to read from. It is JSON-encodable (Marshal, Unmarshal) so
+// that a process can hand it to a re-executed handler process as bytes.
+//
+// Zero values of Timeout, Retries and MaxConns select the defaults. Size, PageSize and Token
+// pin the image: if Token is set, Dial fails with ErrChanged unless the server greets with the
+// same three. Client.Config returns a Config with all three filled in from the greeting.
+type Config struct {
+	// Addr is the server's host:port, as net.Dial("tcp", Addr) takes it.
+	Addr string `json:"addr"`
+	// Timeout bounds each attempt: waiting for a free connection, dialling and the greeting,
+	// the request and the last byte of its answer. Default 30s.
+	Timeout time.Duration `json:"timeout,omitempty"`
+	// Retries is the number of extra attempts after a transient failure. Default 3.
+	Retries int `json:"retries,omitempty"`
+	// MaxConns is the most connections, busy or idle, kept to the server. Default 8.
+	MaxConns int `json:"max_conns,omitempty"`
+	// Size, PageSize and Token pin the image (see above).
+	Size     int64  `json:"size,omitempty"`
+	PageSize int64  `json:"page_size,omitempty"`
+	Token    uint64 `json:"token,omitempty"`
+}
+
+// Marshal validates c and encodes it as JSON.
+func (c Config) Marshal() ([]byte, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return json.Marshal(c)
+}
+
+// Unmarshal decodes a Config encoded by Marshal and validates it. Unknown fields and trailing
+// data are refused, so a misspelt field name is an error rather than a silently ignored setting.
+func Unmarshal(b []byte) (Config, error) {
+	var c Config
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Config{}, fmt.Errorf("page source config: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return Config{}, errors.New("page source config: trailing data after the JSON object")
+	}
+	return c, c.Validate()
+}
+
+// Validate reports the first problem of c, or nil.
+func (c Config) Validate() error {
+	if err := checkAddr(c.Addr); err != nil {
+		return err
+	}
+	switch {
+	case c.Timeout < 0:
+		return fmt.Errorf("page source: timeout %v is negative", c.Timeout)
+	case c.Retries < 0 || c.Retries > MaxRetries:
+		return fmt.Errorf("page source: %d retries: want 0 (default %d) to %d", c.Retries, DefaultRetries, MaxRetries)
+	case c.MaxConns < 0 || c.MaxConns > MaxMaxConns:
+		return fmt.Errorf("page source: %d connections: want 0 (default %d) to %d", c.MaxConns, DefaultMaxConns, MaxMaxConns)
+	case c.Token == 0 && (c.Size != 0 || c.PageSize != 0):
+		return errors.New("page source config: size and page_size pin an image only with its token")
+	case c.Token != 0 && (c.Size < 0 || !validPageSize(c.PageSize)):
+		return fmt.Errorf("page source config: pinned image of %d bytes in pages of %d: not a valid image", c.Size, c.PageSize)
+	}
+	return nil
+}
+
+// checkAddr checks that addr is a host:port net.Dial can take.
+func checkAddr(addr string) error {
+	if addr == "" {
+		return errors.New("page source: empty address: want host:port")
+	}
+	if strings.Contains(addr, "://") {
+		return fmt.Errorf("page source: address %q is a URL: want host:port", clip(addr))
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			err = errors.New(ae.Err)
+		}
+		return fmt.Errorf("page source: address %q: %v: want host:port", clip(addr), err)
+	}
+	if port == "" {
+		return fmt.Errorf("page source: address %q has no port", clip(addr))
+	}
+	if n, err := strconv.Atoi(port); err == nil && (n < 1 || n > 65535) {
+		return fmt.Errorf("page source: address %q: port %d is not in 1-65535", clip(addr), n)
+	}
+	return nil
+}
+
+// withDefaults returns c with the defaults in place of zero tuning values.
+func (c Config) withDefaults() Config {
+	if c.Timeout == 0 {
+		c.Timeout = DefaultTimeout
+	}
+	if c.Retries == 0 {
+		c.Retries = DefaultRetries
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = DefaultMaxConns
+	}
+	return c
+}
+
+// clip shortens a value for an error message.
+func clip(v string) string {
+	if len(v) > 80 {
+		return v[:80] + "..."
+	}
+	return v
+}
