@@ -212,7 +212,7 @@ func (p *Pair) verifySource(sv *serving) error {
 		clear(want)
 		if sv.src != nil {
 			k, err := sv.src.ReadAt(want, int64(pg*page))
-			if err != nil && !errors.Is(err, io.EOF) {
+			if err != nil && err != io.EOF { // a wrapped EOF is a failure, not the end
 				return fmt.Errorf("mirror: Verify: reading the source at offset %d: %w", pg*page, err)
 			}
 			clear(want[k:])

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
@@ -233,5 +234,40 @@ func TestHandlerProcessEnvironHoldsNoConfig(t *testing.T) {
 				t.Errorf("handler process %d: its environment holds %q", pid, leak)
 			}
 		}
+	}
+}
+
+// A server that drops every connection after the version probe: the client sees a
+// connection closed under its request (an error that wraps io.EOF). That is a failure, not
+// the end of the object: the page raises SIGBUS, never reads as zeros.
+func TestHTTPSourceDroppedConnectionsAreNotTheEnd(t *testing.T) {
+	needPoison(t)
+	const n = 16 * 4096
+	defer unchanged(t)()
+	inner := computedHandler()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Range") == "bytes=0-0" {
+			inner.ServeHTTP(w, r) // the probe that pins the object's version
+			return
+		}
+		panic(http.ErrAbortHandler) // close the connection without an answer
+	}))
+	defer srv.Close()
+	r, err := alloc.Shared(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	src := HTTPSource(srv.URL+"/computed/3/65536", HTTPOptions{Timeout: 2 * time.Second, Retries: 1})
+	p, err := Mirror(r, ServeFaults(src), FaultAround(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if v, faulted := touchRecover(t, p.Original(), 5); !faulted {
+		t.Fatalf("a page whose every request was dropped read %d: want SIGBUS", v)
+	}
+	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("FaultErr = %v, want ErrSourceFailed", err)
 	}
 }

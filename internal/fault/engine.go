@@ -131,7 +131,7 @@ func (z zerosPastEnd) ReadAt(p []byte, off int64) (int, error) {
 	switch {
 	case n >= len(p):
 		return len(p), nil
-	case errors.Is(err, io.EOF):
+	case err == io.EOF: // the end, as io.ReaderAt says it; a wrapped EOF is a failure (a connection closed)
 		clear(p[n:])
 		return len(p), nil
 	case err == nil:

@@ -460,6 +460,11 @@ func (s *Source) netErr(ctx context.Context, err error) (bool, error) {
 	if errors.As(err, &cv) {
 		return false, err
 	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		// A connection closed under the request. Not the end of the object: the error must
+		// not match io.EOF, which a reader takes for the end and fills with zeros.
+		return true, fmt.Errorf("the connection closed before the answer (%v)", err)
+	}
 	return true, err
 }
 
