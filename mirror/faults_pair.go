@@ -309,6 +309,8 @@ func (p *Pair) Populate(off, n int) error {
 			switch {
 			case errors.Is(err, unix.EINVAL):
 				return fmt.Errorf("%w: Populate: MADV_POPULATE_READ needs Linux 5.14: %w", ErrUnsupported, err)
+			case errors.Is(err, unix.EHWPOISON):
+				return fmt.Errorf("%w: Populate view %d: a page in [%d, +%d) is poisoned: its source failed (FaultErr says why): %w", ErrSourceFailed, i, off, n, err)
 			case errors.Is(err, unix.EFAULT):
 				return fmt.Errorf("mirror: Populate view %d: the fault was refused (a userfaultfd without privilege serves only faults raised in user mode: allow vm.unprivileged_userfaultfd or CAP_SYS_PTRACE), or the handler failed: %w", i, err)
 			}

@@ -298,6 +298,9 @@ func checkPoisoned(t *testing.T, p *Pair, off int) {
 	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
 		t.Errorf("FaultErr: %v, want ErrSourceFailed", err)
 	}
+	if err := p.Populate(off, ps); !errors.Is(err, ErrSourceFailed) {
+		t.Errorf("Populate over the poisoned page: %v, want ErrSourceFailed", err)
+	}
 	if o, m := p.FaultStats(); o.Missing+m.Missing == 0 {
 		t.Errorf("no missing fault counted: %+v %+v", o, m)
 	}

@@ -84,9 +84,14 @@ func (n *namedSource) ReadAt(p []byte, off int64) (int, error) {
 	return n.src.ReadAt(p, off)
 }
 
-// Close closes the source built by ReadAt, if any and if it can be closed.
+// Close closes what was built in this process (by ReadAt, or by prepare when the pair was
+// made), if it can be closed.
 func (n *namedSource) Close() error {
-	if c, ok := n.src.(io.Closer); ok {
+	src := n.src
+	if src == nil {
+		src = n.built // prepare built it (an HTTP probe's connection), ReadAt never ran
+	}
+	if c, ok := src.(io.Closer); ok {
 		return c.Close()
 	}
 	return nil
@@ -115,8 +120,8 @@ func (n *namedSource) registration() (registration, error) {
 	return r, nil
 }
 
-// maxSourceConfig bounds a named source's configuration: it travels in the environment of the
-// handler process.
+// maxSourceConfig bounds a named source's configuration, which the handler process receives
+// with the rest of its configuration.
 const maxSourceConfig = 64 << 10
 
 type registration struct {
