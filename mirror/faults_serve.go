@@ -219,7 +219,13 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			sv.asyncWP = true
 		}
 	}
-	if sv.u, err = uffd.New(uffd.WithFeatures(want)); err != nil {
+	uopts := []uffd.Option{uffd.WithFeatures(want)}
+	if sv.kind != HandlerGo {
+		// Read by a handler outside this program's Go code: in the runtime poller, every
+		// fault would also wake a thread of this program for nothing.
+		uopts = append(uopts, uffd.WithoutPoller())
+	}
+	if sv.u, err = uffd.New(uopts...); err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
 	}
 	fc.UFFD = sv.u

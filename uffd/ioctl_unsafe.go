@@ -2,6 +2,7 @@ package uffd
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"unsafe"
@@ -340,11 +341,15 @@ func isEAGAIN(err error) bool {
 }
 
 // ReadMessages reads as many pending messages as fit in msgs with one read(2), blocking (parked
-// in the runtime poller, no OS thread held) until at least one is pending. It returns
+// in the runtime poller, no OS thread held; in poll(2) on this thread under WithoutPoller)
+// until at least one is pending. It returns
 // os.ErrClosed (wrapped) once the UFFD is closed. It allocates nothing.
 func (u *UFFD) ReadMessages(msgs []Msg) (int, error) {
 	if len(msgs) == 0 {
 		return 0, nil
+	}
+	if u.unpolled {
+		return u.pollMessages(msgs)
 	}
 	buf := unsafe.Slice((*byte)(unsafe.Pointer(&msgs[0])), len(msgs)*sizeofMsg)
 	n, err := u.f.Read(buf)
@@ -352,6 +357,26 @@ func (u *UFFD) ReadMessages(msgs []Msg) (int, error) {
 		return 0, err
 	}
 	return n / sizeofMsg, nil
+}
+
+// pollMessages is ReadMessages for a UFFD outside the runtime poller: it waits in poll(2) on
+// this thread.
+func (u *UFFD) pollMessages(msgs []Msg) (int, error) {
+	for {
+		if n, err := u.TryReadMessages(msgs); n > 0 || err != nil {
+			return n, err
+		}
+		pfd := []unix.PollFd{{Fd: int32(u.fd), Events: unix.POLLIN}}
+		if _, err := unix.Poll(pfd, -1); err != nil && err != unix.EINTR {
+			return 0, os.NewSyscallError("poll", err)
+		}
+		if pfd[0].Revents&unix.POLLNVAL != 0 {
+			return 0, errClosed
+		}
+		if pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
+			return 0, io.EOF
+		}
+	}
 }
 
 // TryReadMessages is ReadMessages that never blocks: with nothing pending it returns 0, nil.

@@ -74,6 +74,7 @@ type Server struct {
 	rflags  ResolveFlags // DontWake under a Tracker: waiters are woken after Handled
 	stageMu sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
 	stopFD  int          // WithDirectReads: an eventfd that Close and cancellation make readable
+	direct  bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
 }
 
 // ServerOption configures NewServer.
@@ -385,12 +386,14 @@ func (s *Server) Serve(ctx context.Context) error {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: WithStaging maps staged pages with UFFDIO_CONTINUE: %w", &FeatureError{Missing: FeatureMinorShmem})
 	}
+	direct := s.cfg.direct || s.u.unpolled
 	// The deadline is how Close interrupts a read parked in the poller without closing the fd.
-	if err := s.u.File().SetReadDeadline(time.Time{}); err != nil {
+	if err := s.u.File().SetReadDeadline(time.Time{}); err != nil && !direct {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: the userfaultfd is not in the runtime poller, Close could not interrupt Serve: %w", err)
 	}
-	if s.cfg.direct {
+	s.direct = direct
+	if direct {
 		efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 		if err != nil {
 			s.mu.Unlock()

@@ -13,6 +13,7 @@ import (
 
 // worker is the per-goroutine state of Serve: its message buffers and its page buffer.
 type worker struct {
+	full  bool // the last read filled msgs: more may be pending
 	msgs  []Msg
 	extra []Msg      // messages read while draining events for an EAGAIN
 	later []laterMsg // faults read while draining, resolved after the current batch
@@ -44,7 +45,7 @@ func (s *Server) serveLoop(w *worker) error {
 	for !s.stopping.Load() {
 		var n int
 		var err error
-		if s.cfg.direct {
+		if s.direct {
 			n, err = s.readDirect(w)
 		} else {
 			n, err = s.u.ReadMessages(w.msgs)
@@ -90,10 +91,18 @@ var errStopped = errors.New("uffd: serving stopped")
 // for the stop eventfd (WithDirectReads).
 func (s *Server) readDirect(w *worker) (int, error) {
 	pfd := [2]unix.PollFd{{Fd: int32(s.u.Fd()), Events: unix.POLLIN}, {Fd: int32(s.stopFD), Events: unix.POLLIN}}
+	// After a batch that did not fill the buffer, nothing is likely pending: wait first,
+	// saving a read(2) that would answer EAGAIN (system calls are the cost of a fault).
+	wait := !w.full
 	for {
-		if n, err := s.u.TryReadMessages(w.msgs); n > 0 || err != nil {
-			return n, err
+		if !wait {
+			n, err := s.u.TryReadMessages(w.msgs)
+			if n > 0 || err != nil {
+				w.full = n == len(w.msgs)
+				return n, err
+			}
 		}
+		wait = false
 		if s.stopping.Load() {
 			return 0, errStopped
 		}

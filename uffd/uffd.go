@@ -27,6 +27,7 @@ type UFFD struct {
 	features Feature
 	ioctls   Ioctls
 	userMode bool
+	unpolled bool // kept out of the runtime poller (WithoutPoller)
 
 	// state counts the ioctls in flight (low bits) and has closingBit set once Close was
 	// called. The descriptor is closed when the count is zero and closingBit is set, by
@@ -49,6 +50,7 @@ type config struct {
 	userModeOnly bool
 	kernelFaults bool
 	device       deviceChoice
+	unpolled     bool
 }
 
 type deviceChoice int
@@ -67,6 +69,14 @@ func WithFeatures(f Feature) Option { return func(c *config) { c.features |= f }
 // the kernel takes on the process's behalf (read(2) into registered memory) fails with EFAULT.
 // New sets it by itself when the process lacks the privilege for kernel-mode faults.
 func UserModeOnly() Option { return func(c *config) { c.userModeOnly = true } }
+
+// WithoutPoller keeps the userfaultfd out of the Go runtime's poller. In the poller, every
+// message makes the runtime's network poller wake a thread, whether or not a goroutine reads
+// the descriptor; that costs a wake-up per fault for a UFFD that a handler outside Go reads
+// (mirror's C thread, a handler process), or that a Server reads WithDirectReads. Without the
+// poller, ReadMessages waits in poll(2) on the calling thread, and a Server serves with
+// direct reads whatever its options.
+func WithoutPoller() Option { return func(c *config) { c.unpolled = true } }
 
 // KernelFaults makes New fail rather than fall back to UFFD_USER_MODE_ONLY: the userfaultfd must
 // also report faults the kernel takes on the process's behalf (read(2), write(2) or O_DIRECT I/O
@@ -103,7 +113,7 @@ func New(opts ...Option) (*UFFD, error) {
 	}
 	// The handshake comes before the fd joins the runtime poller: until UFFDIO_API is done the
 	// kernel reports EPOLLERR, which the poller would remember as "not pollable".
-	u := &UFFD{fd: fd, userMode: userMode}
+	u := &UFFD{fd: fd, userMode: userMode, unpolled: c.unpolled}
 	if err := u.handshake(c.features); err != nil {
 		unix.Close(fd)
 		return nil, err
@@ -196,7 +206,13 @@ func openDevice(flags int) (int, error) {
 // An fd that is not a userfaultfd, or that already belongs to an open UFFD of this process, is
 // refused with an error and left as it was for the caller. To serve one userfaultfd through
 // two UFFDs, adopt a duplicate (F_DUPFD_CLOEXEC): each then closes its own descriptor.
-func FromFD(fd int) (*UFFD, error) {
+//
+// Of the options, FromFD takes WithoutPoller; the others are for New.
+func FromFD(fd int, opts ...Option) (*UFFD, error) {
+	var c config
+	for _, o := range opts {
+		o(&c)
+	}
 	if err := checkIsUserfaultfd(fd); err != nil {
 		return nil, err
 	}
@@ -214,7 +230,7 @@ func FromFD(fd int) (*UFFD, error) {
 			return nil, os.NewSyscallError("fcntl", err)
 		}
 	}
-	u := &UFFD{fd: fd}
+	u := &UFFD{fd: fd, unpolled: c.unpolled}
 	if err := u.adoptHandshake(); err != nil {
 		if !wasNonblock {
 			unix.SetNonblock(fd, false) // give the fd back as it came
@@ -288,9 +304,17 @@ func checkIsUserfaultfd(fd int) error {
 	return nil
 }
 
-// adopt hands the (non-blocking, handshaken) fd to an *os.File in the runtime poller.
+// adopt hands the (non-blocking, handshaken) fd to an *os.File, in the runtime poller unless
+// WithoutPoller: os.NewFile adds only a non-blocking descriptor to the poller, so the flag is
+// cleared for that call.
 func (u *UFFD) adopt() {
-	u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	if u.unpolled {
+		unix.SetNonblock(u.fd, false)
+		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+		unix.SetNonblock(u.fd, true)
+	} else {
+		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	}
 	u.drained = make(chan struct{})
 	owned.Store(u.fd, weak.Make(u))
 }

@@ -34,11 +34,16 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 	if c.Role == "standby" {
 		takeOver(hp.u, hp.b, c)
 	}
+	// The served process hangs up ParentFD to stop this handler, or by dying. It is watched
+	// through the runtime poller: a goroutine blocked in poll(2) would hold a P, and with
+	// every P held by a system call the runtime's monitor takes the serving worker's P away
+	// at each fault, which then costs a futex wake and a reschedule per fault.
+	unix.SetNonblock(c.ParentFD, true)
+	parent := os.NewFile(uintptr(c.ParentFD), "parent")
 	go func() {
-		// The served process hangs up ParentFD to stop this handler, or by dying.
-		pfd := []unix.PollFd{{Fd: int32(c.ParentFD), Events: unix.POLLIN}}
+		var b [1]byte
 		for {
-			if _, err := unix.Poll(pfd, -1); err != unix.EINTR {
+			if _, err := parent.Read(b[:]); err != nil {
 				break
 			}
 		}

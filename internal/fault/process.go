@@ -120,7 +120,7 @@ func setUpHandlerProcess(env string) (*handlerProcess, int) {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: bad %s: %v\n", envHandler, err)
 		return nil, 2
 	}
-	u, err := uffd.FromFD(c.UFFDFD)
+	u, err := uffd.FromFD(c.UFFDFD, uffd.WithoutPoller())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
 		return nil, 2
