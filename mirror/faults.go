@@ -184,18 +184,16 @@ func TrackWritesAsync() Option {
 
 // Handler chooses who serves the faults of a ServeFaults pair.
 //
-// Why these defaults: both handlers outside Go resolve each fault with the same system calls,
-// so their cost is mostly the kernel's. Measured side by side (go test -run - -bench
-// 'BenchmarkServeFaults$' -benchtime 10x ./mirror: 8 MiB, medians of per-iteration ratios of
-// time against a plain C handler doing the same work, two runs on a shared 2-core machine),
-// the native C thread took 1.02 to 1.15 times the C handler's time on missing faults and 1.00
-// to 1.02 on minor faults, 4 KiB per fault and with fault-around alike; the handler process
-// took 1.3 times the C handler's time on missing faults at 4 KiB per fault and 1.45 to 1.7
-// with fault-around (a Go loop in another process, scheduled against the faulting thread:
-// its fixed cost per fault weighs more when faults are fewer and larger), and costs two more
-// processes (the primary and a standby that takes over if it dies) and their start-up. So
-// cgo builds use the C thread, and CGO_ENABLED=0 builds the handler process, the only handler
-// outside Go they can have.
+// Why these defaults: the C thread shares this process's address space, so a fault costs it
+// the kernel's work and one wake-up; a handler process is woken in another address space,
+// which on a virtual machine costs much more. Measured side by side with `go run ./bench
+// -suites sources` (file source, medians of per-run ratios against the C thread, a 2-vCPU
+// virtual machine): with fault-around on sequential touch the handler process took 1.01 to
+// 1.17 times the C thread's time per page; at 4 KiB per fault on random touch, 1.4 to 1.9
+// times. It also costs two more processes (the primary and a standby that takes over if it
+// dies) and their start-up. So cgo builds use the C thread, and CGO_ENABLED=0 builds the
+// handler process, the only handler outside Go they can have; a source that is Go code is
+// served by the handler process in every build.
 type Handler int
 
 const (
