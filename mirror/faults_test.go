@@ -14,6 +14,7 @@ import (
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 var faultSink int
@@ -74,7 +75,7 @@ func outsideGo() []handlerCase {
 func resident(t testing.TB, b []byte) int {
 	t.Helper()
 	vec := make([]byte, len(b)/alloc.PageSize())
-	if err := mincore(b, vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(b), uintptr(len(b)), vec); err != nil {
 		t.Fatal(err)
 	}
 	n := 0
