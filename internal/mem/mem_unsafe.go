@@ -7,7 +7,6 @@
 package mem
 
 import (
-	"fmt"
 	"os"
 	"unsafe"
 
@@ -78,20 +77,7 @@ func duplicateThenMove(old unsafe.Pointer, n uintptr, dst unsafe.Pointer) (unsaf
 
 // fixedValidatesFirst reports whether the running kernel (6.17+) checks a MREMAP_FIXED
 // request before unmapping its destination.
-var fixedValidatesFirst = kernelAtLeast(6, 17)
-
-// kernelAtLeast reports whether uname(2)'s release is major.minor or later.
-func kernelAtLeast(major, minor int) bool {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return false
-	}
-	var ma, mi int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
-		return false
-	}
-	return ma > major || ma == major && mi >= minor
-}
+var fixedValidatesFirst = KernelAtLeast(6, 17)
 
 // Madvise wraps madvise(2).
 func Madvise(addr unsafe.Pointer, length uintptr, advice int) error {
