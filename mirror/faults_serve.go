@@ -300,9 +300,9 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 }
 
 func (sv *serving) dup(fd int) (int, error) {
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	nfd, err := mem.DupCloexec(fd)
 	if err != nil {
-		return -1, fmt.Errorf("ServeFaults: duplicating descriptor %d: %w", fd, os.NewSyscallError("fcntl", err))
+		return -1, fmt.Errorf("ServeFaults: duplicating descriptor %d: %w", fd, err)
 	}
 	sv.fds = append(sv.fds, nfd)
 	return nfd, nil

@@ -435,7 +435,7 @@ func goraceNoExitSleep() string {
 }
 
 func dupFile(fd int, name string) (*os.File, error) {
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	nfd, err := mem.DupCloexec(fd)
 	if err != nil {
 		return nil, fmt.Errorf("fault: duplicating the %s descriptor %d: %w", name, fd, err)
 	}
