@@ -138,9 +138,9 @@ func Memfd(name string, size int, opts ...Option) (*Region, error) {
 	if err := memfdName(name); err != nil {
 		return nil, &Error{Op: op, Size: size, Err: err}
 	}
-	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	fd, err := mem.MemfdCreate(name, unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, &Error{Op: op, Size: size, Err: os.NewSyscallError("memfd_create", err)}
+		return nil, &Error{Op: op, Size: size, Err: err}
 	}
 	if err := unix.Ftruncate(fd, int64(n)); err != nil {
 		unix.Close(fd)
@@ -197,9 +197,9 @@ func FromFD(fd int, size int, opts ...Option) (*Region, error) {
 	case unix.HUGETLBFS_MAGIC:
 		kind = KindHugeTLB
 	}
-	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	dup, err := mem.DupCloexec(fd)
 	if err != nil {
-		return nil, &Error{Op: op, Size: size, Err: os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)}
+		return nil, &Error{Op: op, Size: size, Err: err}
 	}
 	return newRegion(op, size, n, room, dup, kind, c)
 }

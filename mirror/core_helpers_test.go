@@ -1,10 +1,7 @@
 package mirror
 
 import (
-	"fmt"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"github.com/mirrormem/mirrormem/internal/mem/memtest"
@@ -48,18 +45,4 @@ func seeEachOther(t *testing.T, views [][]byte) {
 func noneLeft(t testing.TB) func() {
 	t.Helper()
 	return leakcheck.NoneLeft(t)
-}
-
-// kernelAtLeast reports whether the running kernel is major.minor or later.
-func kernelAtLeast(t testing.TB, major, minor int) bool {
-	t.Helper()
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		t.Fatal(err)
-	}
-	var ma, mi int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
-		t.Fatalf("kernel release %q: %v", unix.ByteSliceToString(u.Release[:]), err)
-	}
-	return ma > major || ma == major && mi >= minor
 }

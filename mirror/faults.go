@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/uffd"
 )
 
 // faultConfig is what ServeFaults and its companion options asked for.
@@ -36,7 +37,7 @@ func (f *faultConfig) use(name string, err error) {
 // handler resolves up to this many bytes per fault (the window doubles per sequential fault,
 // from one page), since per-fault costs dominate (4 KiB per fault costs about 4 times more per
 // page than 64 KiB).
-const DefaultFaultAround = 2 << 20
+const DefaultFaultAround = uffd.DefaultFaultAround
 
 // CloseWait is how long Pair.Close waits for a ReadAt of a Go source in flight before it
 // returns without it (see ServeFaults).

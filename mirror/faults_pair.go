@@ -187,7 +187,7 @@ func (p *Pair) filledPages(sv *serving) ([]bool, error) {
 		return out, nil
 	}
 	vec := make([]byte, len(out))
-	if err := mincore(p.s.views[0], vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(p.s.views[0]), uintptr(len(p.s.views[0])), vec); err != nil {
 		return nil, fmt.Errorf("mirror: Verify: %w", err)
 	}
 	for pg, in := range vec {
@@ -264,7 +264,7 @@ func (p *Pair) verifyHandler(sv *serving) error {
 func (p *Pair) compareViewsLoop() error {
 	page := mem.PageSize()
 	vec := make([]byte, p.s.n/page)
-	if err := mincore(p.s.views[0], vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(p.s.views[0]), uintptr(len(p.s.views[0])), vec); err != nil {
 		return fmt.Errorf("mirror: Verify: %w", err)
 	}
 	for pg, in := range vec {
@@ -305,7 +305,7 @@ func (p *Pair) Populate(off, n int) error {
 		return err
 	}
 	for i, v := range p.s.views {
-		if err := unix.Madvise(v[off:off+n], unix.MADV_POPULATE_READ); err != nil {
+		if err := mem.Madvise(mem.Ptr(v[off:off+n]), uintptr(n), unix.MADV_POPULATE_READ); err != nil {
 			switch {
 			case errors.Is(err, unix.EINVAL):
 				return fmt.Errorf("%w: Populate: MADV_POPULATE_READ needs Linux 5.14: %w", ErrUnsupported, err)
@@ -314,7 +314,7 @@ func (p *Pair) Populate(off, n int) error {
 			case errors.Is(err, unix.EFAULT):
 				return fmt.Errorf("mirror: Populate view %d: the fault was refused (a userfaultfd without privilege serves only faults raised in user mode: allow vm.unprivileged_userfaultfd or CAP_SYS_PTRACE), or the handler failed: %w", i, err)
 			}
-			return fmt.Errorf("mirror: Populate view %d: %w", i, os.NewSyscallError("madvise", err))
+			return fmt.Errorf("mirror: Populate view %d: %w", i, err)
 		}
 	}
 	return nil
@@ -331,8 +331,8 @@ func (p *Pair) Reset(off, n int) error {
 	if err := p.pageRange("Reset", off, n); err != nil {
 		return err
 	}
-	if err := unix.Madvise(p.s.views[0][off:off+n], unix.MADV_REMOVE); err != nil {
-		return fmt.Errorf("mirror: Reset: %w", os.NewSyscallError("madvise(MADV_REMOVE)", err))
+	if err := mem.Madvise(mem.Ptr(p.s.views[0][off:off+n]), uintptr(n), unix.MADV_REMOVE); err != nil {
+		return fmt.Errorf("mirror: Reset: %w", os.NewSyscallError("madvise(MADV_REMOVE)", errors.Unwrap(err)))
 	}
 	return nil
 }
@@ -352,8 +352,8 @@ func (p *Pair) Discard(i, off, n int) error {
 	if i < 0 || i >= len(p.s.views) {
 		return fmt.Errorf("%w: Discard: view %d of %d", ErrRange, i, len(p.s.views))
 	}
-	if err := unix.Madvise(p.s.views[i][off:off+n], unix.MADV_DONTNEED); err != nil {
-		return fmt.Errorf("mirror: Discard: %w", os.NewSyscallError("madvise(MADV_DONTNEED)", err))
+	if err := mem.Madvise(mem.Ptr(p.s.views[i][off:off+n]), uintptr(n), unix.MADV_DONTNEED); err != nil {
+		return fmt.Errorf("mirror: Discard: %w", os.NewSyscallError("madvise(MADV_DONTNEED)", errors.Unwrap(err)))
 	}
 	return nil
 }

@@ -240,7 +240,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	// never be asked of the source: every view maps them silently. Refuse rather than let
 	// the source be bypassed behind a Verify that passes.
 	vec := make([]byte, s.n/page)
-	if err := mincore(s.views[0], vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(s.views[0]), uintptr(len(s.views[0])), vec); err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
 	}
 	resident, first := 0, -1
@@ -300,9 +300,9 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 }
 
 func (sv *serving) dup(fd int) (int, error) {
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	nfd, err := mem.DupCloexec(fd)
 	if err != nil {
-		return -1, fmt.Errorf("ServeFaults: duplicating descriptor %d: %w", fd, os.NewSyscallError("fcntl", err))
+		return -1, fmt.Errorf("ServeFaults: duplicating descriptor %d: %w", fd, err)
 	}
 	sv.fds = append(sv.fds, nfd)
 	return nfd, nil
@@ -490,7 +490,7 @@ func (sv *serving) poisonHoles(b []byte) error {
 	page := mem.PageSize()
 	limit, stalls := sv.srcLen, 0
 	vec := make([]byte, sv.n/page)
-	if err := mincore(b, vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(b), uintptr(len(b)), vec); err != nil {
 		return fmt.Errorf("mirror: Close: %w", err)
 	}
 	for pg := 0; pg < len(vec); {

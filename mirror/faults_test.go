@@ -14,6 +14,7 @@ import (
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 var faultSink int
@@ -74,7 +75,7 @@ func outsideGo() []handlerCase {
 func resident(t testing.TB, b []byte) int {
 	t.Helper()
 	vec := make([]byte, len(b)/alloc.PageSize())
-	if err := mincore(b, vec); err != nil {
+	if err := mem.Mincore(mem.Ptr(b), uintptr(len(b)), vec); err != nil {
 		t.Fatal(err)
 	}
 	n := 0
@@ -422,10 +423,10 @@ func TestTrackDirty(t *testing.T) {
 			p, err := Mirror(r, ServeFaults(nil), h.opt, track, FaultAround(0))
 			// Write-protect on shmem is 5.19, WP_ASYNC 6.7: skip only where the kernel is older.
 			if errors.Is(err, ErrUnsupported) {
-				if strings.HasSuffix(h.name, "/async") && !kernelAtLeast(t, 6, 7) {
+				if strings.HasSuffix(h.name, "/async") && !mem.KernelAtLeast(6, 7) {
 					t.Skipf("kernel older than 6.7 has no UFFD_FEATURE_WP_ASYNC: %v", err)
 				}
-				if !kernelAtLeast(t, 5, 19) {
+				if !mem.KernelAtLeast(5, 19) {
 					t.Skipf("kernel older than 5.19 has no write-protect on shmem: %v", err)
 				}
 			}

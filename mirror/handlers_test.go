@@ -12,6 +12,7 @@ import (
 
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -204,7 +205,7 @@ func TestEveryHandlerTracksWrites(t *testing.T) {
 		}
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(s.src(t)), h.opt, TrackWrites(), FaultAround(0))
-		if errors.Is(err, ErrUnsupported) && !kernelAtLeast(t, 5, 19) {
+		if errors.Is(err, ErrUnsupported) && !mem.KernelAtLeast(5, 19) {
 			t.Skipf("kernel older than 5.19 has no write-protect on shmem: %v", err)
 		}
 		if err != nil {

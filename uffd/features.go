@@ -3,6 +3,7 @@ package uffd
 import (
 	"errors"
 	"fmt"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"math/bits"
 	"strings"
 )
@@ -99,7 +100,7 @@ type FeatureError struct {
 }
 
 func newFeatureError(missing Feature) *FeatureError {
-	return &FeatureError{Missing: missing, Kernel: kernelRelease()}
+	return &FeatureError{Missing: missing, Kernel: mem.KernelRelease()}
 }
 
 // Error names each missing feature and the Linux version that brought it.

@@ -3,6 +3,7 @@ package uffd
 import (
 	"errors"
 	"fmt"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"os"
 	"strings"
 	"sync"
@@ -129,7 +130,7 @@ var (
 )
 
 func probe() (*Report, error) {
-	r := &Report{Kernel: kernelRelease()}
+	r := &Report{Kernel: mem.KernelRelease()}
 	if _, err := os.Stat(devicePath); err == nil {
 		r.Device = true
 	}
@@ -192,31 +193,4 @@ func probeRanges(u *UFFD, flags int, modes []Mode) (Mode, Ioctls, error) {
 		lastErr = err
 	}
 	return 0, 0, lastErr
-}
-
-var (
-	releaseOnce sync.Once
-	release     string
-)
-
-func kernelRelease() string {
-	releaseOnce.Do(func() {
-		var u unix.Utsname
-		if unix.Uname(&u) == nil {
-			release = unix.ByteSliceToString(u.Release[:])
-		}
-	})
-	return release
-}
-
-// kernelAtLeast reports whether the running kernel's release is at least major.minor.
-func kernelAtLeast(rel, want string) bool {
-	var a, b, x, y int
-	if _, err := fmt.Sscanf(rel, "%d.%d", &a, &b); err != nil {
-		return false
-	}
-	if _, err := fmt.Sscanf(want, "%d.%d", &x, &y); err != nil {
-		return false
-	}
-	return a > x || a == x && b >= y
 }

@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 // TestProbe fails (never skips) when the kernel is new enough for a feature or ioctl and the
@@ -21,7 +23,7 @@ func TestProbe(t *testing.T) {
 	}
 	for i, fi := range featureInfo {
 		f := Feature(1) << i
-		if kernelAtLeast(r.Kernel, fi.since) && r.Features&f == 0 {
+		if mem.ReleaseAtLeast(r.Kernel, fi.since) && r.Features&f == 0 {
 			t.Errorf("kernel %s >= %s but the probe says UFFD_FEATURE_%s is missing", r.Kernel, fi.since, fi.name)
 		}
 		if err := r.Require(f); (err == nil) != (r.Features&f != 0) {
@@ -33,20 +35,20 @@ func TestProbe(t *testing.T) {
 	}
 	wantAnon := IoctlWake | IoctlCopy | IoctlZeropage
 	wantShmem := IoctlWake | IoctlCopy | IoctlZeropage
-	if kernelAtLeast(r.Kernel, "5.7") {
+	if mem.ReleaseAtLeast(r.Kernel, "5.7") {
 		wantAnon |= IoctlWriteprotect
 	}
-	if kernelAtLeast(r.Kernel, "5.19") {
+	if mem.ReleaseAtLeast(r.Kernel, "5.19") {
 		wantShmem |= IoctlWriteprotect
 	}
-	if kernelAtLeast(r.Kernel, "5.14") {
+	if mem.ReleaseAtLeast(r.Kernel, "5.14") {
 		wantShmem |= IoctlContinue
 	}
-	if kernelAtLeast(r.Kernel, "6.6") {
+	if mem.ReleaseAtLeast(r.Kernel, "6.6") {
 		wantAnon |= IoctlPoison
 		wantShmem |= IoctlPoison
 	}
-	if kernelAtLeast(r.Kernel, "6.8") {
+	if mem.ReleaseAtLeast(r.Kernel, "6.8") {
 		wantAnon |= IoctlMove
 	}
 	if missing := wantAnon &^ r.AnonIoctls; missing != 0 {
@@ -61,10 +63,10 @@ func TestProbe(t *testing.T) {
 	if r.AnonIoctls&IoctlContinue != 0 || r.AnonModes&ModeMinor != 0 {
 		t.Errorf("private anonymous memory took minor mode: %v %v", r.AnonModes, r.AnonIoctls)
 	}
-	if kernelAtLeast(r.Kernel, "5.19") && r.ShmemModes != ModeMissing|ModeWP|ModeMinor {
+	if mem.ReleaseAtLeast(r.Kernel, "5.19") && r.ShmemModes != ModeMissing|ModeWP|ModeMinor {
 		t.Errorf("shmem modes %v, want missing|wp|minor", r.ShmemModes)
 	}
-	if kernelAtLeast(r.Kernel, "6.1") && !r.Device {
+	if mem.ReleaseAtLeast(r.Kernel, "6.1") && !r.Device {
 		t.Errorf("kernel %s has no /dev/userfaultfd", r.Kernel)
 	}
 	if err := r.RequireIoctls(IoctlMove, true); !errors.Is(err, ErrNotSupported) ||

@@ -14,6 +14,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 func init() {
@@ -59,7 +61,8 @@ func TestSelftestRegisterIoctls(t *testing.T) {
 	avail, err := Available()
 	mustNil(t, err, "Available")
 	u := newT(t, WithFeatures(avail&^FeatureEventFork))
-	rel := kernelRelease()
+	rel := mem.KernelRelease()
+	at66, at68 := mem.ReleaseAtLeast(rel, "6.6"), mem.ReleaseAtLeast(rel, "6.8")
 	for _, shmem := range []bool{false, true} {
 		for mode := ModeMissing; mode <= ModeMissing|ModeWP|ModeMinor; mode++ {
 			t.Run(fmt.Sprintf("shmem=%v/%v", shmem, mode), func(t *testing.T) {
@@ -79,10 +82,10 @@ func TestSelftestRegisterIoctls(t *testing.T) {
 				mustNil(t, err, "register")
 				defer u.Unregister(addr(mem), pg)
 				want := IoctlWake | IoctlCopy | IoctlZeropage
-				if kernelAtLeast(rel, "6.6") {
+				if at66 {
 					want |= IoctlPoison
 				}
-				if !shmem && kernelAtLeast(rel, "6.8") {
+				if !shmem && at68 {
 					want |= IoctlMove
 				}
 				if mode&ModeWP != 0 {

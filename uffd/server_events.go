@@ -1,14 +1,12 @@
 package uffd
 
 import (
-	"bufio"
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 // event applies a non-cooperative event to the table of views.
@@ -124,23 +122,9 @@ func (s *Server) fork(fd int) {
 
 // mappingEnd returns the end of the mapping of this process that contains addr.
 func mappingEnd(addr uintptr) (uintptr, bool) {
-	f, err := os.Open("/proc/self/maps")
-	if err != nil {
+	vs, err := mem.FindVMAs(addr, addr+1)
+	if err != nil || len(vs) == 0 || vs[0].Start > addr {
 		return 0, false
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		rng, _, _ := strings.Cut(sc.Text(), " ")
-		lo, hi, ok := strings.Cut(rng, "-")
-		if !ok {
-			continue
-		}
-		start, err1 := strconv.ParseUint(lo, 16, 64)
-		end, err2 := strconv.ParseUint(hi, 16, 64)
-		if err1 == nil && err2 == nil && uint64(addr) >= start && uint64(addr) < end {
-			return uintptr(end), true
-		}
-	}
-	return 0, false
+	return vs[0].End, true
 }

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"io"
 	"net"
 	"os"
@@ -38,10 +39,10 @@ func SendFD(conn *net.UnixConn, u *UFFD, start uintptr) error {
 	if !u.acquire() {
 		return errClosed
 	}
-	dup, err := unix.FcntlInt(uintptr(u.fd), unix.F_DUPFD_CLOEXEC, 0)
+	dup, err := mem.DupCloexec(u.fd)
 	u.release()
 	if err != nil {
-		return fmt.Errorf("uffd: SendFD: %w", os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err))
+		return fmt.Errorf("uffd: SendFD: %w", err)
 	}
 	defer unix.Close(dup)
 	placeholder, err := unix.Open("/dev/null", unix.O_RDONLY|unix.O_CLOEXEC, 0)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"io"
 	"os"
 	"sync"
@@ -41,10 +42,10 @@ func StartGo(cfg Config, src io.ReaderAt, onFatal func(error), stopWait time.Dur
 	}
 	var stage *os.File
 	if cfg.AliasFD >= 0 {
-		fd, err := unix.FcntlInt(uintptr(cfg.AliasFD), unix.F_DUPFD_CLOEXEC, 0)
+		fd, err := mem.DupCloexec(cfg.AliasFD)
 		if err != nil {
 			b.unmap()
-			return nil, os.NewSyscallError("fcntl", err)
+			return nil, err
 		}
 		stage = os.NewFile(uintptr(fd), "alias")
 	}

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mirrormem/mirrormem/internal/guard"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -71,9 +72,9 @@ func configFile(pc procConfig) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.MemfdCreate("mirrormem-fault-config", unix.MFD_CLOEXEC)
+	fd, err := mem.MemfdCreate("mirrormem-fault-config", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, os.NewSyscallError("memfd_create", err)
+		return nil, err
 	}
 	f := os.NewFile(uintptr(fd), "mirrormem-fault-config")
 	if _, err := f.Write(data); err != nil {
@@ -252,9 +253,9 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	}
 	npages := cfg.Len / page
 	l := makeLayout(npages, cfg.LogCap, page)
-	bfd, err := unix.MemfdCreate("mirrormem-fault-stats", unix.MFD_CLOEXEC)
+	bfd, err := mem.MemfdCreate("mirrormem-fault-stats", unix.MFD_CLOEXEC)
 	if err != nil {
-		return nil, os.NewSyscallError("memfd_create", err)
+		return nil, err
 	}
 	blockF := os.NewFile(uintptr(bfd), "mirrormem-fault-stats")
 	p := &process{blockF: blockF, onDeath: o.OnDeath}
@@ -434,7 +435,7 @@ func goraceNoExitSleep() string {
 }
 
 func dupFile(fd int, name string) (*os.File, error) {
-	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	nfd, err := mem.DupCloexec(fd)
 	if err != nil {
 		return nil, fmt.Errorf("fault: duplicating the %s descriptor %d: %w", name, fd, err)
 	}

@@ -5,6 +5,7 @@ package guard
 import (
 	"encoding/binary"
 	"fmt"
+	"github.com/mirrormem/mirrormem/internal/mem"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -17,16 +18,11 @@ func ownFD(fd int) (int, error) {
 	if fd < 0 {
 		return -1, fmt.Errorf("guard: fd %d: %w", fd, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", unix.EBADF))
 	}
-	for {
-		own, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return -1, fmt.Errorf("guard: fd %d: %w", fd, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err))
-		}
-		return own, nil
+	own, err := mem.DupCloexec(fd)
+	if err != nil {
+		return -1, fmt.Errorf("guard: fd %d: %w", fd, err)
 	}
+	return own, nil
 }
 
 // stopFD makes the eventfd that Stop writes to wake the guard.

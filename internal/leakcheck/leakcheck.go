@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 // Snapshot is the set of open file descriptors (with their targets) and the mappings of the
@@ -68,38 +70,19 @@ func Diff(before, after Snapshot, strict bool) string {
 	return strings.Join(out, "\n")
 }
 
-type vma struct {
-	lo, hi uintptr
-	perms  string
-	rest   string
-}
-
-func parse(l string) (v vma, ok bool) {
-	f := strings.Fields(l)
-	if len(f) < 5 {
-		return v, false
-	}
-	if _, err := fmt.Sscanf(f[0], "%x-%x", &v.lo, &v.hi); err != nil {
-		return v, false
-	}
-	v.perms = f[1]
-	v.rest = strings.Join(f[5:], " ")
-	return v, true
-}
-
 // Relevant reports whether line i of maps is a mapping this module could have made: a shared
 // mapping, a memfd, or a PROT_NONE reservation. PROT_NONE guard pages of the Go runtime, the C
 // library's malloc arenas and thread stacks lie next to a private read-write mapping, while
 // this module's reservations lie next to shared memory or stand alone; only the latter count.
 func Relevant(maps []string, i int) bool {
-	v, ok := parse(maps[i])
+	v, ok := mem.ParseMapsLine(maps[i])
 	if !ok {
 		return false
 	}
-	if strings.HasSuffix(v.perms, "s") || strings.Contains(v.rest, "memfd:") || strings.Contains(v.rest, "/dev/zero") {
+	if v.Shared() || strings.Contains(v.Path, "memfd:") || strings.Contains(v.Path, "/dev/zero") {
 		return true
 	}
-	if v.perms != "---p" || v.rest != "" {
+	if v.Perms != "---p" || v.Path != "" {
 		return false
 	}
 	nextToShared, nextToPrivate := false, false
@@ -107,13 +90,13 @@ func Relevant(maps []string, i int) bool {
 		if j < 0 || j >= len(maps) {
 			continue
 		}
-		w, ok := parse(maps[j])
-		if !ok || (w.hi != v.lo && w.lo != v.hi) {
+		w, ok := mem.ParseMapsLine(maps[j])
+		if !ok || (w.End != v.Start && w.Start != v.End) {
 			continue
 		}
-		if strings.HasSuffix(w.perms, "s") {
+		if w.Shared() {
 			nextToShared = true
-		} else if w.perms != "---p" {
+		} else if w.Perms != "---p" {
 			nextToPrivate = true
 		}
 	}

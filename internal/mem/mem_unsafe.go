@@ -1,5 +1,5 @@
-// Package mem holds the raw memory system calls (mmap, mremap, munmap, madvise, memfd) that
-// packages alloc and mirror share, one small typed function per call. Errors wrap the errno
+// Package mem holds the raw memory system calls (mmap, mremap, munmap, madvise, mprotect,
+// mincore, memfd_create) that the packages of this module share, one small typed function per call. Errors wrap the errno
 // with the name of the call (os.NewSyscallError), so errors.Is(err, unix.EINVAL) works.
 //
 // Addresses travel as unsafe.Pointer, never as a uintptr that is converted back, so the
@@ -7,7 +7,6 @@
 package mem
 
 import (
-	"fmt"
 	"os"
 	"unsafe"
 
@@ -78,20 +77,7 @@ func duplicateThenMove(old unsafe.Pointer, n uintptr, dst unsafe.Pointer) (unsaf
 
 // fixedValidatesFirst reports whether the running kernel (6.17+) checks a MREMAP_FIXED
 // request before unmapping its destination.
-var fixedValidatesFirst = kernelAtLeast(6, 17)
-
-// kernelAtLeast reports whether uname(2)'s release is major.minor or later.
-func kernelAtLeast(major, minor int) bool {
-	var u unix.Utsname
-	if err := unix.Uname(&u); err != nil {
-		return false
-	}
-	var ma, mi int
-	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &ma, &mi); err != nil {
-		return false
-	}
-	return ma > major || ma == major && mi >= minor
-}
+var fixedValidatesFirst = KernelAtLeast(6, 17)
 
 // Madvise wraps madvise(2).
 func Madvise(addr unsafe.Pointer, length uintptr, advice int) error {
@@ -109,6 +95,26 @@ func Mprotect(addr unsafe.Pointer, length uintptr, prot int) error {
 		return os.NewSyscallError("mprotect", e)
 	}
 	return nil
+}
+
+// Mincore wraps mincore(2): vec gets one byte per page of [addr, addr+length), whose low bit
+// says whether the page is resident (for shared memory: in the page cache, whether or not
+// this range maps it yet).
+func Mincore(addr unsafe.Pointer, length uintptr, vec []byte) error {
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(addr), length, uintptr(unsafe.Pointer(unsafe.SliceData(vec))))
+	if e != 0 {
+		return os.NewSyscallError("mincore", e)
+	}
+	return nil
+}
+
+// MemfdCreate wraps memfd_create(2).
+func MemfdCreate(name string, flags int) (int, error) {
+	fd, err := unix.MemfdCreate(name, flags)
+	if err != nil {
+		return -1, os.NewSyscallError("memfd_create", err)
+	}
+	return fd, nil
 }
 
 // Reserve maps length bytes of inaccessible address space (PROT_NONE, private, no swap
