@@ -1,6 +1,7 @@
 package mirror
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -53,6 +54,10 @@ func runChild(test string, env []string, timeout time.Duration) ([]byte, error) 
 // slows copying too much for CI; 10 runs of 16 MiB with -short.
 func TestNoHangUnderGC(t *testing.T) {
 	const perProcess = 5
+	if os.Getenv(envHTTPServer) != "" {
+		serveComputedUntilEOF(t)
+		return
+	}
 	if v := os.Getenv(envGCRun); v != "" {
 		size, _ := strconv.Atoi(v)
 		var opts []Option
@@ -85,12 +90,57 @@ func TestNoHangUnderGC(t *testing.T) {
 		t.Parallel()
 		noHangRuns(t, 64<<20, named, []string{envGCNamed + "=computed"})
 	})
-	srv := httptest.NewServer(computedHandler())
-	t.Cleanup(srv.Close)
+	// The HTTP server runs in a process of its own: a server in this test process would share
+	// its Ps with other tests, some of which hold goroutines in faults on purpose, and its
+	// answers could then wait long enough to look like a hang of the runs it serves.
+	url := startComputedServer(t)
 	t.Run("named-http", func(t *testing.T) {
 		t.Parallel()
-		noHangRuns(t, 64<<20, named, []string{envGCNamed + "=" + srv.URL})
+		noHangRuns(t, 64<<20, named, []string{envGCNamed + "=" + url})
 	})
+}
+
+// envHTTPServer makes TestNoHangUnderGC serve computedHandler until its standard input ends.
+const envHTTPServer = "MIRRORMEM_TEST_HTTP_SERVER"
+
+// startComputedServer starts this test binary as an HTTP server of computed objects and
+// returns its URL; the server ends with the test.
+func startComputedServer(t *testing.T) string {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestNoHangUnderGC$", "-test.count=1")
+	cmd.Env = append(os.Environ(), envHTTPServer+"=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stdin.Close()
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("the HTTP server process: %v", err)
+		}
+	})
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "URL=")
+	if err != nil || !ok {
+		t.Fatalf("the HTTP server process said %q (%v), want URL=...", line, err)
+	}
+	go io.Copy(io.Discard, stdout)
+	return url
+}
+
+// serveComputedUntilEOF is the HTTP server process of startComputedServer.
+func serveComputedUntilEOF(t *testing.T) {
+	srv := httptest.NewServer(computedHandler())
+	defer srv.Close()
+	fmt.Printf("URL=%s\n", srv.URL)
+	io.Copy(io.Discard, os.Stdin)
 }
 
 // envAcceptance asks for the acceptance criteria in full (more runs of the no-hang test).
