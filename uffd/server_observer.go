@@ -16,8 +16,10 @@ type Observer interface {
 	Faulted(view int, off int64, flags PagefaultFlags)
 	// Resolved is called after each resolving ioctl that mapped n bytes from off through the
 	// view: filled from the source (Copied), with zeros (Zeroed), or mapped from the page
-	// cache (Continued). Fault-around windows are reported as they are resolved, in parts
-	// where pages already existed.
+	// cache (Continued); and, under WithStaging, when n bytes were written into the page
+	// cache (Staged), before the UFFDIO_CONTINUE that maps them (reported as Continued).
+	// Fault-around windows are reported as they are resolved, in parts where pages already
+	// existed.
 	Resolved(view int, off, n int64, how Resolution)
 	// Existed is called when resolving the page at off answered EEXIST: someone else had
 	// filled or mapped it.

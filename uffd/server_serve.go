@@ -601,7 +601,15 @@ func (s *Server) stage(o *outcome, tab *table, v *view, addr uintptr, buf []byte
 		}
 		w += int64(k)
 	}
-	err = s.continueWindow(o, v, addr, n, protect, Staged)
+	// The pages are filled now, in the page cache: report them, then map what can be mapped
+	// (a page that CONTINUE does not reach is mapped by its own minor fault later).
+	if ob := s.cfg.observer; ob != nil {
+		ob.Resolved(v.st.index, off, n, Staged)
+	}
+	err = s.continueWindow(o, v, addr, n, protect, Continued)
+	if err == nil && o.n > 0 && o.how == Continued {
+		o.how = Staged
+	}
 	return o.n, err
 }
 
@@ -616,7 +624,7 @@ func (s *Server) continueWindow(o *outcome, v *view, addr uintptr, n int64, prot
 		flags |= WriteProtect
 	}
 	var done, mapped int64
-	if how == Continued && s.fastPath(o) {
+	if how == Continued && s.cfg.stage == nil && s.fastPath(o) {
 		h := s.fastHandled(o, v, addr, n, Continued)
 		tok := s.tracker.Filling(h)
 		k, _ := s.u.Continue(addr, int(n), flags&^DontWake)

@@ -245,9 +245,8 @@ func (o *blockObserver) Resolved(view int, off, n int64, how uffd.Resolution) {
 		o.b.addCtr(view, cCopied, pages)
 	case uffd.Zeroed:
 		o.b.addCtr(view, cZeroed, pages)
-	case uffd.Staged:
+	case uffd.Staged: // written into the page cache; its CONTINUE is reported as Continued
 		o.b.addCtr(view, cStaged, pages)
-		o.b.addCtr(view, cContinued, pages)
 	case uffd.Continued:
 		o.b.addCtr(view, cContinued, pages)
 		return
