@@ -176,14 +176,15 @@ func (s *Server) drain(w *worker) error {
 // outcome is what resolving one fault message did, for the Tracker and for the wakes that
 // follow it.
 type outcome struct {
-	msg  *Msg       // the fault
-	fast bool       // resolved on the fast path: recorded and woken already
-	tok  uint64     // the token of a fast path that fell back to the slow one (Handled.Amend)
-	n    int64      // bytes resolved from the faulting page
-	how  Resolution // what was done
-	own  int64      // bytes of the faulting view to wake from the faulting page (0: none)
-	sib  int64      // bytes to wake at the same offset in the other views of the object
-	woke bool       // the resolving ioctl woke the faulting view already
+	msg    *Msg       // the fault
+	fast   bool       // resolved on the fast path: recorded and woken already
+	tok    uint64     // the token of a fast path that fell back to the slow one (Handled.Amend)
+	n      int64      // bytes the window reached from the faulting page (pages that existed included)
+	filled int64      // bytes the ioctls of the window resolved
+	how    Resolution // what was done
+	own    int64      // bytes of the faulting view to wake from the faulting page (0: none)
+	sib    int64      // bytes to wake at the same offset in the other views of the object
+	woke   bool       // the resolving ioctl woke the faulting view already
 }
 
 // resolved records that n bytes from the faulting page were resolved by an ioctl made with
@@ -274,7 +275,11 @@ func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
 	}
 	off := v.off + int64(addr-v.addr)
 	if s.tracker != nil {
-		s.tracker.Handled(Handled{View: v.st.index, Off: off, Len: o.n, Flags: m.Flags(), Thread: m.ThreadID(), How: o.how, Amend: o.tok})
+		n := o.n // an unprotected page
+		if o.filled > 0 {
+			n = o.filled // not the pages of the window that existed
+		}
+		s.tracker.Handled(Handled{View: v.st.index, Off: off, Len: n, Flags: m.Flags(), Thread: m.ThreadID(), How: o.how, Amend: o.tok})
 	}
 	if o.own > 0 && !o.woke {
 		v.st.live.wakes.Add(1)
@@ -443,6 +448,7 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 			// The pages copied stay copied and recorded: the slow path goes on from there.
 			s.account(&v.st.live, int64(k))
 			done = int64(k)
+			o.filled = int64(k)
 		}
 		err = nil
 	}
@@ -522,6 +528,7 @@ func (s *Server) fill(o *outcome, v *view, addr uintptr, buf []byte, start, n in
 		}
 		done += int64(k)
 		got += int64(k)
+		o.filled += max(int64(k), 0)
 		if err == nil {
 			break
 		}
@@ -633,6 +640,7 @@ func (s *Server) continueWindow(o *outcome, v *view, addr uintptr, n int64, prot
 			return nil
 		}
 		done, mapped = max(int64(k), 0), max(int64(k), 0)
+		o.filled = done
 	}
 	skipped := 0 // pages skipped in a row because they exist
 	for done < n {
@@ -645,6 +653,7 @@ func (s *Server) continueWindow(o *outcome, v *view, addr uintptr, n int64, prot
 		}
 		done += int64(k)
 		mapped += int64(k)
+		o.filled += max(int64(k), 0)
 		if err == nil {
 			break
 		}
@@ -772,6 +781,12 @@ func (s *Server) sourceError(o *outcome, tab *table, v *view, addr uintptr, off 
 		s.exists(o, v, addr)
 		return nil
 	}
+	// Heard before the page is poisoned: a thread interrupted by a signal in its fault
+	// faults again on its own and meets the poison at once, without waiting for a wake, and
+	// whoever it tells must already know why.
+	if s.cfg.onError != nil {
+		s.cfg.onError(serr)
+	}
 	_, err := s.u.Poison(addr, s.page, DontWake)
 	switch e := errnoOf(err); {
 	case err == nil:
@@ -795,9 +810,6 @@ func (s *Server) sourceError(o *outcome, tab *table, v *view, addr uintptr, off 
 		if off >= sv.off && off < sv.off+int64(sv.end-sv.addr) {
 			s.u.Poison(sv.addr+uintptr(off-sv.off), s.page, DontWake)
 		}
-	}
-	if s.cfg.onError != nil {
-		s.cfg.onError(serr)
 	}
 	o.how, o.own, o.woke, o.sib = Failed, int64(s.page), false, int64(s.page)
 	return nil
