@@ -182,9 +182,21 @@ func TestEveryHandlerStages(t *testing.T) {
 		if want := s.want(n); !bytes.Equal(p.Original(), want) || !bytes.Equal(p.Mirror(), want) {
 			t.Fatal("the views differ from the source")
 		}
+		// Every fill is staged, none copied. (Which entry comes first is not fixed: with
+		// several workers, a fault raised again after a signal may be logged as a minor
+		// fault before the staging that put its page in the page cache.)
 		ev, _ := p.FaultLog()
-		if len(ev) == 0 || ev[0].Result != "staged+continued" {
-			t.Errorf("first log entry %v, want a staged page", ev[:min(1, len(ev))])
+		staged := 0
+		for _, e := range ev {
+			switch e.Result {
+			case "staged+continued":
+				staged++
+			case "copied", "zeroed":
+				t.Errorf("log entry %v: a page was filled without staging", e)
+			}
+		}
+		if staged == 0 {
+			t.Errorf("no staged page in the log: %v", ev)
 		}
 		if o, m := p.FaultStats(); m.Filled != npages || o.Filled != 0 {
 			t.Errorf("filled through the original %d, the mirror %d: want all %d through the mirror", o.Filled, m.Filled, npages)
