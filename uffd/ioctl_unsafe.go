@@ -1,8 +1,8 @@
 package uffd
 
 import (
+	"errors"
 	"fmt"
-	"io"
 	"os"
 	"runtime"
 	"unsafe"
@@ -373,10 +373,32 @@ func (u *UFFD) pollMessages(msgs []Msg) (int, error) {
 		if pfd[0].Revents&unix.POLLNVAL != 0 {
 			return 0, errClosed
 		}
-		if pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP) != 0 {
-			return 0, io.EOF
+		if pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&unix.POLLERR != 0 {
+			if err := u.restoreNonblock(); err != nil {
+				return 0, err
+			}
 		}
 	}
+}
+
+// restoreNonblock answers POLLERR from poll(2) on the userfaultfd. The kernel reports it only
+// for a userfaultfd whose open file is blocking, or whose UFFDIO_API handshake is not done
+// (fs/userfaultfd.c, userfaultfd_poll): someone cleared O_NONBLOCK, in this process or in
+// another that holds the same userfaultfd (the flag belongs to the open file, not to the
+// descriptor). It sets the flag again, and the caller polls again.
+func (u *UFFD) restoreNonblock() error {
+	fl, err := unix.FcntlInt(uintptr(u.fd), unix.F_GETFL, 0)
+	if err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	if fl&unix.O_NONBLOCK != 0 {
+		return errors.New("uffd: poll(2) reports POLLERR on the non-blocking userfaultfd: its UFFDIO_API handshake is not done")
+	}
+	if err := unix.SetNonblock(u.fd, true); err != nil {
+		return os.NewSyscallError("fcntl", err)
+	}
+	u.nonblockRestored.Add(1)
+	return nil
 }
 
 // TryReadMessages is ReadMessages that never blocks: with nothing pending it returns 0, nil.

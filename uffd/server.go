@@ -388,7 +388,7 @@ func (s *Server) Serve(ctx context.Context) error {
 	}
 	direct := s.cfg.direct || s.u.unpolled
 	// The deadline is how Close interrupts a read parked in the poller without closing the fd.
-	if err := s.u.File().SetReadDeadline(time.Time{}); err != nil && !direct {
+	if err := s.u.setReadDeadline(time.Time{}); err != nil && !direct {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: the userfaultfd is not in the runtime poller, Close could not interrupt Serve: %w", err)
 	}
@@ -423,7 +423,7 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	s.mu.Lock()
 	s.serving = false
-	s.u.File().SetReadDeadline(time.Time{})
+	s.u.setReadDeadline(time.Time{})
 	if s.stopFD >= 0 {
 		unix.Close(s.stopFD)
 		s.stopFD = -1
@@ -452,7 +452,7 @@ func (s *Server) interrupt() {
 	s.mu.Lock()
 	if s.serving {
 		s.stopping.Store(true)
-		s.u.File().SetReadDeadline(time.Unix(1, 0))
+		s.u.setReadDeadline(time.Unix(1, 0))
 		if s.stopFD >= 0 {
 			one := [8]byte{1}
 			unix.Write(s.stopFD, one[:])

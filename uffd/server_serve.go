@@ -57,9 +57,6 @@ func (s *Server) serveLoop(w *worker) error {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return errors.New("uffd: the userfaultfd's read deadline was set by someone else while serving")
 			}
-			if errors.Is(err, io.EOF) {
-				return errors.New("uffd: the userfaultfd reached end of file (the process whose memory it serves is gone)")
-			}
 			return fmt.Errorf("uffd: reading the userfaultfd: %w", err)
 		}
 		s.sstats.reads.Add(1)
@@ -112,8 +109,14 @@ func (s *Server) readDirect(w *worker) (int, error) {
 		switch {
 		case pfd[1].Revents != 0:
 			return 0, errStopped
-		case pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&(unix.POLLERR|unix.POLLHUP|unix.POLLNVAL) != 0:
-			return 0, io.EOF
+		case pfd[0].Revents&unix.POLLNVAL != 0:
+			return 0, errClosed
+		case pfd[0].Revents&unix.POLLIN == 0 && pfd[0].Revents&unix.POLLERR != 0:
+			// Someone made the userfaultfd blocking: make it non-blocking again, and wait
+			// again (a blocking read here could not be stopped).
+			if err := s.u.restoreNonblock(); err != nil {
+				return 0, err
+			}
 		}
 	}
 }

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 	"weak"
 
 	"golang.org/x/sys/unix"
@@ -28,6 +30,15 @@ type UFFD struct {
 	ioctls   Ioctls
 	userMode bool
 	unpolled bool // kept out of the runtime poller (WithoutPoller)
+
+	// fmu guards f for a UFFD adopted WithoutPoller, which has no *os.File until File is
+	// called (see adopt); cleanup closes its descriptor if it is dropped without Close.
+	fmu     sync.Mutex
+	cleanup runtime.Cleanup
+
+	// nonblockRestored counts the times a reader found the userfaultfd made blocking by
+	// someone else (poll(2) answered POLLERR) and made it non-blocking again.
+	nonblockRestored atomic.Uint64
 
 	// state counts the ioctls in flight (low bits) and has closingBit set once Close was
 	// called. The descriptor is closed when the count is zero and closingBit is set, by
@@ -118,7 +129,7 @@ func New(opts ...Option) (*UFFD, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	u.adopt()
+	u.adopt(true)
 	return u, nil
 }
 
@@ -238,7 +249,7 @@ func FromFD(fd int, opts ...Option) (*UFFD, error) {
 		return nil, err
 	}
 	unix.CloseOnExec(fd) // as New's descriptors: a child gets it only through exec.Cmd.ExtraFiles
-	u.adopt()
+	u.adopt(false)
 	return u, nil
 }
 
@@ -305,15 +316,22 @@ func checkIsUserfaultfd(fd int) error {
 }
 
 // adopt hands the (non-blocking, handshaken) fd to an *os.File, in the runtime poller unless
-// WithoutPoller: os.NewFile adds only a non-blocking descriptor to the poller, so the flag is
-// cleared for that call.
-func (u *UFFD) adopt() {
-	if u.unpolled {
+// WithoutPoller. os.NewFile puts every non-blocking descriptor in the poller, so a UFFD made
+// WithoutPoller by New, whose open file no one else holds yet, clears O_NONBLOCK for that call.
+// An adopted one (fresh false) must not: O_NONBLOCK belongs to the open file, which other
+// processes may be polling at that very moment (a handler process and its standby adopt the
+// same userfaultfd), and poll(2) on a blocking userfaultfd answers POLLERR. It gets no
+// *os.File until File is called, and a cleanup closes its descriptor if it is dropped.
+func (u *UFFD) adopt(fresh bool) {
+	switch {
+	case !u.unpolled:
+		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	case fresh:
 		unix.SetNonblock(u.fd, false)
 		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
 		unix.SetNonblock(u.fd, true)
-	} else {
-		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	default:
+		u.cleanup = runtime.AddCleanup(u, func(fd int) { unix.Close(fd) }, u.fd)
 	}
 	u.drained = make(chan struct{})
 	owned.Store(u.fd, weak.Make(u))
@@ -369,8 +387,26 @@ func (u *UFFD) Fd() int { return u.fd }
 // do not read from it while ReadMessages may run. Its Fd method returns the same number as
 // UFFD.Fd and leaves the descriptor non-blocking: os switches a descriptor back to blocking
 // mode only if os itself made it non-blocking, and this one was non-blocking already when the
-// *os.File was made.
-func (u *UFFD) File() *os.File { return u.f }
+// *os.File was made. For a UFFD adopted with FromFD and WithoutPoller, the first call makes
+// the *os.File, which puts the descriptor in the runtime poller (reads still wait in poll(2)).
+func (u *UFFD) File() *os.File {
+	u.fmu.Lock()
+	defer u.fmu.Unlock()
+	if u.f == nil && u.state.Load()&closingBit == 0 {
+		u.cleanup.Stop()
+		u.f = os.NewFile(uintptr(u.fd), "userfaultfd")
+	}
+	return u.f
+}
+
+// setReadDeadline sets the read deadline of the *os.File of a UFFD in the runtime poller; it
+// is how a Server interrupts a read parked there. A UFFD outside the poller has none to set.
+func (u *UFFD) setReadDeadline(t time.Time) error {
+	if u.unpolled {
+		return nil
+	}
+	return u.f.SetReadDeadline(t)
+}
 
 // Features returns the features enabled on the userfaultfd by its UFFDIO_API handshake: those
 // asked for, plus any the kernel turned on with them (WP_ASYNC brings WP_UNPOPULATED). It is
@@ -411,11 +447,14 @@ func (u *UFFD) finalClose() {
 	if v, ok := owned.Load(u.fd); ok && v.(weak.Pointer[UFFD]).Value() == u {
 		owned.CompareAndDelete(u.fd, v)
 	}
+	u.fmu.Lock()
 	if u.f != nil {
 		u.closeErr = u.f.Close()
 	} else {
+		u.cleanup.Stop()
 		u.closeErr = unix.Close(u.fd)
 	}
+	u.fmu.Unlock()
 	if u.drained != nil {
 		close(u.drained)
 	}
