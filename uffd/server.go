@@ -70,11 +70,12 @@ type Server struct {
 
 	sstats liveServerStats
 
-	tracker Tracker      // the observer, if it is a Tracker
-	rflags  ResolveFlags // DontWake under a Tracker: waiters are woken after Handled
-	stageMu sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
-	stopFD  int          // WithDirectReads: an eventfd that Close and cancellation make readable
-	direct  bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
+	tracker  Tracker      // the observer, if it is a Tracker
+	rflags   ResolveFlags // DontWake under a Tracker: waiters are woken after Handled
+	stageMu  sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
+	stopFD   int          // WithDirectReads: an eventfd that Close and cancellation make readable
+	direct   bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
+	spinning atomic.Bool  // a worker is spinning (server_spin.go): one at a time
 }
 
 // ServerOption configures NewServer.
@@ -91,6 +92,7 @@ type serverConfig struct {
 	onError   func(error)
 	stage     *os.File // WithStaging
 	direct    bool     // WithDirectReads
+	noSpin    bool     // WithoutSpin
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page

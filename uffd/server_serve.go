@@ -18,6 +18,7 @@ type worker struct {
 	extra []Msg      // messages read while draining events for an EAGAIN
 	later []laterMsg // faults read while draining, resolved after the current batch
 	buf   []byte
+	spin  spinner // the adaptive spin before blocking (server_spin.go)
 }
 
 type laterMsg struct {
@@ -48,7 +49,7 @@ func (s *Server) serveLoop(w *worker) error {
 		if s.direct {
 			n, err = s.readDirect(w)
 		} else {
-			n, err = s.u.ReadMessages(w.msgs)
+			n, err = s.readPolled(w)
 		}
 		if err != nil {
 			if s.stopping.Load() {
@@ -91,17 +92,28 @@ func (s *Server) readDirect(w *worker) (int, error) {
 	// After a batch that did not fill the buffer, nothing is likely pending: wait first,
 	// saving a read(2) that would answer EAGAIN (system calls are the cost of a fault).
 	wait := !w.full
+	var t0 time.Time // when this wait began (zero: it has not)
 	for {
 		if !wait {
 			n, err := s.u.TryReadMessages(w.msgs)
 			if n > 0 || err != nil {
 				w.full = n == len(w.msgs)
+				if n > 0 && !t0.IsZero() {
+					w.spin.waited(time.Since(t0), false)
+				}
 				return n, err
 			}
 		}
 		wait = false
 		if s.stopping.Load() {
 			return 0, errStopped
+		}
+		if t0.IsZero() {
+			t0 = time.Now()
+			if n, err := s.spinRead(w, t0); n > 0 || err != nil {
+				w.full = n == len(w.msgs)
+				return n, err
+			}
 		}
 		if _, err := unix.Poll(pfd[:], -1); err != nil && err != unix.EINTR {
 			return 0, os.NewSyscallError("poll", err)

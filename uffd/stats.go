@@ -58,6 +58,9 @@ type ServerStats struct {
 	Removes    uint64 // EventRemove
 	Unmaps     uint64 // EventUnmap
 	Forks      uint64 // EventFork
+	// SpinHits counts waits that ended with a message found while spinning, SpinMisses the
+	// spins that ended without one (the worker then blocked). See WithoutSpin.
+	SpinHits, SpinMisses uint64
 }
 
 // liveStats is the atomically updated form of RangeStats.
@@ -90,12 +93,15 @@ func (l *liveStats) snapshot() RangeStats {
 type liveServerStats struct {
 	reads, messages, unhandled                 atomic.Uint64
 	remaps, duplicates, removes, unmaps, forks atomic.Uint64
+	spinHits, spinMisses                       atomic.Uint64
 }
 
 func (l *liveServerStats) snapshot() ServerStats {
 	return ServerStats{
 		Reads:      l.reads.Load(),
 		Messages:   l.messages.Load(),
+		SpinHits:   l.spinHits.Load(),
+		SpinMisses: l.spinMisses.Load(),
 		Unhandled:  l.unhandled.Load(),
 		Remaps:     l.remaps.Load(),
 		Duplicates: l.duplicates.Load(),

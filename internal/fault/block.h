@@ -20,6 +20,9 @@ enum {
 	H_INFLIGHT,       // handler process: first page of the fault being resolved, plus 1
 	H_INFLIGHT_PAGES, // handler process: how many pages from H_INFLIGHT
 	H_ERR_TEXT,       // 8 words: the last source error's text (sources that are Go code)
+	H_TID = 29,       // the serving thread's id (native) or process id (handler process)
+	H_SPIN_HITS = 30, // waits ended by a message found while spinning
+	H_SPIN_MISSES = 31, // spins that ended without a message (the thread then blocked)
 	H_WORDS = 32,
 };
 // Counter words per view (uint64 each).
@@ -55,7 +58,8 @@ struct mm_log {
 #define MM_LOG_OFF(npages) (MM_DIRTY_OFF(npages) + MM_ROUND64((uint64_t)MM_MAX_VIEWS * (npages)))
 
 _Static_assert(sizeof(struct mm_log) == 32, "a log entry is 32 bytes");
-_Static_assert(H_ERR_TEXT + 8 <= H_WORDS, "the header holds every word");
+_Static_assert(H_ERR_TEXT + 8 <= H_TID, "the error text ends before the thread id");
+_Static_assert(H_SPIN_MISSES < H_WORDS, "the header holds every word");
 _Static_assert(C_AROUND < C_WORDS, "the counters fit");
 
 // Byte offsets of the log entry's fields, for Go's checks.

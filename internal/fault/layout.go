@@ -35,6 +35,13 @@ const (
 	hWords         = 32
 )
 
+// Header words after the error text.
+const (
+	hTID        = 29 // the serving thread's id (native) or the serving process's id (handler process)
+	hSpinHits   = 30 // waits ended by a message found while spinning
+	hSpinMisses = 31 // spins that ended without a message (the handler then blocked)
+)
+
 // Per-view counter words.
 const (
 	cMissing = iota

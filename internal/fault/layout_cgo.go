@@ -25,6 +25,9 @@ var (
 	_ [0]int = [C.H_INFLIGHT_PAGES - hInflightPages]int{}
 	_ [0]int = [C.H_ERR_TEXT - hErrText]int{}
 	_ [0]int = [C.H_ERR_TEXT + errTextLen/8 - hErrText - errTextLen/8]int{}
+	_ [0]int = [C.H_TID - hTID]int{}
+	_ [0]int = [C.H_SPIN_HITS - hSpinHits]int{}
+	_ [0]int = [C.H_SPIN_MISSES - hSpinMisses]int{}
 
 	_ [0]int = [C.C_WORDS - cWords]int{}
 	_ [0]int = [C.C_MISSING - cMissing]int{}
