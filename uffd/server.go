@@ -47,7 +47,10 @@ import (
 // is a hundred times slower or worse. Keep the goroutines that may fault at the same time
 // below GOMAXPROCS (raise GOMAXPROCS above the number of CPUs if needed: goroutines waiting in a
 // fault use no CPU), or fault from system calls (MADV_POPULATE_READ/WRITE) or another process.
-// A server in another process (the UFFD sent over a Unix socket) has neither limit.
+// Serve refuses a UFFD made by New in this process when GOMAXPROCS does not exceed the
+// goroutines that may fault (WithFaultingGoroutines, default 1), and a starvation it sees while
+// serving counts in ServerStats.Starved and is reported (ErrStarved). A server in another
+// process (the UFFD sent over a Unix socket) has neither limit.
 type Server struct {
 	u    *UFFD
 	cfg  serverConfig
@@ -93,6 +96,7 @@ type serverConfig struct {
 	stage     *os.File // WithStaging
 	direct    bool     // WithDirectReads
 	noSpin    bool     // WithoutSpin
+	faulting  int      // WithFaultingGoroutines
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
@@ -387,6 +391,10 @@ func (s *Server) Serve(ctx context.Context) error {
 	if s.cfg.stage != nil && s.u.Features()&FeatureMinorShmem == 0 {
 		s.mu.Unlock()
 		return fmt.Errorf("uffd: WithStaging maps staged pages with UFFDIO_CONTINUE: %w", &FeatureError{Missing: FeatureMinorShmem})
+	}
+	if err := s.checkProcs(); err != nil {
+		s.mu.Unlock()
+		return err
 	}
 	direct := s.cfg.direct || s.u.unpolled
 	// The deadline is how Close interrupts a read parked in the poller without closing the fd.

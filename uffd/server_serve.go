@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"runtime/metrics"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -18,7 +19,8 @@ type worker struct {
 	extra []Msg      // messages read while draining events for an EAGAIN
 	later []laterMsg // faults read while draining, resolved after the current batch
 	buf   []byte
-	spin  spinner // the adaptive spin before blocking (server_spin.go)
+	spin  spinner          // the adaptive spin before blocking (server_spin.go)
+	sched []metrics.Sample // the scheduler's counts, read after a long wait (server_starve.go)
 }
 
 type laterMsg struct {
@@ -99,7 +101,9 @@ func (s *Server) readDirect(w *worker) (int, error) {
 			if n > 0 || err != nil {
 				w.full = n == len(w.msgs)
 				if n > 0 && !t0.IsZero() {
-					w.spin.waited(time.Since(t0), false)
+					d := time.Since(t0)
+					w.spin.waited(d, false)
+					s.checkStarved(w, d)
 				}
 				return n, err
 			}

@@ -92,7 +92,9 @@ func (s *Server) readPolled(w *worker) (int, error) {
 	}
 	n, err := s.u.ReadMessages(w.msgs)
 	if n > 0 {
-		w.spin.waited(time.Since(t0), false)
+		d := time.Since(t0)
+		w.spin.waited(d, false)
+		s.checkStarved(w, d)
 	}
 	return n, err
 }

@@ -30,6 +30,7 @@ type UFFD struct {
 	ioctls   Ioctls
 	userMode bool
 	unpolled bool // kept out of the runtime poller (WithoutPoller)
+	local    bool // made by New: its faults are this process's (see Server's WithFaultingGoroutines)
 
 	// fmu guards f for a UFFD adopted WithoutPoller, which has no *os.File until File is
 	// called (see adopt); cleanup closes its descriptor if it is dropped without Close.
@@ -124,7 +125,7 @@ func New(opts ...Option) (*UFFD, error) {
 	}
 	// The handshake comes before the fd joins the runtime poller: until UFFDIO_API is done the
 	// kernel reports EPOLLERR, which the poller would remember as "not pollable".
-	u := &UFFD{fd: fd, userMode: userMode, unpolled: c.unpolled}
+	u := &UFFD{fd: fd, userMode: userMode, unpolled: c.unpolled, local: true}
 	if err := u.handshake(c.features); err != nil {
 		unix.Close(fd)
 		return nil, err
