@@ -3,6 +3,7 @@
 package fault
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -24,7 +25,7 @@ func BenchmarkServe(b *testing.B) {
 		if around > 1 {
 			name = "around"
 		}
-		for _, kind := range []string{"cref", "native", "process"} {
+		for _, kind := range []string{"cref", "native", "native-nospin", "process", "process-nospin"} {
 			b.Run(name+"/"+kind, func(b *testing.B) {
 				var missing, minor time.Duration
 				for i := 0; i < b.N; i++ {
@@ -34,7 +35,8 @@ func BenchmarkServe(b *testing.B) {
 						SourceLen: benchLen, AliasFD: -1, MaxAround: around}
 					var h *Handler
 					var err error
-					switch kind {
+					cfg.NoSpin = strings.HasSuffix(kind, "-nospin")
+					switch strings.TrimSuffix(kind, "-nospin") {
 					case "native":
 						h, err = StartNative(cfg)
 					case "process":

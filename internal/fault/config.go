@@ -47,6 +47,7 @@ type Config struct {
 	MaxAround int  // fault-around cap in pages; 0 or 1: one page per fault
 	LogCap    int  // verification log entries kept (the first LogCap); 0: no log
 	Poison    bool // UFFDIO_POISON is usable: a failing source raises SIGBUS on the page instead of aborting
+	NoSpin    bool // block as soon as no fault is pending, never spinning first (for comparisons)
 
 	// Present lists the pages already in the page cache when serving starts (from mincore),
 	// so that their minor faults are not taken for invariant violations.

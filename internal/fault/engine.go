@@ -75,6 +75,9 @@ func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os
 		uffd.WithWorkers(max(c.Workers, 1)),
 	}
 	opts = append(opts, extra...)
+	if c.NoSpin {
+		opts = append(opts, uffd.WithoutSpin())
+	}
 	if c.Poison {
 		// A failed read poisons the page in every view: the thread that touched it gets
 		// SIGBUS, never zeros.

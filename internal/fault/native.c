@@ -44,10 +44,11 @@ struct mm_uffdio_poison {
 struct mm_spin {
 	uint64_t gap; // recent time from ready to a message, ns
 	int armed;
+	int off; // never spin (mm_cfg.no_spin)
 };
 
 static uint64_t spin_budget(const struct mm_spin *s) {
-	if (!s->armed)
+	if (!s->armed || s->off)
 		return 0;
 	uint64_t b = 2 * s->gap;
 	if (b < SPIN_MIN_NS)
@@ -792,6 +793,7 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 		return NULL;
 	}
 	h->cfg = *cfg;
+	h->spin.off = cfg->no_spin;
 	h->hdr = cfg->shared;
 	h->npages = h->hdr[H_NPAGES];
 	h->logcap = h->hdr[H_LOGCAP];

@@ -29,6 +29,7 @@ struct mm_cfg {
 	uint64_t page;     // page size
 	uint32_t max_around; // fault-around cap in pages (1 = off)
 	uint32_t nviews;
+	int no_spin;       // never spin before blocking
 	uint64_t views[MM_MAX_VIEWS];
 	void *shared;      // the counters/state/log block (layout in block.h)
 };

@@ -56,6 +56,9 @@ func StartNative(cfg Config) (*Handler, error) {
 	if cfg.Poison {
 		c.poison = 1
 	}
+	if cfg.NoSpin {
+		c.no_spin = 1
+	}
 	c.src_addr = C.uint64_t(cfg.SourceAddr)
 	c.src_off = C.uint64_t(cfg.SourceOff)
 	c.src_len = C.uint64_t(cfg.SourceLen)

@@ -38,6 +38,7 @@ type procConfig struct {
 	SourceLen int64
 	MaxAround int
 	Poison    bool
+	NoSpin    bool
 	UFFDFD    int
 	BlockFD   int
 	ParentFD  int // hangs up when the served process stops the handler or dies
@@ -323,7 +324,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
 			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
 			MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
-			Workers: cfg.Workers}
+			Workers: cfg.Workers, NoSpin: cfg.NoSpin}
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
 			return nil, err
