@@ -2,14 +2,16 @@ package uffd
 
 import (
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The adaptive spin before a worker blocks.
 //
 // A handler that blocks in the kernel and is woken on another CPU pays for that CPU's wake-up
 // from idle; on a virtual machine that costs more than serving a 4 KiB fault. So a worker that
-// has just served a fault first polls the userfaultfd without blocking (read(2) on the
-// non-blocking descriptor), as a futex-based mutex spins before it sleeps, but only while
+// has just served a fault first polls the userfaultfd without blocking (poll(2) with a zero
+// timeout), as a futex-based mutex spins before it sleeps, but only while
 // faults come close together:
 //
 //   - the budget is twice the recent wait from "ready" to "message in hand", at least
@@ -65,14 +67,22 @@ func (s *Server) spinRead(w *worker, t0 time.Time) (int, error) {
 		return 0, nil
 	}
 	defer s.spinning.Store(false)
+	// poll(2) with no timeout, then a read only of what is there: a read on a userfaultfd that
+	// someone made blocking would block (the caller's wait sees POLLERR and repairs that).
+	pfd := [1]unix.PollFd{{Fd: int32(s.u.Fd()), Events: unix.POLLIN}}
 	for !s.stopping.Load() {
-		n, err := s.u.TryReadMessages(w.msgs)
-		if n > 0 || err != nil {
-			if n > 0 {
-				s.sstats.spinHits.Add(1)
-				w.spin.waited(time.Since(t0), true)
+		if k, err := unix.Poll(pfd[:], 0); err == nil && k > 0 {
+			if pfd[0].Revents&unix.POLLIN == 0 {
+				return 0, nil // POLLERR or POLLNVAL: the caller's wait deals with it
 			}
-			return n, err
+			n, err := s.u.TryReadMessages(w.msgs)
+			if n > 0 || err != nil {
+				if n > 0 {
+					s.sstats.spinHits.Add(1)
+					w.spin.waited(time.Since(t0), true)
+				}
+				return n, err
+			}
 		}
 		if time.Since(t0) >= budget {
 			break
