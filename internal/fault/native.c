@@ -93,6 +93,7 @@ struct mm_handler {
 	int oldfl;
 	char *stoppage;
 	int stopping; // the stop page faulted
+	int nonblock; // blocking reads: the descriptor's file is non-blocking now (see set_nonblock)
 	struct mm_spin spin;
 };
 
@@ -649,17 +650,24 @@ static void handle(struct mm_handler *h, struct uffd_msg *m) {
 	}
 }
 
+// set_nonblock switches the userfaultfd between non-blocking reads (spinning, draining events)
+// and blocking ones (waiting), in the blocking-read mode (run_blocking). poll(2) cannot tell
+// whether a message is pending on a blocking userfaultfd (it answers POLLERR), so a spin reads.
+static void set_nonblock(struct mm_handler *h, int on) {
+	if (h->nonblock == on)
+		return;
+	int fl = on ? h->oldfl | O_NONBLOCK : h->oldfl & ~O_NONBLOCK;
+	if (fcntl(h->cfg.uffd, F_SETFL, fl) == 0)
+		h->nonblock = on;
+}
+
 // read_events drains the uffd without blocking: events are handled at once (they are what makes
 // the resolving ioctls answer EAGAIN), page faults are kept for later.
 static void read_events(struct mm_handler *h) {
 	struct uffd_msg msgs[64];
 	for (;;) {
-		if (h->stoppage) {
-			// The uffd blocks: read only what is there.
-			struct pollfd pf = {.fd = h->cfg.uffd, .events = POLLIN};
-			if (poll(&pf, 1, 0) <= 0 || !(pf.revents & POLLIN))
-				return;
-		}
+		if (h->stoppage)
+			set_nonblock(h, 1); // read only what is there
 		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
 		if (r <= 0)
 			return;
@@ -701,7 +709,8 @@ static int spin_poll(struct mm_handler *h, uint64_t t0, struct pollfd *pf, int n
 	return 0;
 }
 
-// run_blocking serves with blocking reads: one system call per wait instead of poll + read. It
+// run_blocking serves with blocking reads: one system call per wait instead of poll + read
+// (after a spin of non-blocking reads, while faults come close together). It
 // stops when the stop page faults (mm_join touches it), then unregisters the page, which wakes
 // the toucher.
 static void run_blocking(struct mm_handler *h) {
@@ -715,9 +724,24 @@ static void run_blocking(struct mm_handler *h) {
 			break;
 		ADD(&h->hdr[H_LOOPS], 1);
 		uint64_t t0 = now_ns();
-		struct pollfd pf = {.fd = h->cfg.uffd, .events = POLLIN};
-		int hit = spin_poll(h, t0, &pf, 1);
-		ssize_t r = read(h->cfg.uffd, msgs, sizeof msgs);
+		ssize_t r = 0;
+		int hit = 0;
+		uint64_t budget = spin_budget(&h->spin);
+		if (budget > 0) {
+			// Spin: non-blocking reads until a message comes or the budget is spent.
+			set_nonblock(h, 1);
+			do {
+				r = read(h->cfg.uffd, msgs, sizeof msgs);
+			} while (r < 0 && (errno == EAGAIN || errno == EINTR) && now_ns() - t0 < budget);
+			hit = r > 0;
+			ADD(&h->hdr[hit ? H_SPIN_HITS : H_SPIN_MISSES], 1);
+			if (!hit)
+				h->spin.armed = 0;
+		}
+		if (!hit) {
+			set_nonblock(h, 0);
+			r = read(h->cfg.uffd, msgs, sizeof msgs);
+		}
 		if (r > 0) {
 			spin_waited(&h->spin, now_ns() - t0, hit);
 			for (size_t i = 0; i < (size_t)r / sizeof msgs[0]; i++)
