@@ -201,6 +201,7 @@ func suiteFaultCPU(b *bencher, size int) {
 		{rowCPUServerDir, serverServing(uffd.WithDirectReads())},
 	}
 	samples := make([][]cpuSample, len(vs))
+	mems := make([]map[string]any, len(vs))
 	var rows []row
 	for i, v := range vs {
 		var skip func() string
@@ -211,6 +212,7 @@ func suiteFaultCPU(b *bencher, size int) {
 		if v.name == rowCPUServer || v.name == rowCPUServerDir {
 			mem["memory"] = memAnon
 		}
+		mems[i] = mem
 		rows = append(rows, row{name: v.name, skip: skip, params: mem, run: func() (float64, error) {
 			s, err := cpuRun(size, v.start)
 			if err != nil {
@@ -221,15 +223,17 @@ func suiteFaultCPU(b *bencher, size int) {
 		}})
 	}
 	perName := fmt.Sprintf("handler CPU per 4 KiB fault, 1 thread, sequential, %s", sizeName(size))
-	params := map[string]any{"resolve": "MISSING+ZEROPAGE, one page per fault", "threads": 1, "pattern": "sequential",
-		"region_bytes": size, "page_bytes": pageSize, "measure": "handler CPU time (/proc schedstat of its threads; for the in-process server the process's rusage minus the touching thread's)"}
+	// No "threads"/"pattern" keys: those select the time-per-page figures the plots draw.
+	params := map[string]any{"resolve": "MISSING+ZEROPAGE, one page per fault", "bytes_per_fault": pageSize,
+		"touch": "one thread, every page once, in order", "region_bytes": size, "page_bytes": pageSize, "measure": "handler CPU time (/proc schedstat of its threads; for the in-process server the process's rusage minus the touching thread's)"}
 	ms := b.measure(caseSpec{suite: "faults", name: perName, params: params, unit: "us/fault", better: "lower", runs: runs}, rows)
 	// The idle figures of the same runs, as their own case, next to one core.
 	idleName := fmt.Sprintf("handler CPU while the views sit idle for %v after faulting", cpuIdleTime)
-	idleRows := []row{{name: rowOneCore, run: func() (float64, error) { return 100, nil }}}
+	idleRows := []row{{name: rowOneCore, params: map[string]any{"memory": "none: the reference, 100% of one core"},
+		run: func() (float64, error) { return 100, nil }}}
 	for i, v := range vs {
 		k := 0
-		idleRows = append(idleRows, row{name: v.name, run: func() (float64, error) {
+		idleRows = append(idleRows, row{name: v.name, params: mems[i], run: func() (float64, error) {
 			if ms[i].NotMeasured != "" {
 				return 0, errors.New(ms[i].NotMeasured)
 			}
