@@ -317,8 +317,17 @@ func (e FaultEvent) String() string {
 var ErrSourceFailed = errors.New("the fault source failed to read")
 
 // ErrGoSource is matched by the error ServeFaults returns for a plain Go value as a source (an
-// io.ReaderAt without a file descriptor): a handler process serves Go code only through
-// RegisterSource and NamedSource; WithHandler(HandlerGo) is the expert's in-process alternative.
+// io.ReaderAt without a file descriptor). Such a source cannot be read by the program itself:
+// a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) holds
+// its P while it waits, and the garbage collector then waits for it, so the program hangs
+// (see the package doc). A handler process, which is the program re-executed, serves Go code
+// instead, once it knows how to build it. The fix is two lines:
+//
+//	func init() { mirror.RegisterSource("mysource", openMySource) } // func([]byte) (io.ReaderAt, error)
+//	p, err := mirror.Mirror(r, mirror.ServeFaults(mirror.NamedSource("mysource", config)))
+//
+// WithHandler(HandlerGo) is the expert's in-process alternative (cgo builds only: a watchdog
+// catches the hang and ends the program with a clear message).
 var ErrGoSource = fmt.Errorf("%w: a Go value as fault source", ErrUnsupported)
 
 // ErrNotServing is returned by the fault methods of a Pair made without ServeFaults.

@@ -60,7 +60,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		sv.mem = append(sv.mem, mem.Slice(src.ptr, s.n))
 	}
 	if len(sv.views) > fault.MaxViews {
-		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrRange, fault.MaxViews, len(sv.views))
+		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrOption, fault.MaxViews, len(sv.views))
 	}
 	defer func() {
 		if err != nil {
@@ -72,7 +72,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	fc := fault.Config{Len: s.n, AliasFD: -1, LogCap: f.logCap, SourceLen: int64(s.n)}
 	goSource := false
 	if f.src != nil && isNilPointer(f.src) {
-		return fmt.Errorf("%w: ServeFaults(%s(nil)): a nil pointer is not a source; pass nil itself (ServeFaults(nil)) for zero-filled pages", ErrRange, sv.srcKind)
+		return fmt.Errorf("%w: ServeFaults(%s(nil)): a nil pointer is not a source; pass nil itself (ServeFaults(nil)) for zero-filled pages", ErrOption, sv.srcKind)
 	}
 	switch rr := f.src.(type) {
 	case nil:
@@ -87,7 +87,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	case *regionReader:
 		v := rr.r
 		if v == nil {
-			return fmt.Errorf("%w: ServeFaults(RegionSource(nil)): a nil *alloc.Region is not a source; pass ServeFaults(nil) for zero-filled pages", ErrRange)
+			return fmt.Errorf("%w: ServeFaults(RegionSource(nil)): a nil *alloc.Region is not a source; pass ServeFaults(nil) for zero-filled pages", ErrOption)
 		}
 		if v == s.region || (v.Bytes() != nil && s.region != nil && mem.Ptr(v.Bytes()) == mem.Ptr(s.region.Bytes())) {
 			return fmt.Errorf("%w: ServeFaults: the source is the region being mirrored", ErrRange)
@@ -132,9 +132,8 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	}
 	sv.kind = f.handler
 	if goSource && sv.kind == HandlerAuto {
-		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code, which a handler process serves only if it can build it: "+
-			"register a constructor from an init function, RegisterSource(\"name\", func(config []byte) (io.ReaderAt, error) {...}), "+
-			"then serve ServeFaults(NamedSource(\"name\", config))", ErrGoSource, sv.srcKind)
+		return fmt.Errorf("%w: ServeFaults(%s): register it in an init function, RegisterSource(\"name\", open), "+
+			"then pass ServeFaults(NamedSource(\"name\", config))", ErrGoSource, sv.srcKind)
 	}
 	if fc.Source == fault.SourceNamed {
 		switch sv.kind {
@@ -157,7 +156,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	}
 	if sv.kind == HandlerGo {
 		if !fault.NativeAvailable {
-			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code must be served by Go code in this process, and a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) would then hang the program under garbage collection; without cgo there is no watchdog to catch that. Serve from an *os.File, an *alloc.Region or nil (a handler process serves those), or build with cgo",
+			return fmt.Errorf("%w: ServeFaults(%s): HandlerGo needs cgo, whose watchdog catches a fault that hangs the program under GC: use a NamedSource, or build with cgo",
 				ErrUnsupported, sv.srcKind)
 		}
 	}
@@ -172,7 +171,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		// A handler process reaches a region without descriptor through map_files.
 		fd, err := openMapFile(mem.Ptr(f.src.(*regionReader).r.Bytes()))
 		if err != nil {
-			return fmt.Errorf("%w: ServeFaults: a handler process cannot read an alloc.Shared region without opening it through /proc/self/map_files (%v): use an alloc.Memfd region, or build with cgo", ErrUnsupported, err)
+			return fmt.Errorf("%w: ServeFaults: a handler process reads an alloc.Shared source through /proc/self/map_files, which failed (%v): use alloc.Memfd, or cgo", ErrUnsupported, err)
 		}
 		sv.fds = append(sv.fds, fd)
 		fc.Source, fc.SourceFD = fault.SourceFD, fd
@@ -253,7 +252,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 	}
 	if resident > 0 {
-		return fmt.Errorf("%w: ServeFaults: %d of the %d pages already hold data (the first at offset %d; written, or allocated with alloc.Populate): the source would never be asked for them. Mirror fresh memory, or free those pages first (MADV_REMOVE, as Pair.Reset does)",
+		return fmt.Errorf("%w: ServeFaults: %d of %d pages already hold data (the first at offset %d): mirror fresh memory, or free them first (MADV_REMOVE)",
 			ErrResident, resident, len(vec), first*page)
 	}
 	// The caller's own mapping may carry the poisoned holes a previous pair's Close left (see

@@ -377,7 +377,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		readies[i].SetReadDeadline(deadline)
 		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not start serving within %v (an init function of the program blocking in the re-executed handler process?); it was killed",
+				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not serve within %v and was killed: does an init function of the program block?",
 					role, p.cmds[i].Process.Pid, readyTimeout)
 			}
 			werr := p.cmds[i].Wait()
