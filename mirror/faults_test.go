@@ -189,7 +189,7 @@ func TestServeFaultsChoosesHandler(t *testing.T) {
 				}
 				p, err = Mirror(r, ServeFaults(c.src), WithHandler(HandlerGo))
 				if !fault.NativeAvailable {
-					if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "Go code") {
+					if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "HandlerGo needs cgo") {
 						t.Fatalf("Go source without cgo: %v, want ErrUnsupported naming the reason", err)
 					}
 					return

@@ -14,6 +14,7 @@ import (
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/mem"
 	"github.com/mirrormem/mirrormem/uffd"
+	"golang.org/x/sys/unix"
 )
 
 // The behavioural suite of the fault handlers: every handler kind of this build (the C thread,
@@ -66,6 +67,14 @@ func suiteSources(h handlerCase) []suiteSource {
 			}
 			return data
 		}},
+		// A memfd sealed against shrinking: the handlers copy straight from its mapping.
+		{"sealed", func(t *testing.T) io.ReaderAt { return sealedPatternMemfd(t, 1<<20) }, func(n int) []byte {
+			data := make([]byte, n)
+			for i := range data {
+				data[i] = byte(i*13 + i/4096 + 1)
+			}
+			return data
+		}},
 	}
 	if h.name != "native" {
 		ss = append(ss, suiteSource{"named", func(t *testing.T) io.ReaderAt {
@@ -77,6 +86,24 @@ func suiteSources(h handlerCase) []suiteSource {
 		}})
 	}
 	return ss
+}
+
+// sealedPatternMemfd returns a memfd holding patternFile's n bytes, sealed with F_SEAL_SHRINK.
+func sealedPatternMemfd(t *testing.T, n int) *os.File {
+	_, data := patternFile(t, n)
+	fd, err := mem.MemfdCreate("sealed-source", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "sealed-source")
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
 
 // forEvery runs f for every handler kind and every source it serves.
