@@ -21,6 +21,7 @@ type faultConfig struct {
 	trackAsync  bool
 	handler     Handler
 	watchdog    time.Duration // 0: DefaultWatchdog
+	restore     RestoreOptions
 	used        []string      // the companion options given, which all need ServeFaults
 	err         error
 }

@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +50,11 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 		}
 		srv.Close()
 	}()
-	err = srv.Serve(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	restoreDone := startRestore(ctx, srv, c)
+	err = srv.Serve(ctx)
+	cancel()
+	<-restoreDone
 	if err == nil || errors.Is(err, uffd.ErrServerClosed) {
 		return 0
 	}
@@ -75,6 +80,9 @@ func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os
 		uffd.WithWorkers(max(c.Workers, 1)),
 	}
 	opts = append(opts, extra...)
+	if c.Restore.active() {
+		opts = append(opts, uffd.WithPrefetch())
+	}
 	if c.Poison {
 		// A failed read poisons the page in every view: the thread that touched it gets
 		// SIGBUS, never zeros.
@@ -259,6 +267,16 @@ func (o *blockObserver) Resolved(view int, off, n int64, how uffd.Resolution) {
 			o.violation(violTwice, int64(p)*o.page)
 		}
 		o.b.setState(p, stFilled)
+	}
+}
+
+// Prefetching counts a prefetch fill in flight as a missing fault being resolved: a minor
+// fault through another view may see its page before it is recorded.
+func (o *blockObserver) Prefetching(start bool) {
+	if start {
+		o.filling.Add(1)
+	} else {
+		o.filling.Add(-1)
 	}
 }
 
