@@ -22,7 +22,7 @@ type faultConfig struct {
 	handler     Handler
 	watchdog    time.Duration // 0: DefaultWatchdog
 	restore     RestoreOptions
-	used        []string      // the companion options given, which all need ServeFaults
+	used        []string // the companion options given, which all need ServeFaults
 	err         error
 }
 
