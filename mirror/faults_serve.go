@@ -37,6 +37,8 @@ type serving struct {
 
 	wd *fault.Watchdog // HandlerGo: aborts the program, with a message, if serving hangs
 
+	push bool // Restore pushes every page
+
 	mu      sync.Mutex
 	stopped bool
 }
@@ -155,6 +157,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		if fc.Restore, err = restoreConfig(f.restore, s.n, len(s.views)); err != nil {
 			return err
 		}
+		sv.push = f.restore.Push
 	}
 	if sv.kind == HandlerAuto {
 		switch {

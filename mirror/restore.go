@@ -284,39 +284,52 @@ func restoreConfig(o RestoreOptions, n, nviews int) (fault.Restore, error) {
 
 // RestoreProgress says how much of a pair is resident.
 type RestoreProgress struct {
-	Resident int // pages filled (by faults, prefetch or push)
-	Pages    int // pages of a view
+	Resident   int  // pages filled (by faults, prefetch or push)
+	Pages      int  // pages of a view
+	Prefetched bool // Restore's working set is prefetched
+	Pushed     bool // Restore's push is over: every page is filled and mapped into every view
+
+	pushing bool // Restore pushes: Done waits for Pushed
 }
 
-// Done reports whether every page is resident.
-func (r RestoreProgress) Done() bool { return r.Resident >= r.Pages }
+// Done reports whether every page is resident: after a push, when it is over (so that no view
+// faults any more); without one, when every page is filled.
+func (r RestoreProgress) Done() bool { return r.Pushed || r.Resident >= r.Pages && !r.pushing }
 
-// RestoreProgress returns how many pages are filled so far. Safe to call while serving.
+// RestoreProgress returns how many pages are filled so far, and how far Restore got. Safe to
+// call while serving.
 func (p *Pair) RestoreProgress() (RestoreProgress, error) {
 	sv, err := p.serving()
 	if err != nil {
 		return RestoreProgress{}, err
 	}
 	defer p.s.mu.RUnlock()
-	return sv.progress(), nil
+	pr, _ := sv.progress()
+	return pr, nil
 }
 
-func (sv *serving) progress() RestoreProgress {
-	pr := RestoreProgress{Pages: sv.n / mem.PageSize()}
-	if sv.h != nil {
-		pr.Resident = sv.h.FilledPages()
+func (sv *serving) progress() (RestoreProgress, error) {
+	pr := RestoreProgress{Pages: sv.n / mem.PageSize(), pushing: sv.push}
+	if sv.h == nil {
+		return pr, nil
 	}
-	return pr
+	pr.Resident = sv.h.FilledPages()
+	st := sv.h.RestoreState()
+	pr.Prefetched, pr.Pushed = st&fault.RestorePrefetched != 0, st&fault.RestorePushed != 0
+	if st&fault.RestoreFailed != 0 {
+		return pr, errors.New("mirror: Restore stopped on an error (the handler wrote it to standard error); demand faults still serve every page")
+	}
+	return pr, nil
 }
 
 // residentPoll is how often WaitResident looks at the handler's page states.
 const residentPoll = 2 * time.Millisecond
 
-// WaitResident waits until every page of the pair is filled (Restore with Push does that, and
-// so does touching every page), ctx is done (ctx.Err()), the pair is closed (ErrClosed), or
-// serving fails (FaultErr's error: a page the source could not read never becomes resident).
-// It reads the handler's page states every few milliseconds; it never holds the pair, so
-// Close does not wait for it.
+// WaitResident waits until every page of the pair is resident (see RestoreProgress.Done:
+// Restore with Push does that, and so does touching every page), ctx is done (ctx.Err()), the
+// pair is closed (ErrClosed), Restore stopped on an error, or serving fails (FaultErr's error:
+// a page the source could not read never becomes resident). It reads the handler's page states
+// every few milliseconds; it never holds the pair, so Close does not wait for it.
 func (p *Pair) WaitResident(ctx context.Context) error {
 	t := time.NewTicker(residentPoll)
 	defer t.Stop()
@@ -325,13 +338,16 @@ func (p *Pair) WaitResident(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		done, ferr := sv.progress().Done(), sv.err()
+		pr, rerr := sv.progress()
+		ferr := sv.err()
 		p.s.mu.RUnlock()
 		switch {
-		case done:
+		case pr.Done():
 			return nil
 		case ferr != nil:
 			return ferr
+		case rerr != nil:
+			return rerr
 		}
 		select {
 		case <-ctx.Done():

@@ -267,7 +267,7 @@ func TestRestorePush(t *testing.T) {
 				t.Fatal(err)
 			}
 			wg.Wait()
-			if pr, _ := p.RestoreProgress(); !pr.Done() || pr.Pages != pages {
+			if pr, _ := p.RestoreProgress(); !pr.Done() || pr.Pages != pages || !pr.Pushed || !pr.Prefetched {
 				t.Fatalf("after WaitResident: %+v", pr)
 			}
 			o0, m0 := p.FaultStats()

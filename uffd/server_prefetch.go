@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +35,11 @@ type PrefetchOptions struct {
 	// Rate caps the bytes read per second (0: no cap), for a background push that must leave
 	// the link to others.
 	Rate int64
+	// MapFilled maps the pages that someone else filled (a demand fault, through one view)
+	// into every view too, with UFFDIO_CONTINUE (a system call per run of them, and one per
+	// page a view maps already), so that afterwards no view faults on any page of the ranges:
+	// for a push to full residency. Without it such pages are skipped with no system call.
+	MapFilled bool
 }
 
 // DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults.
@@ -58,6 +64,9 @@ type PrefetchStats struct {
 type PrefetchObserver interface {
 	Prefetching(start bool)
 }
+
+// ErrViewGone is matched by the error of a Prefetch whose view was unmapped or unhandled.
+var ErrViewGone = errors.New("uffd: Prefetch: the view went away")
 
 // ErrNoPrefetch is returned by Prefetch on a server made without WithPrefetch.
 var ErrNoPrefetch = errors.New("uffd: Prefetch needs a server made with WithPrefetch()")
@@ -151,7 +160,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	})
 	defer stopWait()
 
-	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks}
+	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled}
 	var wg sync.WaitGroup
 	workers := min(o.InFlight, len(chunks))
 	for w := 0; w < workers; w++ {
@@ -199,11 +208,12 @@ func (s *Server) chunk(ranges []PrefetchRange, length, maxLen int64) []PrefetchR
 
 // prefetch is one Prefetch call's shared state.
 type prefetch struct {
-	s      *Server
-	view   uintptr
-	rate   int64
-	chunks []PrefetchRange
-	next   atomic.Int64
+	s         *Server
+	view      uintptr
+	rate      int64
+	chunks    []PrefetchRange
+	mapFilled bool
+	next      atomic.Int64
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
@@ -263,10 +273,19 @@ func (p *prefetch) run(ctx context.Context, w *worker) error {
 		}
 		ch := p.chunks[c]
 		for off := ch.Off; off < ch.Off+ch.Len; {
-			// The next run of pages not known to be filled.
+			// The next run of pages known to be filled: skipped, or mapped into every view.
 			if s.tracker != nil && s.tracker.Filled(off) {
-				p.skipped.Add(1)
-				off += page
+				end := off + page
+				for end < ch.Off+ch.Len && s.tracker.Filled(end) {
+					end += page
+				}
+				p.skipped.Add((end - off) / page)
+				if p.mapFilled {
+					if err := p.mapRun(off, end-off); err != nil {
+						return err
+					}
+				}
+				off = end
 				continue
 			}
 			end := off + page
@@ -345,10 +364,13 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 		case e == unix.EEXIST:
 			p.existed.Add(1)
 			s.existed(v, addr+uintptr(done))
+			if p.mapFilled {
+				p.mapViews(tab, v, off+done, page, protect, true)
+			}
 			p.wake(tab, v, off+done, page) // a waiter may have raced the fill it met
 			done += page
 		case gone(e):
-			return fmt.Errorf("uffd: Prefetch: the view at %#x went away", p.view)
+			return fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
 		default:
 			return fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
 		}
@@ -381,15 +403,33 @@ func (p *prefetch) lookup() (*view, *table, error) {
 	tab := p.s.tab.Load()
 	i := tab.find(p.view)
 	if i < 0 {
-		return nil, nil, fmt.Errorf("uffd: Prefetch: the view at %#x is no longer handled", p.view)
+		return nil, nil, fmt.Errorf("%w (%#x is no longer handled)", ErrViewGone, p.view)
 	}
 	return &tab.views[i], tab, nil
 }
 
+// mapRun maps [off, off+n), filled by someone else, into every view, and wakes them.
+func (p *prefetch) mapRun(off, n int64) error {
+	v, tab, err := p.lookup()
+	if err != nil {
+		return err
+	}
+	protect := p.s.tracker != nil && p.s.tracker.Protect(v.st.index)
+	p.mapViews(tab, v, off, n, protect, true)
+	p.wake(tab, v, off, n)
+	return nil
+}
+
 // mapOthers maps the pages just filled into the object's other views (UFFDIO_CONTINUE), so
-// that touching them there does not fault either. A view not registered for minor faults
-// answers EINVAL: then no view is mapped any more.
+// that touching them there does not fault either.
 func (p *prefetch) mapOthers(tab *table, v *view, off, n int64, protect bool) {
+	p.mapViews(tab, v, off, n, protect, false)
+}
+
+// mapViews maps [off, off+n) of the object into its other views, and into v too if self, with
+// UFFDIO_CONTINUE, skipping pages mapped already. A view not registered for minor faults
+// answers EINVAL: then no view is mapped any more.
+func (p *prefetch) mapViews(tab *table, v *view, off, n int64, protect, self bool) {
 	if p.noCont.Load() {
 		return
 	}
@@ -399,7 +439,11 @@ func (p *prefetch) mapOthers(tab *table, v *view, off, n int64, protect bool) {
 		flags |= WriteProtect
 	}
 	page := int64(s.page)
-	for _, j := range v.siblings {
+	views := v.siblings
+	if self {
+		views = append(slices.Clone(views), int32(tab.find(v.addr)))
+	}
+	for _, j := range views {
 		sv := &tab.views[j]
 		lo, hi := max(off, sv.off), min(off+n, sv.off+int64(sv.end-sv.addr))
 		for lo < hi {
@@ -421,6 +465,8 @@ func (p *prefetch) mapOthers(tab *table, v *view, off, n int64, protect bool) {
 			case e == unix.EINVAL:
 				p.noCont.Store(true)
 				return
+			case e == unix.EFAULT:
+				lo += page // not in the page cache (freed since): its own fault fills it
 			default:
 				lo = hi // an event came, or the view went: its own faults map the rest
 			}

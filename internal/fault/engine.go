@@ -51,7 +51,7 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 		srv.Close()
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
-	restoreDone := startRestore(ctx, srv, c)
+	restoreDone := startRestore(ctx, srv, hp.b, c)
 	err = srv.Serve(ctx)
 	cancel()
 	<-restoreDone

@@ -63,7 +63,7 @@ func StartGo(cfg Config, src io.ReaderAt, onFatal func(error), stopWait time.Dur
 	g := &goEngine{b: b, srv: srv, srcMap: srcMap, stage: stage, wait: stopWait, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
-	restoreDone := startRestore(ctx, srv, pc)
+	restoreDone := startRestore(ctx, srv, b, pc)
 	go func() {
 		defer close(g.done)
 		err := srv.Serve(ctx)
