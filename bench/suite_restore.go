@@ -425,7 +425,7 @@ func recordWorkingSet(srv *restoreServer, n int, order []uint32) (*mirror.Workin
 	if err != nil {
 		return nil, err
 	}
-	p, err := mirror.Mirror(r, mirror.ServeFaults(src), mirror.FaultAround(0), mirror.VerifyFaults(len(order)+16),
+	p, err := mirror.Mirror(r, mirror.ServeFaults(src), mirror.FaultAround(0), mirror.VerifyFaults(2*len(order)+4096),
 		mirror.WithHandler(mirror.HandlerProcess), mirror.CloseRegion())
 	if err != nil {
 		r.Close()
