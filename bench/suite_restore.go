@@ -48,7 +48,7 @@ import (
 
 const (
 	restoreLatency = 200 * time.Microsecond
-	restoreCap     = 400 << 20 // bytes per second, every request together
+	restoreCap     = 100 << 20 // bytes per second, every request together: an object store's stream
 	restoreRunMin  = 8         // pages of the working set's runs: between these
 	restoreRunMax  = 56
 	restoreFault   = 20 * time.Microsecond // a touch slower than this waited for a fault
