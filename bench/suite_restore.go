@@ -483,7 +483,7 @@ func plotRestore(r *Report) (*plot.Plot, error) {
 	}
 	p := plot.New()
 	p.Title.Text = "Snapshot restore over a slow link: " + cas
-	p.X.Label.Text = fmt.Sprintf("ms from mirror.Mirror to the workload's last touch, lower is better (median; whisker: fastest to slowest of %d runs)", runs)
+	p.X.Label.Text = fmt.Sprintf("ms from Mirror to the last touch (median; whisker: min-max of %d runs)", runs)
 	bars, err := plotter.NewBarChart(vals, vg.Points(14))
 	if err != nil {
 		return nil, err
