@@ -274,8 +274,14 @@ func TestRestorePush(t *testing.T) {
 			touchPages(p.Original(), seqInts(pages))
 			touchPages(p.Mirror(), seqInts(pages))
 			o1, m1 := p.FaultStats()
-			if o1.Missing != o0.Missing || o1.Minor != o0.Minor || m1.Missing != m0.Missing || m1.Minor != m0.Minor {
-				t.Errorf("faults after the push: original %+v -> %+v, mirror %+v -> %+v", o0, o1, m0, m1)
+			// Nothing was filled or mapped after the push. A fault the racing goroutines
+			// raised before it may still be counted late (its message waited in the queue
+			// while the push resolved the page): such a fault finds the page there (EEXIST).
+			for v, d := range [][2]FaultStats{{o0, o1}, {m0, m1}} {
+				a, b := d[0], d[1]
+				if b.Filled != a.Filled || b.Mapped != a.Mapped || (b.Missing-a.Missing)+(b.Minor-a.Minor) != b.Exists-a.Exists {
+					t.Errorf("view %d faulted after the push: %+v -> %+v", v, a, b)
+				}
 			}
 			if o1.Filled+m1.Filled != pages {
 				t.Errorf("%d + %d pages filled, want each of the %d once", o1.Filled, m1.Filled, pages)
