@@ -156,7 +156,9 @@ func (ws *WorkingSet) check() error {
 }
 
 // WorkingSet returns the pages first touched through each view so far, in order, from the
-// VerifyFaults log: the faulting page of every fault, with the pages its fault-around window
+// VerifyFaults log (the order the faults were recorded in: the order touched, except that a
+// thread whose fault is interrupted by a signal may go on, and fault again, before that fault
+// is recorded): the faulting page of every fault, with the pages its fault-around window
 // filled (record with FaultAround(0) for the touched pages only). Pages filled by Restore's
 // prefetch and push are not faults and are not recorded: record a run served on demand. The
 // log costs one entry per fault (see VerifyFaults); it must have kept every fault of the run,

@@ -442,3 +442,80 @@ func restoreNoHangRun(t *testing.T, size int) {
 	o, m := p.FaultStats()
 	fmt.Printf("%v handler: original %+v, mirror %+v\n", p.FaultHandler(), o, m)
 }
+
+// A handler process serving a named source runs several workers, which log faults at once:
+// with two goroutines faulting together, the working set still holds every page touched. (Their
+// order is not checked: a fault interrupted by a signal lets its thread go on as soon as the page
+// is copied, before the fault is recorded.)
+func TestWorkingSetSeveralWorkers(t *testing.T) {
+	const pages = 512
+	page := mem.PageSize()
+	rg, err := alloc.Shared(pages * page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rg.Close()
+	src := NamedSource(computedName, computedConfig(3, pages*int64(page), false))
+	p, err := Mirror(rg, ServeFaults(src), FaultAround(0), VerifyFaults(4*pages))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	perm := rand.New(rand.NewSource(9)).Perm(pages)
+	orders := [][]int{perm[:pages/2], perm[pages/2:]}
+	var wg sync.WaitGroup
+	for _, o := range orders {
+		wg.Add(1)
+		go func() { defer wg.Done(); touchPages(p.Original(), o) }()
+	}
+	wg.Wait()
+	// A thread whose fault a signal interrupted goes on as soon as its page is copied, before
+	// the handler records the fault: wait until every fault taken up is in the log, whole.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		ev, _ := p.FaultLog()
+		o, _ := p.FaultStats()
+		whole := true
+		for _, e := range ev {
+			whole = whole && !strings.HasPrefix(e.Kind, "kind(")
+		}
+		if whole && uint64(len(ev)) == o.Missing+o.Minor {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 20 s the log has %d entries for %d faults", len(ev), o.Missing+o.Minor)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ws, err := p.WorkingSet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := ws.Pages(0)
+	if len(got) != pages {
+		in := map[int]bool{}
+		for _, pg := range got {
+			in[pg] = true
+		}
+		ev, dropped := p.FaultLog()
+		for pg := 0; pg < pages; pg++ {
+			if !in[pg] {
+				for _, e := range ev {
+					if e.Offset/page == pg {
+						t.Logf("log: %v", e)
+					}
+				}
+				o, _ := p.FaultStats()
+				t.Logf("page %d not recorded; %d entries, %d dropped; %+v", pg, len(ev), dropped, o)
+			}
+		}
+		t.Fatalf("recorded %d pages, touched %d", len(got), pages)
+	}
+	seen := map[int]bool{}
+	for _, pg := range got {
+		seen[pg] = true
+	}
+	if len(seen) != pages {
+		t.Fatalf("recorded %d distinct pages of the %d touched", len(seen), pages)
+	}
+}

@@ -395,12 +395,11 @@ func (o *blockObserver) record(e Entry) uint64 {
 	if o.b.l.logcap == 0 {
 		return 0
 	}
-	i := o.b.hdr(hLogNext)
+	i := o.b.nextHdr(hLogNext) // several workers record at once: each takes its own entry
 	if i < uint64(o.b.l.logcap) {
 		e.Time = monoNow()
 		o.b.putEntry(int(i), e)
 	}
-	o.b.setHdr(hLogNext, i+1)
 	return i + 1
 }
 

@@ -79,3 +79,13 @@ func (b *block) orHdr(i int, bits uint64) {
 		}
 	}
 }
+
+// nextHdr adds one to header word i and returns the value it had.
+func (b *block) nextHdr(i int) uint64 {
+	for {
+		old := b.hdr(i)
+		if b.casHdr(i, old, old+1) {
+			return old
+		}
+	}
+}
