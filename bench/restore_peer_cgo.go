@@ -9,8 +9,6 @@ import (
 	"net/http"
 	"os"
 	"runtime"
-	"strings"
-	"syscall"
 	"time"
 
 	"github.com/loopholelabs/userfaultfd-go/pkg/mapper"
@@ -19,12 +17,6 @@ import (
 // The peer in the restore suite: mapper.Handle serving the image through the same slow server,
 // one range request per 4 KiB fault, touched in the same noisy order as the library's rows, in a
 // child process (one run per child), timed from mapper.Register to the last touch.
-//
-// The peer's handler returns at the first EEXIST, which the kernel answers when a fault is
-// delivered twice; the runtime's preemption signal, sent to a goroutine "running" (waiting in a
-// fault) for more than 10 ms, does that, and over a slow link a run of thousands of faults
-// always meets one. So the child runs itself again with asynchronous preemption off
-// (GODEBUG=asyncpreemptoff=1): the peer's best case. The library's rows need no such help.
 
 func init() { children["peer-restore"] = peerRestoreChild }
 
@@ -57,22 +49,6 @@ func peerRestoreChild(arg string) int {
 	}
 	if p := runtime.GOMAXPROCS(0); p < 2 {
 		return fail(fmt.Errorf("child runs with GOMAXPROCS=%d: the handler would have no P of its own", p))
-	}
-	if !strings.Contains(os.Getenv("GODEBUG"), "asyncpreemptoff=1") {
-		exe, err := os.Executable()
-		if err == nil {
-			godebug := "asyncpreemptoff=1"
-			var env []string
-			for _, kv := range os.Environ() {
-				if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
-					godebug = v + "," + godebug
-					continue
-				}
-				env = append(env, kv)
-			}
-			err = syscall.Exec(exe, os.Args, append(env, "GODEBUG="+godebug))
-		}
-		return fail(fmt.Errorf("running the child again without preemption signals: %w", err))
 	}
 	order := newRestoreWorkload(a.Size, a.WSBytes, a.WSeed).order(a.Noise)
 	t0 := time.Now()
