@@ -28,6 +28,7 @@ func writePlots(r *Report, dir string) error {
 		{"records.png", plotRecords},
 		{"wrap.png", plotWrap},
 		{"wrap-parse.png", plotParse},
+		{"restore.png", plotRestore},
 	}
 	for _, f := range figs {
 		p, err := f.draw(r)

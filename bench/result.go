@@ -187,6 +187,7 @@ var suiteTitles = []struct{ id, title, ref string }{
 	{"wrap", "Double-mapped buffers: one message written and read across the wrap", rowSplit},
 	{"wrap-consumer", "Double-mapped buffers: the consumer alone, one record across the wrap", rowSplit},
 	{"postcopy", "Post-copy migration (examples/postcopy, two processes over loopback)", rowStopAndCopy},
+	{"restore", "Snapshot restore from a slow HTTP range server: recorded working set, prefetch, push", rowRestoreDemand},
 }
 
 // writeMarkdown prints every suite as a Markdown table, then the targets.

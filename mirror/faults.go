@@ -21,7 +21,8 @@ type faultConfig struct {
 	trackAsync  bool
 	handler     Handler
 	watchdog    time.Duration // 0: DefaultWatchdog
-	used        []string      // the companion options given, which all need ServeFaults
+	restore     RestoreOptions
+	used        []string // the companion options given, which all need ServeFaults
 	err         error
 }
 

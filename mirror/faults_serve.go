@@ -37,6 +37,8 @@ type serving struct {
 
 	wd *fault.Watchdog // HandlerGo: aborts the program, with a message, if serving hangs
 
+	push bool // Restore pushes every page
+
 	mu      sync.Mutex
 	stopped bool
 }
@@ -142,6 +144,19 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		case HandlerNative:
 			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code is served by a handler process, not by the C thread (HandlerNative)", ErrOption, sv.srcKind)
 		}
+	}
+	if restoring := f.restore.WorkingSet != nil || f.restore.Push; restoring {
+		// The C thread does not prefetch: the engine does.
+		switch sv.kind {
+		case HandlerAuto:
+			sv.kind = HandlerProcess
+		case HandlerNative:
+			return fmt.Errorf("%w: Restore: the C thread (HandlerNative) does not prefetch; use HandlerAuto, HandlerProcess or HandlerGo", ErrOption)
+		}
+		if fc.Restore, err = restoreConfig(f.restore, s.n, len(s.views)); err != nil {
+			return err
+		}
+		sv.push = f.restore.Push
 	}
 	if sv.kind == HandlerAuto {
 		switch {

@@ -75,6 +75,8 @@ type Server struct {
 	stageMu sync.Mutex   // WithStaging: serialises the check for a page in the page cache and its write
 	stopFD  int          // WithDirectReads: an eventfd that Close and cancellation make readable
 	direct  bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
+
+	pf prefetchGate // WithPrefetch: demand faults in flight, for Prefetch
 }
 
 // ServerOption configures NewServer.
@@ -91,6 +93,7 @@ type serverConfig struct {
 	onError   func(error)
 	stage     *os.File // WithStaging
 	direct    bool     // WithDirectReads
+	prefetch  bool     // WithPrefetch
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
@@ -215,6 +218,7 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 	if t, ok := cfg.observer.(Tracker); ok {
 		s.tracker, s.rflags = t, DontWake
 	}
+	s.pf.cond = sync.NewCond(&s.pf.mu)
 	s.tab.Store(&table{})
 	return s
 }

@@ -247,7 +247,7 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 		case flags&FlagMinor != 0:
 			err = s.resolveMinor(o, v, addr)
 		default:
-			err = s.resolveMissing(w, o, tab, v, addr)
+			err = s.demandMissing(w, o, tab, v, addr)
 		}
 		tok = o.tok
 		if err == errRetry {
@@ -299,7 +299,7 @@ func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
 // own). Only with one worker, so that nothing else resolves while the record runs ahead, and
 // only on the first try of a fault.
 func (s *Server) fastPath(o *outcome) bool {
-	return s.tracker != nil && s.cfg.workers == 1 && o.tok == 0
+	return s.tracker != nil && s.cfg.workers == 1 && o.tok == 0 && !s.cfg.prefetch
 }
 
 // fastHandled is the record of a fault resolved on the fast path.

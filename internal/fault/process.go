@@ -47,6 +47,8 @@ type procConfig struct {
 	SourceName   string // SourceNamed: the registered constructor
 	SourceConfig []byte // and its configuration
 	Workers      int    // SourceNamed: serving goroutines
+
+	Restore Restore // prefetch and push
 }
 
 func init() {
@@ -323,7 +325,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
 			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
 			MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
-			Workers: cfg.Workers}
+			Workers: cfg.Workers, Restore: cfg.Restore}
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
 			return nil, err
