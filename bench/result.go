@@ -182,6 +182,7 @@ var suiteTitles = []struct{ id, title, ref string }{
 	{"ring-cpu", "Double-mapped buffers: the same streams, CPU time per message (both sides, user + system)", rowPipeBufio},
 	{"records", "Mirrored ring: records between two goroutines, zero-copy on both sides", rowCrossCore},
 	{"records-msgs", "Mirrored ring: the same records per second", rowCrossCore},
+	{"records-cpu", "Mirrored ring: the same records, CPU time per record (both sides, user + system)", ""},
 	{"mixed", "Mirrored ring: mixed-size frames, decoded and hashed by the consumer", rowMixPipe},
 	{"mixed-cpu", "Mirrored ring: the same frames, CPU time per frame (both sides, user + system)", rowMixPipe},
 	{"xproc", "Mirrored ring: streams between two processes", rowXSock},
