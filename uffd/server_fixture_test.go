@@ -147,3 +147,11 @@ func (fx *srvFix) unhandledThenServed(t testing.TB, s *Server, seed byte) {
 	srvStopOK(t, stop)
 	fx.expect(t, seed)
 }
+
+// srvOne fails t unless the server counted one event of the kind what.
+func srvOne(t testing.TB, what string, got uint64) {
+	t.Helper()
+	if got != 1 {
+		t.Errorf("%s %d, want 1", what, got)
+	}
+}

@@ -205,9 +205,7 @@ func TestServerHandleViews(t *testing.T) {
 	if copied < uint64(n) || copied > 2*uint64(n) {
 		t.Errorf("after remove: %d bytes resolved through both views, want between %d and %d", copied, n, 2*n)
 	}
-	if ss := s.ServerStats(); ss.Removes != 1 {
-		t.Errorf("removes %d, want 1", ss.Removes)
-	}
+	srvOne(t, "removes", s.ServerStats().Removes)
 }
 
 // Views registered MISSING only: pages filled through one view are mapped in the other by the
@@ -448,9 +446,7 @@ func TestServerRemoveRefires(t *testing.T) {
 	if st.Missing != 2*pages || st.Bytes != 2*uint64(n) {
 		t.Errorf("missing %d bytes %d, want %d and %d", st.Missing, st.Bytes, 2*pages, 2*n)
 	}
-	if ss := s.ServerStats(); ss.Removes != 1 {
-		t.Errorf("removes %d, want 1", ss.Removes)
-	}
+	srvOne(t, "removes", s.ServerStats().Removes)
 }
 
 // munmap of part of a view drops that part (the rest keeps its offsets), and the hole can be
@@ -464,9 +460,7 @@ func TestServerUnmapEvent(t *testing.T) {
 	hole := a + uintptr(4*srvPage)
 	srvUnmap(t, hole, 4*srvPage) // blocks until the server reads the event
 	stop.settle(t)
-	if ss := s.ServerStats(); ss.Unmaps != 1 {
-		t.Errorf("unmaps %d, want 1", ss.Unmaps)
-	}
+	srvOne(t, "unmaps", s.ServerStats().Unmaps)
 	// Map the hole again, register, handle with another source.
 	r, _, errno := unix.Syscall6(unix.SYS_MMAP, hole, uintptr(4*srvPage), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uintptr(0), 0)
@@ -515,9 +509,7 @@ func TestServerRemapMove(t *testing.T) {
 	if st.Missing != pages {
 		t.Errorf("missing %d, want %d", st.Missing, pages)
 	}
-	if ss := s.ServerStats(); ss.Remaps != 1 {
-		t.Errorf("remaps %d, want 1", ss.Remaps)
-	}
+	srvOne(t, "remaps", s.ServerStats().Remaps)
 }
 
 // With EVENT_REMAP a duplicate made with mremap(old_size 0) stays registered; the server adds it
@@ -543,9 +535,7 @@ func TestServerRemapDuplicate(t *testing.T) {
 	if stats[1].Missing != 8 || stats[0].Missing != 8 {
 		t.Errorf("duplicate missing %d, original %d, want 8 and 8", stats[1].Missing, stats[0].Missing)
 	}
-	if ss := s.ServerStats(); ss.Duplicates != 1 {
-		t.Errorf("duplicates %d, want 1", ss.Duplicates)
-	}
+	srvOne(t, "duplicates", s.ServerStats().Duplicates)
 }
 
 // A fault on a registered range nobody handles stops Serve with ErrUnhandledFault; the faulting
