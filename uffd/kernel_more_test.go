@@ -59,7 +59,6 @@ func TestZeroPageContinuePastEndOfObject(t *testing.T) {
 	t.Parallel()
 	u := newT(t, WithFeatures(shmemFeatures))
 	m := pastEnd(t, "uffd-eof2")
-
 	mustNil(t, u.Register(addr(m), 2*pg, ModeMissing|ModeMinor), "register")
 	end := addr(m) + uintptr(pg)
 	if _, err := u.ZeroPage(end, pg, 0); !errors.Is(err, unix.EFAULT) {

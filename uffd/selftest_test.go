@@ -368,7 +368,6 @@ func TestSelftestEventRemap(t *testing.T) {
 	if m.Event() != EventRemap || from != addr(src) || to != addr(dst) || l != uint64(len(src)) {
 		t.Fatalf("%v, want remap %#x -> %#x len %d", &m, addr(src), addr(dst), len(src))
 	}
-
 	done := populate(dst[:pg], false)
 	m = readOne(t, u)
 	if m.Event() != EventPagefault || m.Address() != addr(dst) {
