@@ -85,9 +85,9 @@ func mirrored(t testing.TB, r *alloc.Region, opts ...Option) (*Pair, func()) {
 	}
 }
 
-// ring is the ring layout: size bytes of shared memory with room for the mirror, mirrored
+// ringPair is the ring layout: size bytes of shared memory with room for the mirror, mirrored
 // Adjacent with opts. The closer is mirrored's.
-func ring(t testing.TB, size int, opts ...Option) (*alloc.Region, *Pair, func()) {
+func ringPair(t testing.TB, size int, opts ...Option) (*alloc.Region, *Pair, func()) {
 	t.Helper()
 	r := shared(t, size, alloc.WithRoom(size))
 	p, closePair := mirrored(t, r, append([]Option{Adjacent()}, opts...)...)

@@ -38,8 +38,7 @@ func TestKernelAliasing(t *testing.T) {
 		t.Skipf("the constant-index case below is written for 4 KiB pages, not %d", ps)
 	}
 	defer leakcheck.Check(t)()
-	r := shared(t, ps, alloc.WithRoom(ps))
-	p, closePair := mirrored(t, r, Adjacent())
+	_, p, closePair := ringPair(t, ps)
 	defer closePair()
 	ring := p.Contiguous()
 	n := p.Len()

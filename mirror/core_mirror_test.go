@@ -112,8 +112,7 @@ func TestViewsShareWrites(t *testing.T) {
 func TestRingWraps(t *testing.T) {
 	defer unchanged(t)()
 	n := 4 * alloc.PageSize()
-	r := shared(t, n, alloc.WithRoom(n))
-	p, closePair := mirrored(t, r, Adjacent())
+	r, p, closePair := ringPair(t, n)
 	defer closePair()
 	ring := p.Contiguous()
 	msg := []byte("wrapped around the end")

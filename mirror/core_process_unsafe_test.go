@@ -48,8 +48,7 @@ func TestForkSharesMirror(t *testing.T) {
 		return
 	}
 	n := alloc.PageSize()
-	r := shared(t, n, alloc.WithRoom(n))
-	p, closePair := mirrored(t, r, Adjacent())
+	_, p, closePair := ringPair(t, n)
 	defer closePair()
 
 	fromChild := []byte("written by the child through its mirror")
