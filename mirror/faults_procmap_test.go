@@ -16,16 +16,9 @@ func TestHandlerProcessMapsFileSource(t *testing.T) {
 	n := 64 * alloc.PageSize()
 	f, data := patternFile(t, n)
 	defer unchanged(t)()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(f), WithHandler(HandlerProcess))
+	defer closePair()
 	got := make([]byte, n)
 	copy(got, p.Mirror())
 	if !bytes.Equal(got, data) {

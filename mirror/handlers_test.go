@@ -115,6 +115,13 @@ func forEvery(t *testing.T, f func(t *testing.T, h handlerCase, s suiteSource)) 
 	}
 }
 
+// forOutsideGo runs f as a subtest for every handler that runs outside Go.
+func forOutsideGo(t *testing.T, f func(t *testing.T, h handlerCase)) {
+	for _, h := range outsideGo() {
+		t.Run(h.name, func(t *testing.T) { f(t, h) })
+	}
+}
+
 // minorShmem reports whether the kernel sends minor faults on shmem (5.14+): then the second
 // view's touches are counted, as Minor faults and Mapped pages.
 func minorShmem(t *testing.T) bool {
@@ -133,16 +140,9 @@ func TestEveryHandlerFillsAndCounts(t *testing.T) {
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
 		src := s.src(t) // a file is closed after the check below
 		defer unchanged(t)()
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		p, err := Mirror(r, ServeFaults(src), h.opt, VerifyFaults(4096))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(src), h.opt, VerifyFaults(4096))
+		defer closePair()
 		loopSum(p.Original())
 		loopSum(p.Mirror())
 		want := s.want(n)
@@ -194,16 +194,9 @@ func TestEveryHandlerStages(t *testing.T) {
 	const npages = 32
 	n := npages * alloc.PageSize()
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
-		r, err := alloc.Memfd("staged", n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		p, err := Mirror(r, ServeFaults(s.src(t)), h.opt, StageMinorFaults(), VerifyFaults(1024))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
+		r := memfdRegion(t, "staged", n)
+		p, closePair := mirrored(t, r, ServeFaults(s.src(t)), h.opt, StageMinorFaults(), VerifyFaults(1024))
+		defer closePair()
 		loopSum(p.Mirror())
 		loopSum(p.Original())
 		if want := s.want(n); !bytes.Equal(p.Original(), want) || !bytes.Equal(p.Mirror(), want) {
@@ -238,10 +231,7 @@ func TestEveryHandlerStages(t *testing.T) {
 func TestEveryHandlerTracksWrites(t *testing.T) {
 	const n = 16 * 4096
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(s.src(t)), h.opt, TrackWrites(), FaultAround(0))
 		if errors.Is(err, ErrUnsupported) && !mem.KernelAtLeast(5, 19) {
@@ -251,23 +241,7 @@ func TestEveryHandlerTracksWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Close()
-		loopSum(p.Original()[:8*4096])
-		if err := p.TrackDirty(0); err != nil {
-			t.Fatal(err)
-		}
-		p.Original()[1*4096] = 1
-		p.Original()[10*4096+5] = 1 // mapped after tracking started
-		p.Mirror()[3*4096] = 1      // view 1 is not tracked
-		d, err := p.Dirty(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := []int{1 * 4096, 10 * 4096}; !equalInts(d, want) {
-			t.Errorf("dirty pages of view 0: %v, want %v", d, want)
-		}
-		if d1, _ := p.Dirty(1); len(d1) != 0 {
-			t.Errorf("view 1 untracked, yet dirty %v", d1)
-		}
+		dirtyTwoPages(t, p)
 		if o, _ := p.FaultStats(); o.WP != 2 {
 			t.Errorf("write-protect faults: %d, want one per written page (2)", o.WP)
 		}
@@ -286,10 +260,7 @@ func TestEveryHandlerSourceFails(t *testing.T) {
 		t.Run(h.name, func(t *testing.T) {
 			defer unchanged(t)()
 			n := 8 * ps
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := shared(t, n)
 			defer r.Close()
 			var src io.ReaderAt
 			if h.name == "native" {
