@@ -161,13 +161,19 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	defer stopWait()
 
 	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled}
+	// A worker's buffer holds the longest read, not MaxRange: an absurd MaxRange costs no
+	// more memory than the ranges asked for.
+	var bufLen int64
+	for _, c := range chunks {
+		bufLen = max(bufLen, c.Len)
+	}
 	var wg sync.WaitGroup
 	workers := min(o.InFlight, len(chunks))
 	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.run(ctx, &worker{buf: make([]byte, o.MaxRange)}); err != nil {
+			if err := p.run(ctx, &worker{buf: make([]byte, bufLen)}); err != nil {
 				p.fail(err)
 				cancel()
 			}

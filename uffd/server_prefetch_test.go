@@ -94,6 +94,29 @@ func TestServerPrefetchAll(t *testing.T) {
 	fc.checkOnce(t)
 }
 
+// Absurd options cost nothing absurd: a MaxRange of a petabyte and a million reads in flight
+// prefetch the pages asked for, with buffers no larger than those reads.
+func TestServerPrefetchAbsurdOptions(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, pattern{seed: 9}, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}},
+		PrefetchOptions{InFlight: 1 << 20, MaxRange: 1 << 50})
+	if err != nil || st.Filled != pages {
+		t.Errorf("Prefetch: %+v, %v: want %d pages filled", st, err, pages)
+	}
+	srvStopOK(t, run)
+	if err := srvVerify(a, pages*srvPage, 9, false, 0); err != nil {
+		t.Error(err)
+	}
+}
+
 // gatedSource blocks reads longer than one page until open is closed, after telling started.
 type gatedSource struct {
 	pattern
