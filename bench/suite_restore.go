@@ -18,9 +18,6 @@ import (
 
 	"golang.org/x/sys/unix"
 	"gonum.org/v1/plot"
-	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
-	"gonum.org/v1/plot/vg"
 
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/mirror"
@@ -457,47 +454,14 @@ func loadAvg() string {
 // plotRestore: the workload's time per row of the restore suite's main case, as horizontal
 // bars of the median with a whisker from the fastest to the slowest run.
 func plotRestore(r *Report) (*plot.Plot, error) {
-	var labels []string
-	var vals plotter.Values
-	var spread spreadBars
-	hi, runs, cas := 0.0, 0, ""
+	var ms []*Measurement
+	runs, cas := 0, ""
 	for _, m := range r.Measurements {
-		if m.Suite != "restore" || m.Unit != "ms" || m.NotMeasured != "" || len(m.Runs) == 0 {
-			continue
+		if m.Suite == "restore" && m.Unit == "ms" && m.NotMeasured == "" && len(m.Runs) > 0 {
+			ms = append(ms, m)
+			cas, runs = m.Case, max(runs, len(m.Runs))
 		}
-		cas = m.Case
-		labels = append(labels, m.Row)
-		vals = append(vals, m.Median)
-		spread.XYs = append(spread.XYs, plotter.XY{X: m.Median, Y: float64(len(vals) - 1)})
-		spread.XErrors = append(spread.XErrors, struct{ Low, High float64 }{m.Median - m.Min, m.Max - m.Median})
-		hi, runs = max(hi, m.Max), max(runs, len(m.Runs))
 	}
-	if len(vals) == 0 {
-		return nil, nil
-	}
-	slices.Reverse(labels) // the table's first row on top
-	slices.Reverse(vals)
-	slices.Reverse(spread.XErrors)
-	for i := range spread.XYs {
-		spread.XYs[i].X = vals[i]
-	}
-	p := plot.New()
-	p.Title.Text = "Snapshot restore over a slow link: " + cas
-	p.X.Label.Text = fmt.Sprintf("ms from Mirror to the last touch (median; whisker: min-max of %d runs)", runs)
-	bars, err := plotter.NewBarChart(vals, vg.Points(14))
-	if err != nil {
-		return nil, err
-	}
-	bars.Horizontal = true
-	bars.Color = plotutil.Color(0)
-	p.Add(bars)
-	whiskers, err := plotter.NewXErrorBars(spread)
-	if err != nil {
-		return nil, err
-	}
-	whiskers.LineStyle.Width = vg.Points(1.2)
-	p.Add(whiskers)
-	p.NominalY(labels...)
-	p.X.Min, p.X.Max = 0, hi*1.08
-	return p, nil
+	return medianBars(ms, "Snapshot restore over a slow link: "+cas,
+		fmt.Sprintf("ms from Mirror to the last touch (median; whisker: min-max of %d runs)", runs))
 }
