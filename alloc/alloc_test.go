@@ -175,19 +175,6 @@ func TestFromFD(t *testing.T) {
 	}
 }
 
-func resident(t *testing.T, b []byte) int {
-	t.Helper()
-	vec := make([]byte, (len(b)+PageSize()-1)/PageSize())
-	if _, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0]))); e != 0 {
-		t.Fatal(e)
-	}
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
-	}
-	return n
-}
-
 func TestPopulate(t *testing.T) {
 	defer unchanged(t)()
 	const pages = 64
@@ -196,7 +183,7 @@ func TestPopulate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer plain.Close()
-	if n := resident(t, plain.Bytes()); n != 0 {
+	if n := memtest.Resident(t, plain.Bytes()); n != 0 {
 		t.Fatalf("%d pages resident without Populate, want 0", n)
 	}
 	for _, mk := range []func() (*Region, error){
@@ -210,7 +197,7 @@ func TestPopulate(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n := resident(t, r.Bytes()); n != pages {
+		if n := memtest.Resident(t, r.Bytes()); n != pages {
 			t.Fatalf("%d of %d pages resident after Populate", n, pages)
 		}
 		r.Close()

@@ -8,7 +8,7 @@
 //	go run ./bench                   # the whole suite, a few minutes
 //	go run ./bench -quick            # a reduced suite, well under a minute
 //	go run ./bench -out DIR          # also write DIR/results.json and PNG plots
-//	go run ./bench -suites faults    # only some suites: create, faults, sources, ring, postcopy
+//	go run ./bench -suites faults    # only some suites: create, faults, sources, ring, postcopy, restore
 //	go run ./bench -from DIR/results.json -out DIR   # table and plots again, measuring nothing
 //
 // Every figure is the median of several runs; the rows of one case are measured interleaved
@@ -77,7 +77,7 @@ func main() {
 		runs  = flag.Int("runs", 0, "runs per figure, every case of every suite (default: each suite's own: create and ring 5, "+
 			"faults 3, and 5 to 9 within a time budget for the cases that carry targets, sources 5 to 9 within a budget, "+
 			"postcopy 3; with -quick: 3, postcopy 2)")
-		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, sources, ring, postcopy (default: all)")
+		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, sources, ring, postcopy, restore (default: all)")
 		quiet  = flag.Bool("q", false, "no progress lines on stderr")
 		fmib   = flag.Int("fault-mib", 0, "size of the fault-serving region in MiB (default: 128, or 32 with -quick)")
 		from   = flag.String("from", "", "measure nothing: print the table and (with -out) draw the plots of this results.json")
@@ -92,7 +92,7 @@ func main() {
 		for _, s := range strings.Split(*suites, ",") {
 			s = strings.TrimSpace(s)
 			if !knownSuite(s) {
-				fmt.Fprintf(os.Stderr, "bench: unknown suite %q (have: create, faults, sources, ring, postcopy)\n", s)
+				fmt.Fprintf(os.Stderr, "bench: unknown suite %q (have: create, faults, sources, ring, postcopy, restore)\n", s)
 				os.Exit(2)
 			}
 			cfg.suites[s] = true
@@ -140,7 +140,7 @@ func main() {
 
 func knownSuite(s string) bool {
 	switch s {
-	case "create", "faults", "sources", "ring", "postcopy":
+	case "create", "faults", "sources", "ring", "postcopy", "restore":
 		return true
 	}
 	return false
@@ -164,6 +164,9 @@ func run(cfg *config) *Report {
 	}
 	if cfg.want("postcopy") {
 		suitePostcopy(b)
+	}
+	if cfg.want("restore") {
+		suiteRestore(b)
 	}
 	rep.DurationSec = time.Since(b.start).Seconds()
 	if b.faultTime > 0 {

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -28,6 +27,7 @@ func writePlots(r *Report, dir string) error {
 		{"records.png", plotRecords},
 		{"wrap.png", plotWrap},
 		{"wrap-parse.png", plotParse},
+		{"restore.png", plotRestore},
 	}
 	for _, f := range figs {
 		p, err := f.draw(r)
@@ -202,36 +202,41 @@ func plotFaultSizes(r *Report) (*plot.Plot, error) {
 var headlineFaultCase = faultCase{kind: kindCopy, block: pageSize, threads: 1}.name()
 
 // plotFaults4K: every row of the headline case as horizontal bars of the median, with a
-// whisker from the fastest to the slowest run. The axis runs past the longest whisker.
+// whisker from the fastest to the slowest run.
 func plotFaults4K(r *Report) (*plot.Plot, error) {
+	var ms []*Measurement
+	for _, m := range r.Measurements {
+		if m.Suite == "faults" && m.Case == headlineFaultCase && m.NotMeasured == "" && len(m.Runs) > 0 {
+			ms = append(ms, m)
+		}
+	}
+	return medianBars(ms, "Time per page touched: "+headlineFaultCase,
+		fmt.Sprintf("µs per 4 KiB page, lower is better (bar: median; whisker: fastest to slowest of %d runs)", maxRuns(r, headlineFaultCase)))
+}
+
+// medianBars draws ms as horizontal bars of their medians, each with a whisker from the
+// fastest to the slowest run, the first on top; the axis runs past the longest whisker. It
+// returns nil for no measurements.
+func medianBars(ms []*Measurement, title, xlabel string) (*plot.Plot, error) {
+	if len(ms) == 0 {
+		return nil, nil
+	}
 	var labels []string
 	var vals plotter.Values
 	var spread spreadBars
 	hi := 0.0
-	for _, m := range r.Measurements {
-		if m.Suite != "faults" || m.Case != headlineFaultCase || m.NotMeasured != "" || len(m.Runs) == 0 {
-			continue
-		}
-		y := float64(len(vals))
+	// A nominal axis counts from the bottom: the first measurement gets the top row.
+	for k := len(ms) - 1; k >= 0; k-- {
+		m := ms[k]
 		labels = append(labels, m.Row)
 		vals = append(vals, m.Median)
-		spread.XYs = append(spread.XYs, plotter.XY{X: m.Median, Y: y})
+		spread.XYs = append(spread.XYs, plotter.XY{X: m.Median, Y: float64(len(vals) - 1)})
 		spread.XErrors = append(spread.XErrors, struct{ Low, High float64 }{m.Median - m.Min, m.Max - m.Median})
 		hi = max(hi, m.Max)
 	}
-	if len(vals) == 0 {
-		return nil, nil
-	}
-	// The table's first row on top: reverse the order (a nominal axis counts from the bottom).
-	slices.Reverse(labels)
-	slices.Reverse(vals)
-	slices.Reverse(spread.XErrors)
-	for i := range spread.XYs {
-		spread.XYs[i].X = vals[i]
-	}
 	p := plot.New()
-	p.Title.Text = "Time per page touched: " + headlineFaultCase
-	p.X.Label.Text = fmt.Sprintf("µs per 4 KiB page, lower is better (bar: median; whisker: fastest to slowest of %d runs)", maxRuns(r, headlineFaultCase))
+	p.Title.Text = title
+	p.X.Label.Text = xlabel
 	bars, err := plotter.NewBarChart(vals, vg.Points(14))
 	if err != nil {
 		return nil, err

@@ -179,14 +179,18 @@ var suiteTitles = []struct{ id, title, ref string }{
 	{"sources", "Fault sources: time per 4 KiB page touched, file and HTTP Range, handler process and C thread", rowSrcFileNative},
 	{"ring", "Double-mapped buffers: SPSC byte stream between two goroutines", refMemcpy},
 	{"ring-msgs", "Double-mapped buffers: the same streams in messages per second", refMemcpy},
+	{"ring-cpu", "Double-mapped buffers: the same streams, CPU time per message (both sides, user + system)", rowPipeBufio},
 	{"records", "Mirrored ring: records between two goroutines, zero-copy on both sides", rowCrossCore},
 	{"records-msgs", "Mirrored ring: the same records per second", rowCrossCore},
+	{"records-cpu", "Mirrored ring: the same records, CPU time per record (both sides, user + system)", ""},
 	{"mixed", "Mirrored ring: mixed-size frames, decoded and hashed by the consumer", rowMixPipe},
+	{"mixed-cpu", "Mirrored ring: the same frames, CPU time per frame (both sides, user + system)", rowMixPipe},
 	{"xproc", "Mirrored ring: streams between two processes", rowXSock},
 	{"latency", "Mirrored ring: one-way latency at low load", rowLatSockXproc},
 	{"wrap", "Double-mapped buffers: one message written and read across the wrap", rowSplit},
 	{"wrap-consumer", "Double-mapped buffers: the consumer alone, one record across the wrap", rowSplit},
 	{"postcopy", "Post-copy migration (examples/postcopy, two processes over loopback)", rowStopAndCopy},
+	{"restore", "Snapshot restore from a slow HTTP range server: recorded working set, prefetch, push", rowRestoreDemand},
 }
 
 // writeMarkdown prints every suite as a Markdown table, then the targets.

@@ -34,6 +34,7 @@ const (
 	rowMixPeek   = "split-copy ring (splitring): length prefix + frame, Peek + Discard (in place unless across the end)"
 	rowMixPipe   = "bufio over io.Pipe: length prefix + frame, Peek + Discard (decoded in bufio's buffer)"
 	rowMixChan   = "chan []byte (pooled buffers, decoded in place)"
+	rowMixFloor  = "one goroutine, no transport: copy each frame into a buffer, decode and hash it there"
 )
 
 // mixedSeed keys the payload hash: hash/maphash, the runtime's own hash (AES instructions on
@@ -291,11 +292,32 @@ func ringMixed(b *bencher, msgs, runs int) {
 	l := newMixedLoad(msgs)
 	c := caseSpec{suite: "mixed", name: "frames of 64 B to 4 KiB, decoded and hashed", unit: "GB/s", better: "higher", runs: runs,
 		params: map[string]any{"frames": l.msgs, "frame_bytes_mean": l.bytes / l.msgs, "ring_bytes": streamRingCap, "sizes": fmt.Sprint(mixedSizes)}}
-	b.measure(c, []row{
+	tally := cpuTally{}
+	ms := b.measure(c, tally.wrap([]row{
+		{name: rowMixFloor, run: l.floor},
 		{name: rowMixRing, run: l.ring},
 		{name: rowMixSplit, run: l.split},
 		{name: rowMixPeek, run: l.splitPeek},
 		{name: rowMixPipe, run: l.pipe},
 		{name: rowMixChan, run: l.channel},
-	})
+	}, l.msgs))
+	b.rep.Measurements = append(b.rep.Measurements, tally.measurements("mixed-cpu", ms)...)
+}
+
+// floor is the work every row does, with no transport, on one goroutine: each frame copied
+// into a buffer (the producer's one copy) and decoded and hashed there (the consumer's work).
+// No row can spend less CPU time per frame than this, so it caps how much faster than another
+// row any transport can be wherever CPU time decides (a machine whose other programs leave
+// this one less than two CPUs): at most that row's CPU time over this floor's.
+func (l *mixedLoad) floor() (float64, error) {
+	buf := make([]byte, 4096)
+	t0 := time.Now()
+	for i := range l.msgs {
+		f := buf[:l.size(i)]
+		l.put(i, f)
+		if err := l.decode(i, f); err != nil {
+			return 0, err
+		}
+	}
+	return float64(l.bytes) / time.Since(t0).Seconds() / 1e9, nil
 }

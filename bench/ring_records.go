@@ -105,14 +105,16 @@ func ringRecords(b *bencher, sizes []int, bytesPerRun, maxMsgs, runs int) {
 		l := newStreamLoad(m, min(maxMsgs, bytesPerRun/m))
 		c := caseSpec{suite: "records", name: sizeName(m) + " records", unit: "GB/s", better: "higher", runs: runs,
 			params: map[string]any{"record_bytes": m, "records": l.msgs, "ring_bytes": streamRingCap, "submit_every_bytes": recSubmitEvery}}
-		ms := b.measure(c, []row{
+		tally := cpuTally{}
+		ms := b.measure(c, tally.wrap([]row{
 			{name: rowRecBound, run: func() (float64, error) {
 				bps, _, err := l.recordsBound() // records/s is bytes/s over m: every record has m bytes
 				return bps / 1e9, err
 			}},
 			{name: rowRecBatch, run: func() (float64, error) { return l.records(true) }},
 			{name: rowRecOne, run: func() (float64, error) { return l.records(false) }},
-		})
+		}, l.msgs, rowRecBound))
+		b.rep.Measurements = append(b.rep.Measurements, tally.measurements("records-cpu", ms)...)
 		for _, gb := range ms {
 			mm := perMessage(gb, m)
 			mm.Suite, mm.Name = "records-msgs", "records-msgs/"+gb.Case+"/"+gb.Row

@@ -145,12 +145,17 @@ func (r *spscRing) readRecord(m int, scratch []byte) []byte {
 // consume releases the m bytes of the last readRecord.
 func (r *spscRing) consume(m int) { r.head.Add(uint64(m)) }
 
-// replay makes the m bytes just consumed readable again at the same place, one lap later,
-// without writing them: the producer's position moves a whole lap (n bytes, all of them
-// already in place), the consumer's by n-m. The consumer-side wrap benchmarks use it to read the
-// same straddling record over and over at the price of two atomic adds, the same in both variants.
-func (r *spscRing) replay(m int) {
-	r.tail.Add(r.n)
-	r.head.Add(r.n - uint64(m))
+// fillLaps makes the bytes in the ring (written once, with write) readable again and again at
+// the same places for the next laps laps, without writing them: the producer's position moves
+// laps whole laps ahead at once (every byte of every lap is already in place, since a lap is
+// the same memory). The consumer-side wrap benchmarks use it with releaseLap to read the same
+// straddling record over and over while paying, per record, only what a real consumer pays.
+func (r *spscRing) fillLaps(laps int) {
+	r.tail.Add(uint64(laps) * r.n)
 	r.tailSeen = r.tail.Load()
 }
+
+// releaseLap releases the record just read and moves the consumer on to the same place one
+// lap later, in one atomic add: the one release store per record that a consumer makes (the
+// same in both variants).
+func (r *spscRing) releaseLap() { r.head.Add(r.n) }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"runtime"
 	"strings"
@@ -321,8 +322,12 @@ var decoders = []decoder{
 // producer's copy is done once, before the clock starts, as it is on the other core in a real
 // stream. Per record the consumer takes it as one slice (in place on the mirror; on the split
 // ring reassembled into a buffer with two copies, since a decoder needs it whole), decodes it
-// and releases it; replay then puts the same bytes back in front of it, still across the end.
-// Returns ns per record.
+// and releases it. The producer's position is set whole laps ahead once (fillLaps), and each
+// release moves the consumer on by a whole lap (releaseLap): the next record is the same bytes
+// at the same place, still across the end, and the loop pays per record only what a consumer
+// does (one look at the producer's position, the decode, one release store). Before, it also
+// paid two more atomic adds per record to move both positions, which took a third of the
+// time at 64 B and hid the reassembly the mirror saves. Returns ns per record.
 func (w *wrapLoad) consumerSide(mirrored bool, dec decoder) (float64, error) {
 	r, err := newSPSC(wrapRingCap, mirrored)
 	if err != nil {
@@ -331,31 +336,62 @@ func (w *wrapLoad) consumerSide(mirrored bool, dec decoder) (float64, error) {
 	defer r.close()
 	r.skip(uint64(wrapRingCap - w.m/2))
 	r.write(w.msg)
+	r.fillLaps(w.iters)
 	r.straddled = 0
 	scratch := make([]byte, w.m)
 	var acc uint64
-	t0 := time.Now()
-	for range w.iters {
-		acc += dec.decode(r.readRecord(w.m, scratch))
-		r.consume(w.m)
-		r.replay(w.m)
-	}
-	d := time.Since(t0)
+	ns := fastestBatch(w.iters, func(k int) {
+		for range k {
+			acc += dec.decode(r.readRecord(w.m, scratch))
+			r.releaseLap()
+		}
+	})
 	if err := w.straddledAll(r, w.iters); err != nil {
 		return 0, err
 	}
-	return d.Seconds() * 1e9 / float64(w.iters), w.checkDecode(dec, acc)
+	return ns, w.checkDecode(dec, acc)
+}
+
+// wrapBatches is how many batches the consumer-side wrap benchmarks split their iterations
+// into; see fastestBatch.
+const wrapBatches = 20
+
+// fastestBatch runs do over iters iterations in wrapBatches batches and returns the ns per
+// iteration of the fastest batch. The consumer-side wrap rows are a few nanoseconds per
+// record on one core: a run of a few milliseconds that another program preempts once is
+// several times slower, and on a loaded machine whole runs were (per-run ratios of 0.3x to
+// 14x). Preemption only ever adds time, so the fastest batch is the figure, as the bound
+// takes the fastest of its laps; every row of these cases is measured the same way.
+func fastestBatch(iters int, do func(k int)) float64 {
+	best := math.Inf(1)
+	for b := range wrapBatches {
+		k := iters/wrapBatches + btoi(b < iters%wrapBatches)
+		if k == 0 {
+			continue
+		}
+		t0 := time.Now()
+		do(k)
+		best = min(best, time.Since(t0).Seconds()*1e9/float64(k))
+	}
+	return best
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // decodeFloor is the decoder on the record in a plain slice: no ring, nothing to reassemble.
 func (w *wrapLoad) decodeFloor(dec decoder) (float64, error) {
 	var acc uint64
-	t0 := time.Now()
-	for range w.iters {
-		acc += dec.decode(w.msg)
-	}
-	d := time.Since(t0)
-	return d.Seconds() * 1e9 / float64(w.iters), w.checkDecode(dec, acc)
+	ns := fastestBatch(w.iters, func(k int) {
+		for range k {
+			acc += dec.decode(w.msg)
+		}
+	})
+	return ns, w.checkDecode(dec, acc)
 }
 
 func (w *wrapLoad) checkDecode(dec decoder, acc uint64) error {
@@ -387,7 +423,7 @@ func suiteRing(b *bencher) {
 	recSizes := []int{64, 1 << 10, 4 << 10, 16 << 10, 64 << 10}
 	wrapSizes := []int{64, 4 << 10, 64 << 10}
 	bytesPerRun, maxMsgs, runs := 64<<20, 400_000, b.cfg.runsOr(5)
-	mixedFrames, xprocBytes, latencyMsgs := 200_000, 64<<20, 1000
+	mixedFrames, xprocBytes, latencyMsgs := 200_000, 64<<20, 3000
 	if b.cfg.quick {
 		sizes, recSizes = []int{64, 4 << 10, 64 << 10}, []int{64, 4 << 10}
 		bytesPerRun, maxMsgs, runs = 16<<20, 50_000, b.cfg.runsOr(3)
@@ -406,9 +442,12 @@ func suiteRing(b *bencher) {
 			row{name: rowBytesBuffer, run: l.bytesBuffer},
 			row{name: rowPipeBufio, run: l.pipe},
 		)
-		for _, ms := range b.measure(c, rows) {
-			b.rep.Measurements = append(b.rep.Measurements, perMessage(ms, m))
+		tally := cpuTally{}
+		ms := b.measure(c, tally.wrap(rows, l.msgs, rowCrossCore))
+		for _, gb := range ms {
+			b.rep.Measurements = append(b.rep.Measurements, perMessage(gb, m))
 		}
+		b.rep.Measurements = append(b.rep.Measurements, tally.measurements("ring-cpu", ms)...)
 	}
 	ringRecords(b, recSizes, bytesPerRun, maxMsgs, runs)
 	ringMixed(b, mixedFrames, runs)
@@ -425,6 +464,7 @@ func suiteRing(b *bencher) {
 	ringWrap(b, wrapSizes, bytesPerRun, runs)
 	ringTargets(b.rep, sizes, recSizes, wrapSizes)
 	b.rep.Notes = append(b.rep.Notes, ringBoundsNote(b.rep, sizes, recSizes)...)
+	b.rep.Notes = append(b.rep.Notes, ringCPUNotes(b.rep, sizes)...)
 	if before, after := loadBefore, loadAverage(); before != "" && after != "" {
 		// Two goroutines that stream need two CPUs at once; the bound (best of many laps) does
 		// not, so a loaded machine lowers the ring rows' ratios against it and widens spreads.

@@ -36,10 +36,7 @@ func collectLeaked(t *testing.T, mk func() []byte) (*state, []byte) {
 func TestCleanupNeverUnmaps(t *testing.T) {
 	defer unchanged(t)()
 	ps := alloc.PageSize()
-	r, err := alloc.Shared(ps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, ps)
 	defer r.Close()
 	s, ring := collectLeaked(t, func() []byte {
 		p, err := Mirror(r, Adjacent())
@@ -64,10 +61,7 @@ func TestCleanupKeepsServing(t *testing.T) {
 	n := 16 * alloc.PageSize()
 	f, data := patternFile(t, n)
 	defer unchanged(t)()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	s, view := collectLeaked(t, func() []byte {
 		p, err := Mirror(r, ServeFaults(f))

@@ -38,16 +38,8 @@ func TestKernelAliasing(t *testing.T) {
 		t.Skipf("the constant-index case below is written for 4 KiB pages, not %d", ps)
 	}
 	defer leakcheck.Check(t)()
-	r, err := alloc.Shared(ps, alloc.WithRoom(ps))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, Adjacent())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	_, p, closePair := ringPair(t, ps)
+	defer closePair()
 	ring := p.Contiguous()
 	n := p.Len()
 

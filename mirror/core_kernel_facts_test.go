@@ -188,15 +188,23 @@ func TestKernelFixedOntoSourceDestroysIt(t *testing.T) {
 	}
 }
 
+// numberedPages maps a 4-page memfd named name, shared, whose page i holds first+i in its
+// first byte.
+func numberedPages(t *testing.T, name string, first byte) []byte {
+	t.Helper()
+	ps := alloc.PageSize()
+	b := rawMap(t, 4*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, memfd(t, name, 4*ps))
+	for i := 0; i < 4; i++ {
+		b[i*ps] = first + byte(i)
+	}
+	return b
+}
+
 // MREMAP_FIXED with new_addr < old_addr < new_addr+new_size is EINVAL and harmless; a new_addr
 // inside the source above old_addr is allowed and replaces that part of the source.
 func TestKernelFixedOverlap(t *testing.T) {
 	ps := alloc.PageSize()
-	fd := memfd(t, "overlap", 4*ps)
-	b := rawMap(t, 4*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, fd)
-	for i := 0; i < 4; i++ {
-		b[i*ps] = byte(10 + i) // page i of the object holds 10+i
-	}
+	b := numberedPages(t, "overlap", 10)
 	// Source pages 2..3, destination pages 1..2: the destination starts below the source and
 	// reaches into it.
 	if _, err := dup(mem.Ptr(b[2*ps:]), 2*ps, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, mem.Ptr(b[ps:])); !errors.Is(err, unix.EINVAL) {
@@ -314,11 +322,7 @@ func TestKernelHugetlb(t *testing.T) {
 // Duplicating a sub-range maps the object at the matching offset.
 func TestKernelSubRangeOffset(t *testing.T) {
 	ps := alloc.PageSize()
-	fd := memfd(t, "subrange", 4*ps)
-	b := rawMap(t, 4*ps, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED, fd)
-	for i := 0; i < 4; i++ {
-		b[i*ps] = byte(20 + i)
-	}
+	b := numberedPages(t, "subrange", 20)
 	p, err := dup(mem.Ptr(b[ps:]), 2*ps, unix.MREMAP_MAYMOVE, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -148,19 +148,24 @@ func TestKernelMemlockLimitEAGAIN(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Setrlimit(unix.RLIMIT_MEMLOCK, &old)
-	r, err := alloc.Shared(2 * ps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, 2*ps)
 	defer r.Close()
 	if err := unix.Mlock(r.Bytes()); err != nil {
 		t.Fatalf("mlock of 2 pages under a 3-page limit: %v", err)
 	}
-	if p, err := dup(mem.Ptr(r.Bytes()), 2*ps, unix.MREMAP_MAYMOVE, nil); !errors.Is(err, unix.EAGAIN) {
+	limitRefuses(t, r, "RLIMIT_MEMLOCK (mlocked)", unix.EAGAIN, "RLIMIT_MEMLOCK")
+}
+
+// limitRefuses checks, under a limit the caller set, that the kernel refuses to duplicate r
+// with want, and that Mirror(r) fails too, matching want and saying says, leaving nothing
+// behind.
+func limitRefuses(t *testing.T, r *alloc.Region, limit string, want unix.Errno, says string) {
+	t.Helper()
+	if p, err := dup(mem.Ptr(r.Bytes()), r.Len(), unix.MREMAP_MAYMOVE, nil); !errors.Is(err, want) {
 		if err == nil {
-			mem.Munmap(p, uintptr(2*ps))
+			mem.Munmap(p, uintptr(r.Len()))
 		}
-		t.Fatalf("kernel: duplicate of an mlocked mapping past RLIMIT_MEMLOCK: %v, want EAGAIN", err)
+		t.Fatalf("kernel: a %d-byte duplicate past %s: %v, want %v", r.Len(), limit, err, want)
 	}
 	// Only fds and shared mappings count here: Mirror without Adjacent reserves nothing, and
 	// the C library's malloc arenas (PROT_NONE tails that may lie next to the 1 GiB region)
@@ -171,11 +176,11 @@ func TestKernelMemlockLimitEAGAIN(t *testing.T) {
 	procs()
 	if err == nil {
 		pair.Close()
-		t.Fatal("library: Mirror past RLIMIT_MEMLOCK succeeded")
+		t.Fatalf("library: Mirror past %s succeeded", limit)
 	}
 	t.Logf("library: %v", err)
-	if !errors.Is(err, unix.EAGAIN) || !strings.Contains(err.Error(), "RLIMIT_MEMLOCK") {
-		t.Fatalf("library: %v, want EAGAIN naming RLIMIT_MEMLOCK", err)
+	if !errors.Is(err, want) || !strings.Contains(err.Error(), says) {
+		t.Fatalf("library: Mirror past %s: %v, want %v saying %q", limit, err, want, says)
 	}
 }
 
@@ -210,10 +215,7 @@ func TestKernelAddressSpaceLimitENOMEM(t *testing.T) {
 	// large, since the race detector's runtime maps shadow memory as the test goes, and an
 	// allocation of its that fails is fatal; the duplicate needs four times more.
 	const n, headroom = 1 << 30, 256 << 20
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	var old unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_AS, &old); err != nil {
@@ -225,27 +227,7 @@ func TestKernelAddressSpaceLimitENOMEM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Setrlimit(unix.RLIMIT_AS, &old)
-	if p, err := dup(mem.Ptr(r.Bytes()), n, unix.MREMAP_MAYMOVE, nil); !errors.Is(err, unix.ENOMEM) {
-		if err == nil {
-			mem.Munmap(p, n)
-		}
-		t.Fatalf("kernel: a %d MiB duplicate with %d MiB of RLIMIT_AS left: %v, want ENOMEM", n>>20, headroom>>20, err)
-	}
-	// Only fds and shared mappings count here: Mirror without Adjacent reserves nothing, and
-	// the C library's malloc arenas (PROT_NONE tails that may lie next to the 1 GiB region)
-	// come and go as threads start.
-	done, procs := leakcheck.CheckShared(t), noneLeft(t)
-	pair, err := Mirror(r)
-	done()
-	procs()
-	if err == nil {
-		pair.Close()
-		t.Fatal("library: Mirror past RLIMIT_AS succeeded")
-	}
-	t.Logf("library: %v", err)
-	if !errors.Is(err, unix.ENOMEM) || !strings.Contains(err.Error(), "address space") {
-		t.Fatalf("library: Mirror past RLIMIT_AS: %v, want ENOMEM saying out of address space", err)
-	}
+	limitRefuses(t, r, fmt.Sprintf("RLIMIT_AS (%d MiB left)", headroom>>20), unix.ENOMEM, "address space")
 }
 
 // Each view is one mapping, so vm.max_map_count bounds the views a process can hold: the
@@ -268,10 +250,7 @@ func TestKernelMaxMapCount(t *testing.T) {
 		t.Skipf("vm.max_map_count is %d: too many mappings to reach in a unit test", max)
 	}
 	ps := alloc.PageSize()
-	r, err := alloc.Shared(ps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, ps)
 	defer r.Close()
 	var views []mem.Pointer
 	var kerr error

@@ -112,16 +112,8 @@ func TestViewsShareWrites(t *testing.T) {
 func TestRingWraps(t *testing.T) {
 	defer unchanged(t)()
 	n := 4 * alloc.PageSize()
-	r, err := alloc.Shared(n, alloc.WithRoom(n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, Adjacent())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r, p, closePair := ringPair(t, n)
+	defer closePair()
 	ring := p.Contiguous()
 	msg := []byte("wrapped around the end")
 	head := n - 7
@@ -175,10 +167,7 @@ func TestOfSubRange(t *testing.T) {
 
 func TestOfWholeRegion(t *testing.T) {
 	defer unchanged(t)()
-	r, err := alloc.Shared(2 * alloc.PageSize())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, 2*alloc.PageSize())
 	defer r.Close()
 	p, err := Of(r.Bytes(), Views(3))
 	if err != nil {
@@ -195,10 +184,7 @@ func TestOfWholeRegion(t *testing.T) {
 func TestTwoAdjacentPairs(t *testing.T) {
 	defer unchanged(t)()
 	n := alloc.PageSize()
-	r, err := alloc.Memfd("two", n, alloc.WithRoom(n))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := memfdRegion(t, "two", n, alloc.WithRoom(n))
 	defer r.Close()
 	p1, err := Mirror(r, Adjacent())
 	if err != nil {
@@ -222,10 +208,7 @@ func TestTwoAdjacentPairs(t *testing.T) {
 func TestRegionClosedFirst(t *testing.T) {
 	defer unchanged(t)()
 	n := alloc.PageSize()
-	r, err := alloc.Shared(n, alloc.WithRoom(n))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n, alloc.WithRoom(n))
 	p, err := Mirror(r, Adjacent())
 	if err != nil {
 		t.Fatal(err)
@@ -244,10 +227,7 @@ func TestRegionClosedFirst(t *testing.T) {
 
 func TestConcurrentClose(t *testing.T) {
 	defer unchanged(t)()
-	r, err := alloc.Shared(alloc.PageSize(), alloc.WithRoom(alloc.PageSize()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, alloc.PageSize(), alloc.WithRoom(alloc.PageSize()))
 	defer r.Close()
 	p, err := Mirror(r, Adjacent())
 	if err != nil {
@@ -273,10 +253,7 @@ func TestManyCycles(t *testing.T) {
 	defer unchanged(t)()
 	n := 16 * alloc.PageSize()
 	for i := 0; i < 10000; i++ {
-		r, err := alloc.Shared(n, alloc.WithRoom(n))
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n, alloc.WithRoom(n))
 		p, err := Mirror(r, Adjacent())
 		if err != nil {
 			t.Fatal(err)
@@ -291,10 +268,7 @@ func TestManyCycles(t *testing.T) {
 	}
 	for _, backend := range []Backend{BackendDuplicate, BackendMemfd} {
 		for i := 0; i < 1000; i++ {
-			r, err := alloc.Memfd("cycle", n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := memfdRegion(t, "cycle", n)
 			p, err := Mirror(r, WithBackend(backend), Views(3))
 			if err != nil {
 				t.Fatal(err)
@@ -311,10 +285,7 @@ func TestCloseRegion(t *testing.T) {
 	defer unchanged(t)()
 	n := alloc.PageSize()
 	for _, room := range []int{n, 0} {
-		r, err := alloc.Memfd("owned", n, alloc.WithRoom(room))
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := memfdRegion(t, "owned", n, alloc.WithRoom(room))
 		p, err := Mirror(r, Adjacent(), CloseRegion())
 		if err != nil {
 			t.Fatal(err)
@@ -334,10 +305,7 @@ func TestCloseRegion(t *testing.T) {
 		}
 	}
 	// A failed Mirror leaves the region to the caller.
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	if _, err := Mirror(r, CloseRegion(), WithBackend(BackendMemfd)); err == nil {
 		t.Fatal("BackendMemfd on Shared memory should fail")
 	}

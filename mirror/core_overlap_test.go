@@ -13,10 +13,7 @@ import (
 func TestNeverMapOverSource(t *testing.T) {
 	defer unchanged(t)()
 	ps := alloc.PageSize()
-	r, err := alloc.Shared(4 * ps)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, 4*ps)
 	defer r.Close()
 	b := r.Bytes()
 	b[0], b[3*ps] = 1, 2

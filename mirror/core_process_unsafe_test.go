@@ -48,16 +48,8 @@ func TestForkSharesMirror(t *testing.T) {
 		return
 	}
 	n := alloc.PageSize()
-	r, err := alloc.Shared(n, alloc.WithRoom(n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, Adjacent())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	_, p, closePair := ringPair(t, n)
+	defer closePair()
 
 	fromChild := []byte("written by the child through its mirror")
 	fromParent := []byte("written by the parent after the fork")
@@ -172,16 +164,9 @@ func TestOtherProcessSharesMemfd(t *testing.T) {
 	}
 	defer unchanged(t)()
 	n := alloc.PageSize()
-	r, err := alloc.Memfd("across-processes", n, alloc.WithRoom(n))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, Adjacent())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := memfdRegion(t, "across-processes", n, alloc.WithRoom(n))
+	p, closePair := mirrored(t, r, Adjacent())
+	defer closePair()
 	copy(p.Mirror(), "from the parent")
 	// The Region owns its fd: hand the child a duplicate, closed here once it is inherited.
 	dup, err := unix.FcntlInt(uintptr(r.Fd()), unix.F_DUPFD_CLOEXEC, 0)
@@ -222,17 +207,14 @@ func TestFallbackToMemfd(t *testing.T) {
 		subprocess(t, "TestFallbackToMemfd", []string{envSeal + "=1"})
 		return
 	}
-	r, err := alloc.Memfd("sealed", alloc.PageSize())
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := memfdRegion(t, "sealed", alloc.PageSize())
 	if _, _, e := syscall.Syscall(unix.SYS_MSEAL, r.Addr(), uintptr(r.Len()), 0); e != 0 {
 		if e == syscall.ENOSYS {
 			t.Skipf("kernel without mseal (6.10+): %v", e)
 		}
 		t.Fatalf("mseal: %v", e)
 	}
-	_, err = Mirror(r, WithBackend(BackendDuplicate))
+	_, err := Mirror(r, WithBackend(BackendDuplicate))
 	if !errors.Is(err, ErrUnsupported) || !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "sealed") {
 		t.Fatalf("duplicate of a sealed mapping: %v, want ErrUnsupported wrapping EPERM and saying sealed", err)
 	}

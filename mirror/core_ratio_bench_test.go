@@ -4,10 +4,6 @@ import (
 	"slices"
 	"testing"
 	"time"
-
-	"github.com/mirrormem/mirrormem/alloc"
-	"github.com/mirrormem/mirrormem/internal/mem"
-	"golang.org/x/sys/unix"
 )
 
 // BenchmarkRingRatio interleaves, in every iteration, one create + destroy of an adjacent
@@ -15,47 +11,11 @@ import (
 // reports the medians of the per-iteration ratios: duplicate/raw (target <= 1.3), duplicate/memfd (target < 1), and the
 // same for CloseRegion, where one munmap removes everything as in the raw calls.
 func BenchmarkRingRatio(b *testing.B) {
-	n := uintptr(ringSize)
-	raw := func() {
-		base, err := mem.Reserve(2 * n)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := mem.Mmap(base, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_FIXED, -1, 0); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := mem.Mremap(base, 0, n, unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, mem.Add(base, n)); err != nil {
-			b.Fatal(err)
-		}
-		if err := mem.Munmap(base, 2*n); err != nil {
-			b.Fatal(err)
-		}
-	}
-	lib := func(r *alloc.Region, err error, opts ...Option) {
-		if err != nil {
-			b.Fatal(err)
-		}
-		p, err := Mirror(r, append(opts, Adjacent())...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		p.Close()
-		r.Close() // nil after CloseRegion
-	}
 	methods := []func(){
-		raw,
-		func() {
-			r, err := alloc.Shared(ringSize, alloc.WithRoom(ringSize))
-			lib(r, err)
-		},
-		func() {
-			r, err := alloc.Shared(ringSize, alloc.WithRoom(ringSize))
-			lib(r, err, CloseRegion())
-		},
-		func() {
-			r, err := alloc.Memfd("ring", ringSize, alloc.WithRoom(ringSize))
-			lib(r, err, WithBackend(BackendMemfd))
-		},
+		func() { rawRing(b, ringSize) },
+		func() { r, err := sharedRing(); libRing(b, r, err) },
+		func() { r, err := sharedRing(); libRing(b, r, err, CloseRegion()) },
+		func() { r, err := memfdRing(); libRing(b, r, err, WithBackend(BackendMemfd)) },
 	}
 	var samples [4][]time.Duration
 	i := 0

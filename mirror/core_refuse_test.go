@@ -117,7 +117,7 @@ func TestRefusals(t *testing.T) {
 		{"one view", func(t *testing.T) func() (*Pair, error) {
 			r := region(t, func() (*alloc.Region, error) { return alloc.Shared(ps) })
 			return func() (*Pair, error) { return Mirror(r, Views(1)) }
-		}, ErrRange, "at least 2"},
+		}, ErrOption, "at least 2"},
 		{"unknown backend", func(t *testing.T) func() (*Pair, error) {
 			r := region(t, func() (*alloc.Region, error) { return alloc.Shared(ps) })
 			return func() (*Pair, error) { return Mirror(r, WithBackend(7)) }

@@ -20,8 +20,9 @@ var (
 	// one errors.Is covers both packages.
 	ErrUnsupported = alloc.ErrUnsupported
 
-	// ErrRange reports a slice that cannot be mirrored as given: empty, not page aligned, or
-	// spanning more than one mapping.
+	// ErrRange reports memory that cannot be used as given: a slice that is empty, not page
+	// aligned or spans more than one mapping; an offset or view index outside a pair; a fault
+	// source that overlaps the memory it would fill. Misused options are ErrOption.
 	ErrRange = errors.New("invalid range")
 
 	// ErrOption reports an option that cannot be used as given: nil, a value out of its

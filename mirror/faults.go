@@ -21,7 +21,8 @@ type faultConfig struct {
 	trackAsync  bool
 	handler     Handler
 	watchdog    time.Duration // 0: DefaultWatchdog
-	used        []string      // the companion options given, which all need ServeFaults
+	restore     RestoreOptions
+	used        []string // the companion options given, which all need ServeFaults
 	err         error
 }
 
@@ -61,6 +62,11 @@ const DefaultWatchdog = 10 * time.Second
 // filled once, through whichever view touches it first, and every view's waiters are woken;
 // a later first touch through another view is a minor fault (mapped with UFFDIO_CONTINUE, Linux
 // 5.14+) where the kernel has MINOR_SHMEM. FaultStats counts both, per view.
+//
+// A file source is read with pread(2), one read per window of pages; a file that cannot shrink
+// (a memfd sealed with F_SEAL_SHRINK) is copied by the kernel straight from a read-only mapping
+// of it. A file that shrinks while it is served fails the pages it no longer has (see
+// FaultErr): its lost bytes are never served as zeros.
 //
 // Who serves the faults depends on src, so that a Go program can never hang under garbage
 // collection (a goroutine faulting inside copy() cannot be stopped by the collector, and an
@@ -317,8 +323,17 @@ func (e FaultEvent) String() string {
 var ErrSourceFailed = errors.New("the fault source failed to read")
 
 // ErrGoSource is matched by the error ServeFaults returns for a plain Go value as a source (an
-// io.ReaderAt without a file descriptor): a handler process serves Go code only through
-// RegisterSource and NamedSource; WithHandler(HandlerGo) is the expert's in-process alternative.
+// io.ReaderAt without a file descriptor). Such a source cannot be read by the program itself:
+// a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) holds
+// its P while it waits, and the garbage collector then waits for it, so the program hangs
+// (see the package doc). A handler process, which is the program re-executed, serves Go code
+// instead, once it knows how to build it. The fix is two lines:
+//
+//	func init() { mirror.RegisterSource("mysource", openMySource) } // func([]byte) (io.ReaderAt, error)
+//	p, err := mirror.Mirror(r, mirror.ServeFaults(mirror.NamedSource("mysource", config)))
+//
+// WithHandler(HandlerGo) is the expert's in-process alternative (cgo builds only: a watchdog
+// catches the hang and ends the program with a clear message).
 var ErrGoSource = fmt.Errorf("%w: a Go value as fault source", ErrUnsupported)
 
 // ErrNotServing is returned by the fault methods of a Pair made without ServeFaults.

@@ -40,10 +40,7 @@ func TestBounceAcrossViews(t *testing.T) {
 	var prevPair *Pair
 	bounces := 0
 	for bounce := 0; bounce < 1000 && (bounce < 4 || time.Now().Before(deadline)); bounce++ {
-		r, err := alloc.Shared(size)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, size)
 		opts := []Option{ServeFaults(nil), VerifyFaults(0)}
 		if prev != nil {
 			opts[0] = ServeFaults(RegionSource(prev))

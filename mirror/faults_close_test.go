@@ -16,10 +16,7 @@ func TestFaultMethodsWhileClose(t *testing.T) {
 		n = 8 << 20
 	}
 	for iter := 0; iter < 8; iter++ {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		p, err := Mirror(r, ServeFaults(nil), TrackWrites(), VerifyFaults(100))
 		if err != nil {
 			r.Close()

@@ -34,10 +34,7 @@ func TestCloseWithReadAtInFlight(t *testing.T) {
 	goCloseWait = 200 * time.Millisecond
 	defer func() { goCloseWait = old }()
 	n := 4 * alloc.PageSize()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	src := &blockingSource{entered: make(chan struct{}, 1), release: make(chan struct{})}
 	p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo))

@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
 )
@@ -171,9 +170,7 @@ func noHangSource(t *testing.T, size int, named string) (io.ReaderAt, []byte) {
 	if named == "" {
 		return patternFile(t, size)
 	}
-	cs := computedSource{seed: 7, size: int64(size)}
-	data := make([]byte, size)
-	cs.ReadAt(data, 0)
+	cs, data := computed(7, size)
 	if named == "computed" {
 		return NamedSource(computedName, computedConfig(cs.seed, cs.size, false)), data
 	}
@@ -222,16 +219,9 @@ func noHangRuns(t *testing.T, size, runs int, env []string) {
 }
 
 func noHangRun(t *testing.T, size int, src io.ReaderAt, data []byte, opts ...Option) {
-	r, err := alloc.Shared(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, append([]Option{ServeFaults(src)}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, size)
+	p, closePair := mirrored(t, r, append([]Option{ServeFaults(src)}, opts...)...)
+	defer closePair()
 	stop := gcstress.Loop()
 	buf := make([]byte, 4096)
 	views := [2][]byte{p.Original(), p.Mirror()}
@@ -277,10 +267,7 @@ func TestWatchdogCatchesGCDeadlock(t *testing.T) {
 	}
 	if os.Getenv(envWatchdog) != "" {
 		src := &blockedReader{called: make(chan struct{}), release: make(chan struct{})}
-		r, err := alloc.Shared(1 << 20)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, 1<<20)
 		p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo), Watchdog(500*time.Millisecond))
 		if err != nil {
 			t.Fatal(err)

@@ -312,7 +312,7 @@ func (p *Pair) Populate(off, n int) error {
 			case errors.Is(err, unix.EHWPOISON):
 				return fmt.Errorf("%w: Populate view %d: a page in [%d, +%d) is poisoned: its source failed (FaultErr says why): %w", ErrSourceFailed, i, off, n, err)
 			case errors.Is(err, unix.EFAULT):
-				return fmt.Errorf("mirror: Populate view %d: the fault was refused (a userfaultfd without privilege serves only faults raised in user mode: allow vm.unprivileged_userfaultfd or CAP_SYS_PTRACE), or the handler failed: %w", i, err)
+				return fmt.Errorf("mirror: Populate view %d: the fault was refused (a user-mode-only userfaultfd: see uffd.New), or the handler failed: %w", i, err)
 			}
 			return fmt.Errorf("mirror: Populate view %d: %w", i, err)
 		}
@@ -399,7 +399,7 @@ func (p *Pair) Dirty(i int) ([]int, error) {
 	}
 	defer p.s.mu.RUnlock()
 	if sv.h == nil || i < 0 || i >= len(p.s.views) {
-		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrRange, i)
+		return nil, fmt.Errorf("%w: Dirty(%d): needs TrackWrites, a handler outside Go and a view of the pair", ErrOption, i)
 	}
 	page := mem.PageSize()
 	if !sv.h.Tracked(i) {

@@ -10,39 +10,49 @@ import (
 	"github.com/mirrormem/mirrormem/alloc"
 )
 
-// The handler process copies file pages straight from a read-only mapping of the source (one
-// copy per page, by the kernel), as the native handler does, not through a pread buffer.
+// The handler process copies the pages of a file that cannot shrink (a memfd sealed with
+// F_SEAL_SHRINK) straight from a read-only mapping of it (one copy per page, by the kernel), as
+// the native handler does; any other file it reads with pread, never through a mapping (a
+// truncation racing a fill would leave zeros in memory; see TestMapSourceOnlySealedFiles).
 func TestHandlerProcessMapsFileSource(t *testing.T) {
 	n := 64 * alloc.PageSize()
 	f, data := patternFile(t, n)
-	defer unchanged(t)()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
+	sealed := sealedPatternMemfd(t, n)
+	for _, c := range []struct {
+		src    *os.File
+		name   string // in /proc/PID/maps
+		mapped bool
+	}{
+		{f, f.Name(), false},
+		{sealed, "/memfd:sealed-source (deleted)", true},
+	} {
+		func() {
+			defer unchanged(t)()
+			r := shared(t, n)
+			p, closePair := mirrored(t, r, ServeFaults(c.src), WithHandler(HandlerProcess))
+			defer closePair()
+			got := make([]byte, n)
+			copy(got, p.Mirror())
+			if !bytes.Equal(got, data) {
+				t.Fatalf("the mirror does not show %s", c.name)
+			}
+			pids := p.FaultHandlerPids()
+			if len(pids) == 0 {
+				t.Fatal("no handler process")
+			}
+			maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pids[0]))
+			if err != nil {
+				t.Fatal(err)
+			}
+			mapped := false
+			for _, l := range strings.Split(string(maps), "\n") {
+				if strings.HasSuffix(l, " "+c.name) && strings.Contains(l, " r--s ") {
+					mapped = true
+				}
+			}
+			if mapped != c.mapped {
+				t.Errorf("the handler process maps %s: %v, want %v:\n%s", c.name, mapped, c.mapped, maps)
+			}
+		}()
 	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	got := make([]byte, n)
-	copy(got, p.Mirror())
-	if !bytes.Equal(got, data) {
-		t.Fatal("the mirror does not show the file")
-	}
-	pids := p.FaultHandlerPids()
-	if len(pids) == 0 {
-		t.Fatal("no handler process")
-	}
-	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pids[0]))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range strings.Split(string(maps), "\n") {
-		if strings.HasSuffix(l, " "+f.Name()) && strings.Contains(l, " r--s ") {
-			return
-		}
-	}
-	t.Fatalf("the handler process has no read-only shared mapping of the source %s:\n%s", f.Name(), maps)
 }

@@ -37,15 +37,57 @@ type serving struct {
 
 	wd *fault.Watchdog // HandlerGo: aborts the program, with a message, if serving hangs
 
+	push bool // Restore pushes every page
+
 	mu      sync.Mutex
 	stopped bool
 }
 
-// startServing registers the views and starts the handler. On error nothing is left behind.
+// startServing registers the views and starts the handler, in steps: the views, where the
+// bytes come from, who serves them, the userfaultfd, a check that the memory is fresh, the
+// registration, and the handler. On error nothing is left behind.
 func (s *state) startServing(cfg *config, src *source) (err error) {
 	f := &cfg.faults
-	page := mem.PageSize()
-	sv := &serving{n: s.n, src: f.src, srcKind: fmt.Sprintf("%T", f.src)}
+	sv, err := newServing(s, src, f.src)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			sv.stop(-1, false)
+		}
+	}()
+	fc, goSource, err := sv.describeSource(s, f)
+	if err != nil {
+		return err
+	}
+	if err := sv.checkNotSelf(f.src, fc); err != nil {
+		return err
+	}
+	goSrc, err := sv.chooseHandler(s, f, &fc, goSource)
+	if err != nil {
+		return err
+	}
+	if err := sv.openUFFD(f, &fc, src); err != nil {
+		return err
+	}
+	if err := sv.checkFresh(s); err != nil {
+		return err
+	}
+	if err := sv.register(); err != nil {
+		return err
+	}
+	if err := sv.startHandler(fc, goSrc, f); err != nil {
+		return err
+	}
+	s.faults = sv
+	return nil
+}
+
+// newServing lists the views to register: the pair's, and the caller's own mapping when
+// Adjacent laid the views out anew.
+func newServing(s *state, src *source, from io.ReaderAt) (*serving, error) {
+	sv := &serving{n: s.n, src: from, srcKind: fmt.Sprintf("%T", from)}
 	for _, v := range s.views {
 		sv.views = append(sv.views, mem.Addr(mem.Ptr(v)))
 		sv.mem = append(sv.mem, v)
@@ -60,26 +102,24 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		sv.mem = append(sv.mem, mem.Slice(src.ptr, s.n))
 	}
 	if len(sv.views) > fault.MaxViews {
-		return fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrRange, fault.MaxViews, len(sv.views))
+		return nil, fmt.Errorf("%w: ServeFaults serves at most %d views, not %d", ErrOption, fault.MaxViews, len(sv.views))
 	}
-	defer func() {
-		if err != nil {
-			sv.stop(-1, false)
-		}
-	}()
+	return sv, nil
+}
 
-	// Where the bytes come from decides who serves them.
-	fc := fault.Config{Len: s.n, AliasFD: -1, LogCap: f.logCap, SourceLen: int64(s.n)}
-	goSource := false
+// describeSource tells where the bytes come from: the handler's configuration for the source,
+// and whether it is Go code (no descriptor to read).
+func (sv *serving) describeSource(s *state, f *faultConfig) (fc fault.Config, goSource bool, err error) {
+	fc = fault.Config{Len: s.n, AliasFD: -1, LogCap: f.logCap, SourceLen: int64(s.n)}
 	if f.src != nil && isNilPointer(f.src) {
-		return fmt.Errorf("%w: ServeFaults(%s(nil)): a nil pointer is not a source; pass nil itself (ServeFaults(nil)) for zero-filled pages", ErrRange, sv.srcKind)
+		return fc, false, fmt.Errorf("%w: ServeFaults(%s(nil)): a nil pointer is not a source; pass nil itself (ServeFaults(nil)) for zero-filled pages", ErrOption, sv.srcKind)
 	}
 	switch rr := f.src.(type) {
 	case nil:
 		fc.Source = fault.SourceZero
 	case *namedSource:
 		if _, err := rr.registration(); err != nil {
-			return err
+			return fc, false, err
 		}
 		fc.Source, fc.SourceName, fc.SourceConfig = fault.SourceNamed, rr.name, rr.config
 		fc.Workers = namedWorkers
@@ -87,19 +127,19 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	case *regionReader:
 		v := rr.r
 		if v == nil {
-			return fmt.Errorf("%w: ServeFaults(RegionSource(nil)): a nil *alloc.Region is not a source; pass ServeFaults(nil) for zero-filled pages", ErrRange)
+			return fc, false, fmt.Errorf("%w: ServeFaults(RegionSource(nil)): a nil *alloc.Region is not a source; pass ServeFaults(nil) for zero-filled pages", ErrOption)
 		}
 		if v == s.region || (v.Bytes() != nil && s.region != nil && mem.Ptr(v.Bytes()) == mem.Ptr(s.region.Bytes())) {
-			return fmt.Errorf("%w: ServeFaults: the source is the region being mirrored", ErrRange)
+			return fc, false, fmt.Errorf("%w: ServeFaults: the source is the region being mirrored", ErrRange)
 		}
 		b := v.Bytes()
 		if b == nil {
-			return fmt.Errorf("%w: ServeFaults: the source region is closed", ErrClosed)
+			return fc, false, fmt.Errorf("%w: ServeFaults: the source region is closed", ErrClosed)
 		}
 		fc.SourceLen = int64(min(len(b), s.n))
 		if fd := v.Fd(); fd >= 0 {
 			if fc.SourceFD, err = sv.dup(fd); err != nil {
-				return err
+				return fc, false, err
 			}
 			fc.Source = fault.SourceFD
 		} else {
@@ -117,32 +157,48 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			if file, isFile := f.src.(*os.File); isFile {
 				name = file.Name()
 			}
-			return fmt.Errorf("%w: ServeFaults(%s): pread(2) cannot read its descriptor: %s", ErrUnsupported, name, why)
+			return fc, false, fmt.Errorf("%w: ServeFaults(%s): pread(2) cannot read its descriptor: %s", ErrUnsupported, name, why)
 		}
 		if fc.SourceFD, err = sv.dup(fd); err != nil {
-			return err
+			return fc, false, err
 		}
 		fc.Source = fault.SourceFD
 		if fc.SourceLen, err = sourceSize(fd, s.n); err != nil {
-			return err
+			return fc, false, err
 		}
 	}
-	if err := sv.checkNotSelf(f.src, fc); err != nil {
-		return err
-	}
+	return fc, goSource, nil
+}
+
+// chooseHandler decides who serves the pair (sv.kind) from the option, the source and Restore,
+// and refuses combinations that cannot work. It returns the source a HandlerGo engine reads
+// itself, if any.
+func (sv *serving) chooseHandler(s *state, f *faultConfig, fc *fault.Config, goSource bool) (goSrc io.ReaderAt, err error) {
 	sv.kind = f.handler
 	if goSource && sv.kind == HandlerAuto {
-		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code, which a handler process serves only if it can build it: "+
-			"register a constructor from an init function, RegisterSource(\"name\", func(config []byte) (io.ReaderAt, error) {...}), "+
-			"then serve ServeFaults(NamedSource(\"name\", config))", ErrGoSource, sv.srcKind)
+		return nil, fmt.Errorf("%w: ServeFaults(%s): register it in an init function, RegisterSource(\"name\", open), "+
+			"then pass ServeFaults(NamedSource(\"name\", config))", ErrGoSource, sv.srcKind)
 	}
 	if fc.Source == fault.SourceNamed {
 		switch sv.kind {
 		case HandlerAuto:
 			sv.kind = HandlerProcess
 		case HandlerNative:
-			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code is served by a handler process, not by the C thread (HandlerNative)", ErrOption, sv.srcKind)
+			return nil, fmt.Errorf("%w: ServeFaults(%s): a source that is Go code is served by a handler process, not by the C thread (HandlerNative)", ErrOption, sv.srcKind)
 		}
+	}
+	if restoring := f.restore.WorkingSet != nil || f.restore.Push; restoring {
+		// The C thread does not prefetch: the engine does.
+		switch sv.kind {
+		case HandlerAuto:
+			sv.kind = HandlerProcess
+		case HandlerNative:
+			return nil, fmt.Errorf("%w: Restore: the C thread (HandlerNative) does not prefetch; use HandlerAuto, HandlerProcess or HandlerGo", ErrOption)
+		}
+		if fc.Restore, err = restoreConfig(f.restore, s.n, len(s.views)); err != nil {
+			return nil, err
+		}
+		sv.push = f.restore.Push
 	}
 	if sv.kind == HandlerAuto {
 		switch {
@@ -153,15 +209,14 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 	}
 	if goSource && sv.kind != HandlerGo {
-		return fmt.Errorf("%w: ServeFaults(%s): this source is Go code (no file descriptor to read), which only WithHandler(HandlerGo) can serve", ErrGoSource, sv.srcKind)
+		return nil, fmt.Errorf("%w: ServeFaults(%s): this source is Go code (no file descriptor to read), which only WithHandler(HandlerGo) can serve", ErrGoSource, sv.srcKind)
 	}
 	if sv.kind == HandlerGo {
 		if !fault.NativeAvailable {
-			return fmt.Errorf("%w: ServeFaults(%s): a source that is Go code must be served by Go code in this process, and a goroutine that touches an unfilled page inside copy() (or clear, bytes.Equal, append) would then hang the program under garbage collection; without cgo there is no watchdog to catch that. Serve from an *os.File, an *alloc.Region or nil (a handler process serves those), or build with cgo",
+			return nil, fmt.Errorf("%w: ServeFaults(%s): HandlerGo needs cgo, whose watchdog catches a fault that hangs the program under GC: use a NamedSource, or build with cgo",
 				ErrUnsupported, sv.srcKind)
 		}
 	}
-	var goSrc io.ReaderAt // HandlerGo: what the engine reads, if not a descriptor or zeros
 	if sv.kind == HandlerGo && (goSource || fc.Source == fault.SourceMem || fc.Source == fault.SourceNamed) {
 		goSrc = f.src // a named source is built in this process, as Verify builds it
 		if fc.Source == fault.SourceNamed {
@@ -172,13 +227,18 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		// A handler process reaches a region without descriptor through map_files.
 		fd, err := openMapFile(mem.Ptr(f.src.(*regionReader).r.Bytes()))
 		if err != nil {
-			return fmt.Errorf("%w: ServeFaults: a handler process cannot read an alloc.Shared region without opening it through /proc/self/map_files (%v): use an alloc.Memfd region, or build with cgo", ErrUnsupported, err)
+			return nil, fmt.Errorf("%w: ServeFaults: a handler process reads an alloc.Shared source through /proc/self/map_files, which failed (%v): use alloc.Memfd, or cgo", ErrUnsupported, err)
 		}
 		sv.fds = append(sv.fds, fd)
 		fc.Source, fc.SourceFD = fault.SourceFD, fd
 	}
 
-	// One userfaultfd for every view, with what the kernel offers.
+	return goSrc, nil
+}
+
+// openUFFD opens the pair's userfaultfd with what the kernel offers and the options ask for.
+func (sv *serving) openUFFD(f *faultConfig, fc *fault.Config, src *source) error {
+	page := mem.PageSize()
 	avail, err := uffd.Available()
 	if err != nil {
 		return fmt.Errorf("%w: ServeFaults: %w", ErrUnsupported, err)
@@ -236,9 +296,14 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		fc.MaxAround = max(f.around/page, 1)
 	}
 
-	// Pages already in the page cache (the memory was written, or populated, before) would
-	// never be asked of the source: every view maps them silently. Refuse rather than let
-	// the source be bypassed behind a Verify that passes.
+	return nil
+}
+
+// checkFresh refuses memory whose pages already hold data: they would never be asked of the
+// source, as every view maps them silently, and the source would be bypassed behind a Verify
+// that passes.
+func (sv *serving) checkFresh(s *state) error {
+	page := mem.PageSize()
 	vec := make([]byte, s.n/page)
 	if err := mem.Mincore(mem.Ptr(s.views[0]), uintptr(len(s.views[0])), vec); err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
@@ -253,7 +318,7 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 	}
 	if resident > 0 {
-		return fmt.Errorf("%w: ServeFaults: %d of the %d pages already hold data (the first at offset %d; written, or allocated with alloc.Populate): the source would never be asked for them. Mirror fresh memory, or free those pages first (MADV_REMOVE, as Pair.Reset does)",
+		return fmt.Errorf("%w: ServeFaults: %d of %d pages already hold data (the first at offset %d): mirror fresh memory, or free them first (MADV_REMOVE)",
 			ErrResident, resident, len(vec), first*page)
 	}
 	// The caller's own mapping may carry the poisoned holes a previous pair's Close left (see
@@ -266,8 +331,13 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 	if err := mem.Madvise(mem.Ptr(keep), uintptr(s.n), unix.MADV_DONTNEED); err != nil {
 		return fmt.Errorf("ServeFaults: %w", err)
 	}
+	return nil
+}
+
+// register registers every view with the userfaultfd.
+func (sv *serving) register() error {
 	for i, a := range sv.views {
-		if err := sv.u.Register(a, s.n, sv.mode); err != nil {
+		if err := sv.u.Register(a, sv.n, sv.mode); err != nil {
 			if errors.Is(err, unix.EINVAL) {
 				return fmt.Errorf("%w: ServeFaults: registering view %d: userfaultfd serves anonymous and shared memory (shmem, memfd) only, not a shared file mapping: %w", ErrUnsupported, i, err)
 			}
@@ -275,6 +345,11 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 		}
 	}
 
+	return nil
+}
+
+// startHandler starts the chosen handler and records how many of the source's bytes the pages hold.
+func (sv *serving) startHandler(fc fault.Config, goSrc io.ReaderAt, f *faultConfig) (err error) {
 	switch sv.kind {
 	case HandlerNative:
 		sv.h, err = fault.StartNative(fc)
@@ -293,9 +368,8 @@ func (s *state) startServing(cfg *config, src *source) (err error) {
 			sv.srcLen = 0
 		}
 	} else {
-		sv.srcLen = int64(s.n) // a Go source's length is unknown: every page may have bytes
+		sv.srcLen = int64(sv.n) // a Go source's length is unknown: every page may have bytes
 	}
-	s.faults = sv
 	return nil
 }
 

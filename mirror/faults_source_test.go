@@ -15,15 +15,9 @@ import (
 // fault on its own range forever (or read the object's holes as zeros). Refused.
 func TestServeFaultsRefusesSelfSource(t *testing.T) {
 	n := 16 * alloc.PageSize()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
-	mf, err := alloc.Memfd("self", n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mf := memfdRegion(t, "self", n)
 	defer mf.Close()
 	fd, err := unix.FcntlInt(uintptr(mf.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
@@ -57,21 +51,15 @@ func TestServeFaultsRefusesResidentPages(t *testing.T) {
 	n := 16 * alloc.PageSize()
 	f, _ := patternFile(t, n)
 	defer unchanged(t)()
-	pop, err := alloc.Shared(n, alloc.Populate())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pop := shared(t, n, alloc.Populate())
 	defer pop.Close()
 	if _, err := Mirror(pop, ServeFaults(f)); !errors.Is(err, ErrResident) {
 		t.Errorf("populated region: %v, want ErrResident", err)
 	}
-	w, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w := shared(t, n)
 	defer w.Close()
 	w.Bytes()[5*alloc.PageSize()] = 1
-	_, err = Mirror(w, ServeFaults(f))
+	_, err := Mirror(w, ServeFaults(f))
 	if !errors.Is(err, ErrResident) {
 		t.Fatalf("a written page: %v, want ErrResident", err)
 	}
@@ -128,16 +116,9 @@ func TestVerifyComparesWithSource(t *testing.T) {
 	n := 16 * alloc.PageSize()
 	f, data := patternFile(t, n)
 	defer unchanged(t)()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(f), FaultAround(0))
+	defer closePair()
 	ps := alloc.PageSize()
 	if p.Mirror()[3*ps] != data[3*ps] {
 		t.Fatal("not served from the source")

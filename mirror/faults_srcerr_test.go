@@ -75,10 +75,7 @@ func TestServeFaultsGoSourceErrorPoisons(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			defer unchanged(t)()
 			n := 8 * ps
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := shared(t, n)
 			defer r.Close()
 			src := failingSource{bad: map[int64]bool{int64(2 * ps): true}, short: short, fails: new(atomic.Int64)}
 			p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo), FaultAround(0))

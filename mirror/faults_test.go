@@ -15,6 +15,7 @@ import (
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
 	"github.com/mirrormem/mirrormem/internal/mem"
+	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 )
 
 var faultSink int
@@ -36,15 +37,7 @@ func patternFile(t testing.TB, n int) (*os.File, []byte) {
 	for i := range data {
 		data[i] = byte(i*13 + i/4096 + 1)
 	}
-	f, err := os.CreateTemp(t.TempDir(), "source")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f, data
+	return memtest.TempFile(t, data), data
 }
 
 // countingReader is a source that is Go code, counting its reads.
@@ -72,17 +65,10 @@ func outsideGo() []handlerCase {
 	return hs
 }
 
+// resident counts the resident pages of b (memtest.Resident).
 func resident(t testing.TB, b []byte) int {
 	t.Helper()
-	vec := make([]byte, len(b)/alloc.PageSize())
-	if err := mem.Mincore(mem.Ptr(b), uintptr(len(b)), vec); err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, v := range vec {
-		n += int(v & 1)
-	}
-	return n
+	return memtest.Resident(t, b)
 }
 
 // Every page of both views comes from the file, through copy() under forced GC, filled once,
@@ -90,69 +76,57 @@ func resident(t testing.TB, b []byte) int {
 func TestServeFaultsFromFile(t *testing.T) {
 	const n = 4 << 20
 	f, data := patternFile(t, n)
-	for _, h := range outsideGo() {
-		t.Run(h.name, func(t *testing.T) {
-			defer unchanged(t)()
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
+	forOutsideGo(t, func(t *testing.T, h handlerCase) {
+		defer unchanged(t)()
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(f), h.opt, VerifyFaults(1<<14))
+		defer closePair()
+		if got := p.FaultHandler().String(); got != h.name {
+			t.Fatalf("handler %s, want %s", got, h.name)
+		}
+		if o, m := p.FaultStats(); o != (FaultStats{}) || m != (FaultStats{}) || resident(t, p.Original()) != 0 {
+			t.Fatalf("pages served before any touch: %+v %+v", o, m)
+		}
+		defer gcstress.Loop()()
+		buf := make([]byte, 4096)
+		for off := 0; off < n; off += 4096 {
+			v := p.Original()
+			if off/4096%2 == 1 {
+				v = p.Mirror()
 			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(f), h.opt, VerifyFaults(1<<14))
-			if err != nil {
-				t.Fatal(err)
+			copy(buf, v[off:off+4096])
+			if !bytes.Equal(buf, data[off:off+4096]) {
+				t.Fatalf("page at %d differs from the file", off)
 			}
-			defer p.Close()
-			if got := p.FaultHandler().String(); got != h.name {
-				t.Fatalf("handler %s, want %s", got, h.name)
-			}
-			if o, m := p.FaultStats(); o != (FaultStats{}) || m != (FaultStats{}) || resident(t, p.Original()) != 0 {
-				t.Fatalf("pages served before any touch: %+v %+v", o, m)
-			}
-			defer gcstress.Loop()()
-			buf := make([]byte, 4096)
-			for off := 0; off < n; off += 4096 {
-				v := p.Original()
-				if off/4096%2 == 1 {
-					v = p.Mirror()
-				}
-				copy(buf, v[off:off+4096])
-				if !bytes.Equal(buf, data[off:off+4096]) {
-					t.Fatalf("page at %d differs from the file", off)
-				}
-			}
-			if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) {
-				t.Fatal("views differ from the file")
-			}
-			o, m := p.FaultStats()
-			if o.Missing == 0 || m.Missing == 0 || o.Minor == 0 || m.Minor == 0 {
-				t.Errorf("want missing and minor faults on both views: original %+v mirror %+v", o, m)
-			}
-			if o.Filled+m.Filled != n/4096 {
-				t.Errorf("pages filled %d, want each of the %d pages once", o.Filled+m.Filled, n/4096)
-			}
-			if err := p.Verify(); err != nil {
-				t.Error(err)
-			}
-			if rep := p.FaultReport(); !strings.Contains(rep, "invariants: held") {
-				t.Errorf("report:\n%s", rep)
-			}
-			ev, _ := p.FaultLog()
-			if len(ev) == 0 || ev[0].Kind != "missing" || ev[0].Thread == 0 {
-				t.Errorf("log starts with %v", ev[:min(len(ev), 1)])
-			}
-		})
-	}
+		}
+		if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) {
+			t.Fatal("views differ from the file")
+		}
+		o, m := p.FaultStats()
+		if o.Missing == 0 || m.Missing == 0 || o.Minor == 0 || m.Minor == 0 {
+			t.Errorf("want missing and minor faults on both views: original %+v mirror %+v", o, m)
+		}
+		if o.Filled+m.Filled != n/4096 {
+			t.Errorf("pages filled %d, want each of the %d pages once", o.Filled+m.Filled, n/4096)
+		}
+		if err := p.Verify(); err != nil {
+			t.Error(err)
+		}
+		if rep := p.FaultReport(); !strings.Contains(rep, "invariants: held") {
+			t.Errorf("report:\n%s", rep)
+		}
+		ev, _ := p.FaultLog()
+		if len(ev) == 0 || ev[0].Kind != "missing" || ev[0].Thread == 0 {
+			t.Errorf("log starts with %v", ev[:min(len(ev), 1)])
+		}
+	})
 }
 
 // The source chooses the handler.
 func TestServeFaultsChoosesHandler(t *testing.T) {
 	const n = 8 * 4096
 	f, _ := patternFile(t, n)
-	mf, err := alloc.Memfd("src", n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	mf := memfdRegion(t, "src", n)
 	defer mf.Close()
 	outside := HandlerProcess
 	if fault.NativeAvailable {
@@ -171,10 +145,7 @@ func TestServeFaultsChoosesHandler(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			defer unchanged(t)()
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := shared(t, n)
 			defer r.Close()
 			p, err := Mirror(r, ServeFaults(c.src))
 			if c.want == HandlerGo {
@@ -189,7 +160,7 @@ func TestServeFaultsChoosesHandler(t *testing.T) {
 				}
 				p, err = Mirror(r, ServeFaults(c.src), WithHandler(HandlerGo))
 				if !fault.NativeAvailable {
-					if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "Go code") {
+					if !errors.Is(err, ErrUnsupported) || !strings.Contains(err.Error(), "HandlerGo needs cgo") {
 						t.Fatalf("Go source without cgo: %v, want ErrUnsupported naming the reason", err)
 					}
 					return
@@ -227,16 +198,9 @@ func TestServeFaultsFromRegion(t *testing.T) {
 				for i := range src.Bytes() {
 					src.Bytes()[i] = byte(i % 251)
 				}
-				r, err := alloc.Shared(n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer r.Close()
-				p, err := Mirror(r, ServeFaults(RegionSource(src)), h.opt)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer p.Close()
+				r := shared(t, n)
+				p, closePair := mirrored(t, r, ServeFaults(RegionSource(src)), h.opt)
+				defer closePair()
 				if !bytes.Equal(p.Mirror(), src.Bytes()) || !bytes.Equal(p.Original(), src.Bytes()) {
 					t.Fatal("views differ from the source region")
 				}
@@ -247,30 +211,21 @@ func TestServeFaultsFromRegion(t *testing.T) {
 
 func TestServeFaultsZeroFill(t *testing.T) {
 	const n = 16 * 4096
-	for _, h := range outsideGo() {
-		t.Run(h.name, func(t *testing.T) {
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(nil), h.opt, Adjacent())
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			if !bytes.Equal(p.Contiguous(), make([]byte, 2*n)) {
-				t.Fatal("zero-filled views are not zero")
-			}
-			p.Mirror()[5] = 9
-			if p.Original()[5] != 9 {
-				t.Fatal("views do not share")
-			}
-			if o, m := p.FaultStats(); o.Missing == 0 || m.Minor == 0 {
-				t.Errorf("stats %+v %+v", o, m)
-			}
-		})
-	}
+	forOutsideGo(t, func(t *testing.T, h handlerCase) {
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(nil), h.opt, Adjacent())
+		defer closePair()
+		if !bytes.Equal(p.Contiguous(), make([]byte, 2*n)) {
+			t.Fatal("zero-filled views are not zero")
+		}
+		p.Mirror()[5] = 9
+		if p.Original()[5] != 9 {
+			t.Fatal("views do not share")
+		}
+		if o, m := p.FaultStats(); o.Missing == 0 || m.Minor == 0 {
+			t.Errorf("stats %+v %+v", o, m)
+		}
+	})
 }
 
 // A source that is Go code: pages are served by a uffd.Server in this process. Populate makes
@@ -282,16 +237,9 @@ func TestServeFaultsGoSourcePopulate(t *testing.T) {
 	const n = 1 << 20
 	_, data := patternFile(t, n)
 	src := &countingReader{r: bytes.NewReader(data)}
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(src), WithHandler(HandlerGo))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(src), WithHandler(HandlerGo))
+	defer closePair()
 	if src.reads.Load() != 0 {
 		t.Fatalf("%d reads before any touch", src.reads.Load())
 	}
@@ -321,79 +269,58 @@ func TestServeFaultsGoSourcePopulate(t *testing.T) {
 func TestDiscardVersusReset(t *testing.T) {
 	const n = 4 * 4096
 	f, data := patternFile(t, n)
-	for _, h := range outsideGo() {
-		t.Run(h.name, func(t *testing.T) {
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(f), h.opt, FaultAround(0))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			p.Original()[0] = data[0] + 1
-			if err := p.Discard(0, 0, 4096); err != nil {
-				t.Fatal(err)
-			}
-			if p.Original()[0] != data[0]+1 {
-				t.Fatal("Discard lost a write: MADV_DONTNEED freed a shared page")
-			}
-			o, _ := p.FaultStats()
-			if o.Missing != 1 || o.Minor != 1 || o.Filled != 1 {
-				t.Fatalf("after Discard: %+v, want 1 missing, 1 minor, 1 page filled", o)
-			}
-			if err := p.Reset(0, 4096); err != nil {
-				t.Fatal(err)
-			}
-			if p.Mirror()[0] != data[0] {
-				t.Fatal("after Reset the page was not served again from the source")
-			}
-			o, m := p.FaultStats()
-			if m.Missing != 1 || o.Filled+m.Filled != 2 {
-				t.Fatalf("after Reset: %+v %+v", o, m)
-			}
-			if err := p.Verify(); err != nil {
-				t.Errorf("refill after Reset: %v", err)
-			}
-		})
-	}
+	forOutsideGo(t, func(t *testing.T, h handlerCase) {
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(f), h.opt, FaultAround(0))
+		defer closePair()
+		p.Original()[0] = data[0] + 1
+		if err := p.Discard(0, 0, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if p.Original()[0] != data[0]+1 {
+			t.Fatal("Discard lost a write: MADV_DONTNEED freed a shared page")
+		}
+		o, _ := p.FaultStats()
+		if o.Missing != 1 || o.Minor != 1 || o.Filled != 1 {
+			t.Fatalf("after Discard: %+v, want 1 missing, 1 minor, 1 page filled", o)
+		}
+		if err := p.Reset(0, 4096); err != nil {
+			t.Fatal(err)
+		}
+		if p.Mirror()[0] != data[0] {
+			t.Fatal("after Reset the page was not served again from the source")
+		}
+		o, m := p.FaultStats()
+		if m.Missing != 1 || o.Filled+m.Filled != 2 {
+			t.Fatalf("after Reset: %+v %+v", o, m)
+		}
+		if err := p.Verify(); err != nil {
+			t.Errorf("refill after Reset: %v", err)
+		}
+	})
 }
 
 // Minor-fault staging through the region's memfd.
 func TestStageMinorFaults(t *testing.T) {
 	const n = 256 * 4096
 	f, data := patternFile(t, n)
-	for _, h := range outsideGo() {
-		t.Run(h.name, func(t *testing.T) {
-			r, err := alloc.Memfd("staged", n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(f), h.opt, StageMinorFaults(), VerifyFaults(1024))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			defer gcstress.Loop()()
-			if !bytes.Equal(p.Mirror(), data) || !bytes.Equal(p.Original(), data) {
-				t.Fatal("views differ from the source")
-			}
-			ev, _ := p.FaultLog()
-			if len(ev) == 0 || ev[0].Result != "staged+continued" {
-				t.Errorf("first log entry %v, want a staged page", ev[:min(1, len(ev))])
-			}
-			if err := p.Verify(); err != nil {
-				t.Error(err)
-			}
-		})
-	}
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	forOutsideGo(t, func(t *testing.T, h handlerCase) {
+		r := memfdRegion(t, "staged", n)
+		p, closePair := mirrored(t, r, ServeFaults(f), h.opt, StageMinorFaults(), VerifyFaults(1024))
+		defer closePair()
+		defer gcstress.Loop()()
+		if !bytes.Equal(p.Mirror(), data) || !bytes.Equal(p.Original(), data) {
+			t.Fatal("views differ from the source")
+		}
+		ev, _ := p.FaultLog()
+		if len(ev) == 0 || ev[0].Result != "staged+continued" {
+			t.Errorf("first log entry %v, want a staged page", ev[:min(1, len(ev))])
+		}
+		if err := p.Verify(); err != nil {
+			t.Error(err)
+		}
+	})
+	r := shared(t, n)
 	defer r.Close()
 	defer unchanged(t)()
 	if _, err := Mirror(r, ServeFaults(f), StageMinorFaults()); !errors.Is(err, ErrUnsupported) {
@@ -415,10 +342,7 @@ func TestTrackDirty(t *testing.T) {
 			if strings.HasSuffix(h.name, "/async") {
 				track = TrackWritesAsync()
 			}
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := shared(t, n)
 			defer r.Close()
 			p, err := Mirror(r, ServeFaults(nil), h.opt, track, FaultAround(0))
 			// Write-protect on shmem is 5.19, WP_ASYNC 6.7: skip only where the kernel is older.
@@ -434,24 +358,7 @@ func TestTrackDirty(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer p.Close()
-			loopSum(p.Original()[:8*4096]) // half the pages mapped before tracking
-			if err := p.TrackDirty(0); err != nil {
-				t.Fatal(err)
-			}
-			p.Original()[1*4096] = 1
-			p.Original()[10*4096+5] = 1 // mapped after tracking started
-			p.Mirror()[3*4096] = 1      // view 1 is not tracked
-			p.Original()[1*4096+1] = 1  // same page again: no new fault
-			d, err := p.Dirty(0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if want := []int{1 * 4096, 10 * 4096}; !equalInts(d, want) {
-				t.Errorf("dirty pages of view 0: %v, want %v", d, want)
-			}
-			if d1, _ := p.Dirty(1); len(d1) != 0 {
-				t.Errorf("view 1 untracked, yet dirty %v", d1)
-			}
+			dirtyTwoPages(t, p)
 			o, _ := p.FaultStats()
 			if async := strings.HasSuffix(h.name, "/async"); async && o.WP != 0 || !async && o.WP != 2 {
 				t.Errorf("write-protect faults sent to the handler: %d (the kernel resolves them with WP_ASYNC; else one per written page)", o.WP)
@@ -485,10 +392,7 @@ func equalInts(a, b []int) bool {
 // Options that need ServeFaults, and refusals, leave nothing behind.
 func TestServeFaultsRefusals(t *testing.T) {
 	const n = 4 * 4096
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	wo, err := os.OpenFile(t.TempDir()+"/wo", os.O_CREATE|os.O_WRONLY, 0o600)
 	if err != nil {
@@ -548,16 +452,9 @@ func TestServeFaultsRefusals(t *testing.T) {
 func TestServeFaultsManyViews(t *testing.T) {
 	const n = 32 * 4096
 	f, data := patternFile(t, n)
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f), Views(4))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(f), Views(4))
+	defer closePair()
 	for i := 3; i >= 0; i-- {
 		if !bytes.Equal(p.View(i), data) {
 			t.Fatalf("view %d differs", i)
@@ -579,16 +476,9 @@ func TestServeFaultsManyViews(t *testing.T) {
 func TestFaultHandlerProcessDies(t *testing.T) {
 	const n = 64 * 4096
 	f, data := patternFile(t, n)
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
+	defer closePair()
 	pids := p.FaultHandlerPids()
 	if len(pids) != 2 {
 		t.Fatalf("handler pids %v, want a primary and a standby", pids)
@@ -611,16 +501,9 @@ func TestFaultHandlerProcessDies(t *testing.T) {
 // The verification log is bounded: it keeps the first entries and counts the rest.
 func TestFaultLogIsBounded(t *testing.T) {
 	const n = 16 * 4096
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(nil), VerifyFaults(4), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(nil), VerifyFaults(4), FaultAround(0))
+	defer closePair()
 	loopSum(p.Original())
 	ev, dropped := p.FaultLog()
 	if len(ev) != 4 || dropped != n/4096-4 {
@@ -633,5 +516,30 @@ func TestFaultLogIsBounded(t *testing.T) {
 	}
 	if rep := p.FaultReport(); !strings.Contains(rep, "dropped") {
 		t.Errorf("report does not tell of the dropped entries:\n%s", rep)
+	}
+}
+
+// dirtyTwoPages maps the first 8 pages of p (of 16 or more), starts tracking view 0, writes
+// pages 1 (twice: the second write makes no new fault) and 10 through view 0 and page 3
+// through view 1, and checks that view 0 reports pages 1 and 10 dirty and view 1 nothing.
+func dirtyTwoPages(t *testing.T, p *Pair) {
+	t.Helper()
+	loopSum(p.Original()[:8*4096]) // half the pages mapped before tracking
+	if err := p.TrackDirty(0); err != nil {
+		t.Fatal(err)
+	}
+	p.Original()[1*4096] = 1
+	p.Original()[10*4096+5] = 1 // mapped after tracking started
+	p.Mirror()[3*4096] = 1      // view 1 is not tracked
+	p.Original()[1*4096+1] = 1  // same page again: no new fault
+	d, err := p.Dirty(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int{1 * 4096, 10 * 4096}; !equalInts(d, want) {
+		t.Errorf("dirty pages of view 0: %v, want %v", d, want)
+	}
+	if d1, _ := p.Dirty(1); len(d1) != 0 {
+		t.Errorf("view 1 untracked, yet dirty %v", d1)
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/mem"
 	"github.com/mirrormem/mirrormem/uffd"
+	"golang.org/x/sys/unix"
 )
 
 // The behavioural suite of the fault handlers: every handler kind of this build (the C thread,
@@ -66,6 +67,14 @@ func suiteSources(h handlerCase) []suiteSource {
 			}
 			return data
 		}},
+		// A memfd sealed against shrinking: the handlers copy straight from its mapping.
+		{"sealed", func(t *testing.T) io.ReaderAt { return sealedPatternMemfd(t, 1<<20) }, func(n int) []byte {
+			data := make([]byte, n)
+			for i := range data {
+				data[i] = byte(i*13 + i/4096 + 1)
+			}
+			return data
+		}},
 	}
 	if h.name != "native" {
 		ss = append(ss, suiteSource{"named", func(t *testing.T) io.ReaderAt {
@@ -79,12 +88,37 @@ func suiteSources(h handlerCase) []suiteSource {
 	return ss
 }
 
+// sealedPatternMemfd returns a memfd holding patternFile's n bytes, sealed with F_SEAL_SHRINK.
+func sealedPatternMemfd(t *testing.T, n int) *os.File {
+	_, data := patternFile(t, n)
+	fd, err := mem.MemfdCreate("sealed-source", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := os.NewFile(uintptr(fd), "sealed-source")
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
 // forEvery runs f for every handler kind and every source it serves.
 func forEvery(t *testing.T, f func(t *testing.T, h handlerCase, s suiteSource)) {
 	for _, h := range everyHandler() {
 		for _, s := range suiteSources(h) {
 			t.Run(h.name+"/"+s.name, func(t *testing.T) { f(t, h, s) })
 		}
+	}
+}
+
+// forOutsideGo runs f as a subtest for every handler that runs outside Go.
+func forOutsideGo(t *testing.T, f func(t *testing.T, h handlerCase)) {
+	for _, h := range outsideGo() {
+		t.Run(h.name, func(t *testing.T) { f(t, h) })
 	}
 }
 
@@ -106,16 +140,9 @@ func TestEveryHandlerFillsAndCounts(t *testing.T) {
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
 		src := s.src(t) // a file is closed after the check below
 		defer unchanged(t)()
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		p, err := Mirror(r, ServeFaults(src), h.opt, VerifyFaults(4096))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(src), h.opt, VerifyFaults(4096))
+		defer closePair()
 		loopSum(p.Original())
 		loopSum(p.Mirror())
 		want := s.want(n)
@@ -167,16 +194,9 @@ func TestEveryHandlerStages(t *testing.T) {
 	const npages = 32
 	n := npages * alloc.PageSize()
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
-		r, err := alloc.Memfd("staged", n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer r.Close()
-		p, err := Mirror(r, ServeFaults(s.src(t)), h.opt, StageMinorFaults(), VerifyFaults(1024))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer p.Close()
+		r := memfdRegion(t, "staged", n)
+		p, closePair := mirrored(t, r, ServeFaults(s.src(t)), h.opt, StageMinorFaults(), VerifyFaults(1024))
+		defer closePair()
 		loopSum(p.Mirror())
 		loopSum(p.Original())
 		if want := s.want(n); !bytes.Equal(p.Original(), want) || !bytes.Equal(p.Mirror(), want) {
@@ -211,10 +231,7 @@ func TestEveryHandlerStages(t *testing.T) {
 func TestEveryHandlerTracksWrites(t *testing.T) {
 	const n = 16 * 4096
 	forEvery(t, func(t *testing.T, h handlerCase, s suiteSource) {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(s.src(t)), h.opt, TrackWrites(), FaultAround(0))
 		if errors.Is(err, ErrUnsupported) && !mem.KernelAtLeast(5, 19) {
@@ -224,23 +241,7 @@ func TestEveryHandlerTracksWrites(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer p.Close()
-		loopSum(p.Original()[:8*4096])
-		if err := p.TrackDirty(0); err != nil {
-			t.Fatal(err)
-		}
-		p.Original()[1*4096] = 1
-		p.Original()[10*4096+5] = 1 // mapped after tracking started
-		p.Mirror()[3*4096] = 1      // view 1 is not tracked
-		d, err := p.Dirty(0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if want := []int{1 * 4096, 10 * 4096}; !equalInts(d, want) {
-			t.Errorf("dirty pages of view 0: %v, want %v", d, want)
-		}
-		if d1, _ := p.Dirty(1); len(d1) != 0 {
-			t.Errorf("view 1 untracked, yet dirty %v", d1)
-		}
+		dirtyTwoPages(t, p)
 		if o, _ := p.FaultStats(); o.WP != 2 {
 			t.Errorf("write-protect faults: %d, want one per written page (2)", o.WP)
 		}
@@ -259,10 +260,7 @@ func TestEveryHandlerSourceFails(t *testing.T) {
 		t.Run(h.name, func(t *testing.T) {
 			defer unchanged(t)()
 			n := 8 * ps
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
+			r := shared(t, n)
 			defer r.Close()
 			var src io.ReaderAt
 			if h.name == "native" {

@@ -838,16 +838,9 @@ func TestSourceFailureSparesFilledPages(t *testing.T) {
 		func() {
 			f, data := patternFile(t, n)
 			defer unchanged(t)()
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			r := shared(t, n)
+			p, closePair := mirrored(t, r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
+			defer closePair()
 			primary := p.FaultHandlerPids()[0]
 			stopAndWait(t, primary)
 			defer unix.Kill(primary, unix.SIGCONT)

@@ -113,7 +113,7 @@ func (n *namedSource) registration() (registration, error) {
 	case !ok:
 		return r, fmt.Errorf("%w: NamedSource(%q): no source is registered under that name (call RegisterSource from an init function)", ErrOption, n.name)
 	case !r.inInit:
-		return r, fmt.Errorf("%w: NamedSource(%q): RegisterSource was called after initialisation; the handler process, which never runs main, would not know it: call it from an init function", ErrOption, n.name)
+		return r, fmt.Errorf("%w: NamedSource(%q): RegisterSource was called after init: call it from an init function (the handler process never runs main)", ErrOption, n.name)
 	case len(n.config) > maxSourceConfig:
 		return r, fmt.Errorf("%w: NamedSource(%q): a configuration of %d bytes; at most %d", ErrOption, n.name, len(n.config), maxSourceConfig)
 	}

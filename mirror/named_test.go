@@ -25,6 +25,19 @@ type computedSource struct {
 	size int64
 }
 
+// computed returns the computed source of seed and size, and its bytes.
+func computed[N int | int64](seed uint64, size N) (computedSource, []byte) {
+	c := computedSource{seed: seed, size: int64(size)}
+	return c, c.bytes(int(size))
+}
+
+// bytes returns the first n bytes the source reads (zeros past its end).
+func (c computedSource) bytes(n int) []byte {
+	b := make([]byte, n)
+	c.ReadAt(b, 0)
+	return b
+}
+
 func (c computedSource) ReadAt(p []byte, off int64) (int, error) {
 	if off >= c.size {
 		return 0, io.EOF
@@ -78,14 +91,10 @@ func init() {
 func TestNamedSource(t *testing.T) {
 	const n = 4 << 20
 	src := computedSource{seed: 42, size: n - 3*4096 - 100}
-	want := make([]byte, n)
-	src.ReadAt(want, 0)
+	want := src.bytes(n)
 	defer unchanged(t)()
 	for _, around := range []int{0, DefaultFaultAround} {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(NamedSource(computedName, computedConfig(src.seed, src.size, false))), FaultAround(around))
 		if err != nil {
@@ -124,37 +133,19 @@ var lateOnce sync.Once // a name registers once per process, whatever -count say
 // and a plain Go value are refused by Mirror with what to do, and leave nothing behind.
 func TestNamedSourceRefusals(t *testing.T) {
 	const n = 4 * 4096
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	lateOnce.Do(func() {
 		RegisterSource("mirrormem-test/late", func([]byte) (io.ReaderAt, error) { return computedSource{size: n}, nil })
 	})
 	defer unchanged(t)()
-	for _, c := range []struct {
-		name string
-		src  io.ReaderAt
-		is   error
-		want string
-	}{
+	refuses(t, r, []refusal{
 		{"unregistered", NamedSource("mirrormem-test/nobody", nil), ErrOption, "no source is registered"},
 		{"late", NamedSource("mirrormem-test/late", nil), ErrOption, "init function"},
 		{"constructor fails", NamedSource(computedName, computedConfig(1, n, true)), nil, "told to fail"},
 		{"config too large", NamedSource(computedName, make([]byte, 65<<10)), ErrOption, "at most"},
 		{"plain Go value", computedSource{size: n}, ErrGoSource, "RegisterSource"},
-	} {
-		p, err := Mirror(r, ServeFaults(c.src))
-		if err == nil {
-			p.Close()
-			t.Errorf("%s: accepted", c.name)
-			continue
-		}
-		if c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: %v; want %v saying %q", c.name, err, c.is, c.want)
-		}
-	}
+	})
 }
 
 // The HTTP server dies mid-run: the pages fetched before read as before, and a page fetched
@@ -165,13 +156,8 @@ func TestHTTPSourceServerDies(t *testing.T) {
 	defer unchanged(t)()
 	srv := httptest.NewServer(computedHandler())
 	defer srv.Close()
-	cs := computedSource{seed: 9, size: n}
-	want := make([]byte, n)
-	cs.ReadAt(want, 0)
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs, want := computed(9, n)
+	r := shared(t, n)
 	defer r.Close()
 	src := HTTPSource(fmt.Sprintf("%s/computed/%d/%d", srv.URL, cs.seed, cs.size), HTTPOptions{Timeout: 200 * time.Millisecond, Retries: 1})
 	p, err := Mirror(r, ServeFaults(src), FaultAround(0))
@@ -206,10 +192,7 @@ func TestHandlerProcessEnvironHoldsNoConfig(t *testing.T) {
 	const n = 16 * 4096
 	srv := httptest.NewServer(computedHandler())
 	defer srv.Close()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	const secret = "Bearer s3cr3t-t0ken-in-a-header"
 	src := HTTPSource(srv.URL+"/computed/5/65536", HTTPOptions{Header: map[string]string{"Authorization": secret}})
@@ -253,10 +236,7 @@ func TestHTTPSourceDroppedConnectionsAreNotTheEnd(t *testing.T) {
 		panic(http.ErrAbortHandler) // close the connection without an answer
 	}))
 	defer srv.Close()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	src := HTTPSource(srv.URL+"/computed/3/65536", HTTPOptions{Timeout: 2 * time.Second, Retries: 1})
 	p, err := Mirror(r, ServeFaults(src), FaultAround(0))
@@ -269,5 +249,31 @@ func TestHTTPSourceDroppedConnectionsAreNotTheEnd(t *testing.T) {
 	}
 	if err := p.FaultErr(); !errors.Is(err, ErrSourceFailed) {
 		t.Errorf("FaultErr = %v, want ErrSourceFailed", err)
+	}
+}
+
+// refusal is a source that ServeFaults must refuse, the error the refusal must match (nil:
+// any) and what its message must say.
+type refusal struct {
+	name string
+	src  io.ReaderAt
+	is   error
+	want string
+}
+
+// refuses checks that Mirror(r, ServeFaults(c.src)) fails as each case says.
+func refuses(t *testing.T, r *alloc.Region, cases []refusal) {
+	t.Helper()
+	for _, c := range cases {
+		p, err := Mirror(r, ServeFaults(c.src))
+		if err == nil {
+			p.Close()
+			t.Errorf("%s: accepted", c.name)
+			continue
+		}
+		if c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want %v saying %q", c.name, err, c.is, c.want)
+		}
+		t.Logf("%s: %v", c.name, err)
 	}
 }

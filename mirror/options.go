@@ -57,15 +57,15 @@ func Adjacent() Option { return func(c *config) { c.adjacent = true } }
 // Views asks for n views of the memory in total, the original included (the default is 2: the
 // original and one mirror). View(i) returns view i; View(0) is Original() and View(1) Mirror().
 // Each view is one kernel mapping: n may not exceed vm.max_map_count (65530 by default), the
-// most mappings a process can have (ErrRange); below it, the kernel may still run out (ENOMEM).
+// most mappings a process can have (ErrOption); below it, the kernel may still run out (ENOMEM).
 func Views(n int) Option {
 	return func(c *config) {
 		switch {
 		case n < 2:
-			c.err = fmt.Errorf("%w: Views(%d): a pair needs at least 2 views (the original and a mirror)", ErrRange, n)
+			c.err = fmt.Errorf("%w: Views(%d): a pair needs at least 2 views (the original and a mirror)", ErrOption, n)
 			return
 		case n > maxMapCount():
-			c.err = fmt.Errorf("%w: Views(%d): each view is one mapping, and a process may have at most %d (vm.max_map_count)", ErrRange, n, maxMapCount())
+			c.err = fmt.Errorf("%w: Views(%d): each view is one mapping, and a process may have at most %d (vm.max_map_count)", ErrOption, n, maxMapCount())
 			return
 		}
 		c.views = n

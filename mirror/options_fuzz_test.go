@@ -92,10 +92,7 @@ func FuzzOptions(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		const n = 4 * 4096
 		opts := optionSet(data)
-		r, err := alloc.Shared(n, alloc.WithRoom(3*n))
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n, alloc.WithRoom(3*n))
 		defer r.Close()
 		done := leakcheck.CheckShared(t)
 		defer done()

@@ -80,10 +80,7 @@ func closeWhileFaultingChild(t *testing.T, handler string, workers int) {
 	}
 	page := alloc.PageSize()
 	f, data := patternFile(t, n)
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	h := WithHandler(HandlerProcess)
 	if handler == "native" {
 		h = WithHandler(HandlerNative)
@@ -196,10 +193,7 @@ func processServedPair(t *testing.T) (*Pair, *os.File, []byte) {
 	}
 	t.Cleanup(func() { out.Close() })
 	t.Cleanup(unchanged(t))
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	t.Cleanup(func() { r.Close() })
 	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
 	if err != nil {
@@ -347,10 +341,7 @@ func TestEveryHandlerKilled(t *testing.T) {
 
 func everyHandlerKilledChild(t *testing.T) {
 	const n = 16 << 20
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	f, _ := patternFile(t, n)
 	p, err := Mirror(r, ServeFaults(f), WithHandler(HandlerProcess), FaultAround(0))
 	if err != nil {

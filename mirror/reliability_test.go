@@ -11,7 +11,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -33,10 +32,7 @@ func needPoison(t *testing.T) {
 // behind; a log size that would overflow the counter block never maps anything.
 func TestOptionRefusals(t *testing.T) {
 	const n = 4 * 4096
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	f, _ := patternFile(t, n)
 	defer unchanged(t)()
@@ -81,25 +77,16 @@ func TestOptionRefusals(t *testing.T) {
 func TestVerifyFaultsLargestLog(t *testing.T) {
 	const n = 8 * 4096
 	defer unchanged(t)()
-	for _, h := range outsideGo() {
-		t.Run(h.name, func(t *testing.T) {
-			r, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			p, err := Mirror(r, ServeFaults(nil), h.opt, VerifyFaults(MaxFaultLog), FaultAround(0))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
-			loopSum(p.Mirror())
-			ev, dropped := p.FaultLog()
-			if len(ev) != n/4096 || dropped != 0 {
-				t.Errorf("log of %d entries (%d dropped), want %d", len(ev), dropped, n/4096)
-			}
-		})
-	}
+	forOutsideGo(t, func(t *testing.T, h handlerCase) {
+		r := shared(t, n)
+		p, closePair := mirrored(t, r, ServeFaults(nil), h.opt, VerifyFaults(MaxFaultLog), FaultAround(0))
+		defer closePair()
+		loopSum(p.Mirror())
+		ev, dropped := p.FaultLog()
+		if len(ev) != n/4096 || dropped != 0 {
+			t.Errorf("log of %d entries (%d dropped), want %d", len(ev), dropped, n/4096)
+		}
+	})
 }
 
 // A file opened with O_PATH allows no reads: it is refused at Mirror, not discovered by a
@@ -113,10 +100,7 @@ func TestServeFaultsRefusesOPath(t *testing.T) {
 	}
 	pathF := os.NewFile(uintptr(fd), f.Name())
 	defer pathF.Close()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	defer unchanged(t)()
 	for _, h := range outsideGo() {
@@ -143,16 +127,9 @@ func TestSourceTruncatedWhileServing(t *testing.T) {
 			t.Run(h.name+"/around"+strconv.Itoa(around), func(t *testing.T) {
 				f, data := patternFile(t, n)
 				defer unchanged(t)()
-				r, err := alloc.Shared(n)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer r.Close()
-				p, err := Mirror(r, ServeFaults(f), h.opt, FaultAround(around))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer p.Close()
+				r := shared(t, n)
+				p, closePair := mirrored(t, r, ServeFaults(f), h.opt, FaultAround(around))
+				defer closePair()
 				page := 4096
 				for off := 0; off < n/2; off += 2 * page {
 					if v, faulted := touchRecover(t, p.Original(), off); faulted || v != data[off] {
@@ -201,10 +178,7 @@ func TestServeAgainAfterClose(t *testing.T) {
 	f, data := patternFile(t, n)
 	defer unchanged(t)()
 	for _, touched := range []int{0, 4} {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(f), FaultAround(0))
 		if err != nil {

@@ -73,8 +73,8 @@ func sliceSource(b []byte, backend Backend, backendSet bool) (*source, error) {
 	case len(b) == 0:
 		return nil, src.fail(fmt.Errorf("%w: empty slice", ErrRange))
 	case addr%uintptr(ps) != 0 || len(b)%ps != 0:
-		return nil, src.fail(fmt.Errorf("%w: start and length must be multiples of the page size (%d); the start is %d bytes past a page boundary and the length %d bytes past a whole page (Go heap memory is neither aligned nor shared: allocate with alloc.Shared)",
-			ErrRange, ps, addr%uintptr(ps), len(b)%ps))
+		return nil, src.fail(fmt.Errorf("%w: start (+%d) and length (+%d) are not multiples of the page size %d: allocate with alloc.Shared",
+			ErrRange, addr%uintptr(ps), len(b)%ps, ps))
 	}
 	end := addr + uintptr(len(b))
 	vmas, err := mem.FindVMAs(addr, end)
@@ -161,7 +161,7 @@ func sliceSource(b []byte, backend Backend, backendSet bool) (*source, error) {
 	return src, nil
 }
 
-var errHugeTLB = fmt.Errorf("%w: hugetlb memory: mremap cannot duplicate hugetlb mappings (EINVAL on every kernel); map the hugetlbfs file again instead (WithBackend(BackendMemfd) with alloc.FromFD)", ErrUnsupported)
+var errHugeTLB = fmt.Errorf("%w: hugetlb memory: mremap cannot duplicate it; map its file twice instead (WithBackend(BackendMemfd), alloc.FromFD)", ErrUnsupported)
 
 // classify turns the errno of a refused duplicate into the package's sentinels.
 func classify(err error) error {

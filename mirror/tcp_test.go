@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/mirrormem/mirrormem/alloc"
 )
 
 // serverP keeps a P for the server of these tests, which is this program, while a goroutine
@@ -63,16 +61,12 @@ func TestTCPSource(t *testing.T) {
 	serverP(t)
 	const n = 4 << 20
 	src := computedSource{seed: 11, size: n - 3*4096 - 100}
-	want := make([]byte, n)
-	src.ReadAt(want, 0)
+	want := src.bytes(n)
 	defer unchanged(t)()
 	addr, stop := servePages(t, src, src.size)
 	defer stop()
 	for _, around := range []int{0, DefaultFaultAround} {
-		r, err := alloc.Shared(n)
-		if err != nil {
-			t.Fatal(err)
-		}
+		r := shared(t, n)
 		defer r.Close()
 		p, err := Mirror(r, ServeFaults(TCPSource(addr, TCPOptions{})), FaultAround(around))
 		if err != nil {
@@ -114,21 +108,12 @@ func TestTCPSourceServerDies(t *testing.T) {
 	needPoison(t)
 	const n = 64 * 4096
 	defer unchanged(t)()
-	cs := computedSource{seed: 9, size: n}
-	want := make([]byte, n)
-	cs.ReadAt(want, 0)
+	cs, want := computed(9, n)
 	addr, stop := servePages(t, cs, n)
 	defer stop()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(TCPSource(addr, TCPOptions{Timeout: 500 * time.Millisecond, Retries: 1})), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(TCPSource(addr, TCPOptions{Timeout: 500 * time.Millisecond, Retries: 1})), FaultAround(0))
+	defer closePair()
 	for off := 0; off < n/2; off += 4096 {
 		if v, faulted := touchRecover(t, p.Mirror(), off+5); faulted || v != want[off+5] {
 			t.Fatalf("page at %d while the server lives: %d (faulted %v), want %d", off, v, faulted, want[off+5])
@@ -143,7 +128,7 @@ func TestTCPSourceServerDies(t *testing.T) {
 	if v, faulted := touchRecover(t, p.Original(), 4096+5); faulted || v != want[4096+5] {
 		t.Errorf("a page fetched before the server died: %d (faulted %v), want %d", v, faulted, want[4096+5])
 	}
-	err = p.FaultErr()
+	err := p.FaultErr()
 	if !errors.Is(err, ErrSourceFailed) || !strings.Contains(err.Error(), addr) {
 		t.Errorf("FaultErr = %v, want ErrSourceFailed naming %s", err, addr)
 	}
@@ -186,9 +171,7 @@ func TestTCPSourceConnectionsCut(t *testing.T) {
 	needPoison(t)
 	const n = 32 * 4096
 	defer unchanged(t)()
-	cs := computedSource{seed: 5, size: n}
-	want := make([]byte, n)
-	cs.ReadAt(want, 0)
+	cs, want := computed(5, n)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -197,16 +180,9 @@ func TestTCPSourceConnectionsCut(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- ServePages(cuttingListener{l, &cut}, cs, n) }()
 	defer func() { l.Close(); <-done }()
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
-	p, err := Mirror(r, ServeFaults(TCPSource(l.Addr().String(), TCPOptions{Timeout: time.Second, Retries: 2})), FaultAround(0))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	r := shared(t, n)
+	p, closePair := mirrored(t, r, ServeFaults(TCPSource(l.Addr().String(), TCPOptions{Timeout: time.Second, Retries: 2})), FaultAround(0))
+	defer closePair()
 	for off := 0; off < n/2; off += 4096 {
 		if v, faulted := touchRecover(t, p.Original(), off+9); faulted || v != want[off+9] {
 			t.Fatalf("page at %d before the cut: %d (faulted %v), want %d", off, v, faulted, want[off+9])
@@ -230,10 +206,7 @@ func TestTCPSourceConnectionsCut(t *testing.T) {
 // refused by Mirror, saying what is wrong, within a moment, and leave nothing behind.
 func TestTCPSourceRefusals(t *testing.T) {
 	const n = 4 * 4096
-	r, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := shared(t, n)
 	defer r.Close()
 	defer unchanged(t)()
 	addr, stop := servePages(t, computedSource{size: n}, n)
@@ -247,12 +220,7 @@ func TestTCPSourceRefusals(t *testing.T) {
 	hs := httptest.NewServer(computedHandler())
 	defer hs.Close()
 	quick := TCPOptions{Timeout: time.Second, Retries: 1}
-	for _, c := range []struct {
-		name string
-		src  io.ReaderAt
-		is   error
-		want string
-	}{
+	refuses(t, r, []refusal{
 		{"empty address", TCPSource("", TCPOptions{}), ErrOption, "empty address"},
 		{"no port", TCPSource("localhost", TCPOptions{}), ErrOption, "missing port"},
 		{"URL", TCPSource("tcp://"+addr, TCPOptions{}), ErrOption, "is a URL"},
@@ -262,18 +230,7 @@ func TestTCPSourceRefusals(t *testing.T) {
 		{"connections", TCPSource(addr, TCPOptions{MaxConns: 1 << 20}), ErrOption, "connections"},
 		{"nothing listens", TCPSource(nobody, quick), nil, "connection refused"},
 		{"HTTP server", TCPSource(strings.TrimPrefix(hs.URL, "http://"), quick), nil, "not a page server"},
-	} {
-		p, err := Mirror(r, ServeFaults(c.src))
-		if err == nil {
-			p.Close()
-			t.Errorf("%s: accepted", c.name)
-			continue
-		}
-		if c.is != nil && !errors.Is(err, c.is) || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s: %v; want %v saying %q", c.name, err, c.is, c.want)
-		}
-		t.Logf("%s: %v", c.name, err)
-	}
+	})
 }
 
 // ServePages refuses what it cannot serve, closing the listener.

@@ -49,9 +49,8 @@
 //   - The faulting goroutine keeps its P. When every P is held that way (GOMAXPROCS = 1 and one
 //     faulting goroutine, for instance) the server goroutine only runs once the scheduler
 //     preempts a faulting one, and a preempted fault withdraws its unread message: the server
-//     can starve. Serve refuses that case when it can see it (GOMAXPROCS not above the
-//     goroutines declared with WithFaultingGoroutines), and reports it when it happens
-//     (ServerStats.Starved, ErrStarved).
+//     can starve. Serve refuses that case (GOMAXPROCS not above the goroutines declared
+//     with WithFaultingGoroutines, default 1) with an error matching ErrStarved.
 //
 // So touch memory served in the same process only from plain Go loops, leaving a P free for the
 // server, or inside system calls (MADV_POPULATE_READ/WRITE, read(2)), which hold no P and which

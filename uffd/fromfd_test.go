@@ -196,15 +196,7 @@ func TestFromFDRefusesOwned(t *testing.T) {
 	if _, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_GETFD, 0); err != nil {
 		t.Fatalf("the refused descriptor is no longer open: %v", err)
 	}
-	dup, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := FromFD(dup)
-	if err != nil {
-		unix.Close(dup)
-		t.Fatalf("FromFD of a duplicate: %v", err)
-	}
+	v, dup := adoptDup(t, u)
 	if err := v.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -224,17 +216,22 @@ func TestFromFDRefusesOwned(t *testing.T) {
 // TestFeaturesReportWhatKernelEnabled: the kernel turns WP_UNPOPULATED on with WP_ASYNC; New
 // must report it as FromFD reads it back from fdinfo.
 func TestFeaturesReportWhatKernelEnabled(t *testing.T) {
-	avail, err := Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if avail&FeatureWPAsync == 0 {
-		t.Skip("kernel lacks UFFD_FEATURE_WP_ASYNC (6.7)")
-	}
+	srvNeed(t, FeatureWPAsync, "UFFD_FEATURE_WP_ASYNC (6.7)")
 	u := newT(t, WithFeatures(FeatureWPAsync))
 	if u.Features()&FeatureWPUnpopulated == 0 {
 		t.Fatalf("New(WP_ASYNC).Features() = %v: the kernel enables WP_UNPOPULATED with it", u.Features())
 	}
+	v, _ := adoptDup(t, u)
+	defer v.Close()
+	if v.Features() != u.Features() {
+		t.Fatalf("New reports %v, FromFD of the same userfaultfd %v", u.Features(), v.Features())
+	}
+}
+
+// adoptDup adopts a duplicate of u's descriptor with FromFD; it returns the new UFFD and the
+// duplicate's number. The caller closes the UFFD.
+func adoptDup(t *testing.T, u *UFFD) (*UFFD, int) {
+	t.Helper()
 	dup, err := unix.FcntlInt(uintptr(u.Fd()), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -242,12 +239,9 @@ func TestFeaturesReportWhatKernelEnabled(t *testing.T) {
 	v, err := FromFD(dup)
 	if err != nil {
 		unix.Close(dup)
-		t.Fatal(err)
+		t.Fatalf("FromFD of a duplicate: %v", err)
 	}
-	defer v.Close()
-	if v.Features() != u.Features() {
-		t.Fatalf("New reports %v, FromFD of the same userfaultfd %v", u.Features(), v.Features())
-	}
+	return v, dup
 }
 
 // TestFileFdKeepsNonblocking: File().Fd() must not switch the descriptor to blocking mode,

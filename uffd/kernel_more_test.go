@@ -58,13 +58,7 @@ func TestPunchHoleRefiresMissing(t *testing.T) {
 func TestZeroPageContinuePastEndOfObject(t *testing.T) {
 	t.Parallel()
 	u := newT(t, WithFeatures(shmemFeatures))
-	fd, err := unix.MemfdCreate("uffd-eof2", unix.MFD_CLOEXEC)
-	mustNil(t, err, "memfd")
-	defer unix.Close(fd)
-	mustNil(t, unix.Ftruncate(fd, int64(pg)), "ftruncate")
-	m, err := unix.Mmap(fd, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	mustNil(t, err, "mmap")
-	defer unix.Munmap(m)
+	m := pastEnd(t, "uffd-eof2")
 	mustNil(t, u.Register(addr(m), 2*pg, ModeMissing|ModeMinor), "register")
 	end := addr(m) + uintptr(pg)
 	if _, err := u.ZeroPage(end, pg, 0); !errors.Is(err, unix.EFAULT) {

@@ -304,13 +304,7 @@ func TestShmemCachedPageNoEventWithoutMinor(t *testing.T) {
 func TestCopyPastEndOfObject(t *testing.T) {
 	t.Parallel()
 	u := newT(t, WithFeatures(shmemFeatures))
-	fd, err := unix.MemfdCreate("uffd-eof", unix.MFD_CLOEXEC)
-	mustNil(t, err, "memfd")
-	defer unix.Close(fd)
-	mustNil(t, unix.Ftruncate(fd, int64(pg)), "ftruncate")
-	m, err := unix.Mmap(fd, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	mustNil(t, err, "mmap")
-	defer unix.Munmap(m)
+	m := pastEnd(t, "uffd-eof")
 	mustNil(t, u.Register(addr(m), 2*pg, ModeMissing), "register")
 	if _, err := u.Copy(addr(m)+uintptr(pg), ptrOf(page(1)), pg, 0); !errors.Is(err, unix.EFAULT) {
 		t.Fatalf("COPY past the end of the object: %v, want EFAULT", err)
@@ -321,7 +315,22 @@ func TestCopyPastEndOfObject(t *testing.T) {
 	}
 }
 
+// pastEnd maps two pages of a one-page memfd named name: the second lies past the end of the
+// object. The mapping goes when the test ends.
+func pastEnd(t testing.TB, name string) []byte {
+	t.Helper()
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC)
+	mustNil(t, err, "memfd")
+	defer unix.Close(fd) // the mapping holds the object
+	mustNil(t, unix.Ftruncate(fd, int64(pg)), "ftruncate")
+	m, err := unix.Mmap(fd, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	mustNil(t, err, "mmap")
+	t.Cleanup(func() { unix.Munmap(m) })
+	return m
+}
+
 // A COPY through view a does not wake a thread blocked on the same page through view b: wake
+
 // b yourself.
 func TestCopyDoesNotWakeOtherView(t *testing.T) {
 	t.Parallel()

@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
+	"github.com/mirrormem/mirrormem/internal/testutil"
 )
 
 // The package's tests re-execute the test binary to run code in another process: a process that
@@ -27,24 +28,13 @@ var helpers = map[string]func() int{}
 // TestMain runs a helper when asked to, and otherwise the tests, failing the run if any of them
 // left a file descriptor or a shared mapping behind.
 func TestMain(m *testing.M) {
-	if name := os.Getenv(helperEnv); name != "" {
-		h := helpers[name]
-		if h == nil {
-			fmt.Fprintf(os.Stderr, "no test helper %q\n", name)
-			os.Exit(2)
-		}
-		if runtime.GOMAXPROCS(0) < 2 {
-			runtime.GOMAXPROCS(2) // see needFreeP
-		}
-		os.Exit(h())
+	if os.Getenv(helperEnv) != "" && runtime.GOMAXPROCS(0) < 2 {
+		runtime.GOMAXPROCS(2) // see needFreeP
 	}
-	// Start the runtime poller (its epoll fd and eventfd stay for the life of the process)
-	// before the first snapshot.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
+	testutil.RunHelper(helperEnv, helpers)
+	testutil.StartPoller()
 	before, err := leakcheck.Take()
+
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)

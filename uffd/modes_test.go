@@ -30,10 +30,7 @@ func TestCopyWriteProtect(t *testing.T) {
 	}
 	// Unprotecting with DontWake leaves the writer asleep until Wake.
 	mustNil(t, u.WriteProtectRange(addr(mem), pg, false, DontWake), "unprotect")
-	if w := waiting(t, u); w != 1 {
-		t.Fatalf("%d waiting after unprotect with DONTWAKE", w)
-	}
-	mustNil(t, u.Wake(addr(mem), pg), "wake")
+	wakeAfterDontWake(t, u, addr(mem), "unprotect")
 	mustNil(t, waitT(t, done, "write"), "write")
 	// COPY with WP into a range registered without ModeWP: EINVAL.
 	plain := anonT(t, pg)
@@ -53,10 +50,7 @@ func TestPoisonDontWake(t *testing.T) {
 	readOne(t, u)
 	_, err := u.Poison(addr(mem), pg, DontWake)
 	mustNil(t, err, "poison")
-	if w := waiting(t, u); w != 1 {
-		t.Fatalf("%d waiting after POISON with DONTWAKE", w)
-	}
-	mustNil(t, u.Wake(addr(mem), pg), "wake")
+	wakeAfterDontWake(t, u, addr(mem), "POISON")
 	if err := waitT(t, done, "populate"); err == nil {
 		t.Fatal("populate of a poisoned page succeeded")
 	}
@@ -83,10 +77,7 @@ func TestMoveModes(t *testing.T) {
 	if err != nil || n != pg {
 		t.Fatalf("MOVE: %d, %v", n, err)
 	}
-	if w := waiting(t, u); w != 1 {
-		t.Fatalf("%d waiting after MOVE with DONTWAKE", w)
-	}
-	mustNil(t, u.Wake(addr(dst)+uintptr(pg), pg), "wake")
+	wakeAfterDontWake(t, u, addr(dst)+uintptr(pg), "MOVE")
 	mustNil(t, waitT(t, done, "populate"), "populate")
 	if dst[pg] != 77 {
 		t.Fatalf("moved page reads %d", dst[pg])
@@ -104,12 +95,19 @@ func TestContinueDontWake(t *testing.T) {
 	readOne(t, u)
 	_, err := u.Continue(addr(reg), pg, DontWake)
 	mustNil(t, err, "continue")
-	if w := waiting(t, u); w != 1 {
-		t.Fatalf("%d waiting after CONTINUE with DONTWAKE", w)
-	}
-	mustNil(t, u.Wake(addr(reg), pg), "wake")
+	wakeAfterDontWake(t, u, addr(reg), "CONTINUE")
 	mustNil(t, waitT(t, done, "populate"), "populate")
 	if reg[0] != 5 {
 		t.Fatalf("reads %d", reg[0])
 	}
+}
+
+// wakeAfterDontWake checks that the one thread faulting on the page at a still waits after the
+// ioctl what with DontWake, then wakes it.
+func wakeAfterDontWake(t *testing.T, u *UFFD, a uintptr, what string) {
+	t.Helper()
+	if w := waiting(t, u); w != 1 {
+		t.Fatalf("%d waiting after %s with DONTWAKE", w, what)
+	}
+	mustNil(t, u.Wake(a, pg), "wake")
 }

@@ -315,14 +315,22 @@ func TestSelftestEventRemove(t *testing.T) {
 	mem := anonT(t, 4*pg)
 	mem[0], mem[pg] = 1, 1
 	mustNil(t, u.Register(addr(mem), len(mem), ModeMissing), "register")
-	res := make(chan error, 1)
-	go func() { res <- unix.Madvise(mem[:2*pg], unix.MADV_DONTNEED) }()
-	m := readOne(t, u)
+	m := eventOf(t, u, "madvise", func() error { return unix.Madvise(mem[:2*pg], unix.MADV_DONTNEED) })
 	s, e := m.Range()
 	if m.Event() != EventRemove || s != addr(mem) || e != addr(mem)+uintptr(2*pg) {
 		t.Fatalf("%v, want remove [%#x, %#x)", &m, addr(mem), addr(mem)+uintptr(2*pg))
 	}
-	mustNil(t, waitT(t, res, "madvise"), "madvise")
+}
+
+// eventOf runs act in a goroutine: act makes the kernel queue an event on u and wait until it
+// is read. It returns the message read, once act has returned nil.
+func eventOf(t *testing.T, u *UFFD, what string, act func() error) Msg {
+	t.Helper()
+	res := make(chan error, 1)
+	go func() { res <- act() }()
+	m := readOne(t, u)
+	mustNil(t, waitT(t, res, what), what)
+	return m
 }
 
 // events/unmap: munmap with EVENT_UNMAP reports the range.
@@ -332,14 +340,11 @@ func TestSelftestEventUnmap(t *testing.T) {
 	mem, err := unix.Mmap(-1, 0, 3*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	mustNil(t, err, "mmap")
 	mustNil(t, u.Register(addr(mem), len(mem), ModeMissing), "register")
-	res := make(chan error, 1)
-	go func() { res <- unix.Munmap(mem) }()
-	m := readOne(t, u)
+	m := eventOf(t, u, "munmap", func() error { return unix.Munmap(mem) })
 	s, e := m.Range()
 	if m.Event() != EventUnmap || s != addr(mem) || e != addr(mem)+uintptr(3*pg) {
 		t.Fatalf("%v, want unmap of the range", &m)
 	}
-	mustNil(t, waitT(t, res, "munmap"), "munmap")
 }
 
 // events/remap: moving a registered range with mremap reports from, to and the length, and the
@@ -351,22 +356,18 @@ func TestSelftestEventRemap(t *testing.T) {
 	mustNil(t, err, "mmap")
 	dst := anonT(t, 2*pg) // the place to move to; mremap replaces it
 	mustNil(t, u.Register(addr(src), len(src), ModeMissing), "register")
-	res := make(chan error, 1)
-	go func() {
+	m := eventOf(t, u, "mremap", func() error {
 		_, _, errno := unix.Syscall6(unix.SYS_MREMAP, addr(src), uintptr(len(src)), uintptr(len(src)),
 			unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, addr(dst), 0)
 		if errno != 0 {
-			res <- errno
-			return
+			return errno
 		}
-		res <- nil
-	}()
-	m := readOne(t, u)
+		return nil
+	})
 	from, to, l := m.Remap()
 	if m.Event() != EventRemap || from != addr(src) || to != addr(dst) || l != uint64(len(src)) {
 		t.Fatalf("%v, want remap %#x -> %#x len %d", &m, addr(src), addr(dst), len(src))
 	}
-	mustNil(t, waitT(t, res, "mremap"), "mremap")
 	done := populate(dst[:pg], false)
 	m = readOne(t, u)
 	if m.Event() != EventPagefault || m.Address() != addr(dst) {

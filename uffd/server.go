@@ -48,8 +48,8 @@ import (
 // below GOMAXPROCS (raise GOMAXPROCS above the number of CPUs if needed: goroutines waiting in a
 // fault use no CPU), or fault from system calls (MADV_POPULATE_READ/WRITE) or another process.
 // Serve refuses a UFFD made by New in this process when GOMAXPROCS does not exceed the
-// goroutines that may fault (WithFaultingGoroutines, default 1), and a starvation it sees while
-// serving counts in ServerStats.Starved and is reported (ErrStarved). A server in another
+// goroutines that may fault (WithFaultingGoroutines, default 1), with an error matching
+// ErrStarved. A server in another
 // process (the UFFD sent over a Unix socket) has neither limit.
 type Server struct {
 	u    *UFFD
@@ -79,6 +79,8 @@ type Server struct {
 	stopFD   int          // WithDirectReads: an eventfd that Close and cancellation make readable
 	direct   bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
 	spinning atomic.Bool  // a worker is spinning (server_spin.go): one at a time
+
+	pf prefetchGate // WithPrefetch: demand faults in flight, for Prefetch
 }
 
 // ServerOption configures NewServer.
@@ -97,6 +99,7 @@ type serverConfig struct {
 	direct    bool     // WithDirectReads
 	noSpin    bool     // WithoutSpin
 	faulting  int      // WithFaultingGoroutines
+	prefetch  bool     // WithPrefetch
 }
 
 // DefaultFaultAround is the default cap of the fault-around window: 2 MiB, where the per-page
@@ -221,6 +224,7 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 	if t, ok := cfg.observer.(Tracker); ok {
 		s.tracker, s.rflags = t, DontWake
 	}
+	s.pf.cond = sync.NewCond(&s.pf.mu)
 	s.tab.Store(&table{})
 	return s
 }

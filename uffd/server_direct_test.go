@@ -1,8 +1,7 @@
 package uffd
 
 import (
-	"context"
-	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 
@@ -12,59 +11,33 @@ import (
 // WithDirectReads serves like the poller-based loop, several workers included, and Close and
 // a cancelled context still stop a Serve whose workers wait in poll(2), leaving no descriptor.
 func TestServerDirectReads(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	for _, workers := range []int{1, 3} {
-		s := NewServer(u, WithDirectReads(), WithWorkers(workers))
-		a := srvShared(t, 64*srvPage)
-		srvRegister(t, u, a, 64*srvPage, ModeMissing)
-		if err := s.Handle(a, 64*srvPage, pattern{seed: 3}); err != nil {
-			t.Fatal(err)
-		}
-		stop, _ := srvStart(t, s)
-		srvWait(t, srvTouch(a, seq(0, 64)), "toucher")
-		srvStopOK(t, stop)
-		if err := srvVerify(a, 64*srvPage, 3, false, 0); err != nil {
-			t.Error(err)
-		}
-		u.Unregister(a, 64*srvPage)
-		srvUnmap(t, a, 64*srvPage)
+		t.Run(fmt.Sprintf("%d-workers", workers), func(t *testing.T) {
+			fx, done := srvFixture(t, FeatureMissingShmem, 64, ModeMissing)
+			defer done()
+			_, stop := fx.serve(t, pattern{seed: 3}, WithDirectReads(), WithWorkers(workers))
+			fx.touchAll(t)
+			srvStopOK(t, stop)
+			fx.expect(t, 3)
+		})
 	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	s := NewServer(u, WithDirectReads(), WithWorkers(2))
-	c := make(chan error, 1)
-	go func() { c <- s.Serve(ctx) }()
-	cancel()
-	if err := srvWait(t, c, "Serve after cancel"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Serve after cancel: %v", err)
-	}
+	fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+	defer done()
+	s := NewServer(fx.u, WithDirectReads(), WithWorkers(2))
+	srvCancelStops(t, s)
 	s.Close()
 }
 
 // A UFFD kept out of the runtime poller (WithoutPoller) is served with direct reads even
 // without WithDirectReads, Close still stops Serve, and ReadMessages waits in poll(2).
 func TestServerWithoutPoller(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u, err := New(WithFeatures(FeatureMissingShmem), WithoutPoller())
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	defer u.Close()
-	s := NewServer(u, WithWorkers(2))
-	a := srvShared(t, 32*srvPage)
-	defer srvUnmap(t, a, 32*srvPage)
-	srvRegister(t, u, a, 32*srvPage, ModeMissing)
-	if err := s.Handle(a, 32*srvPage, pattern{seed: 8}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
-	srvWait(t, srvTouch(a, seq(0, 32)), "toucher")
+	fx, done := srvFixture(t, FeatureMissingShmem, 32, ModeMissing, WithoutPoller())
+	defer done()
+	u := fx.u
+	_, stop := fx.serve(t, pattern{seed: 8}, WithWorkers(2))
+	fx.touchAll(t)
 	srvStopOK(t, stop)
-	if err := srvVerify(a, 32*srvPage, 8, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 8)
 
 	// ReadMessages: a fault's message arrives through poll(2) on this thread.
 	b := srvShared(t, srvPage)
@@ -86,9 +59,9 @@ func TestServerWithoutPoller(t *testing.T) {
 // to the open file, and a handler process polling the same userfaultfd (another process, or
 // the standby adopting it while the primary serves) would get POLLERR from poll(2) meanwhile.
 func TestFromFDWithoutPollerKeepsTheFileNonblocking(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
+	fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+	defer done()
+	u := fx.u
 	stop := make(chan struct{})
 	errs := make(chan int, 1)
 	go func() {
@@ -129,28 +102,18 @@ func TestFromFDWithoutPollerKeepsTheFileNonblocking(t *testing.T) {
 // A userfaultfd made blocking by someone else while a Server waits on it with direct reads
 // (poll(2) then answers POLLERR) is made non-blocking again, and serving goes on.
 func TestServerRestoresNonblock(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u, err := New(WithFeatures(FeatureMissingShmem), WithoutPoller())
-	if err != nil {
-		t.Fatalf("New: %v", err)
-	}
-	defer u.Close()
-	s := NewServer(u)
-	a := srvShared(t, 16*srvPage)
-	defer srvUnmap(t, a, 16*srvPage)
-	srvRegister(t, u, a, 16*srvPage, ModeMissing)
-	if err := s.Handle(a, 16*srvPage, pattern{seed: 5}); err != nil {
-		t.Fatal(err)
-	}
+	fx, done := srvFixture(t, FeatureMissingShmem, 16, ModeMissing, WithoutPoller())
+	defer done()
+	u := fx.u
+	s := fx.server(t, pattern{seed: 5})
 	if err := unix.SetNonblock(u.Fd(), false); err != nil { // as another holder of the file would
 		t.Fatal(err)
 	}
 	stop, _ := srvStart(t, s)
-	srvWait(t, srvTouch(a, seq(0, 16)), "toucher")
+	fx.touchAll(t)
 	srvStopOK(t, stop)
-	if err := srvVerify(a, 16*srvPage, 5, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 5)
+
 	if n := u.nonblockRestored.Load(); n == 0 {
 		t.Error("the server never found the userfaultfd blocking")
 	}

@@ -69,14 +69,10 @@ func helperServeRemote() int {
 // garbage collector can never stop it meanwhile). The child's userfaultfd goes to
 // WithForkHandler.
 func TestServerRemoteAndFork(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventFork)
-	defer u.Close()
 	const pages = 8
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventFork, pages, ModeMissing)
+	defer done()
+	u, a, n := fx.u, fx.a, fx.n
 	cmd := helperCmd(t, "server-remote", fmt.Sprintf("SRV_ADDR=%#x", a), fmt.Sprintf("SRV_LEN=%d", n))
 	cmd.ExtraFiles = []*os.File{u.File()}
 	var out bytes.Buffer
@@ -103,9 +99,7 @@ func TestServerRemoteAndFork(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("helper: %v\n%s", err, out.String())
 	}
-	if err := srvVerify(a, n, 50, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 50)
 	got := strings.TrimSpace(out.String())
 	if !strings.HasPrefix(got, "forks=1 missing=") || !strings.Contains(got, "children=") || strings.HasSuffix(got, "children=") {
 		t.Errorf("helper reported %q, want one fork handed to the handler", got)

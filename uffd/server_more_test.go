@@ -14,20 +14,12 @@ import (
 // races the event gets EAGAIN, the server reads the event and retries; nobody hangs, nobody
 // reads anything but the source's bytes.
 func TestServerEventsUnderLoad(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemove)
-	defer u.Close()
 	const pages, rounds = 64, 30
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemove, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
 	for _, workers := range []int{1, 2} {
-		s := NewServer(u, WithWorkers(workers), WithFaultAround(16*srvPage))
-		if err := s.Handle(a, n, pattern{seed: 30}); err != nil {
-			t.Fatal(err)
-		}
-		stop, _ := srvStart(t, s)
+		s, stop := fx.serve(t, pattern{seed: 30}, WithWorkers(workers), WithFaultAround(16*srvPage))
 		var stopRemoving atomic.Bool
 		removed := make(chan int)
 		go func() {
@@ -79,32 +71,31 @@ func TestServerEventsUnderLoad(t *testing.T) {
 // Write-protect faults: the server lifts the protection of the written page and the writer
 // goes on.
 func TestServerWriteProtect(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeaturePagefaultFlagWP)
-	defer u.Close()
+	fx, done := srvFixture(t, FeaturePagefaultFlagWP, 0, 0)
+	defer done()
+	u := fx.u
 	const pages = 8
 	n := pages * srvPage
 	a := srvMap(t, n, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	defer srvUnmap(t, a, n)
 	srvRegister(t, u, a, n, ModeMissing|ModeWP)
 	s := NewServer(u)
-	if err := s.Handle(a, n, pattern{seed: 31}); err != nil {
-		t.Fatal(err)
-	}
+	srvHandle(t, s, a, n, pattern{seed: 31})
 	stop, _ := srvStart(t, s)
 	srvWait(t, srvTouch(a, seq(0, pages)), "reader")
 	if err := u.WriteProtectRange(a, n, true, 0); err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
+	wrote := make(chan struct{})
 	go func() {
 		m := srvMem(a, n)
 		for i := 0; i < n; i += srvPage {
 			m[i] = 0xEE
 		}
-		close(done)
+		close(wrote)
 	}()
-	srvWait(t, done, "writer")
+	srvWait(t, wrote, "writer")
+
 	srvStopOK(t, stop)
 	m := srvMem(a, n)
 	for p := 0; p < pages; p++ {
@@ -120,38 +111,24 @@ func TestServerWriteProtect(t *testing.T) {
 // Close while faults stream in from several goroutines: the faults read but not resolved are
 // woken, fault again, and a new server serves them; no toucher is lost.
 func TestServerCloseMidFlight(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	const pages = 512
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
 	var touchers []<-chan int
-	s1 := NewServer(u, WithWorkers(2), WithoutFaultAround())
-	if err := s1.Handle(a, n, pattern{seed: 32}); err != nil {
-		t.Fatal(err)
-	}
-	stop1, _ := srvStart(t, s1)
+	s1, stop1 := fx.serve(t, pattern{seed: 32}, WithWorkers(2), WithoutFaultAround())
 	for g := 0; g < 4; g++ {
 		order := seq(0, pages)
 		rand.New(rand.NewSource(int64(g))).Shuffle(pages, func(i, j int) { order[i], order[j] = order[j], order[i] })
 		touchers = append(touchers, srvTouch(a, order))
 	}
 	srvStopOK(t, stop1) // somewhere in the middle, or before, or after: all must work out
-	s2 := NewServer(u)
-	if err := s2.Handle(a, n, pattern{seed: 32}); err != nil {
-		t.Fatal(err)
-	}
-	stop2, _ := srvStart(t, s2)
+	s2, stop2 := fx.serve(t, pattern{seed: 32})
 	for _, c := range touchers {
 		srvWait(t, c, "toucher")
 	}
 	srvStopOK(t, stop2)
-	if err := srvVerify(a, n, 32, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 32)
 	if got := s1.Stats()[0].Bytes + s2.Stats()[0].Bytes; got != uint64(n) {
 		t.Errorf("%d bytes copied by both servers, want %d", got, n)
 	}
@@ -159,9 +136,9 @@ func TestServerCloseMidFlight(t *testing.T) {
 
 // Ranges handled while Serve runs are served at once.
 func TestServerHandleWhileServing(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
+	fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+	defer done()
+	u := fx.u
 	s := NewServer(u)
 	stop, _ := srvStart(t, s)
 	const ranges, pages = 8, 16
@@ -171,35 +148,24 @@ func TestServerHandleWhileServing(t *testing.T) {
 		a := srvShared(t, n)
 		defer srvUnmap(t, a, n)
 		srvRegister(t, u, a, n, ModeMissing)
-		if err := s.Handle(a, n, pattern{seed: byte(40 + i)}); err != nil {
-			t.Fatal(err)
-		}
+		srvHandle(t, s, a, n, pattern{seed: byte(40 + i)})
 		addrs = append(addrs, a)
 		srvWait(t, srvTouch(a, seq(0, pages)), "toucher")
 	}
 	srvStopOK(t, stop)
 	for i, a := range addrs {
-		if err := srvVerify(a, n, byte(40+i), false, 0); err != nil {
-			t.Error(err)
-		}
+		srvExpect(t, a, n, byte(40+i), 0)
 	}
 }
 
 // Unhandle drops part of a view; the hole can be handled again with another source, and the
 // rest keeps its offsets.
 func TestServerUnhandle(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	const pages = 12
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u, WithoutFaultAround())
-	if err := s.Handle(a, n, pattern{seed: 60}); err != nil {
-		t.Fatal(err)
-	}
+	fx, done := srvFixture(t, FeatureMissingShmem, pages, ModeMissing)
+	defer done()
+	a := fx.a
+	s := fx.server(t, pattern{seed: 60}, WithoutFaultAround())
 	hole := a + uintptr(4*srvPage)
 	if err := s.Unhandle(hole, 4*srvPage); err != nil {
 		t.Fatal(err)
@@ -213,15 +179,9 @@ func TestServerUnhandle(t *testing.T) {
 	stop, _ := srvStart(t, s)
 	srvWait(t, srvTouch(a, seq(0, pages)), "toucher")
 	srvStopOK(t, stop)
-	if err := srvVerify(a, 4*srvPage, 60, false, 0); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(hole, 4*srvPage, 61, false, 0); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(a+uintptr(8*srvPage), 4*srvPage, 60, false, int64(8*srvPage)); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, 4*srvPage, 60, 0)
+	srvExpect(t, hole, 4*srvPage, 61, 0)
+	srvExpect(t, a+uintptr(8*srvPage), 4*srvPage, 60, int64(8*srvPage))
 	st := s.Stats()
 	if len(st) != 2 || st[0].Gone || st[0].Missing != 8 || st[1].Missing != 4 {
 		t.Errorf("stats %+v: want the first view alive with 8 faults, the second with 4", st)
@@ -231,53 +191,24 @@ func TestServerUnhandle(t *testing.T) {
 // A range unhandled but left registered: its next fault stops Serve with ErrUnhandledFault
 // (waking it would only make it fault again, forever); handled again, it is served.
 func TestServerUnhandledAfterUnhandle(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
-	n := 4 * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u)
-	if err := s.Handle(a, n, pattern{seed: 62}); err != nil {
+	fx, done := srvFixture(t, FeatureMissingShmem, 4, ModeMissing)
+	defer done()
+	s := fx.server(t, pattern{seed: 62})
+	if err := s.Unhandle(fx.a, fx.n); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Unhandle(a, n); err != nil {
-		t.Fatal(err)
-	}
-	_, errc := srvStart(t, s)
-	touch := srvTouch(a, seq(0, 4))
-	if err := srvWait(t, errc, "Serve"); !errors.Is(err, ErrUnhandledFault) {
-		t.Fatalf("Serve: %v, want ErrUnhandledFault", err)
-	}
-	if err := s.Handle(a, n, pattern{seed: 63}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
-	srvWait(t, touch, "toucher")
-	srvStopOK(t, stop)
-	if err := srvVerify(a, n, 63, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.unhandledThenServed(t, s, 63)
 }
 
 // A duplicate of the upper half picked up from the remap event, served with fault-around:
 // windows through the duplicate stop at its end and read the object at the right offsets, and
 // every page is filled once whichever view touches it first.
 func TestServerRemapDuplicateFaultAround(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemap)
-	defer u.Close()
 	const pages = 64
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u)
-	if err := s.Handle(a, n, pattern{seed: 64}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemap, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
+	s, stop := fx.serve(t, pattern{seed: 64})
 	half := a + uintptr(n/2)
 	d := srvDup(t, half, n/2)
 	defer srvUnmap(t, d, n/2)
@@ -286,12 +217,8 @@ func TestServerRemapDuplicateFaultAround(t *testing.T) {
 	srvWait(t, c1, "toucher of the duplicate")
 	srvWait(t, c2, "toucher of the original")
 	srvStopOK(t, stop)
-	if err := srvVerify(d, n/2, 64, false, int64(n/2)); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(a, n, 64, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, d, n/2, 64, int64(n/2))
+	fx.expect(t, 64)
 	st := s.Stats()
 	if len(st) != 2 {
 		t.Fatalf("stats %+v", st)

@@ -28,9 +28,7 @@ func TestServerAdoptsPeerRegistration(t *testing.T) {
 	}
 	defer u.Close()
 	s := NewServer(u)
-	if err := s.Handle(start, n, pattern{seed: 21}); err != nil {
-		t.Fatal(err)
-	}
+	srvHandle(t, s, start, n, pattern{seed: 21})
 	stop, _ := srvStart(t, s)
 	sum := 0
 	for i := 0; i < n; i += srvPage { // a plain loop: this goroutine faults, the server resolves
@@ -44,9 +42,7 @@ func TestServerAdoptsPeerRegistration(t *testing.T) {
 	if sum != want {
 		t.Errorf("sum %d, want %d", sum, want)
 	}
-	if err := srvVerify(start, n, 21, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, start, n, 21, 0)
 	if st := s.Stats()[0]; st.Bytes != uint64(n) || st.Missing == 0 {
 		t.Errorf("stats %+v, want %d bytes", st, n)
 	}

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"runtime"
-	"runtime/metrics"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -19,8 +18,7 @@ type worker struct {
 	extra []Msg      // messages read while draining events for an EAGAIN
 	later []laterMsg // faults read while draining, resolved after the current batch
 	buf   []byte
-	spin  spinner          // the adaptive spin before blocking (server_spin.go)
-	sched []metrics.Sample // the scheduler's counts, read after a long wait (server_starve.go)
+	spin  spinner // the adaptive spin before blocking (server_spin.go)
 }
 
 type laterMsg struct {
@@ -103,7 +101,6 @@ func (s *Server) readDirect(w *worker) (int, error) {
 				if n > 0 && !t0.IsZero() {
 					d := time.Since(t0)
 					w.spin.waited(d, false)
-					s.checkStarved(w, d)
 				}
 				return n, err
 			}
@@ -263,7 +260,7 @@ func (s *Server) fault(w *worker, m *Msg, t time.Time) error {
 		case flags&FlagMinor != 0:
 			err = s.resolveMinor(o, v, addr)
 		default:
-			err = s.resolveMissing(w, o, tab, v, addr)
+			err = s.demandMissing(w, o, tab, v, addr)
 		}
 		tok = o.tok
 		if err == errRetry {
@@ -315,7 +312,7 @@ func (s *Server) finish(o *outcome, tab *table, v *view, addr uintptr, m *Msg) {
 // own). Only with one worker, so that nothing else resolves while the record runs ahead, and
 // only on the first try of a fault.
 func (s *Server) fastPath(o *outcome) bool {
-	return s.tracker != nil && s.cfg.workers == 1 && o.tok == 0
+	return s.tracker != nil && s.cfg.workers == 1 && o.tok == 0 && !s.cfg.prefetch
 }
 
 // fastHandled is the record of a fault resolved on the fast path.

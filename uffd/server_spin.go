@@ -104,7 +104,6 @@ func (s *Server) readPolled(w *worker) (int, error) {
 	if n > 0 {
 		d := time.Since(t0)
 		w.spin.waited(d, false)
-		s.checkStarved(w, d)
 	}
 	return n, err
 }

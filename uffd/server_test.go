@@ -37,9 +37,9 @@ func TestServerSeveralRanges(t *testing.T) {
 		{"3-workers", []ServerOption{WithWorkers(3), WithFaultAround(64 << 10)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			defer srvLeakCheck(t)()
-			u := srvUFFD(t, FeatureMissingShmem)
-			defer u.Close()
+			fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+			defer done()
+			u := fx.u
 			const nA, nZ, nP = 64, 16, 48
 			shared := srvShared(t, (nA+nZ)*srvPage)
 			defer srvUnmap(t, shared, (nA+nZ)*srvPage)
@@ -50,15 +50,9 @@ func TestServerSeveralRanges(t *testing.T) {
 			zeros := shared + uintptr(nA*srvPage)
 
 			s := NewServer(u, tc.opts...)
-			if err := s.Handle(shared, nA*srvPage, pattern{seed: 1}); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Handle(zeros, nZ*srvPage, nil); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.Handle(private, nP*srvPage, pattern{seed: 2}); err != nil {
-				t.Fatal(err)
-			}
+			srvHandle(t, s, shared, nA*srvPage, pattern{seed: 1})
+			srvHandle(t, s, zeros, nZ*srvPage, nil)
+			srvHandle(t, s, private, nP*srvPage, pattern{seed: 2})
 			stop, _ := srvStart(t, s)
 			a := srvTouch(shared, seq(0, nA+nZ)) // runs straight from one range into the next
 			b := srvTouch(private, seq(0, nP))
@@ -101,17 +95,15 @@ func TestServerConcurrentSamePages(t *testing.T) {
 		{"4-workers", []ServerOption{WithWorkers(4)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			defer srvLeakCheck(t)()
-			u := srvUFFD(t, FeatureMissingShmem)
-			defer u.Close()
+			fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+			defer done()
+			u := fx.u
 			const pages, touchers = 256, 8
 			a := srvShared(t, pages*srvPage)
 			defer srvUnmap(t, a, pages*srvPage)
 			srvRegister(t, u, a, pages*srvPage, ModeMissing)
 			s := NewServer(u, tc.opts...)
-			if err := s.Handle(a, pages*srvPage, pattern{seed: 9}); err != nil {
-				t.Fatal(err)
-			}
+			srvHandle(t, s, a, pages*srvPage, pattern{seed: 9})
 			stop, _ := srvStart(t, s)
 			var chans []<-chan int
 			for g := 0; g < touchers; g++ {
@@ -136,9 +128,7 @@ func TestServerConcurrentSamePages(t *testing.T) {
 				}
 			}
 			srvStopOK(t, stop)
-			if err := srvVerify(a, pages*srvPage, 9, false, 0); err != nil {
-				t.Error(err)
-			}
+			srvExpect(t, a, pages*srvPage, 9, 0)
 			st := statsAt(t, s, a)
 			if st.Bytes != pages*uint64(srvPage) {
 				t.Errorf("%d bytes copied, want %d: a page was copied twice or never", st.Bytes, pages*srvPage)
@@ -152,25 +142,14 @@ func TestServerConcurrentSamePages(t *testing.T) {
 // filled once whatever view faults first; waiters on the other view are woken; a view
 // registered MINOR sees the pages filled through the other one as minor faults.
 func TestServerHandleViews(t *testing.T) {
-	defer srvLeakCheck(t)()
-	avail, err := Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if avail&FeatureMinorShmem == 0 {
-		t.Skip("kernel lacks UFFD_FEATURE_MINOR_SHMEM (5.14+)")
-	}
-	u := srvUFFD(t, FeatureMissingShmem|FeatureMinorShmem|FeatureEventRemove)
-	defer u.Close()
+	srvNeed(t, FeatureMinorShmem, "UFFD_FEATURE_MINOR_SHMEM (5.14+)")
 	const pages = 128
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	b := srvDup(t, a, n)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureMinorShmem|FeatureEventRemove, pages, 0)
+	defer done()
+	a, b, n := fx.a, fx.dup(t), fx.n
 	defer srvUnmap(t, b, n)
-	srvRegister(t, u, a, n, ModeMissing|ModeMinor)
-	srvRegister(t, u, b, n, ModeMissing|ModeMinor)
-	s := NewServer(u)
+	fx.register(t, ModeMissing|ModeMinor, a, b)
+	s := NewServer(fx.u)
 	if err := s.HandleViews(n, pattern{seed: 3}, a, b); err != nil {
 		t.Fatal(err)
 	}
@@ -196,9 +175,7 @@ func TestServerHandleViews(t *testing.T) {
 	if stB.Minor == 0 || stB.Missing != 0 || stB.Bytes != uint64(n) {
 		t.Errorf("view B after touching B: minor %d missing %d bytes %d, want minor > 0, missing 0, bytes %d", stB.Minor, stB.Missing, stB.Bytes, n)
 	}
-	if err := srvVerify(b, n, 3, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, b, n, 3, 0)
 
 	// Free the pages (MADV_REMOVE through A frees them for both views) and race both views
 	// from several goroutines: each page is copied once more, never twice.
@@ -219,12 +196,8 @@ func TestServerHandleViews(t *testing.T) {
 		srvWait(t, c, "racing toucher")
 	}
 	srvStopOK(t, stop)
-	if err := srvVerify(a, n, 3, false, 0); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(b, n, 3, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, n, 3, 0)
+	srvExpect(t, b, n, 3, 0)
 	stA, stB = statsAt(t, s, a), statsAt(t, s, b)
 	copied := stA.Bytes + stB.Bytes - uint64(n) /* phase 2 CONTINUE */ - uint64(n) /* phase 1 */
 	// CONTINUE after the remove also counts in Bytes; only copies are bounded exactly, so
@@ -232,26 +205,20 @@ func TestServerHandleViews(t *testing.T) {
 	if copied < uint64(n) || copied > 2*uint64(n) {
 		t.Errorf("after remove: %d bytes resolved through both views, want between %d and %d", copied, n, 2*n)
 	}
-	if ss := s.ServerStats(); ss.Removes != 1 {
-		t.Errorf("removes %d, want 1", ss.Removes)
-	}
+	srvOne(t, "removes", s.ServerStats().Removes)
 }
 
 // Views registered MISSING only: pages filled through one view are mapped in the other by the
 // kernel without a fault, which the server accepts (nothing to count, nothing to serve).
 func TestServerHandleViewsMissingOnly(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	const pages = 32
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	b := srvDup(t, a, n)
+	fx, done := srvFixture(t, FeatureMissingShmem, pages, 0)
+	defer done()
+	a, b, n := fx.a, fx.dup(t), fx.n
 	defer srvUnmap(t, b, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	srvRegister(t, u, b, n, ModeMissing)
-	s := NewServer(u, WithoutFaultAround())
+	fx.register(t, ModeMissing, a, b)
+	s := NewServer(fx.u, WithoutFaultAround())
+
 	if err := s.HandleViews(n, pattern{seed: 4}, a, b); err != nil {
 		t.Fatal(err)
 	}
@@ -263,39 +230,27 @@ func TestServerHandleViewsMissingOnly(t *testing.T) {
 	if stA.Missing != pages/2 || stB.Missing != pages/2 || stB.Minor != 0 {
 		t.Errorf("A missing %d, B missing %d minor %d; want %d, %d, 0", stA.Missing, stB.Missing, stB.Minor, pages/2, pages/2)
 	}
-	if err := srvVerify(a, n, 4, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, n, 4, 0)
 }
 
 // Sequential access grows the window (1, 2, 4, ... pages up to the cap); random access stays at
 // one page; a page already present in the middle of a window is skipped and the rest finished.
 func TestServerFaultAround(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	const pages = 1024
-	n := pages * srvPage
 	run := func(t *testing.T, opts []ServerOption, touches ...[]int) RangeStats {
-		a := srvShared(t, n)
-		defer srvUnmap(t, a, n)
-		srvRegister(t, u, a, n, ModeMissing)
-		s := NewServer(u, opts...)
-		if err := s.Handle(a, n, pattern{seed: 5}); err != nil {
-			t.Fatal(err)
-		}
-		stop, _ := srvStart(t, s)
+		fx, done := srvFixture(t, FeatureMissingShmem, pages, ModeMissing)
+		defer done()
+		s, stop := fx.serve(t, pattern{seed: 5}, opts...)
 		for _, p := range touches {
-			srvWait(t, srvTouch(a, p), "toucher")
+			srvWait(t, srvTouch(fx.a, p), "toucher")
 		}
 		srvStopOK(t, stop)
-		if err := srvVerify(a, n, 5, false, 0); err != nil {
-			t.Error(err)
+		fx.expect(t, 5)
+		st := statsAt(t, s, fx.a)
+		if st.Bytes != uint64(fx.n) {
+			t.Errorf("%d bytes resolved, want %d", st.Bytes, fx.n)
 		}
-		st := statsAt(t, s, a)
-		if st.Bytes != uint64(n) {
-			t.Errorf("%d bytes resolved, want %d", st.Bytes, n)
-		}
+
 		return st
 	}
 	// Exact counts leave out stale faults: a thread waiting in a fault that the runtime's
@@ -354,9 +309,9 @@ func TestServerFaultAround(t *testing.T) {
 
 // Close unblocks a Serve parked in read(2) at once; cancelling the context does too.
 func TestServerCloseWhileBlocked(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
+	fx, done := srvFixture(t, FeatureMissingShmem, 4, 0)
+	defer done()
+	u := fx.u
 	s := NewServer(u, WithWorkers(3))
 	stop, errc := srvStart(t, s)
 	// Serve is blocked (or about to be): nothing faults. Close must end it either way.
@@ -373,36 +328,22 @@ func TestServerCloseWhileBlocked(t *testing.T) {
 	default:
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
 	s2 := NewServer(u)
-	c := make(chan error, 1)
-	go func() { c <- s2.Serve(ctx) }()
-	cancel()
-	if err := srvWait(t, c, "Serve after cancel"); !errors.Is(err, context.Canceled) {
-		t.Errorf("Serve after cancel: %v", err)
-	}
+	srvCancelStops(t, s2)
 	// The UFFD is usable again afterwards: a new Serve of another server works.
-	s3 := NewServer(u)
-	a := srvShared(t, 4*srvPage)
-	defer srvUnmap(t, a, 4*srvPage)
-	srvRegister(t, u, a, 4*srvPage, ModeMissing)
-	if err := s3.Handle(a, 4*srvPage, pattern{seed: 1}); err != nil {
-		t.Fatal(err)
-	}
-	stop3, _ := srvStart(t, s3)
-	srvWait(t, srvTouch(a, seq(0, 4)), "toucher")
+	fx.register(t, ModeMissing, fx.a)
+	_, stop3 := fx.serve(t, pattern{seed: 1})
+	fx.touchAll(t)
 	srvStopOK(t, stop3)
-	if err := srvVerify(a, 4*srvPage, 1, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 1)
 	s2.Close()
 }
 
 // Two Serve calls on one server: one of them is refused.
 func TestServerServeTwice(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, 0)
-	defer u.Close()
+	fx, done := srvFixture(t, 0, 0, 0)
+	defer done()
+	u := fx.u
 	s := NewServer(u)
 	c := make(chan error, 2)
 	for i := 0; i < 2; i++ {
@@ -419,14 +360,12 @@ func TestServerServeTwice(t *testing.T) {
 
 // Bad arguments are refused with a message that says what is wrong.
 func TestServerHandleRefuses(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, 0)
-	defer u.Close()
+	fx, done := srvFixture(t, 0, 0, 0)
+	defer done()
+	u := fx.u
 	s := NewServer(u)
 	a := uintptr(1 << 40)
-	if err := s.Handle(a, 4*srvPage, nil); err != nil {
-		t.Fatal(err)
-	}
+	srvHandle(t, s, a, 4*srvPage, nil)
 	for _, c := range []struct {
 		name string
 		err  error
@@ -461,25 +400,21 @@ func contains(s, sub string) bool {
 
 // WithRegister registers the views itself.
 func TestServerWithRegister(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
+	fx, done := srvFixture(t, FeatureMissingShmem, 0, 0)
+	defer done()
+	u := fx.u
 	n := 8 * srvPage
 	a := srvShared(t, n)
 	defer srvUnmap(t, a, n)
 	s := NewServer(u, WithRegister(ModeMissing))
-	if err := s.Handle(a, n, pattern{seed: 6}); err != nil {
-		t.Fatal(err)
-	}
+	srvHandle(t, s, a, n, pattern{seed: 6})
 	stop, _ := srvStart(t, s)
 	srvWait(t, srvTouch(a, seq(0, 8)), "toucher")
 	srvStopOK(t, stop)
 	if st := statsAt(t, s, a); st.Missing == 0 {
 		t.Errorf("no fault served: %+v", st)
 	}
-	if err := srvVerify(a, n, 6, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, n, 6, 0)
 	// A range the kernel cannot register is refused, with the kernel's reason: a hole this
 	// test made in a reservation of its own, so that no other mapping can be there.
 	hole := srvShared(t, 3*srvPage)
@@ -493,19 +428,11 @@ func TestServerWithRegister(t *testing.T) {
 // MADV_REMOVE frees served pages: the next touch faults MISSING again and is served again from
 // the source (not with what was written before).
 func TestServerRemoveRefires(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemove)
-	defer u.Close()
 	const pages = 16
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u, WithoutFaultAround())
-	if err := s.Handle(a, n, pattern{seed: 7}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemove, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
+	s, stop := fx.serve(t, pattern{seed: 7}, WithoutFaultAround())
 	srvWait(t, srvTouch(a, seq(0, pages)), "first touch")
 	m := srvMem(a, n)
 	for i := 0; i < n; i += srvPage {
@@ -514,39 +441,26 @@ func TestServerRemoveRefires(t *testing.T) {
 	srvMadvise(t, a, n, unix.MADV_REMOVE) // blocks until the server reads the event
 	srvWait(t, srvTouch(a, seq(0, pages)), "second touch")
 	srvStopOK(t, stop)
-	if err := srvVerify(a, n, 7, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 7)
 	st := statsAt(t, s, a)
 	if st.Missing != 2*pages || st.Bytes != 2*uint64(n) {
 		t.Errorf("missing %d bytes %d, want %d and %d", st.Missing, st.Bytes, 2*pages, 2*n)
 	}
-	if ss := s.ServerStats(); ss.Removes != 1 {
-		t.Errorf("removes %d, want 1", ss.Removes)
-	}
+	srvOne(t, "removes", s.ServerStats().Removes)
 }
 
 // munmap of part of a view drops that part (the rest keeps its offsets), and the hole can be
 // handled again with another source.
 func TestServerUnmapEvent(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventUnmap)
-	defer u.Close()
 	const pages = 16
-	n := pages * srvPage
-	a := srvShared(t, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u)
-	if err := s.Handle(a, n, pattern{seed: 8}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventUnmap, pages, ModeMissing)
+	defer done()
+	u, a, n := fx.u, fx.a, fx.n
+	s, stop := fx.serve(t, pattern{seed: 8})
 	hole := a + uintptr(4*srvPage)
 	srvUnmap(t, hole, 4*srvPage) // blocks until the server reads the event
 	stop.settle(t)
-	if ss := s.ServerStats(); ss.Unmaps != 1 {
-		t.Errorf("unmaps %d, want 1", ss.Unmaps)
-	}
+	srvOne(t, "unmaps", s.ServerStats().Unmaps)
 	// Map the hole again, register, handle with another source.
 	r, _, errno := unix.Syscall6(unix.SYS_MMAP, hole, uintptr(4*srvPage), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_FIXED_NOREPLACE, ^uintptr(0), 0)
@@ -558,16 +472,11 @@ func TestServerUnmapEvent(t *testing.T) {
 		t.Fatalf("Handle of the unmapped hole: %v", err)
 	}
 	srvWait(t, srvTouch(a, seq(0, pages)), "toucher")
-	if err := srvVerify(a, 4*srvPage, 8, false, 0); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(hole, 4*srvPage, 80, false, 0); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(a+uintptr(8*srvPage), 8*srvPage, 8, false, int64(8*srvPage)); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, 4*srvPage, 8, 0)
+	srvExpect(t, hole, 4*srvPage, 80, 0)
+	srvExpect(t, a+uintptr(8*srvPage), 8*srvPage, 8, int64(8*srvPage))
 	srvUnmap(t, a, n)
+	fx.n = 0
 	srvStopOK(t, stop)
 	for _, st := range s.Stats() {
 		if !st.Gone {
@@ -579,69 +488,46 @@ func TestServerUnmapEvent(t *testing.T) {
 // mremap moving a view: the server follows it, and faults at the new address are served with
 // the right offsets.
 func TestServerRemapMove(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemap)
-	defer u.Close()
 	const pages = 16
-	n := pages * srvPage
-	a := srvShared(t, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u, WithoutFaultAround())
-	if err := s.Handle(a, n, pattern{seed: 10}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemap, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
+	s, stop := fx.serve(t, pattern{seed: 10}, WithoutFaultAround())
 	srvWait(t, srvTouch(a, seq(0, 4)), "toucher before move")
 	dst := srvMap(t, n, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	r, _, errno := unix.Syscall6(unix.SYS_MREMAP, a, uintptr(n), uintptr(n), unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED, dst, 0)
 	if errno != 0 {
-		srvUnmap(t, a, n)
 		srvUnmap(t, dst, n)
 		t.Fatalf("mremap move: %v", errno)
 	}
-	defer srvUnmap(t, r, n)
+	fx.a = r // the closer unmaps the range where it went
+
 	srvWait(t, srvTouch(r, seq(0, pages)), "toucher after move")
 	srvStopOK(t, stop)
-	if err := srvVerify(r, n, 10, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, r, n, 10, 0)
 	st := statsAt(t, s, a)
 	if st.Missing != pages {
 		t.Errorf("missing %d, want %d", st.Missing, pages)
 	}
-	if ss := s.ServerStats(); ss.Remaps != 1 {
-		t.Errorf("remaps %d, want 1", ss.Remaps)
-	}
+	srvOne(t, "remaps", s.ServerStats().Remaps)
 }
 
 // With EVENT_REMAP a duplicate made with mremap(old_size 0) stays registered; the server adds it
 // as another view of the same source and serves its faults.
 func TestServerRemapDuplicate(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemap)
-	defer u.Close()
 	const pages = 16
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u, WithoutFaultAround())
-	if err := s.Handle(a, n, pattern{seed: 11}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemap, pages, ModeMissing)
+	defer done()
+	a := fx.a
+	s, stop := fx.serve(t, pattern{seed: 11}, WithoutFaultAround())
 	// A duplicate of the upper half: its offset 0 is the object's offset 8 pages.
 	d := srvDup(t, a+uintptr(8*srvPage), 8*srvPage) // blocks until the server reads the event
 	defer srvUnmap(t, d, 8*srvPage)
 	srvWait(t, srvTouch(d, seq(0, 8)), "toucher of the duplicate")
 	srvWait(t, srvTouch(a, seq(0, pages)), "toucher of the original")
 	srvStopOK(t, stop)
-	if err := srvVerify(d, 8*srvPage, 11, false, int64(8*srvPage)); err != nil {
-		t.Error(err)
-	}
-	if err := srvVerify(a, n, 11, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, d, 8*srvPage, 11, int64(8*srvPage))
+	fx.expect(t, 11)
 	stats := s.Stats()
 	if len(stats) != 2 || stats[1].Addr != d || stats[1].View != -1 || stats[1].Object != stats[0].Object || stats[1].Len != 8*srvPage {
 		t.Fatalf("stats %+v, want the duplicate as view -1 of object %d, 8 pages", stats, stats[0].Object)
@@ -649,36 +535,15 @@ func TestServerRemapDuplicate(t *testing.T) {
 	if stats[1].Missing != 8 || stats[0].Missing != 8 {
 		t.Errorf("duplicate missing %d, original %d, want 8 and 8", stats[1].Missing, stats[0].Missing)
 	}
-	if ss := s.ServerStats(); ss.Duplicates != 1 {
-		t.Errorf("duplicates %d, want 1", ss.Duplicates)
-	}
+	srvOne(t, "duplicates", s.ServerStats().Duplicates)
 }
 
 // A fault on a registered range nobody handles stops Serve with ErrUnhandledFault; the faulting
 // thread is not lost: once the range is handled a new Serve serves it.
 func TestServerUnhandledFault(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
-	n := 4 * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
-	s := NewServer(u)
-	_, errc := srvStart(t, s)
-	touch := srvTouch(a, seq(0, 4))
-	if err := srvWait(t, errc, "Serve"); !errors.Is(err, ErrUnhandledFault) {
-		t.Fatalf("Serve: %v, want ErrUnhandledFault", err)
-	}
-	if err := s.Handle(a, n, pattern{seed: 12}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
-	srvWait(t, touch, "toucher")
-	srvStopOK(t, stop)
-	if err := srvVerify(a, n, 12, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx, done := srvFixture(t, FeatureMissingShmem, 4, ModeMissing)
+	defer done()
+	fx.unhandledThenServed(t, NewServer(fx.u), 12)
 }
 
 var errBoom = errors.New("boom: the disk is gone")
@@ -686,20 +551,13 @@ var errBoom = errors.New("boom: the disk is gone")
 // StopOnSourceError: Serve returns the source's error; the faulting thread is not given zeros,
 // and a later Serve (the source healed) serves it.
 func TestServerSourceErrorStops(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
 	const pages = 8
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem, pages, ModeMissing)
+	defer done()
+	a := fx.a
 	src := &failing{pattern: pattern{seed: 13}, badOff: int64(5 * srvPage), err: errBoom}
 	src.bad.Store(true)
-	s := NewServer(u)
-	if err := s.Handle(a, n, src); err != nil {
-		t.Fatal(err)
-	}
+	s := fx.server(t, src)
 	_, errc := srvStart(t, s)
 	touch := srvTouch(a, seq(0, pages))
 	err := srvWait(t, errc, "Serve")
@@ -716,9 +574,7 @@ func TestServerSourceErrorStops(t *testing.T) {
 	stop, _ := srvStart(t, s)
 	srvWait(t, touch, "toucher")
 	srvStopOK(t, stop)
-	if err := srvVerify(a, n, 13, false, 0); err != nil {
-		t.Error(err)
-	}
+	fx.expect(t, 13)
 	if st := statsAt(t, s, a); st.SourceErrors != 1 {
 		t.Errorf("source errors %d, want 1", st.SourceErrors)
 	}
@@ -727,23 +583,14 @@ func TestServerSourceErrorStops(t *testing.T) {
 // A source shorter than the range: the page holding its end is served with a zeroed tail, a
 // page wholly past the end is a source error (io.ErrUnexpectedEOF), never zeros.
 func TestServerSourceEOF(t *testing.T) {
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
-	n := 4 * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem, 4, ModeMissing)
+	defer done()
+	a := fx.a
 	size := int64(2*srvPage + 100)
-	s := NewServer(u)
-	if err := s.Handle(a, n, pattern{seed: 14, size: size}); err != nil {
-		t.Fatal(err)
-	}
+	s := fx.server(t, pattern{seed: 14, size: size})
 	_, errc := srvStart(t, s)
 	srvWait(t, srvTouch(a, seq(0, 3)), "toucher of the first 3 pages")
-	if err := srvVerify(a, int(size), 14, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, int(size), 14, 0)
 	if err := srvVerify(a+uintptr(size), 3*srvPage-int(size), 0, true, 0); err != nil {
 		t.Errorf("tail of the last page: %v", err)
 	}
@@ -754,11 +601,7 @@ func TestServerSourceEOF(t *testing.T) {
 		t.Fatalf("Serve: %v, want a SourceError at page 3 matching io.ErrUnexpectedEOF", err)
 	}
 	// Release the toucher: handled again by a server with a longer source.
-	s2 := NewServer(u)
-	if err := s2.Handle(a, n, pattern{seed: 14}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s2)
+	_, stop := fx.serve(t, pattern{seed: 14})
 	srvWait(t, touch, "toucher of page 3")
 	srvStopOK(t, stop)
 	s.Close()
@@ -767,14 +610,12 @@ func TestServerSourceEOF(t *testing.T) {
 // PoisonOnSourceError: the faulting thread gets SIGBUS (a recoverable panic under
 // SetPanicOnFault), the error goes to the handler, and serving goes on.
 func TestServerSourceErrorPoisons(t *testing.T) {
-	defer srvLeakCheck(t)()
-	avail, err := Available()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if avail&FeaturePoison == 0 {
-		t.Skip("kernel lacks UFFD_FEATURE_POISON (6.6+)")
-	}
+	srvNeed(t, FeaturePoison, "UFFD_FEATURE_POISON (6.6+)")
+	const pages = 8
+	fx, done := srvFixture(t, FeatureMissingShmem|FeaturePoison, pages, ModeMissing)
+	defer done()
+	u, a, n := fx.u, fx.a, fx.n
+
 	// Without the feature negotiated, Serve refuses the policy at once.
 	u0 := srvUFFD(t, 0)
 	if err := NewServer(u0, OnSourceError(PoisonOnSourceError)).Serve(context.Background()); !errors.Is(err, ErrNotSupported) {
@@ -782,13 +623,6 @@ func TestServerSourceErrorPoisons(t *testing.T) {
 	}
 	u0.Close()
 
-	u := srvUFFD(t, FeatureMissingShmem|FeaturePoison)
-	defer u.Close()
-	const pages = 8
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
 	src := &failing{pattern: pattern{seed: 15}, badOff: int64(5 * srvPage), err: errBoom}
 	src.bad.Store(true)
 	var mu sync.Mutex
@@ -798,9 +632,7 @@ func TestServerSourceErrorPoisons(t *testing.T) {
 		reported = append(reported, err)
 		mu.Unlock()
 	}))
-	if err := s.Handle(a, n, src); err != nil {
-		t.Fatal(err)
-	}
+	srvHandle(t, s, a, n, src)
 	stop, _ := srvStart(t, s)
 	faulted := make(chan any, 1)
 	sums := make(chan int, 1) // the sum is used, so the loop cannot be optimised away
@@ -821,9 +653,7 @@ func TestServerSourceErrorPoisons(t *testing.T) {
 	}
 	srvWait(t, srvTouch(a, []int{6, 7}), "toucher after the poisoned page")
 	srvStopOK(t, stop)
-	if err := srvVerify(a, 5*srvPage, 15, false, 0); err != nil {
-		t.Error(err)
-	}
+	srvExpect(t, a, 5*srvPage, 15, 0)
 	st := statsAt(t, s, a)
 	if st.Poisoned != 1 || st.SourceErrors != 1 {
 		t.Errorf("poisoned %d source errors %d, want 1 and 1", st.Poisoned, st.SourceErrors)
@@ -840,24 +670,16 @@ func TestServerNoAllocPerFault(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates on its own")
 	}
-	defer srvLeakCheck(t)()
-	u := srvUFFD(t, FeatureMissingShmem|FeatureEventRemove)
-	defer u.Close()
 	const pages = 512
-	n := pages * srvPage
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	srvRegister(t, u, a, n, ModeMissing)
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemove, pages, ModeMissing)
+	defer done()
+	a, n := fx.a, fx.n
 	for _, tc := range []struct {
 		name string
 		opts []ServerOption
 	}{{"4k", []ServerOption{WithoutFaultAround()}}, {"fault-around", nil}, {"2-workers", []ServerOption{WithWorkers(2), WithoutFaultAround()}}} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := NewServer(u, tc.opts...)
-			if err := s.Handle(a, n, pattern{seed: 16}); err != nil {
-				t.Fatal(err)
-			}
-			stop, _ := srvStart(t, s)
+			s, stop := fx.serve(t, pattern{seed: 16}, tc.opts...)
 			defer func() { srvStopOK(t, stop) }()
 			m := srvMem(a, n)
 			touch := func() int {

@@ -57,24 +57,16 @@ func (r *recTracker) Unfilled(h Handled, token uint64, done int64) {
 // the slow path finishes the window, and the final record amends the first. Every page is
 // reported filled exactly once and holds the source's bytes, or the bytes written before.
 func TestServerTrackerFastAndSlowPaths(t *testing.T) {
-	defer srvLeakCheck(t)()
-	n := 16 * srvPage
-	pg := int64(srvPage)
-	u := srvUFFD(t, FeatureMissingShmem)
-	defer u.Close()
-	a := srvShared(t, n)
-	defer srvUnmap(t, a, n)
-	alias := srvDup(t, a, n) // not registered: a write through it puts page 5 in the page cache
+	fx, done := srvFixture(t, FeatureMissingShmem, 16, 0)
+	defer done()
+	a, n, pg := fx.a, fx.n, int64(srvPage)
+	alias := fx.dup(t) // not registered: a write through it puts page 5 in the page cache
 	defer srvUnmap(t, alias, n)
 	srvMem(alias, n)[5*srvPage] = 99
-	srvRegister(t, u, a, n, ModeMissing)
+	fx.register(t, ModeMissing, a)
 	tr := &recTracker{resolved: map[int64]int{}}
-	s := NewServer(u, WithObserver(tr), WithFaultAround(8*srvPage))
-	if err := s.Handle(a, n, pattern{seed: 4}); err != nil {
-		t.Fatal(err)
-	}
-	stop, _ := srvStart(t, s)
-	srvWait(t, srvTouch(a, seq(0, 16)), "toucher")
+	_, stop := fx.serve(t, pattern{seed: 4}, WithObserver(tr), WithFaultAround(8*srvPage))
+	fx.touchAll(t)
 	srvStopOK(t, stop)
 
 	tr.mu.Lock()

@@ -61,9 +61,6 @@ type ServerStats struct {
 	// SpinHits counts waits that ended with a message found while spinning, SpinMisses the
 	// spins that ended without one (the worker then blocked). See WithoutSpin.
 	SpinHits, SpinMisses uint64
-	// Starved counts waits after which a worker found itself starved of a P by goroutines of
-	// this process waiting in faults (see WithFaultingGoroutines): the first is reported.
-	Starved uint64
 }
 
 // liveStats is the atomically updated form of RangeStats.
@@ -96,7 +93,7 @@ func (l *liveStats) snapshot() RangeStats {
 type liveServerStats struct {
 	reads, messages, unhandled                 atomic.Uint64
 	remaps, duplicates, removes, unmaps, forks atomic.Uint64
-	spinHits, spinMisses, starved              atomic.Uint64
+	spinHits, spinMisses                       atomic.Uint64
 }
 
 func (l *liveServerStats) snapshot() ServerStats {
@@ -105,7 +102,6 @@ func (l *liveServerStats) snapshot() ServerStats {
 		Messages:   l.messages.Load(),
 		SpinHits:   l.spinHits.Load(),
 		SpinMisses: l.spinMisses.Load(),
-		Starved:    l.starved.Load(),
 		Unhandled:  l.unhandled.Load(),
 		Remaps:     l.remaps.Load(),
 		Duplicates: l.duplicates.Load(),

@@ -113,16 +113,10 @@ func sumAsync(b []byte) <-chan int {
 	return ch
 }
 
-// waitT waits for ch (at most 20 s, a guard against a hung test).
+// waitT waits for ch: srvWait by its older name.
 func waitT[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
-	select {
-	case v := <-ch:
-		return v
-	case <-time.After(20 * time.Second):
-		t.Fatalf("%s: still blocked after 20 s", what)
-	}
-	panic("unreachable")
+	return srvWait(t, ch, what)
 }
 
 // notDone asserts that ch has not delivered yet. It can only prove "not yet": used after the

@@ -229,8 +229,7 @@ func FromFD(fd int, opts ...Option) (*UFFD, error) {
 		return nil, err
 	}
 	if isOwned(fd) {
-		return nil, fmt.Errorf("uffd: fd %d already belongs to a UFFD of this process (from New, FromFD or ReceiveFD): "+
-			"use that UFFD, or adopt a duplicate (unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)), which the new UFFD can close on its own", fd)
+		return nil, fmt.Errorf("uffd: fd %d already belongs to a UFFD of this process: use that UFFD, or adopt a duplicate (F_DUPFD_CLOEXEC)", fd)
 	}
 	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
 	if err != nil {

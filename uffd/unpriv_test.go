@@ -2,6 +2,7 @@ package uffd
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -59,27 +60,15 @@ func helperUnprivilegedDevice() int {
 		c.fail("the device gave a user-mode-only userfaultfd")
 	}
 	c.pass("New via the device")
-	mem, err := unix.Mmap(-1, 0, pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	mem, rd, closeAll, err := registeredPipe(u, pg, "via device")
 	if err != nil {
-		c.fail("mmap: %v", err)
+		c.fail("%v", err)
 		return c.code()
 	}
-	defer unix.Munmap(mem)
-	if err := u.Register(addr(mem), pg, ModeMissing); err != nil {
-		c.fail("register: %v", err)
-		return c.code()
-	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		c.fail("pipe: %v", err)
-		return c.code()
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	unix.Write(p[1], []byte("via device"))
+	defer closeAll()
 	res := make(chan error, 1)
 	go func() {
-		_, err := unix.Read(p[0], mem[:10])
+		_, err := unix.Read(rd, mem[:10])
 		res <- err
 	}()
 	var msgs [1]Msg
@@ -206,25 +195,14 @@ func helperUnprivileged() int {
 
 	// A fault the kernel takes on our behalf (read(2) into registered memory) fails with
 	// EFAULT under UFFD_USER_MODE_ONLY instead of reaching the handler.
-	mem, err := unix.Mmap(-1, 0, 2*pg, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	mem, rd, closeAll, err := registeredPipe(u, 2*pg, "kernel-mode fault")
 	if err != nil {
-		c.fail("mmap: %v", err)
+		c.fail("%v", err)
 		return c.code()
 	}
-	defer unix.Munmap(mem)
-	if err := u.Register(addr(mem), len(mem), ModeMissing); err != nil {
-		c.fail("Register: %v", err)
-		return c.code()
-	}
-	var p [2]int
-	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-		c.fail("pipe: %v", err)
-		return c.code()
-	}
-	defer unix.Close(p[0])
-	defer unix.Close(p[1])
-	unix.Write(p[1], []byte("kernel-mode fault"))
-	_, err = unix.Read(p[0], mem[:100])
+	defer closeAll()
+	_, err = unix.Read(rd, mem[:100])
+
 	if u.IsUserModeOnly() {
 		if err != unix.EFAULT {
 			c.fail("read(2) into registered memory under UFFD_USER_MODE_ONLY: %v, want EFAULT", err)
@@ -263,4 +241,29 @@ func boolStr(b bool) string {
 		return "yes"
 	}
 	return "no"
+}
+
+// registeredPipe maps n private bytes, registers them on u (MISSING) and opens a pipe that holds
+// text: read(2) from rd into the mapping makes the kernel fault on the caller's behalf. The
+// closer closes the pipe and unmaps.
+func registeredPipe(u *UFFD, n int, text string) (mem []byte, rd int, closeAll func(), err error) {
+	mem, err = unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, 0, nil, fmt.Errorf("mmap: %w", err)
+	}
+	if err := u.Register(addr(mem), n, ModeMissing); err != nil {
+		unix.Munmap(mem)
+		return nil, 0, nil, fmt.Errorf("register: %w", err)
+	}
+	var p [2]int
+	if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
+		unix.Munmap(mem)
+		return nil, 0, nil, fmt.Errorf("pipe: %w", err)
+	}
+	unix.Write(p[1], []byte(text))
+	return mem, p[0], func() {
+		unix.Close(p[0])
+		unix.Close(p[1])
+		unix.Munmap(mem)
+	}, nil
 }

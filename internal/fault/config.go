@@ -49,10 +49,27 @@ type Config struct {
 	Poison    bool // UFFDIO_POISON is usable: a failing source raises SIGBUS on the page instead of aborting
 	NoSpin    bool // block as soon as no fault is pending, never spinning first (for comparisons)
 
+	// Restore: the engine fills these ranges (object offsets, in order) ahead of the program,
+	// then, with Push, every page left, at most PushRate bytes per second (0: no cap). The C
+	// thread does not prefetch: StartNative refuses it.
+	Restore Restore
+
 	// Present lists the pages already in the page cache when serving starts (from mincore),
 	// so that their minor faults are not taken for invariant violations.
 	Present []bool
 }
+
+// Restore says what the engine fills besides demand faults.
+type Restore struct {
+	Prefetch []uffd.PrefetchRange `json:",omitempty"`
+	Push     bool                 `json:",omitempty"`
+	PushRate int64                `json:",omitempty"`
+	InFlight int                  `json:",omitempty"` // reads of the source at once; 0: the engine's default
+	MaxRange int                  `json:",omitempty"` // bytes per read; 0: the engine's default
+}
+
+// active reports whether r asks for anything.
+func (r Restore) active() bool { return len(r.Prefetch) > 0 || r.Push }
 
 // MaxLogCap is the most log entries a handler keeps (128 MiB of log): it also keeps the size of
 // the shared block far from overflowing.
@@ -80,6 +97,8 @@ func (c *Config) check(pageSize int) error {
 		return fmt.Errorf("fault: negative source offset %d or length %d", c.SourceOff, c.SourceLen)
 	case c.MaxAround < 0 || c.MaxAround > 1<<16:
 		return fmt.Errorf("fault: fault-around of %d pages is out of range [0, 65536]", c.MaxAround)
+	case c.Restore.PushRate < 0 || c.Restore.InFlight < 0 || c.Restore.MaxRange < 0:
+		return errors.New("fault: negative push rate, reads in flight or read size")
 	case c.LogCap < 0 || c.LogCap > MaxLogCap:
 		return fmt.Errorf("fault: log capacity %d is out of range [0, %d]", c.LogCap, MaxLogCap)
 	}

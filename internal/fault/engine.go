@@ -1,6 +1,7 @@
 package fault
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -49,7 +50,11 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 		}
 		srv.Close()
 	}()
-	err = srv.Serve(nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	restoreDone := startRestore(ctx, srv, hp.b, c)
+	err = srv.Serve(ctx)
+	cancel()
+	<-restoreDone
 	if err == nil || errors.Is(err, uffd.ErrServerClosed) {
 		return 0
 	}
@@ -77,6 +82,9 @@ func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os
 	opts = append(opts, extra...)
 	if c.NoSpin {
 		opts = append(opts, uffd.WithoutSpin())
+	}
+	if c.Restore.active() {
+		opts = append(opts, uffd.WithPrefetch())
 	}
 	if c.Poison {
 		// A failed read poisons the page in every view: the thread that touched it gets
@@ -265,6 +273,16 @@ func (o *blockObserver) Resolved(view int, off, n int64, how uffd.Resolution) {
 	}
 }
 
+// Prefetching counts a prefetch fill in flight as a missing fault being resolved: a minor
+// fault through another view may see its page before it is recorded.
+func (o *blockObserver) Prefetching(start bool) {
+	if start {
+		o.filling.Add(1)
+	} else {
+		o.filling.Add(-1)
+	}
+}
+
 func (o *blockObserver) Existed(view int, off int64) { o.b.addCtr(view, cEEXIST, 1) }
 
 func (o *blockObserver) Filled(off int64) bool {
@@ -380,12 +398,11 @@ func (o *blockObserver) record(e Entry) uint64 {
 	if o.b.l.logcap == 0 {
 		return 0
 	}
-	i := o.b.hdr(hLogNext)
+	i := o.b.nextHdr(hLogNext) // several workers record at once: each takes its own entry
 	if i < uint64(o.b.l.logcap) {
 		e.Time = monoNow()
 		o.b.putEntry(int(i), e)
 	}
-	o.b.setHdr(hLogNext, i+1)
 	return i + 1
 }
 

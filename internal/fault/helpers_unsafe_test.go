@@ -8,6 +8,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
+	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -89,15 +90,7 @@ func sourceFile(t testing.TB, n int) (*os.File, []byte) {
 	for i := range data {
 		data[i] = byte(i*7 + i/4096)
 	}
-	f, err := os.CreateTemp(t.TempDir(), "src")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := f.Write(data); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f, data
+	return memtest.TempFile(t, data), data
 }
 
 // checkLeaks compares fds and shared mappings only: this package reserves no address space.

@@ -51,7 +51,7 @@ func StartGo(cfg Config, src io.ReaderAt, onFatal func(error), stopWait time.Dur
 	}
 	pc := &procConfig{Views: cfg.Views, Len: cfg.Len, Page: page, Source: cfg.Source, SourceFD: cfg.SourceFD,
 		AliasFD: cfg.AliasFD, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen, MaxAround: cfg.MaxAround,
-		Poison: cfg.Poison, Workers: cfg.Workers}
+		Poison: cfg.Poison, Workers: cfg.Workers, Restore: cfg.Restore}
 	srv, _, srcMap, err := newEngine(cfg.UFFD, b, pc, src, stage)
 	if err != nil {
 		if stage != nil {
@@ -63,9 +63,12 @@ func StartGo(cfg Config, src io.ReaderAt, onFatal func(error), stopWait time.Dur
 	g := &goEngine{b: b, srv: srv, srcMap: srcMap, stage: stage, wait: stopWait, done: make(chan struct{})}
 	ctx, cancel := context.WithCancel(context.Background())
 	g.cancel = cancel
+	restoreDone := startRestore(ctx, srv, b, pc)
 	go func() {
 		defer close(g.done)
 		err := srv.Serve(ctx)
+		cancel() // the prefetch ends with serving
+		<-restoreDone
 		if err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, uffd.ErrServerClosed) {
 			g.mu.Lock()
 			g.fatal = err

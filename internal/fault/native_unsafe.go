@@ -35,6 +35,9 @@ func StartNative(cfg Config) (*Handler, error) {
 	if cfg.Source == SourceNamed {
 		return nil, errors.New("fault: a source that is Go code is served by a handler process, not by the C thread")
 	}
+	if cfg.Restore.active() {
+		return nil, errors.New("fault: the C thread does not prefetch: the engine (a handler process) does")
+	}
 	b, err := newHandlerBlock(&cfg, -1, page)
 	if err != nil {
 		return nil, err

@@ -48,6 +48,8 @@ type procConfig struct {
 	SourceName   string // SourceNamed: the registered constructor
 	SourceConfig []byte // and its configuration
 	Workers      int    // SourceNamed: serving goroutines
+
+	Restore Restore // prefetch and push
 }
 
 func init() {
@@ -324,7 +326,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
 			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
 			MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
-			Workers: cfg.Workers, NoSpin: cfg.NoSpin}
+			Workers: cfg.Workers, NoSpin: cfg.NoSpin, Restore: cfg.Restore}
 		readyR, readyW, err := os.Pipe()
 		if err != nil {
 			return nil, err
@@ -378,7 +380,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		readies[i].SetReadDeadline(deadline)
 		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not start serving within %v (an init function of the program blocking in the re-executed handler process?); it was killed",
+				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not serve within %v and was killed: does an init function of the program block?",
 					role, p.cmds[i].Process.Pid, readyTimeout)
 			}
 			werr := p.cmds[i].Wait()

@@ -31,7 +31,7 @@ func TestStartProcessReadyTimeout(t *testing.T) {
 	}()
 	select {
 	case err := <-done:
-		if err == nil || !strings.Contains(err.Error(), "did not start serving") {
+		if err == nil || !strings.Contains(err.Error(), "did not serve within") {
 			t.Fatalf("StartProcess with a blocked handler process: %v, want a timeout naming the cause", err)
 		}
 	case <-time.After(30 * time.Second):

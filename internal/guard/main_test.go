@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/testutil"
 )
 
 // The scenarios that end a process run in a re-executed test binary: TestMain runs the helper
@@ -23,21 +25,8 @@ const helperEnv = "MIRRORMEM_GUARD_TEST_HELPER"
 var helpers = map[string]func(){}
 
 func TestMain(m *testing.M) {
-	if name := os.Getenv(helperEnv); name != "" {
-		h := helpers[name]
-		if h == nil {
-			fmt.Fprintf(os.Stderr, "no test helper %q\n", name)
-			os.Exit(2)
-		}
-		h()
-		os.Exit(3) // helpers never return
-	}
-	// Start the runtime poller (its fds stay for the life of the process) before any test
-	// takes a snapshot of the open fds.
-	if r, w, err := os.Pipe(); err == nil {
-		r.Close()
-		w.Close()
-	}
+	testutil.RunHelper(helperEnv, helpers) // helpers never return
+	testutil.StartPoller()
 	os.Exit(m.Run())
 }
 

@@ -62,6 +62,14 @@ func serve(t *testing.T, src io.ReaderAt, size int64) (addr string, stop func())
 	}
 }
 
+// serveRandom serves size random bytes made from seed, and returns them with serve's results.
+func serveRandom(t *testing.T, size int64, seed uint64) (img []byte, addr string, stop func()) {
+	t.Helper()
+	img = randBytes(int(size), seed)
+	addr, stop = serve(t, bytes.NewReader(img), size)
+	return img, addr, stop
+}
+
 func dial(t *testing.T, cfg Config) *Client {
 	t.Helper()
 	c, err := Dial(cfg)
@@ -76,8 +84,7 @@ func dial(t *testing.T, cfg Config) *Client {
 func TestReadBack(t *testing.T) {
 	noLeaks(t)
 	size := int64(maxAnswerBytes + 3*page + 1234)
-	img := randBytes(int(size), 1)
-	addr, stop := serve(t, bytes.NewReader(img), size)
+	img, addr, stop := serveRandom(t, size, 1)
 	defer stop()
 	c := dial(t, Config{Addr: addr})
 	defer c.Close()
@@ -117,8 +124,7 @@ func TestReadBack(t *testing.T) {
 func TestConcurrentReads(t *testing.T) {
 	noLeaks(t)
 	size := 256 * page
-	img := randBytes(int(size), 2)
-	addr, stop := serve(t, bytes.NewReader(img), size)
+	img, addr, stop := serveRandom(t, size, 2)
 	defer stop()
 	c := dial(t, Config{Addr: addr, MaxConns: 2})
 	defer c.Close()
@@ -201,8 +207,7 @@ func TestSourceFails(t *testing.T) {
 func TestServerGoneOrChanged(t *testing.T) {
 	noLeaks(t)
 	size := 8 * page
-	img := randBytes(int(size), 5)
-	addr, stop := serve(t, bytes.NewReader(img), size)
+	img, addr, stop := serveRandom(t, size, 5)
 	c := dial(t, Config{Addr: addr, Retries: 2, Timeout: 2 * time.Second})
 	defer c.Close()
 	pinned := c.Config()

@@ -46,3 +46,65 @@ func BenchmarkCallCost(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkRecordCallCost is one goroutine moving 64-byte records through the record API: a
+// batch of records reserved, filled and submitted with one Submit, then read back with one
+// ReadRecords (per record: the cost of Reserve and of the consumer's walk, no second core).
+func BenchmarkRecordCallCost(b *testing.B) {
+	msg := make([]byte, 64)
+	const batch = 128
+	r, err := New(1 << 16)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	var sink byte
+	b.ReportAllocs()
+	for i := 0; i < b.N; i += batch {
+		for range batch {
+			rec, err := r.Reserve(len(msg))
+			if err != nil {
+				b.Fatal(err)
+			}
+			copy(rec, msg)
+		}
+		r.Submit()
+		for got := 0; got < batch; {
+			n, err := r.ReadRecords(func(rec []byte) bool { sink ^= rec[0] ^ rec[63]; return true })
+			if err != nil {
+				b.Fatal(err)
+			}
+			got += n
+		}
+	}
+	_ = sink
+}
+
+// BenchmarkWriterCallCost is one goroutine writing 64-byte messages through a Writer and
+// taking them back with one ReadSlice per batch.
+func BenchmarkWriterCallCost(b *testing.B) {
+	msg := make([]byte, 64)
+	const batch = 128
+	r, err := New(1 << 16)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	w := NewWriter(r, 0)
+	var sink byte
+	for i := 0; i < b.N; i += batch {
+		for range batch {
+			w.Write(msg)
+		}
+		w.Flush()
+		s, err := r.ReadSliceAtLeast(batch * 64)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j := 0; j < batch*64; j += 64 {
+			sink ^= s[j] ^ s[j+63]
+		}
+		r.Consume(batch * 64)
+	}
+	_ = sink
+}

@@ -171,13 +171,18 @@ func TestSpinForDoesNotSleep(t *testing.T) {
 			opts = append(opts, SpinFor(time.Minute))
 		}
 		r := makeRing(t, "local", page, opts...)
+		defer r.Close() // also when a check below fails
 		done := make(chan error)
 		go func() {
 			_, err := r.NextRecord()
 			done <- err
 		}()
+		// The spinning consumer must stay awake for all these yields; the other must fall
+		// asleep, which on a loaded machine (or under the race detector) may take longer
+		// than any number of yields: it gets up to 10 seconds.
 		slept := false
-		for i := 0; i < 10000 && !slept; i++ {
+		deadline := time.Now().Add(10 * time.Second)
+		for i := 0; !slept && (i < 10000 || !spin && time.Now().Before(deadline)); i++ {
 			slept = r.readerWaiting()
 			runtime.Gosched()
 		}

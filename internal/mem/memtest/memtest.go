@@ -1,5 +1,6 @@
 // Package memtest holds test helpers for the packages that map memory: a strict before/after
-// comparison of file descriptors and mappings, and /proc/self/maps look-ups.
+// comparison of file descriptors and mappings, /proc/self/maps look-ups, resident pages and
+// source files.
 package memtest
 
 import (
@@ -9,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
 // Unchanged fails t unless the fds and the mappings this package could make or break are
@@ -48,4 +50,34 @@ func MapsLine(t testing.TB, addr uintptr) string {
 		}
 	}
 	return ""
+}
+
+// Resident returns how many pages of b are resident, by mincore(2); b starts on a page boundary.
+func Resident(t testing.TB, b []byte) int {
+	t.Helper()
+	ps := os.Getpagesize()
+	vec := make([]byte, (len(b)+ps-1)/ps)
+	if err := mem.Mincore(mem.Ptr(b), uintptr(len(b)), vec); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, v := range vec {
+		n += int(v & 1)
+	}
+	return n
+}
+
+// TempFile writes data into a new file in t's temporary directory and returns it open; it is
+// closed when the test ends.
+func TempFile(t testing.TB, data []byte) *os.File {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "source")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	if _, err := f.Write(data); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }

@@ -1,0 +1,487 @@
+package uffd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// WithPrefetch lets Prefetch fill pages while Serve resolves faults. Under a Tracker it turns
+// the one-ioctl fast path off (a fault's record must not run ahead of a fill that Prefetch may
+// make first), which costs a demand fault one UFFDIO_WAKE more; and missing faults are counted
+// as they are resolved, so that Prefetch holds back its next reads of the source while one is.
+func WithPrefetch() ServerOption { return func(c *serverConfig) { c.prefetch = true } }
+
+// PrefetchRange is a run of bytes of a handled object (offset 0 is the start of every view),
+// rounded out to whole pages by Prefetch.
+type PrefetchRange struct {
+	Off, Len int64
+}
+
+// PrefetchOptions tune Prefetch. Zero values select the defaults.
+type PrefetchOptions struct {
+	// InFlight is how many reads of the source are made at once (default 8): a source that
+	// waits (a network round trip) is read for several ranges in parallel.
+	InFlight int
+	// MaxRange caps the bytes of one read (default 1 MiB, rounded down to pages): neighbouring
+	// pages, consecutive in the order given, are read and filled together up to it.
+	MaxRange int
+	// Rate caps the bytes read per second (0: no cap), for a background push that must leave
+	// the link to others.
+	Rate int64
+	// MapFilled maps the pages that someone else filled (a demand fault, through one view)
+	// into every view too, with UFFDIO_CONTINUE (a system call per run of them, and one per
+	// page a view maps already), so that afterwards no view faults on any page of the ranges:
+	// for a push to full residency. Without it such pages are skipped with no system call.
+	MapFilled bool
+}
+
+// DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults.
+const (
+	DefaultPrefetchInFlight = 8
+	DefaultPrefetchRange    = 1 << 20
+)
+
+// PrefetchStats says what one Prefetch call did.
+type PrefetchStats struct {
+	Filled  int64 // pages this call filled (copied or zeroed)
+	Skipped int64 // pages skipped with no system call: the Tracker knew them filled
+	Existed int64 // pages that answered EEXIST: a demand fault or another view filled them first
+	Reads   int64 // reads of the source
+	Errors  int64 // reads that failed (their pages are left to demand faults)
+	Mapped  int64 // pages mapped into the other views of the object (UFFDIO_CONTINUE)
+}
+
+// PrefetchObserver is an Observer told when Prefetch has a fill in flight: from before its
+// UFFDIO_COPY until after the Resolved that reports it. A minor fault on a page of that fill
+// may be taken up in between (another view touched it), before the page is recorded.
+type PrefetchObserver interface {
+	Prefetching(start bool)
+}
+
+// ErrViewGone is matched by the error of a Prefetch whose view was unmapped or unhandled.
+var ErrViewGone = errors.New("uffd: Prefetch: the view went away")
+
+// ErrNoPrefetch is returned by Prefetch on a server made without WithPrefetch.
+var ErrNoPrefetch = errors.New("uffd: Prefetch needs a server made with WithPrefetch()")
+
+// demandMissing resolves a missing fault, counted as a demand in flight for Prefetch.
+func (s *Server) demandMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
+	if !s.cfg.prefetch {
+		return s.resolveMissing(w, o, tab, v, addr)
+	}
+	s.pf.demand.Add(1)
+	err := s.resolveMissing(w, o, tab, v, addr)
+	if s.pf.demand.Add(-1) == 0 && s.pf.waiting.Load() > 0 {
+		s.pf.mu.Lock()
+		s.pf.cond.Broadcast()
+		s.pf.mu.Unlock()
+	}
+	return err
+}
+
+// prefetchGate is what demand faults and Prefetch share.
+type prefetchGate struct {
+	demand  atomic.Int32 // missing faults being resolved
+	waiting atomic.Int32 // Prefetch workers waiting for demand to reach 0
+	mu      sync.Mutex
+	cond    *sync.Cond // on mu; created by NewServer
+}
+
+// holdForDemand waits while a missing fault is being resolved, so that a new read of the
+// source never competes with a demand fault's read. It returns false when ctx is done.
+func (s *Server) holdForDemand(ctx context.Context) bool {
+	if s.pf.demand.Load() == 0 {
+		return ctx.Err() == nil
+	}
+	s.pf.waiting.Add(1)
+	s.pf.mu.Lock()
+	for s.pf.demand.Load() > 0 && ctx.Err() == nil {
+		s.pf.cond.Wait()
+	}
+	s.pf.mu.Unlock()
+	s.pf.waiting.Add(-1)
+	return ctx.Err() == nil
+}
+
+// Prefetch fills the pages of ranges, in the order given, ahead of the program, while Serve
+// resolves demand faults: it returns when every page is filled (by it or by anyone else), ctx
+// is done (ctx.Err()), the server is closed (ErrServerClosed), or the view went away. view is
+// the address of a view handled with Handle or HandleViews (the object's pages are filled
+// through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
+// for minor faults); a page past the end of the object is ignored.
+//
+// A demand fault goes first: Prefetch runs on goroutines of its own, and starts no new read
+// of the source while a missing fault is being resolved. A page the Tracker knows to be filled
+// is skipped without a system call; EEXIST (a demand fault or another view was first) is not
+// an error. A read that fails is counted and its pages left to demand faults, which apply the
+// server's SourceErrorPolicy. The server must be made with WithPrefetch. Several Prefetch calls
+// may run at once.
+func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRange, o PrefetchOptions) (PrefetchStats, error) {
+	var st PrefetchStats
+	if !s.cfg.prefetch {
+		return st, ErrNoPrefetch
+	}
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if o.InFlight <= 0 {
+		o.InFlight = DefaultPrefetchInFlight
+	}
+	if o.MaxRange <= 0 {
+		o.MaxRange = DefaultPrefetchRange
+	}
+	o.MaxRange = max(o.MaxRange&^(s.page-1), s.page)
+	if o.Rate < 0 {
+		return st, fmt.Errorf("uffd: Prefetch: negative rate %d bytes/s", o.Rate)
+	}
+	tab := s.tab.Load()
+	i := tab.find(view)
+	if i < 0 || tab.views[i].addr != view || tab.views[i].off != 0 {
+		return st, &RangeError{Op: "Prefetch", Addr: view, Why: "not the start of a handled view: pass an address given to Handle or HandleViews"}
+	}
+	length := tab.views[i].obj.length
+	chunks := s.chunk(ranges, length, int64(o.MaxRange))
+	if len(chunks) == 0 {
+		return st, nil
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopWait := context.AfterFunc(ctx, func() {
+		s.pf.mu.Lock()
+		s.pf.cond.Broadcast()
+		s.pf.mu.Unlock()
+	})
+	defer stopWait()
+
+	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled}
+	// A worker's buffer holds the longest read, not MaxRange: an absurd MaxRange costs no
+	// more memory than the ranges asked for.
+	var bufLen int64
+	for _, c := range chunks {
+		bufLen = max(bufLen, c.Len)
+	}
+	var wg sync.WaitGroup
+	workers := min(o.InFlight, len(chunks))
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := p.run(ctx, &worker{buf: make([]byte, bufLen)}); err != nil {
+				p.fail(err)
+				cancel()
+			}
+		}()
+	}
+	wg.Wait()
+	st = p.stats()
+	if p.err != nil {
+		return st, p.err
+	}
+	return st, context.Cause(ctx)
+}
+
+// chunk turns ranges into page-aligned reads of at most max bytes inside [0, length),
+// joining a range to the previous one where it starts right where that one ended.
+func (s *Server) chunk(ranges []PrefetchRange, length, maxLen int64) []PrefetchRange {
+	page := int64(s.page)
+	var out []PrefetchRange
+	for _, r := range ranges {
+		lo := max(r.Off, 0) &^ (page - 1)
+		hi := min(r.Off+r.Len, length)
+		hi = (hi + page - 1) &^ (page - 1)
+		hi = min(hi, (length+page-1)&^(page-1))
+		for lo < hi {
+			if n := len(out); n > 0 && out[n-1].Off+out[n-1].Len == lo && out[n-1].Len < maxLen {
+				k := min(maxLen-out[n-1].Len, hi-lo)
+				out[n-1].Len += k
+				lo += k
+				continue
+			}
+			k := min(maxLen, hi-lo)
+			out = append(out, PrefetchRange{lo, k})
+			lo += k
+		}
+	}
+	return out
+}
+
+// prefetch is one Prefetch call's shared state.
+type prefetch struct {
+	s         *Server
+	view      uintptr
+	rate      int64
+	chunks    []PrefetchRange
+	mapFilled bool
+	next      atomic.Int64
+
+	filled, skipped, existed, reads, errs, mapped atomic.Int64
+
+	mu     sync.Mutex
+	due    time.Time // Rate: when the next read may start
+	err    error
+	noCont atomic.Bool // the other views are not registered for minor faults
+}
+
+func (p *prefetch) fail(err error) {
+	p.mu.Lock()
+	if p.err == nil {
+		p.err = err
+	}
+	p.mu.Unlock()
+}
+
+func (p *prefetch) stats() PrefetchStats {
+	return PrefetchStats{Filled: p.filled.Load(), Skipped: p.skipped.Load(), Existed: p.existed.Load(),
+		Reads: p.reads.Load(), Errors: p.errs.Load(), Mapped: p.mapped.Load()}
+}
+
+// pace waits until a read of n bytes fits under the rate.
+func (p *prefetch) pace(ctx context.Context, n int64) bool {
+	if p.rate <= 0 {
+		return true
+	}
+	p.mu.Lock()
+	now := time.Now()
+	if p.due.Before(now) {
+		p.due = now
+	}
+	start := p.due
+	p.due = p.due.Add(time.Duration(n * int64(time.Second) / p.rate))
+	p.mu.Unlock()
+	if d := time.Until(start); d > 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// run takes chunks in order until none is left, filling the pages of each that are not
+// known to be filled.
+func (p *prefetch) run(ctx context.Context, w *worker) error {
+	s := p.s
+	page := int64(s.page)
+	for {
+		c := p.next.Add(1) - 1
+		if c >= int64(len(p.chunks)) {
+			return nil
+		}
+		ch := p.chunks[c]
+		for off := ch.Off; off < ch.Off+ch.Len; {
+			// The next run of pages known to be filled: skipped, or mapped into every view.
+			if s.tracker != nil && s.tracker.Filled(off) {
+				end := off + page
+				for end < ch.Off+ch.Len && s.tracker.Filled(end) {
+					end += page
+				}
+				p.skipped.Add((end - off) / page)
+				if p.mapFilled {
+					if err := p.mapRun(off, end-off); err != nil {
+						return err
+					}
+				}
+				off = end
+				continue
+			}
+			end := off + page
+			for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
+				end += page
+			}
+			if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
+				return nil
+			}
+			if err := p.fillRun(ctx, w, off, end-off); err != nil {
+				return err
+			}
+			off = end
+		}
+	}
+}
+
+// fillRun reads [off, off+n) of the object and fills it through the view.
+func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
+	s := p.s
+	v, tab, err := p.lookup()
+	if err != nil {
+		return err
+	}
+	var b []byte
+	if src := v.obj.src; src != nil {
+		p.reads.Add(1)
+		if b, n, err = s.read(w, src, off, n); err != nil {
+			p.errs.Add(1)
+			return nil // demand faults meet the failure and apply the policy
+		}
+	}
+	if ob, ok := s.cfg.observer.(PrefetchObserver); ok {
+		ob.Prefetching(true)
+		defer ob.Prefetching(false)
+	}
+	protect := s.tracker != nil && s.tracker.Protect(v.st.index)
+	flags := DontWake
+	if protect {
+		flags |= WriteProtect
+	}
+	addr := v.addr + uintptr(off-v.off)
+	page := int64(s.page)
+	for done := int64(0); done < n; {
+		var k int
+		if b != nil {
+			k, err = s.u.Copy(addr+uintptr(done), bufAddr(b, int(done)), int(n-done), flags)
+		} else {
+			k, err = s.u.ZeroPage(addr+uintptr(done), int(n-done), flags)
+		}
+		if k > 0 {
+			p.filled.Add(int64(k) / page)
+			how := Copied
+			if b == nil {
+				how = Zeroed
+			}
+			if ob := s.cfg.observer; ob != nil {
+				ob.Resolved(v.st.index, off+done, int64(k), how)
+			}
+			v.st.live.bytes.Add(uint64(k))
+			p.mapOthers(tab, v, off+done, int64(k), protect)
+			p.wake(tab, v, off+done, int64(k))
+			done += int64(k)
+		}
+		if err == nil {
+			break
+		}
+		switch e := errnoOf(err); {
+		case e == unix.EAGAIN:
+			if k <= 0 {
+				// An event is pending; Serve reads it. Let it.
+				if !p.backoff(ctx) {
+					return nil
+				}
+			}
+		case e == unix.EEXIST:
+			p.existed.Add(1)
+			s.existed(v, addr+uintptr(done))
+			if p.mapFilled {
+				p.mapViews(tab, v, off+done, page, protect, true)
+			}
+			p.wake(tab, v, off+done, page) // a waiter may have raced the fill it met
+			done += page
+		case gone(e):
+			return fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
+		default:
+			return fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
+		}
+	}
+	return nil
+}
+
+// backoff waits a little for a pending event to be read; false when ctx is done or the
+// server closed.
+func (p *prefetch) backoff(ctx context.Context) bool {
+	p.s.mu.Lock()
+	closed := p.s.closed
+	p.s.mu.Unlock()
+	if closed {
+		p.fail(ErrServerClosed)
+		return false
+	}
+	t := time.NewTimer(50 * time.Microsecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// lookup finds the view Prefetch fills through, in the current table.
+func (p *prefetch) lookup() (*view, *table, error) {
+	tab := p.s.tab.Load()
+	i := tab.find(p.view)
+	if i < 0 {
+		return nil, nil, fmt.Errorf("%w (%#x is no longer handled)", ErrViewGone, p.view)
+	}
+	return &tab.views[i], tab, nil
+}
+
+// mapRun maps [off, off+n), filled by someone else, into every view, and wakes them.
+func (p *prefetch) mapRun(off, n int64) error {
+	v, tab, err := p.lookup()
+	if err != nil {
+		return err
+	}
+	protect := p.s.tracker != nil && p.s.tracker.Protect(v.st.index)
+	p.mapViews(tab, v, off, n, protect, true)
+	p.wake(tab, v, off, n)
+	return nil
+}
+
+// mapOthers maps the pages just filled into the object's other views (UFFDIO_CONTINUE), so
+// that touching them there does not fault either.
+func (p *prefetch) mapOthers(tab *table, v *view, off, n int64, protect bool) {
+	p.mapViews(tab, v, off, n, protect, false)
+}
+
+// mapViews maps [off, off+n) of the object into its other views, and into v too if self, with
+// UFFDIO_CONTINUE, skipping pages mapped already. A view not registered for minor faults
+// answers EINVAL: then no view is mapped any more.
+func (p *prefetch) mapViews(tab *table, v *view, off, n int64, protect, self bool) {
+	if p.noCont.Load() {
+		return
+	}
+	s := p.s
+	flags := DontWake
+	if protect {
+		flags |= WriteProtect
+	}
+	page := int64(s.page)
+	views := v.siblings
+	if self {
+		views = append(slices.Clone(views), int32(tab.find(v.addr)))
+	}
+	for _, j := range views {
+		sv := &tab.views[j]
+		lo, hi := max(off, sv.off), min(off+n, sv.off+int64(sv.end-sv.addr))
+		for lo < hi {
+			k, err := s.u.Continue(sv.addr+uintptr(lo-sv.off), int(hi-lo), flags)
+			if k > 0 {
+				p.mapped.Add(int64(k) / page)
+				if ob := s.cfg.observer; ob != nil {
+					ob.Resolved(sv.st.index, lo, int64(k), Continued)
+				}
+				lo += int64(k)
+			}
+			if err == nil {
+				break
+			}
+			switch e := errnoOf(err); {
+			case e == unix.EEXIST:
+				lo += page // mapped there already
+			case e == unix.EAGAIN && k > 0:
+			case e == unix.EINVAL:
+				p.noCont.Store(true)
+				return
+			case e == unix.EFAULT:
+				lo += page // not in the page cache (freed since): its own fault fills it
+			default:
+				lo = hi // an event came, or the view went: its own faults map the rest
+			}
+		}
+	}
+}
+
+// wake wakes the waiters on [off, off+n) of every view of v's object.
+func (p *prefetch) wake(tab *table, v *view, off, n int64) {
+	p.s.u.Wake(v.addr+uintptr(off-v.off), int(n))
+	p.s.wakeSiblings(tab, v, off, n)
+}

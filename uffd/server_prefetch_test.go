@@ -1,0 +1,255 @@
+package uffd
+
+import (
+	"context"
+	"errors"
+	"math/rand"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// fillCounter is an Observer that counts, per page, the fills (Copied, Zeroed) it hears of.
+type fillCounter struct {
+	fills []atomic.Int32
+	page  int64
+}
+
+func (c *fillCounter) Faulted(int, int64, PagefaultFlags) {}
+func (c *fillCounter) Existed(int, int64)                 {}
+func (c *fillCounter) Resolved(view int, off, n int64, how Resolution) {
+	if how != Copied && how != Zeroed {
+		return
+	}
+	for p := off / c.page; p < (off+n)/c.page; p++ {
+		c.fills[p].Add(1)
+	}
+}
+
+// checkOnce fails t unless every page was filled exactly once.
+func (c *fillCounter) checkOnce(t *testing.T) {
+	t.Helper()
+	for p := range c.fills {
+		if n := c.fills[p].Load(); n != 1 {
+			t.Errorf("page %d filled %d times, want exactly once", p, n)
+		}
+	}
+}
+
+func prefetchViews(t *testing.T, pages int) (u *UFFD, a, b uintptr, cleanup func()) {
+	t.Helper()
+	avail, err := Available()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if avail&FeatureMinorShmem == 0 {
+		t.Skip("kernel lacks UFFD_FEATURE_MINOR_SHMEM (5.14+)")
+	}
+	u = srvUFFD(t, FeatureMissingShmem|FeatureMinorShmem)
+	n := pages * srvPage
+	a = srvShared(t, n)
+	b = srvDup(t, a, n)
+	srvRegister(t, u, a, n, ModeMissing|ModeMinor)
+	srvRegister(t, u, b, n, ModeMissing|ModeMinor)
+	return u, a, b, func() { srvUnmap(t, b, n); srvUnmap(t, a, n); u.Close() }
+}
+
+// Prefetch of every page, in a shuffled order of ranges: each page is filled once, mapped in
+// the other view too, and touching both views afterwards raises no fault at all.
+func TestServerPrefetchAll(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 96
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
+	s := NewServer(u, WithPrefetch(), WithObserver(fc))
+	if err := s.HandleViews(pages*srvPage, pattern{seed: 7}, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	var ranges []PrefetchRange
+	for p := 0; p < pages; p += 8 {
+		ranges = append(ranges, PrefetchRange{int64(p * srvPage), 8 * int64(srvPage)})
+	}
+	rand.New(rand.NewSource(1)).Shuffle(len(ranges), func(i, j int) { ranges[i], ranges[j] = ranges[j], ranges[i] })
+	st, err := s.Prefetch(context.Background(), a, ranges, PrefetchOptions{InFlight: 3, MaxRange: 16 * srvPage})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Filled != pages || st.Mapped != pages || st.Existed != 0 {
+		t.Errorf("Prefetch: %+v, want %d pages filled and mapped, none existing", st, pages)
+	}
+	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
+	srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
+	run.settle(t)
+	for _, v := range []uintptr{a, b} {
+		if st := statsAt(t, s, v); st.Missing != 0 || st.Minor != 0 {
+			t.Errorf("view %#x after prefetch: %d missing, %d minor faults, want none", v, st.Missing, st.Minor)
+		}
+		if err := srvVerify(v, pages*srvPage, 7, false, 0); err != nil {
+			t.Error(err)
+		}
+	}
+	srvStopOK(t, run)
+	fc.checkOnce(t)
+}
+
+// Absurd options cost nothing absurd: a MaxRange of a petabyte and a million reads in flight
+// prefetch the pages asked for, with buffers no larger than those reads.
+func TestServerPrefetchAbsurdOptions(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, pattern{seed: 9}, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}},
+		PrefetchOptions{InFlight: 1 << 20, MaxRange: 1 << 50})
+	if err != nil || st.Filled != pages {
+		t.Errorf("Prefetch: %+v, %v: want %d pages filled", st, err, pages)
+	}
+	srvStopOK(t, run)
+	if err := srvVerify(a, pages*srvPage, 9, false, 0); err != nil {
+		t.Error(err)
+	}
+}
+
+// gatedSource blocks reads longer than one page until open is closed, after telling started.
+type gatedSource struct {
+	pattern
+	started chan struct{}
+	once    sync.Once
+	open    chan struct{}
+}
+
+func (g *gatedSource) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) > srvPage {
+		g.once.Do(func() { close(g.started) })
+		<-g.open
+	}
+	return g.pattern.ReadAt(b, off)
+}
+
+// A demand fault on a page whose prefetch read is in flight is served at once (it does not
+// wait for the prefetch), and the page is filled once: the prefetch meets EEXIST there.
+func TestServerPrefetchDemandFirst(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
+	src := &gatedSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch(), WithObserver(fc), WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan PrefetchStats, 1)
+	go func() {
+		st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{InFlight: 1})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	srvWait(t, srvTouch(b, []int{3}), "demand toucher") // served while the prefetch read waits
+	close(src.open)
+	st := srvWait(t, done, "Prefetch")
+	if st.Filled != pages-1 || st.Existed != 1 {
+		t.Errorf("Prefetch: %+v, want %d pages filled and 1 existing", st, pages-1)
+	}
+	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
+	srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
+	run.settle(t)
+	if st := statsAt(t, s, b); st.Missing != 1 {
+		t.Errorf("view B: %d missing faults, want 1 (the demand fault)", st.Missing)
+	}
+	for _, v := range []uintptr{a, b} {
+		if err := srvVerify(v, pages*srvPage, 9, false, 0); err != nil {
+			t.Error(err)
+		}
+	}
+	srvStopOK(t, run)
+	fc.checkOnce(t)
+}
+
+// Prefetch and demand faults through both views race on every page: each page is still
+// filled exactly once and every byte is the source's.
+func TestServerPrefetchRace(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 128
+	for round := 0; round < 3; round++ {
+		u, a, b, cleanup := prefetchViews(t, pages)
+		fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
+		s := NewServer(u, WithPrefetch(), WithObserver(fc), WithWorkers(2), WithFaultAround(16*srvPage))
+		if err := s.HandleViews(pages*srvPage, pattern{seed: 5}, a, b); err != nil {
+			t.Fatal(err)
+		}
+		run, _ := srvStart(t, s)
+		r := rand.New(rand.NewSource(int64(round)))
+		var ranges []PrefetchRange
+		for _, p := range r.Perm(pages) {
+			ranges = append(ranges, PrefetchRange{int64(p * srvPage), int64(srvPage)})
+		}
+		pf := make(chan error, 1)
+		go func() {
+			_, err := s.Prefetch(context.Background(), a, ranges, PrefetchOptions{InFlight: 4, MaxRange: 4 * srvPage})
+			pf <- err
+		}()
+		var chans []<-chan int
+		for g := 0; g < 2; g++ {
+			view := a
+			if g == 1 {
+				view = b
+			}
+			chans = append(chans, srvTouch(view, r.Perm(pages)))
+		}
+		for _, c := range chans {
+			srvWait(t, c, "racing toucher")
+		}
+		if err := srvWait(t, pf, "Prefetch"); err != nil {
+			t.Fatal(err)
+		}
+		srvStopOK(t, run)
+		for _, v := range []uintptr{a, b} {
+			if err := srvVerify(v, pages*srvPage, 5, false, 0); err != nil {
+				t.Error(err)
+			}
+		}
+		fc.checkOnce(t)
+		cleanup()
+	}
+}
+
+// Prefetch refuses a server made without WithPrefetch, an address that starts no view, and
+// stops when its context is cancelled.
+func TestServerPrefetchRefuses(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 8
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	s := NewServer(u)
+	if err := s.HandleViews(pages*srvPage, nil, a, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 4096}}, PrefetchOptions{}); !errors.Is(err, ErrNoPrefetch) {
+		t.Errorf("without WithPrefetch: %v, want ErrNoPrefetch", err)
+	}
+	s2 := NewServer(u, WithPrefetch())
+	if err := s2.HandleViews(pages*srvPage, nil, a, b); err != nil {
+		t.Fatal(err)
+	}
+	var re *RangeError
+	if _, err := s2.Prefetch(context.Background(), a+uintptr(srvPage), nil, PrefetchOptions{}); !errors.As(err, &re) {
+		t.Errorf("inside a view: %v, want a *RangeError", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := s2.Prefetch(ctx, a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{}); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: %v, want context.Canceled", err)
+	}
+}
