@@ -186,6 +186,18 @@ func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
 		}
 		done += r
 	}
+	if have > 0 {
+		// A read racing a truncation of a tmpfs file can return zeros for the pages the
+		// truncation removed (the read takes no lock against it, and a hole reads as zeros).
+		// The size is set before pages go, so the size after the read bounds what was read.
+		var st unix.Stat_t
+		if err := unix.Fstat(s.fd, &st); err != nil {
+			return 0, err
+		}
+		if left := st.Size - s.off - off; left < int64(have) {
+			return int(max(left, 0)), unix.ENODATA
+		}
+	}
 	clear(p[have:])
 	return len(p), nil
 }

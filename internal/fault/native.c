@@ -212,6 +212,21 @@ static uint64_t fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t
 			}
 			done += (uint64_t)r;
 		}
+		// A read racing a truncation of a tmpfs file can return zeros for the pages the
+		// truncation removed (the read takes no lock against it, and a hole reads as zeros).
+		// The size is set before pages go, so the size after the read bounds what was read.
+		struct stat st;
+		if (have > 0) {
+			if (fstat(h->cfg.src_fd, &st) < 0) {
+				*err = errno;
+				return 0;
+			}
+			uint64_t left = (uint64_t)st.st_size > h->cfg.src_off + off ? (uint64_t)st.st_size - h->cfg.src_off - off : 0;
+			if (left < have) {
+				*err = ENODATA;
+				return left / h->cfg.page * h->cfg.page;
+			}
+		}
 	} else {
 		have = 0;
 	}
