@@ -254,68 +254,31 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	if err := processAvailable(); err != nil {
 		return nil, err
 	}
-	npages := cfg.Len / page
-	l := makeLayout(npages, cfg.LogCap, page)
 	bfd, err := mem.MemfdCreate("mirrormem-fault-stats", unix.MFD_CLOEXEC)
 	if err != nil {
 		return nil, err
 	}
-	blockF := os.NewFile(uintptr(bfd), "mirrormem-fault-stats")
-	p := &process{blockF: blockF, onDeath: o.OnDeath}
+	p := &process{blockF: os.NewFile(uintptr(bfd), "mirrormem-fault-stats"), onDeath: o.OnDeath}
 	var b *block
-	var files []*os.File // closed at the end: the children have their copies
+	ls := &launch{}
 	defer func() {
-		for _, f := range files {
-			f.Close()
-		}
+		ls.close() // the children have their copies
 		if err != nil {
 			p.kill()
 			if b != nil {
 				b.unmap()
 			}
-			blockF.Close()
+			p.blockF.Close()
 		}
 	}()
-	if err := unix.Ftruncate(bfd, int64(l.size)); err != nil {
+	if err := unix.Ftruncate(bfd, int64(makeLayout(cfg.Len/page, cfg.LogCap, page).size)); err != nil {
 		return nil, os.NewSyscallError("ftruncate", err)
 	}
-	b, err = newHandlerBlock(&cfg, bfd, page)
-	if err != nil {
+	if b, err = newHandlerBlock(&cfg, bfd, page); err != nil {
 		return nil, err
 	}
-	parentR, parentW, err := os.Pipe()
-	if err != nil {
+	if err := ls.open(p, &cfg); err != nil {
 		return nil, err
-	}
-	p.parentW = parentW
-	files = append(files, parentR)
-	liveR, liveW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, liveR, liveW)
-	// Every handler process holds a write end of deadR's pipe and this process none: when the
-	// last handler dies, deadR hangs up.
-	deadR, deadW, err := os.Pipe()
-	if err != nil {
-		return nil, err
-	}
-	files = append(files, deadR, deadW)
-
-	// Duplicates of the caller's descriptors: an *os.File wrapping the caller's own would
-	// close it when collected.
-	var srcF, aliasF *os.File
-	if cfg.Source == SourceFD {
-		if srcF, err = dupFile(cfg.SourceFD, "source"); err != nil {
-			return nil, err
-		}
-		files = append(files, srcF)
-	}
-	if cfg.AliasFD >= 0 {
-		if aliasF, err = dupFile(cfg.AliasFD, "alias"); err != nil {
-			return nil, err
-		}
-		files = append(files, aliasF)
 	}
 	roles := []string{"primary", "standby"}
 	if o.NoStandby {
@@ -323,77 +286,12 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 	}
 	var readies [2]*os.File
 	for i, role := range roles {
-		pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: npages, LogCap: cfg.LogCap,
-			Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
-			MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
-			Workers: cfg.Workers, NoSpin: cfg.NoSpin, Restore: cfg.Restore}
-		readyR, readyW, err := os.Pipe()
-		if err != nil {
+		if p.cmds[i], readies[i], err = ls.start(p, &cfg, role, page); err != nil {
 			return nil, err
 		}
-		files = append(files, readyR, readyW)
-		extra := []*os.File{cfg.UFFD.File(), blockF, parentR, readyW}
-		pc.UFFDFD, pc.BlockFD, pc.ParentFD, pc.ReadyFD = 3, 4, 5, 6
-		if role == "primary" {
-			extra = append(extra, liveW)
-		} else {
-			extra = append(extra, liveR)
-		}
-		pc.LiveFD = 7
-		extra = append(extra, deadW) // fd 8: held, never used, until the process ends
-		if srcF != nil {
-			pc.SourceFD = 3 + len(extra)
-			extra = append(extra, srcF)
-		}
-		if aliasF != nil {
-			pc.AliasFD = 3 + len(extra)
-			extra = append(extra, aliasF)
-		}
-		// The configuration goes through a memfd, not the environment: a source's config
-		// may hold credentials (an HTTP header), which an environment would show in
-		// /proc/PID/environ for the life of the process.
-		cf, err := configFile(pc)
-		if err != nil {
-			return nil, err
-		}
-		files = append(files, cf)
-		cfgFD := 3 + len(extra)
-		extra = append(extra, cf)
-		cmd := &exec.Cmd{
-			Path:       "/proc/self/exe",
-			Args:       []string{"mirrormem-fault-handler"},
-			Env:        append(os.Environ(), fmt.Sprintf("%s=fd:%d", envHandler, cfgFD), goraceNoExitSleep()),
-			Stderr:     os.Stderr,
-			ExtraFiles: extra,
-		}
-		if err := cmd.Start(); err != nil {
-			return nil, fmt.Errorf("fault: starting the handler process: %w", err)
-		}
-		p.cmds[i] = cmd
-		readyW.Close()
-		readies[i] = readyR
 	}
-	// Both processes start at once; each says when it serves, within readyTimeout.
-	deadline := time.Now().Add(readyTimeout)
-	for i, role := range roles {
-		var one [1]byte
-		readies[i].SetReadDeadline(deadline)
-		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, fmt.Errorf("fault: the %s handler process (pid %d) did not serve within %v and was killed: does an init function of the program block?",
-					role, p.cmds[i].Process.Pid, readyTimeout)
-			}
-			werr := p.cmds[i].Wait()
-			p.cmds[i] = nil
-			return nil, fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
-		}
-		if one[0] == readyFailed {
-			why, _ := io.ReadAll(io.LimitReader(readies[i], 4096))
-			p.cmds[i].Wait()
-			p.cmds[i] = nil
-			return nil, fmt.Errorf("fault: the %s handler process cannot serve: %s", role, why)
-		}
-		p.alive++
+	if err := p.awaitReady(roles, readies); err != nil {
+		return nil, err
 	}
 	if o.OnDeath == nil {
 		// The death of every handler must end the program even when no goroutine can run (a
@@ -401,7 +299,7 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		// the Go scheduler watches deadR.
 		msg := fmt.Sprintf("mirrormem: every fault handler process of this program died (%s): threads that touch its unfilled mirrored memory could never be served, so the program ends here (exit status %d) instead of hanging or reading zeros\n",
 			p.pidList(), deathExit)
-		if p.guard, err = guard.Start(int(deadR.Fd()), msg, deathExit); err != nil {
+		if p.guard, err = guard.Start(int(ls.deadR.Fd()), msg, deathExit); err != nil {
 			return nil, fmt.Errorf("fault: %w", err)
 		}
 	}
@@ -413,6 +311,137 @@ func StartProcess(cfg Config, o ProcessOptions) (h *Handler, err error) {
 		}
 	}
 	return h, nil
+}
+
+// launch holds the descriptors StartProcess hands its handler processes; they are closed
+// once the processes started (each has its copies).
+type launch struct {
+	files        []*os.File // closed by close
+	parentR      *os.File   // hangs up when the served process closes parentW (or dies)
+	liveR, liveW *os.File   // the primary holds liveW: the standby sees it hang up
+	deadR, deadW *os.File   // every handler holds deadW: deadR hangs up when the last dies
+	srcF, aliasF *os.File   // duplicates of the source and alias descriptors, if any
+}
+
+func (ls *launch) close() {
+	for _, f := range ls.files {
+		f.Close()
+	}
+}
+
+func (ls *launch) pipe() (r, w *os.File, err error) {
+	if r, w, err = os.Pipe(); err == nil {
+		ls.files = append(ls.files, r, w)
+	}
+	return r, w, err
+}
+
+// open makes the pipes and the duplicates of the caller's descriptors (an *os.File wrapping
+// the caller's own would close it when collected).
+func (ls *launch) open(p *process, cfg *Config) (err error) {
+	var parentW *os.File
+	if ls.parentR, parentW, err = os.Pipe(); err != nil {
+		return err
+	}
+	p.parentW = parentW
+	ls.files = append(ls.files, ls.parentR)
+	if ls.liveR, ls.liveW, err = ls.pipe(); err != nil {
+		return err
+	}
+	if ls.deadR, ls.deadW, err = ls.pipe(); err != nil {
+		return err
+	}
+	if cfg.Source == SourceFD {
+		if ls.srcF, err = dupFile(cfg.SourceFD, "source"); err != nil {
+			return err
+		}
+		ls.files = append(ls.files, ls.srcF)
+	}
+	if cfg.AliasFD >= 0 {
+		if ls.aliasF, err = dupFile(cfg.AliasFD, "alias"); err != nil {
+			return err
+		}
+		ls.files = append(ls.files, ls.aliasF)
+	}
+	return nil
+}
+
+// start starts one handler process in role, and returns it with the read end of its ready pipe.
+func (ls *launch) start(p *process, cfg *Config, role string, page int) (*exec.Cmd, *os.File, error) {
+	pc := procConfig{Role: role, Views: cfg.Views, Len: cfg.Len, Page: page, NPages: cfg.Len / page, LogCap: cfg.LogCap,
+		Source: cfg.Source, SourceFD: -1, AliasFD: -1, SourceOff: cfg.SourceOff, SourceLen: cfg.SourceLen,
+		MaxAround: cfg.MaxAround, Poison: cfg.Poison, SourceName: cfg.SourceName, SourceConfig: cfg.SourceConfig,
+		Workers: cfg.Workers, NoSpin: cfg.NoSpin, Restore: cfg.Restore}
+	readyR, readyW, err := ls.pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	extra := []*os.File{cfg.UFFD.File(), p.blockF, ls.parentR, readyW}
+	pc.UFFDFD, pc.BlockFD, pc.ParentFD, pc.ReadyFD = 3, 4, 5, 6
+	if role == "primary" {
+		extra = append(extra, ls.liveW)
+	} else {
+		extra = append(extra, ls.liveR)
+	}
+	pc.LiveFD = 7
+	extra = append(extra, ls.deadW) // fd 8: held, never used, until the process ends
+	if ls.srcF != nil {
+		pc.SourceFD = 3 + len(extra)
+		extra = append(extra, ls.srcF)
+	}
+	if ls.aliasF != nil {
+		pc.AliasFD = 3 + len(extra)
+		extra = append(extra, ls.aliasF)
+	}
+	// The configuration goes through a memfd, not the environment: a source's config may hold
+	// credentials (an HTTP header), which an environment would show in /proc/PID/environ for
+	// the life of the process.
+	cf, err := configFile(pc)
+	if err != nil {
+		return nil, nil, err
+	}
+	ls.files = append(ls.files, cf)
+	cfgFD := 3 + len(extra)
+	extra = append(extra, cf)
+	cmd := &exec.Cmd{
+		Path:       "/proc/self/exe",
+		Args:       []string{"mirrormem-fault-handler"},
+		Env:        append(os.Environ(), fmt.Sprintf("%s=fd:%d", envHandler, cfgFD), goraceNoExitSleep()),
+		Stderr:     os.Stderr,
+		ExtraFiles: extra,
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, fmt.Errorf("fault: starting the handler process: %w", err)
+	}
+	readyW.Close() // only the child writes it: its exit hangs readyR up
+	return cmd, readyR, nil
+}
+
+// awaitReady waits for every handler process to say it serves, within readyTimeout of now
+// (they start at once).
+func (p *process) awaitReady(roles []string, readies [2]*os.File) error {
+	deadline := time.Now().Add(readyTimeout)
+	for i, role := range roles {
+		var one [1]byte
+		readies[i].SetReadDeadline(deadline)
+		if _, err := io.ReadFull(readies[i], one[:]); err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("fault: the %s handler process (pid %d) did not serve within %v and was killed: does an init function of the program block?",
+					role, p.cmds[i].Process.Pid, readyTimeout)
+			}
+			werr := p.cmds[i].Wait()
+			p.cmds[i] = nil
+			return fmt.Errorf("fault: the %s handler process exited before serving (%v)", role, werr)
+		}
+		if one[0] == readyFailed {
+			why, _ := io.ReadAll(io.LimitReader(readies[i], 4096))
+			p.cmds[i].Wait()
+			p.cmds[i] = nil
+			return fmt.Errorf("fault: the %s handler process cannot serve: %s", role, why)
+		}
+		p.alive++
+	}
+	return nil
 }
 
 // deathExit is the exit status of a program whose every handler process died.
