@@ -57,8 +57,8 @@ type Config struct {
 // Marshal validates c and encodes it as JSON.
 func (c Config) Marshal() ([]byte, error) { return netsrc.Marshal(c) }
 
-// Unmarshal decodes a Config encoded by Marshal and validates it. Unknown fields and trailing
-// data are refused, so a misspelt field name is an error rather than a silently ignored setting.
+// Unmarshal decodes a Config encoded by Marshal, as strictly as netsrc.DecodeStrict, and
+// validates it. Its timeout may also be a Go duration string such as "30s".
 func Unmarshal(b []byte) (Config, error) {
 	// wire is Config with a timeout that may be a number of nanoseconds or a duration string.
 	type wire struct {

@@ -175,24 +175,25 @@ func (s *Source) checkPinned() error {
 	if c.Size != 0 && c.Size != s.size {
 		return fmt.Errorf("%w: the server reports %d bytes, the config says %d", ErrChanged, s.size, c.Size)
 	}
-	if c.ETag != "" {
-		if s.etag == "" {
-			return fmt.Errorf("%w: the config pins ETag %s but the server sends none", ErrChanged, c.ETag)
-		}
-		if !etagWeakEqual(c.ETag, s.etag) {
-			return fmt.Errorf("%w: ETag is %s, the config pins %s", ErrChanged, s.etag, c.ETag)
-		}
-		s.etag = c.ETag
+	if err := pinValidator("ETag", c.ETag, &s.etag, etagWeakEqual); err != nil {
+		return err
 	}
-	if c.LastModified != "" {
-		if s.lastMod == "" {
-			return fmt.Errorf("%w: the config pins Last-Modified %q but the server sends none", ErrChanged, c.LastModified)
-		}
-		if !sameTime(c.LastModified, s.lastMod) {
-			return fmt.Errorf("%w: Last-Modified is %q, the config pins %q", ErrChanged, s.lastMod, c.LastModified)
-		}
-		s.lastMod = c.LastModified
+	return pinValidator("Last-Modified", c.LastModified, &s.lastMod, sameTime)
+}
+
+// pinValidator checks the value that the server sent for the validator field (ETag or
+// Last-Modified) against the one the Config pins, if any, compared with same; on a match it
+// keeps the pinned spelling, which later answers are compared with.
+func pinValidator(field, pinned string, got *string, same func(a, b string) bool) error {
+	switch {
+	case pinned == "":
+		return nil
+	case *got == "":
+		return fmt.Errorf("%w: the config pins %s %s but the server sends none", ErrChanged, field, pinned)
+	case !same(pinned, *got):
+		return fmt.Errorf("%w: %s is %s; the config pins %s", ErrChanged, field, netsrc.Clip(*got), pinned)
 	}
+	*got = pinned
 	return nil
 }
 

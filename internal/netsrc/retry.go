@@ -37,8 +37,11 @@ func (r Retry) Do(try func(attempt int) (transient bool, err error)) (attempts i
 	}
 }
 
-// wait sleeps for backoff(k); it returns false if Done closed first.
+// wait sleeps for backoff(k); it returns false if Done is closed, or closes first.
 func (r Retry) wait(k int) bool {
+	if r.closed() {
+		return false // a timer that fired at once must not win over a Close already made
+	}
 	t := time.NewTimer(backoff(k))
 	defer t.Stop()
 	select {

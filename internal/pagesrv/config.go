@@ -47,8 +47,8 @@ type Config struct {
 // Marshal validates c and encodes it as JSON.
 func (c Config) Marshal() ([]byte, error) { return netsrc.Marshal(c) }
 
-// Unmarshal decodes a Config encoded by Marshal and validates it. Unknown fields and trailing
-// data are refused, so a misspelt field name is an error rather than a silently ignored setting.
+// Unmarshal decodes a Config encoded by Marshal, as strictly as netsrc.DecodeStrict (no
+// unknown field, nothing after the object), and validates it.
 func Unmarshal(b []byte) (Config, error) {
 	var c Config
 	if err := netsrc.DecodeStrict(b, &c); err != nil {
