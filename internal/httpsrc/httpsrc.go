@@ -376,7 +376,7 @@ func (s *Source) probe() (transient bool, err error) {
 			s.size = 0
 			break
 		}
-		return false, errors.New("HTTP 200 OK (the whole object) to a Range request: the server does not support Range requests")
+		return false, errors.New("HTTP 200 OK to a Range request: the server does not support Range requests")
 	default:
 		return s.statusErr(resp)
 	}
@@ -452,7 +452,7 @@ func (s *Source) statusErr(resp *http.Response) (bool, error) {
 	code := resp.StatusCode
 	switch {
 	case code == http.StatusOK:
-		return false, errors.New("HTTP 200 OK (the whole object) instead of 206 Partial Content to a Range request")
+		return false, errors.New("HTTP 200 OK (the whole object) instead of 206 Partial Content")
 	case code == http.StatusPreconditionFailed:
 		return false, fmt.Errorf("%w: HTTP 412 Precondition Failed (%s)", ErrChanged, s.precondition())
 	case code == http.StatusRequestedRangeNotSatisfiable:

@@ -46,7 +46,9 @@ func (e *Error) Error() string {
 func (e *Error) Unwrap() error { return e.Err }
 
 // ServerError is an error the server reported in an answer (its source failed to read).
-type ServerError struct{ Msg string }
+type ServerError struct {
+	Msg string // the server's message, at most 1024 bytes
+}
 
 // Error returns the server's message.
 func (e *ServerError) Error() string { return e.Msg }
