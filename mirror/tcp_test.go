@@ -54,6 +54,17 @@ func checkBytes(t *testing.T, what string, b, want []byte) {
 	}
 }
 
+// failingServer prepares a test whose page server, this program, fails mid-run: it keeps a P
+// for the server, skips where a failing source cannot poison pages, and checks at the end that
+// nothing was left behind. It returns a source of n computed bytes (seed) and those bytes.
+func failingServer(t *testing.T, seed uint64, n int) (computedSource, []byte) {
+	t.Helper()
+	serverP(t)
+	needPoison(t)
+	t.Cleanup(unchanged(t))
+	return computed(seed, n)
+}
+
 // A region served from a page server over TCP: every byte through both views is the image's,
 // bytes past its end (mid-page) are zeros, the faults are counted per view, Verify passes, and
 // nothing is left behind, with and without fault-around.
@@ -104,11 +115,8 @@ func TestTCPSource(t *testing.T) {
 // The page server dies mid-run: the pages fetched before read as before, and a page fetched
 // after fails loudly (SIGBUS), never zeros; FaultErr says so, naming the server.
 func TestTCPSourceServerDies(t *testing.T) {
-	serverP(t)
-	needPoison(t)
 	const n = 64 * 4096
-	defer unchanged(t)()
-	cs, want := computed(9, n)
+	cs, want := failingServer(t, 9, n)
 	addr, stop := servePages(t, cs, n)
 	defer stop()
 	r := shared(t, n)
@@ -167,11 +175,8 @@ func (c cuttingConn) Write(p []byte) (int, error) {
 // The server's connections break in the middle of its answers: the pages asked then fail
 // loudly (SIGBUS), never zeros, and the pages served before read as before.
 func TestTCPSourceConnectionsCut(t *testing.T) {
-	serverP(t)
-	needPoison(t)
 	const n = 32 * 4096
-	defer unchanged(t)()
-	cs, want := computed(5, n)
+	cs, want := failingServer(t, 5, n)
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

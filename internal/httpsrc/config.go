@@ -5,18 +5,19 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/netsrc"
 )
 
-// Defaults for the zero values of Config's tuning fields.
+// Defaults for the zero values of Config's tuning fields (the same for both network sources).
 const (
-	DefaultTimeout  = 30 * time.Second
-	DefaultRetries  = 3
-	DefaultMaxConns = 8
+	DefaultTimeout  = netsrc.DefaultTimeout
+	DefaultRetries  = netsrc.DefaultRetries
+	DefaultMaxConns = netsrc.DefaultMaxConns
 )
 
 // Config describes an object served over HTTP(S) with Range requests. It is JSON-encodable
@@ -54,15 +55,10 @@ type Config struct {
 }
 
 // Marshal validates c and encodes it as JSON.
-func (c Config) Marshal() ([]byte, error) {
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return json.Marshal(c)
-}
+func (c Config) Marshal() ([]byte, error) { return netsrc.Marshal(c) }
 
-// Unmarshal decodes a Config encoded by Marshal and validates it. Unknown fields and trailing
-// data are refused, so a misspelt field name is an error rather than a silently ignored setting.
+// Unmarshal decodes a Config encoded by Marshal, as strictly as netsrc.DecodeStrict, and
+// validates it. Its timeout may also be a Go duration string such as "30s".
 func Unmarshal(b []byte) (Config, error) {
 	// wire is Config with a timeout that may be a number of nanoseconds or a duration string.
 	type wire struct {
@@ -70,13 +66,8 @@ func Unmarshal(b []byte) (Config, error) {
 		Timeout json.RawMessage `json:"timeout,omitempty"`
 	}
 	var w wire
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
+	if err := netsrc.DecodeStrict(b, &w); err != nil {
 		return Config{}, fmt.Errorf("httpsrc: config: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Config{}, errors.New("httpsrc: config: trailing data after the JSON object")
 	}
 	c := w.Config
 	if t := bytes.TrimSpace(w.Timeout); len(t) > 0 && !bytes.Equal(t, []byte("null")) {
@@ -221,16 +212,7 @@ func isToken(s string) bool {
 	return true
 }
 
-// withDefaults returns c with the defaults in place of zero tuning values.
-func (c Config) withDefaults() Config {
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.Retries == 0 {
-		c.Retries = DefaultRetries
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	return c
+// tuning returns c's tuning with the defaults in place of zero values.
+func (c Config) tuning() netsrc.Tuning {
+	return netsrc.Tuning{Timeout: c.Timeout, Retries: c.Retries, MaxConns: c.MaxConns}.WithDefaults()
 }

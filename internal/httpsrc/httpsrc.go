@@ -28,7 +28,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -36,6 +35,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/netsrc"
 )
 
 // ErrChanged is wrapped by the errors that show that the object is no longer the one New
@@ -58,11 +59,7 @@ type Error struct {
 // Error returns a message naming the URL without its query, the range, the attempts and the
 // last cause.
 func (e *Error) Error() string {
-	a := "1 attempt"
-	if e.Attempts != 1 {
-		a = strconv.Itoa(e.Attempts) + " attempts"
-	}
-	return fmt.Sprintf("httpsrc: GET %s bytes=%d-%d: failed after %s: %v", e.URL, e.Start, e.End, a, e.Err)
+	return fmt.Sprintf("httpsrc: GET %s bytes=%d-%d: failed after %s: %v", e.URL, e.Start, e.End, netsrc.Attempts(e.Attempts), e.Err)
 }
 
 // Unwrap returns the last cause.
@@ -72,7 +69,7 @@ func (e *Error) Unwrap() error { return e.Err }
 type Source struct {
 	cfg     Config // as given, with the pinned Size, ETag and LastModified
 	timeout time.Duration
-	retries int
+	retry   netsrc.Retry
 
 	tmpl     *http.Request // method, URL, Host; cloned with a context per attempt
 	redacted string
@@ -107,11 +104,10 @@ func newSource(cfg Config, tlsConf *tls.Config) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := cfg.withDefaults()
+	d := cfg.tuning()
 	s := &Source{
 		cfg:      cfg,
 		timeout:  d.Timeout,
-		retries:  d.Retries,
 		redacted: redact(u),
 		header:   make(http.Header, len(cfg.Header)),
 		tmpl: &http.Request{
@@ -146,8 +142,9 @@ func newSource(cfg Config, tlsConf *tls.Config) (*Source, error) {
 		Protocols:           &protos,
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.retry = netsrc.Retry{Retries: d.Retries, Done: s.ctx.Done(), Closed: ErrClosed}
 
-	attempts, err := s.probe()
+	attempts, err := s.retry.Do(func(int) (bool, error) { return s.probe() })
 	if err == nil {
 		err = s.checkPinned()
 	}
@@ -178,24 +175,25 @@ func (s *Source) checkPinned() error {
 	if c.Size != 0 && c.Size != s.size {
 		return fmt.Errorf("%w: the server reports %d bytes, the config says %d", ErrChanged, s.size, c.Size)
 	}
-	if c.ETag != "" {
-		if s.etag == "" {
-			return fmt.Errorf("%w: the config pins ETag %s but the server sends none", ErrChanged, c.ETag)
-		}
-		if !etagWeakEqual(c.ETag, s.etag) {
-			return fmt.Errorf("%w: ETag is %s, the config pins %s", ErrChanged, s.etag, c.ETag)
-		}
-		s.etag = c.ETag
+	if err := pinValidator("ETag", c.ETag, &s.etag, etagWeakEqual); err != nil {
+		return err
 	}
-	if c.LastModified != "" {
-		if s.lastMod == "" {
-			return fmt.Errorf("%w: the config pins Last-Modified %q but the server sends none", ErrChanged, c.LastModified)
-		}
-		if !sameTime(c.LastModified, s.lastMod) {
-			return fmt.Errorf("%w: Last-Modified is %q, the config pins %q", ErrChanged, s.lastMod, c.LastModified)
-		}
-		s.lastMod = c.LastModified
+	return pinValidator("Last-Modified", c.LastModified, &s.lastMod, sameTime)
+}
+
+// pinValidator checks the value that the server sent for the validator field (ETag or
+// Last-Modified) against the one the Config pins, if any, compared with same; on a match it
+// keeps the pinned spelling, which later answers are compared with.
+func pinValidator(field, pinned string, got *string, same func(a, b string) bool) error {
+	switch {
+	case pinned == "":
+		return nil
+	case *got == "":
+		return fmt.Errorf("%w: the config pins %s %s but the server sends none", ErrChanged, field, pinned)
+	case !same(pinned, *got):
+		return fmt.Errorf("%w: %s is %s; the config pins %s", ErrChanged, field, netsrc.Clip(*got), pinned)
 	}
+	*got = pinned
 	return nil
 }
 
@@ -265,36 +263,11 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 // readRange fills p from offset start, with retries.
 func (s *Source) readRange(p []byte, start int64) error {
 	end := start + int64(len(p)) - 1
-	for attempt := 1; ; attempt++ {
-		transient, err := s.attempt(p, start, end)
-		if err == nil {
-			return nil
-		}
-		if !transient || attempt > s.retries || !s.backoff(attempt) {
-			if s.ctx.Err() != nil && !errors.Is(err, ErrClosed) {
-				err = fmt.Errorf("%w (%v)", ErrClosed, err)
-			}
-			return &Error{URL: s.redacted, Start: start, End: end, Attempts: attempt, Err: err}
-		}
+	attempts, err := s.retry.Do(func(int) (bool, error) { return s.attempt(p, start, end) })
+	if err != nil {
+		return &Error{URL: s.redacted, Start: start, End: end, Attempts: attempts, Err: err}
 	}
-}
-
-// backoff sleeps before retry number k (1-based): 10ms·2^(k-1), capped at 500ms, jittered
-// down to half. It returns false if Close interrupted it.
-func (s *Source) backoff(k int) bool {
-	d := 500 * time.Millisecond
-	if k <= 6 {
-		d = min(d, 10*time.Millisecond<<(k-1))
-	}
-	d = d/2 + rand.N(d/2+1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-s.ctx.Done():
-		return false
-	}
+	return nil
 }
 
 // request returns a GET for bytes start-end with the given header fields and context.
@@ -345,18 +318,9 @@ func (s *Source) attempt(p []byte, start, end int64) (transient bool, err error)
 	return false, nil
 }
 
-// probe asks for bytes 0-0, with retries, and records the size and validators. It returns the
-// number of attempts made.
-func (s *Source) probe() (int, error) {
-	for attempt := 1; ; attempt++ {
-		transient, err := s.probeOnce()
-		if err == nil || !transient || attempt > s.retries || !s.backoff(attempt) {
-			return attempt, err
-		}
-	}
-}
-
-func (s *Source) probeOnce() (transient bool, err error) {
+// probe makes one request for bytes 0-0 and records the size and validators. It reports
+// whether a failure is transient.
+func (s *Source) probe() (transient bool, err error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
 	resp, err := s.tr.RoundTrip(s.request(ctx, 0, 0, s.header))
@@ -412,7 +376,7 @@ func (s *Source) probeOnce() (transient bool, err error) {
 			s.size = 0
 			break
 		}
-		return false, errors.New("the server answered 200 OK with the whole object to a Range request instead of 206 Partial Content: it does not support Range requests")
+		return false, errors.New("HTTP 200 OK to a Range request: the server does not support Range requests")
 	default:
 		return s.statusErr(resp)
 	}
@@ -488,7 +452,7 @@ func (s *Source) statusErr(resp *http.Response) (bool, error) {
 	code := resp.StatusCode
 	switch {
 	case code == http.StatusOK:
-		return false, errors.New("the server answered 200 OK (the whole object) instead of 206 Partial Content to a Range request")
+		return false, errors.New("HTTP 200 OK (the whole object) instead of 206 Partial Content")
 	case code == http.StatusPreconditionFailed:
 		return false, fmt.Errorf("%w: HTTP 412 Precondition Failed (%s)", ErrChanged, s.precondition())
 	case code == http.StatusRequestedRangeNotSatisfiable:
@@ -549,7 +513,7 @@ func (s *Source) checkPartial(resp *http.Response, start, end int64) error {
 func checkEncoding(resp *http.Response) error {
 	for _, v := range resp.Header["Content-Encoding"] {
 		if v = strings.TrimSpace(v); v != "" && !strings.EqualFold(v, "identity") {
-			return fmt.Errorf("the body has Content-Encoding %q: its bytes are not the object's", clip(v))
+			return fmt.Errorf("the body has Content-Encoding %q: its bytes are not the object's", netsrc.Clip(v))
 		}
 	}
 	return nil
@@ -567,7 +531,7 @@ func contentRange(resp *http.Response) (start, end, total int64, err error) {
 	}
 	start, end, total, ok := parseContentRange(v[0])
 	if !ok {
-		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", clip(v[0]))
+		return 0, 0, 0, fmt.Errorf("malformed Content-Range %q", netsrc.Clip(v[0]))
 	}
 	return start, end, total, nil
 }
@@ -615,7 +579,7 @@ func unsatisfiedRange(resp *http.Response) (int64, error) {
 	if v == "" {
 		return 0, errors.New("HTTP 416 Range Not Satisfiable without a Content-Range")
 	}
-	return 0, fmt.Errorf("HTTP 416 Range Not Satisfiable with a malformed Content-Range %q", clip(v))
+	return 0, fmt.Errorf("HTTP 416 Range Not Satisfiable with a malformed Content-Range %q", netsrc.Clip(v))
 }
 
 // cutUnit removes the "bytes " unit (case-insensitive) from a Content-Range value.
@@ -658,12 +622,4 @@ func sameTime(a, b string) bool {
 		return ta.Equal(tb)
 	}
 	return a == b
-}
-
-// clip shortens a server-supplied value for an error message.
-func clip(v string) string {
-	if len(v) > 80 {
-		return v[:80] + "..."
-	}
-	return v
 }

@@ -6,21 +6,22 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/netsrc"
 )
 
 // ErrChanged is wrapped by the errors that show that the server no longer serves the image
 // the client pinned: another size, page size or token (another server, or a restarted one).
-var ErrChanged = errors.New("the page server serves another image than the one pinned")
+var ErrChanged = errors.New("pagesrv: not the pinned image")
 
 // ErrClosed is returned by ReadAt after Close, and wrapped by the error of a ReadAt that Close
 // interrupted.
-var ErrClosed = errors.New("page source is closed")
+var ErrClosed = errors.New("pagesrv: client is closed")
 
 // Error describes a read that failed for good: a failure that is not transient, or a
 // transient one that persisted through every retry.
@@ -38,21 +39,16 @@ func (e *Error) Error() string {
 	if e.Count > 1 {
 		pages = fmt.Sprintf("pages %d-%d", e.First, uint64(e.First)+uint64(e.Count)-1)
 	}
-	return fmt.Sprintf("page server %s: %v (%s, %s)", e.Addr, e.Err, pages, attempts(e.Attempts))
-}
-
-func attempts(n int) string {
-	if n == 1 {
-		return "1 attempt"
-	}
-	return strconv.Itoa(n) + " attempts"
+	return fmt.Sprintf("pagesrv: server %s: %v (%s, %s)", e.Addr, e.Err, pages, netsrc.Attempts(e.Attempts))
 }
 
 // Unwrap returns the last cause.
 func (e *Error) Unwrap() error { return e.Err }
 
 // ServerError is an error the server reported in an answer (its source failed to read).
-type ServerError struct{ Msg string }
+type ServerError struct {
+	Msg string // the server's message, at most 1024 bytes
+}
 
 // Error returns the server's message.
 func (e *ServerError) Error() string { return e.Msg }
@@ -62,7 +58,7 @@ type Client struct {
 	cfg     Config // pinned
 	g       Greeting
 	timeout time.Duration
-	retries int
+	retry   netsrc.Retry
 	dialer  net.Dialer
 
 	slots  chan struct{}   // one per connection, busy or idle
@@ -89,25 +85,24 @@ func Dial(cfg Config) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	d := cfg.withDefaults()
-	c := &Client{cfg: cfg, timeout: d.Timeout, retries: d.Retries, slots: make(chan struct{}, d.MaxConns), live: map[*conn]struct{}{}}
+	d := cfg.tuning()
+	c := &Client{cfg: cfg, timeout: d.Timeout, slots: make(chan struct{}, d.MaxConns), live: map[*conn]struct{}{}}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.done = c.ctx.Done()
+	c.retry = netsrc.Retry{Retries: d.Retries, Done: c.done, Closed: ErrClosed}
 	c.dialer = net.Dialer{Timeout: d.Timeout, KeepAlive: 15 * time.Second}
 	var cn *conn
-	var err error
-	for attempt := 1; ; attempt++ {
+	attempts, err := c.retry.Do(func(int) (transient bool, err error) {
 		c.slots <- struct{}{}
-		var transient bool
 		cn, transient, err = c.connect(time.Now().Add(c.timeout))
-		if err == nil {
-			break
+		if err != nil {
+			<-c.slots
 		}
-		<-c.slots
-		if !transient || attempt > c.retries || !c.backoff(attempt) {
-			c.Close()
-			return nil, fmt.Errorf("page server %s: %w (%s)", cfg.Addr, err, attempts(attempt))
-		}
+		return transient, err
+	})
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("pagesrv: server %s: %w (%s)", cfg.Addr, err, netsrc.Attempts(attempts))
 	}
 	c.put(cn)
 	return c, nil
@@ -147,7 +142,7 @@ func (c *Client) Close() error {
 // contents of p are unspecified after an error. A negative off is an error.
 func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
-		return 0, fmt.Errorf("page source: ReadAt at negative offset %d", off)
+		return 0, fmt.Errorf("pagesrv: ReadAt at negative offset %d", off)
 	}
 	select {
 	case <-c.done:
@@ -192,23 +187,19 @@ func (c *Client) ReadAt(p []byte, off int64) (int, error) {
 	return int(n), nil
 }
 
-// fetch fills dst with pages [first, first+count), with retries.
+// fetch fills dst with pages [first, first+count), with retries, each on a new connection.
 func (c *Client) fetch(dst []byte, first, count uint32) error {
-	for attempt := 1; ; attempt++ {
+	attempts, err := c.retry.Do(func(attempt int) (bool, error) {
 		transient, err := c.attempt(dst, first, count, attempt > 1)
-		if err == nil {
-			return nil
-		}
 		if transient {
 			c.dropIdle() // probably as dead as the one that failed
 		}
-		if !transient || attempt > c.retries || !c.backoff(attempt) {
-			if c.isClosed() && !errors.Is(err, ErrClosed) {
-				err = fmt.Errorf("%w (%v)", ErrClosed, err)
-			}
-			return &Error{Addr: c.cfg.Addr, First: first, Count: count, Attempts: attempt, Err: err}
-		}
+		return transient, err
+	})
+	if err != nil {
+		return &Error{Addr: c.cfg.Addr, First: first, Count: count, Attempts: attempts, Err: err}
 	}
+	return nil
 }
 
 // attempt makes one request on a pooled connection (a new one if fresh). It reports whether a
@@ -381,9 +372,11 @@ func (c *Client) pin(g Greeting) error {
 		c.g = g
 		return nil
 	}
-	if g.Token != p.Token || int64(g.Size) != p.Size || int64(g.PageSize) != p.PageSize {
-		return fmt.Errorf("%w: it greets with %d bytes in pages of %d, token %x; pinned: %d bytes in pages of %d, token %x",
-			ErrChanged, g.Size, g.PageSize, g.Token, p.Size, p.PageSize, p.Token)
+	if int64(g.Size) != p.Size || int64(g.PageSize) != p.PageSize {
+		return fmt.Errorf("%w: %d bytes in pages of %d, pinned %d in pages of %d", ErrChanged, g.Size, g.PageSize, p.Size, p.PageSize)
+	}
+	if g.Token != p.Token {
+		return fmt.Errorf("%w: token %x, pinned %x (a restarted or another server)", ErrChanged, g.Token, p.Token)
 	}
 	if c.g.Token == 0 {
 		c.g = g
@@ -435,24 +428,6 @@ func (c *Client) isClosed() bool {
 	case <-c.done:
 		return true
 	default:
-		return false
-	}
-}
-
-// backoff sleeps before retry number k (1-based): 10ms·2^(k-1), capped at 500ms, jittered
-// down to half. It returns false if Close interrupted it.
-func (c *Client) backoff(k int) bool {
-	d := 500 * time.Millisecond
-	if k <= 6 {
-		d = min(d, 10*time.Millisecond<<(k-1))
-	}
-	d = d/2 + rand.N(d/2+1)
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-c.done:
 		return false
 	}
 }

@@ -1,22 +1,22 @@
 package pagesrv
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mirrormem/mirrormem/internal/netsrc"
 )
 
-// Defaults for the zero values of Config's tuning fields, and the largest values accepted.
+// Defaults for the zero values of Config's tuning fields (the same for both network sources),
+// and the largest values accepted.
 const (
-	DefaultTimeout  = 30 * time.Second
-	DefaultRetries  = 3
-	DefaultMaxConns = 8
+	DefaultTimeout  = netsrc.DefaultTimeout
+	DefaultRetries  = netsrc.DefaultRetries
+	DefaultMaxConns = netsrc.DefaultMaxConns
 
 	MaxRetries  = 100
 	MaxMaxConns = 1024
@@ -45,24 +45,14 @@ type Config struct {
 }
 
 // Marshal validates c and encodes it as JSON.
-func (c Config) Marshal() ([]byte, error) {
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return json.Marshal(c)
-}
+func (c Config) Marshal() ([]byte, error) { return netsrc.Marshal(c) }
 
-// Unmarshal decodes a Config encoded by Marshal and validates it. Unknown fields and trailing
-// data are refused, so a misspelt field name is an error rather than a silently ignored setting.
+// Unmarshal decodes a Config encoded by Marshal, as strictly as netsrc.DecodeStrict (no
+// unknown field, nothing after the object), and validates it.
 func Unmarshal(b []byte) (Config, error) {
 	var c Config
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&c); err != nil {
-		return Config{}, fmt.Errorf("page source config: %w", err)
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return Config{}, errors.New("page source config: trailing data after the JSON object")
+	if err := netsrc.DecodeStrict(b, &c); err != nil {
+		return Config{}, fmt.Errorf("pagesrv: config: %w", err)
 	}
 	return c, c.Validate()
 }
@@ -74,15 +64,15 @@ func (c Config) Validate() error {
 	}
 	switch {
 	case c.Timeout < 0:
-		return fmt.Errorf("page source: timeout %v is negative", c.Timeout)
+		return fmt.Errorf("pagesrv: config: timeout %v is negative", c.Timeout)
 	case c.Retries < 0 || c.Retries > MaxRetries:
-		return fmt.Errorf("page source: %d retries: want 0 (default %d) to %d", c.Retries, DefaultRetries, MaxRetries)
+		return fmt.Errorf("pagesrv: config: %d retries: want 0 (default %d) to %d", c.Retries, DefaultRetries, MaxRetries)
 	case c.MaxConns < 0 || c.MaxConns > MaxMaxConns:
-		return fmt.Errorf("page source: %d connections: want 0 (default %d) to %d", c.MaxConns, DefaultMaxConns, MaxMaxConns)
+		return fmt.Errorf("pagesrv: config: %d connections: want 0 (default %d) to %d", c.MaxConns, DefaultMaxConns, MaxMaxConns)
 	case c.Token == 0 && (c.Size != 0 || c.PageSize != 0):
-		return errors.New("page source config: size and page_size pin an image only with its token")
+		return errors.New("pagesrv: config: size and page_size pin an image only with its token")
 	case c.Token != 0 && (c.Size < 0 || !validPageSize(c.PageSize)):
-		return fmt.Errorf("page source config: pinned image of %d bytes in pages of %d: not a valid image", c.Size, c.PageSize)
+		return fmt.Errorf("pagesrv: config: pinned image of %d bytes in pages of %d: not a valid image", c.Size, c.PageSize)
 	}
 	return nil
 }
@@ -90,10 +80,10 @@ func (c Config) Validate() error {
 // checkAddr checks that addr is a host:port net.Dial can take.
 func checkAddr(addr string) error {
 	if addr == "" {
-		return errors.New("page source: empty address: want host:port")
+		return errors.New("pagesrv: config: empty address: want host:port")
 	}
 	if strings.Contains(addr, "://") {
-		return fmt.Errorf("page source: address %q is a URL: want host:port", clip(addr))
+		return fmt.Errorf("pagesrv: config: address %q is a URL: want host:port", netsrc.Clip(addr))
 	}
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
@@ -101,35 +91,18 @@ func checkAddr(addr string) error {
 		if errors.As(err, &ae) {
 			err = errors.New(ae.Err)
 		}
-		return fmt.Errorf("page source: address %q: %v: want host:port", clip(addr), err)
+		return fmt.Errorf("pagesrv: config: address %q: %v: want host:port", netsrc.Clip(addr), err)
 	}
 	if port == "" {
-		return fmt.Errorf("page source: address %q has no port", clip(addr))
+		return fmt.Errorf("pagesrv: config: address %q has no port", netsrc.Clip(addr))
 	}
 	if n, err := strconv.Atoi(port); err == nil && (n < 1 || n > 65535) {
-		return fmt.Errorf("page source: address %q: port %d is not in 1-65535", clip(addr), n)
+		return fmt.Errorf("pagesrv: config: address %q: port %d is not in 1-65535", netsrc.Clip(addr), n)
 	}
 	return nil
 }
 
-// withDefaults returns c with the defaults in place of zero tuning values.
-func (c Config) withDefaults() Config {
-	if c.Timeout == 0 {
-		c.Timeout = DefaultTimeout
-	}
-	if c.Retries == 0 {
-		c.Retries = DefaultRetries
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = DefaultMaxConns
-	}
-	return c
-}
-
-// clip shortens a value for an error message.
-func clip(v string) string {
-	if len(v) > 80 {
-		return v[:80] + "..."
-	}
-	return v
+// tuning returns c's tuning with the defaults in place of zero values.
+func (c Config) tuning() netsrc.Tuning {
+	return netsrc.Tuning{Timeout: c.Timeout, Retries: c.Retries, MaxConns: c.MaxConns}.WithDefaults()
 }

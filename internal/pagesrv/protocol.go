@@ -72,7 +72,7 @@ const maxMessage = 1024
 
 // Greeting is what a server says about the image when a client connects.
 type Greeting struct {
-	Version  uint16
+	Version  uint16 // the protocol version the server speaks
 	PageSize uint32 // bytes per page, a power of two
 	MaxPages uint32 // most pages per request
 	Size     uint64 // bytes of the image

@@ -34,18 +34,18 @@ const (
 // zeros.
 func Serve(l net.Listener, src io.ReaderAt, size int64) error {
 	if l == nil {
-		return errors.New("page server: nil listener")
+		return errors.New("pagesrv: Serve: nil listener")
 	}
 	page := int64(os.Getpagesize())
 	g := Greeting{Version: Version, PageSize: uint32(page), MaxPages: uint32(max(1, maxAnswerBytes/page)), Size: uint64(size)}
 	var err error
 	switch {
 	case src == nil:
-		err = errors.New("page server: nil source")
+		err = errors.New("pagesrv: Serve: nil source")
 	case size < 0:
-		err = fmt.Errorf("page server: negative size %d", size)
+		err = fmt.Errorf("pagesrv: Serve: negative size %d", size)
 	case g.Pages() > maxPagesIndex:
-		err = fmt.Errorf("page server: %d bytes is more than 2^32 pages of %d bytes", size, page)
+		err = fmt.Errorf("pagesrv: Serve: %d bytes is more than 2^32 pages of %d bytes", size, page)
 	}
 	if err != nil {
 		l.Close()
@@ -84,7 +84,7 @@ func (s *server) acceptLoop(l net.Listener) error {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("page server: accept: %w", err)
+			return fmt.Errorf("pagesrv: Serve: accept: %w", err)
 		}
 		backoff = 0
 		s.mu.Lock()
