@@ -2,7 +2,7 @@ package uffd
 
 import "sync"
 
-// bufPool hands out page-aligned buffers of one size, reused across workers and Serve calls so
+// bufPool hands out page-aligned buffers of at least one size, reused across workers and Serve calls so
 // that serving allocates nothing once warm. A sync.Pool would box the slice on every Put and
 // could drop a 2 MiB buffer at any collection; a free list under a mutex does neither.
 type bufPool struct {
@@ -13,7 +13,7 @@ type bufPool struct {
 
 func newBufPool(size int) *bufPool { return &bufPool{size: size} }
 
-// get returns a buffer of p.size bytes, page aligned, reused if one is free.
+// get returns a page-aligned buffer of p.size bytes or more, reused if one is free.
 func (p *bufPool) get() []byte {
 	p.mu.Lock()
 	if n := len(p.free); n > 0 {
@@ -27,13 +27,14 @@ func (p *bufPool) get() []byte {
 	return alignedBuf(p.size)
 }
 
-// put returns b to the pool.
+// put returns b to the pool: a worker's buffer of p.size bytes or more (it grew with the
+// windows it served).
 func (p *bufPool) put(b []byte) {
-	if cap(b) < p.size {
+	if len(b) < p.size {
 		return
 	}
 	p.mu.Lock()
-	p.free = append(p.free, b[:p.size])
+	p.free = append(p.free, b)
 	p.mu.Unlock()
 }
 

@@ -106,7 +106,16 @@ type serverConfig struct {
 // cost of UFFDIO_COPY stops falling.
 const DefaultFaultAround = 2 << 20
 
-// WithWorkers sets how many goroutines read and resolve faults (default 1). They take turns in
+// The largest settings NewServer takes: larger values are taken as these. A fault-around window
+// beyond 64 MiB saves nothing (the kernel's work per page dominates long before), a read(2) of
+// 1024 messages drains any queue a machine builds, and more workers than 256 only hold memory.
+const (
+	MaxFaultAround = 64 << 20
+	MaxBatch       = 1024
+	MaxWorkers     = 256
+)
+
+// WithWorkers sets how many goroutines read and resolve faults (default 1, at most MaxWorkers). They take turns in
 // read(2) and resolve in parallel. Measured on 2 CPUs with a source in memory, a second or third
 // worker did not resolve 4 KiB faults faster, from one faulting thread or two: the kernel's
 // work per fault dominates, and one reader batches whatever is queued. More workers pay when
@@ -120,7 +129,7 @@ func WithWorkers(n int) ServerOption {
 	}
 }
 
-// WithBatch sets how many messages one read(2) may return (default 64).
+// WithBatch sets how many messages one read(2) may return (default 64, at most MaxBatch).
 func WithBatch(n int) ServerOption {
 	return func(c *serverConfig) {
 		if n > 0 {
@@ -134,8 +143,9 @@ func WithBatch(n int) ServerOption {
 // right after the window resolved last for that stream) doubles the stream's window up to the
 // cap; any other fault resolves one page and starts a new stream. Up to four streams per source
 // are followed at once. A window never passes the end of the view, the source object or the
-// source's data. A cap of one page or less disables fault-around. Each worker reads windows into
-// a buffer of the cap's size.
+// source's data. A cap of one page or less disables fault-around; a cap above MaxFaultAround is
+// taken as MaxFaultAround. Each worker reads windows into a buffer that grows, up to the cap, as
+// the windows it serves need.
 func WithFaultAround(maxBytes int) ServerOption {
 	return func(c *serverConfig) { c.aroundMax = maxBytes }
 }
@@ -209,6 +219,9 @@ var ErrServing = errors.New("uffd: Serve is already running on this server")
 // handled view covers: a range registered on the userfaultfd but never given to Handle.
 var ErrUnhandledFault = errors.New("uffd: fault outside every handled range")
 
+// firstBuf is the size of a worker's first buffer; it grows with the windows served (bufFor).
+const firstBuf = 64 << 10
+
 // NewServer returns a server for the faults of u. u stays the caller's.
 func NewServer(u *UFFD, opts ...ServerOption) *Server {
 	cfg := serverConfig{workers: 1, batch: 64, aroundMax: DefaultFaultAround}
@@ -216,11 +229,12 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 		o(&cfg)
 	}
 	page := os.Getpagesize()
-	cfg.aroundMax &^= page - 1
+	cfg.aroundMax = min(cfg.aroundMax, MaxFaultAround) &^ (page - 1)
 	if cfg.aroundMax < page {
 		cfg.aroundMax = page
 	}
-	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(cfg.aroundMax), stopFD: -1}
+	cfg.batch, cfg.workers = min(cfg.batch, MaxBatch), min(cfg.workers, MaxWorkers)
+	s := &Server{u: u, cfg: cfg, page: page, pool: newBufPool(min(cfg.aroundMax, firstBuf)), stopFD: -1}
 	if t, ok := cfg.observer.(Tracker); ok {
 		s.tracker, s.rflags = t, DontWake
 	}

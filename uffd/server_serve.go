@@ -29,13 +29,24 @@ type laterMsg struct {
 // errRetry says a resolve met EAGAIN without progress: read the pending event, then retry.
 var errRetry = errors.New("uffd: event pending")
 
+// bufFor returns the worker's buffer for a window of n bytes (n <= the fault-around cap),
+// growing it the first time a window needs more: a cap set high costs only what the windows
+// served need.
+func (s *Server) bufFor(w *worker, n int64) []byte {
+	if int64(len(w.buf)) < n {
+		size := max(2*int64(len(w.buf)), n)
+		w.buf = alignedBuf(int(min(size, int64(s.cfg.aroundMax))))
+	}
+	return w.buf[:n]
+}
+
 func (s *Server) runWorker() {
 	w := &worker{
 		msgs:  make([]Msg, s.cfg.batch),
 		extra: make([]Msg, s.cfg.batch),
 		buf:   s.pool.get(),
 	}
-	defer s.pool.put(w.buf)
+	defer func() { s.pool.put(w.buf) }() // the buffer it grew to
 	if err := s.serveLoop(w); err != nil {
 		s.fail(err)
 	}
@@ -389,7 +400,7 @@ func (s *Server) cutFilled(off, n int64) int64 {
 // a file mapping's; or the whole pages read before a failure. A failure before the end of the
 // first page is an error, never zeros.
 func (s *Server) read(w *worker, src io.ReaderAt, off, n int64) ([]byte, int64, error) {
-	buf := w.buf[:n]
+	buf := s.bufFor(w, n)
 	k, rerr := src.ReadAt(buf, off)
 	if int64(k) >= n {
 		return buf, n, nil
@@ -433,7 +444,7 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 		}
 	case protect || s.cfg.stage != nil:
 		// UFFDIO_ZEROPAGE has no write-protect mode, and staging writes the zeros.
-		buf = w.buf[:n]
+		buf = s.bufFor(w, n)
 		clear(buf)
 	}
 	var done int64
