@@ -305,6 +305,19 @@ func (p *prefetch) run(ctx context.Context, w *worker) error {
 			if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
 				return nil
 			}
+			// A demand fault may have filled pages of the run while this waited: reading them
+			// again would fetch them twice (the fill would only meet EEXIST).
+			if s.tracker != nil {
+				if s.tracker.Filled(off) {
+					continue
+				}
+				for k := off + page; k < end; k += page {
+					if s.tracker.Filled(k) {
+						end = k
+						break
+					}
+				}
+			}
 			if err := p.fillRun(ctx, w, off, end-off); err != nil {
 				return err
 			}
