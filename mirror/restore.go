@@ -356,10 +356,11 @@ func (p *Pair) StartPush() error {
 const residentPoll = 2 * time.Millisecond
 
 // WaitResident waits until every page of the pair is resident (see RestoreProgress.Done:
-// Restore with Push does that, and so does touching every page), ctx is done (ctx.Err()), the
-// pair is closed (ErrClosed), Restore stopped on an error, or serving fails (FaultErr's error:
-// a page the source could not read never becomes resident). It reads the handler's page states
-// every few milliseconds; it never holds the pair, so Close does not wait for it.
+// Restore with Push does that, once StartPush started a held push, and so does touching every
+// page), ctx is done (ctx.Err()), the pair is closed (ErrClosed), Restore stopped on an error,
+// or serving fails (FaultErr's error: a page the source could not read never becomes
+// resident). It reads the handler's page states every few milliseconds; it never holds the
+// pair, so Close does not wait for it.
 func (p *Pair) WaitResident(ctx context.Context) error {
 	t := time.NewTicker(residentPoll)
 	defer t.Stop()
