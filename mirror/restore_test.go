@@ -541,7 +541,7 @@ func TestRestoreHoldPush(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer rg.Close()
-			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), Restore(RestoreOptions{Push: true, HoldPush: true, MaxRange: 16 * page}))
+			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{Push: true, HoldPush: true, MaxRange: 16 * page}))
 			if err != nil {
 				t.Fatal(err)
 			}
