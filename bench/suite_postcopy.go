@@ -43,7 +43,7 @@ func suitePostcopy(b *bencher) {
 		{"downtime", "ms", "lower", func(r migrate.Report) float64 { return ms(r.Downtime) }},
 		{"total time", "ms", "lower", func(r migrate.Report) float64 { return ms(r.Total) }},
 		{"missing faults served at the destination", "faults", "lower", func(r migrate.Report) float64 { return float64(r.DestFaults) }},
-		{"pages fetched on demand", "pages", "lower", func(r migrate.Report) float64 { return float64(r.OnDemand) }},
+		{"pages fetched after the resume (faults and push)", "pages", "lower", func(r migrate.Report) float64 { return float64(r.Fetched + r.Refetched) }},
 		{"destination reads right after resuming, mean", "us/page", "lower", func(r migrate.Report) float64 { return float64(r.TouchMean) / 1e3 }},
 		{"bytes sent", "MiB", "lower", func(r migrate.Report) float64 { return float64(r.BytesSent) / (1 << 20) }},
 	}

@@ -218,6 +218,10 @@ type RestoreOptions struct {
 	// Push fills every page left after the working set, from the first page on, so that the
 	// image becomes fully resident (see WaitResident).
 	Push bool
+	// HoldPush makes the push wait until Pair.StartPush: for a source that is complete only
+	// later (a store that a pre-copy is still filling, a stream that must reach a point
+	// first). The working set is prefetched at once all the same. Needs Push.
+	HoldPush bool
 	// PushRate caps what the push reads from the source, in bytes per second (0: no cap).
 	PushRate int64
 	// InFlight is how many reads of the source are made at once (0: 8). A network source
@@ -244,6 +248,8 @@ func Restore(o RestoreOptions) Option {
 			err = fmt.Errorf("%w: Restore: negative PushRate, InFlight or MaxRange", ErrOption)
 		case o.InFlight > 256:
 			err = fmt.Errorf("%w: Restore: InFlight %d is more than 256 reads at once", ErrOption, o.InFlight)
+		case o.HoldPush && !o.Push:
+			err = fmt.Errorf("%w: Restore: HoldPush holds the push: set Push too", ErrOption)
 		case o.WorkingSet != nil:
 			err = o.WorkingSet.check()
 		}
@@ -254,7 +260,7 @@ func Restore(o RestoreOptions) Option {
 
 // restoreConfig turns o into the engine's ranges for a pair of n bytes per view.
 func restoreConfig(o RestoreOptions, n, nviews int) (fault.Restore, error) {
-	r := fault.Restore{Push: o.Push, PushRate: o.PushRate, InFlight: o.InFlight, MaxRange: o.MaxRange}
+	r := fault.Restore{Push: o.Push, HoldPush: o.HoldPush, PushRate: o.PushRate, InFlight: o.InFlight, MaxRange: o.MaxRange}
 	ws := o.WorkingSet
 	if ws == nil {
 		return r, nil
@@ -290,6 +296,9 @@ type RestoreProgress struct {
 	Pages      int  // pages of a view
 	Prefetched bool // Restore's working set is prefetched
 	Pushed     bool // Restore's push is over: every page is filled and mapped into every view
+	// Restored is how many pages the prefetch and the push filled themselves rather than a
+	// demand fault, counted when each of them ends (the others were faulted in).
+	Restored int
 
 	pushing bool // Restore pushes: Done waits for Pushed
 }
@@ -315,7 +324,7 @@ func (sv *serving) progress() (RestoreProgress, error) {
 	if sv.h == nil {
 		return pr, nil
 	}
-	pr.Resident = sv.h.FilledPages()
+	pr.Resident, pr.Restored = sv.h.FilledPages(), sv.h.Restored()
 	st := sv.h.RestoreState()
 	pr.Prefetched, pr.Pushed = st&fault.RestorePrefetched != 0, st&fault.RestorePushed != 0
 	if st&fault.RestoreFailed != 0 {
@@ -324,14 +333,34 @@ func (sv *serving) progress() (RestoreProgress, error) {
 	return pr, nil
 }
 
+// StartPush starts the push that Restore(RestoreOptions{Push: true, HoldPush: true}) held:
+// from now on the handler fills every page left, as Push does. Call it once the source holds
+// its final bytes; the handler sees it within about a millisecond (it sets a bit in memory
+// shared with the handler, so no goroutine of this process has to run for it). A second call
+// does nothing. It fails with ErrClosed after Close, and with ErrOption on a pair whose push
+// was not held.
+func (p *Pair) StartPush() error {
+	sv, err := p.serving()
+	if err != nil {
+		return err
+	}
+	defer p.s.mu.RUnlock()
+	if sv.h == nil || !sv.h.HoldsPush() {
+		return fmt.Errorf("%w: StartPush starts a held push: make the pair with Restore(RestoreOptions{Push: true, HoldPush: true})", ErrOption)
+	}
+	sv.h.StartPush()
+	return nil
+}
+
 // residentPoll is how often WaitResident looks at the handler's page states.
 const residentPoll = 2 * time.Millisecond
 
 // WaitResident waits until every page of the pair is resident (see RestoreProgress.Done:
-// Restore with Push does that, and so does touching every page), ctx is done (ctx.Err()), the
-// pair is closed (ErrClosed), Restore stopped on an error, or serving fails (FaultErr's error:
-// a page the source could not read never becomes resident). It reads the handler's page states
-// every few milliseconds; it never holds the pair, so Close does not wait for it.
+// Restore with Push does that, once StartPush started a held push, and so does touching every
+// page), ctx is done (ctx.Err()), the pair is closed (ErrClosed), Restore stopped on an error,
+// or serving fails (FaultErr's error: a page the source could not read never becomes
+// resident). It reads the handler's page states every few milliseconds; it never holds the
+// pair, so Close does not wait for it.
 func (p *Pair) WaitResident(ctx context.Context) error {
 	t := time.NewTicker(residentPoll)
 	defer t.Stop()

@@ -79,3 +79,46 @@ func ExampleRestore() {
 	// resident: <nil>
 	// snapshot; faults after the push: 0
 }
+
+// A push held until the source is complete: the pair serves a store that a pre-copy is still
+// filling, so the push starts only once the store holds the final bytes (a page the program
+// faults on before that must come from elsewhere: the post-copy example's source does it).
+func ExamplePair_StartPush() {
+	const n = 64 * 4096
+	store, err := os.CreateTemp("", "store")
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer os.Remove(store.Name())
+	defer store.Close()
+	store.Truncate(n)
+
+	r, err := alloc.Shared(n)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	p, err := mirror.Mirror(r, mirror.ServeFaults(store), mirror.CloseRegion(),
+		mirror.Restore(mirror.RestoreOptions{Push: true, HoldPush: true, PushRate: 64 << 20}))
+	if err != nil {
+		fmt.Println(err)
+		r.Close()
+		return
+	}
+	defer p.Close()
+
+	store.WriteAt(bytes.Repeat([]byte("precopy!"), n/8), 0) // the pre-copy arrives
+	if err := p.StartPush(); err != nil {
+		fmt.Println(err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	fmt.Println("resident:", p.WaitResident(ctx))
+	pr, _ := p.RestoreProgress()
+	fmt.Printf("%s; %d of %d pages pushed\n", p.Mirror()[n-8:], pr.Restored, pr.Pages)
+	// Output:
+	// resident: <nil>
+	// precopy!; 64 of 64 pages pushed
+}

@@ -3,6 +3,7 @@ package mirror
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/rand"
@@ -17,6 +18,7 @@ import (
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
+	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"github.com/mirrormem/mirrormem/internal/mem"
 )
 
@@ -513,5 +515,145 @@ func TestWorkingSetSeveralWorkers(t *testing.T) {
 	}
 	if len(seen) != pages {
 		t.Fatalf("recorded %d distinct pages of the %d touched", len(seen), pages)
+	}
+}
+
+// A held push waits for StartPush: a source completed after the pair was made (as a pre-copy
+// fills a store) is pushed with its final bytes, never the ones it had before. Then the push
+// runs to full residency, and the pages it filled are counted apart from faulted ones.
+func TestRestoreHoldPush(t *testing.T) {
+	const pages = 256
+	page := mem.PageSize()
+	n := pages * page
+	for _, h := range restoreHandlers() {
+		t.Run(h.String(), func(t *testing.T) {
+			defer leakcheck.Check(t)()
+			src, err := os.CreateTemp(t.TempDir(), "held")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer src.Close()
+			if err := src.Truncate(int64(n)); err != nil { // zeros until the "pre-copy" below
+				t.Fatal(err)
+			}
+			rg, err := alloc.Shared(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rg.Close()
+			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{Push: true, HoldPush: true, MaxRange: 16 * page}))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer p.Close()
+			// Nothing is pushed while held: WaitResident times out with no page resident.
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			if err := p.WaitResident(ctx); !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("WaitResident on a held push: %v, want a timeout", err)
+			}
+			if pr, _ := p.RestoreProgress(); pr.Resident != 0 || pr.Pushed || pr.Restored != 0 {
+				t.Fatalf("held push filled pages before StartPush: %+v", pr)
+			}
+			data := make([]byte, n)
+			for i := range data {
+				data[i] = byte(i*7 + i/page + 1)
+			}
+			if _, err := src.WriteAt(data, 0); err != nil {
+				t.Fatal(err)
+			}
+			touchPages(p.Mirror(), []int{3, 200}) // two demand faults, not the push's
+			if err := p.StartPush(); err != nil {
+				t.Fatal(err)
+			}
+			if err := p.StartPush(); err != nil {
+				t.Fatalf("second StartPush: %v", err)
+			}
+			ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := p.WaitResident(ctx); err != nil {
+				t.Fatal(err)
+			}
+			pr, _ := p.RestoreProgress()
+			if !pr.Pushed || pr.Resident != pages || pr.Restored != pages-2 {
+				t.Errorf("after the push: %+v, want every page resident, all but the 2 faulted ones restored", pr)
+			}
+			if !bytes.Equal(p.Original(), data) || !bytes.Equal(p.Mirror(), data) {
+				t.Fatal("the views differ from the source's final bytes")
+			}
+			if err := p.Verify(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+}
+
+// StartPush refuses a pair whose push is not held, a closed pair, and HoldPush without Push.
+func TestRestoreStartPushRefuses(t *testing.T) {
+	page := mem.PageSize()
+	src, _ := patternFile(t, 16*page)
+	defer leakcheck.Check(t)()
+	fresh := func() *alloc.Region {
+		rg, err := alloc.Shared(16 * page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rg
+	}
+	rg := fresh()
+	if p, err := Mirror(rg, ServeFaults(src), Restore(RestoreOptions{HoldPush: true})); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "Push") {
+		if err == nil {
+			p.Close()
+		}
+		t.Errorf("HoldPush without Push: %v", err)
+	}
+	rg.Close()
+	for _, o := range []RestoreOptions{{Push: true}, {}} {
+		p, err := Mirror(fresh(), ServeFaults(src), Restore(o), CloseRegion())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := p.StartPush(); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "HoldPush") || len(err.Error()) > 160 {
+			t.Errorf("StartPush with %+v: %v", o, err)
+		}
+		p.Close()
+		if err := p.StartPush(); !errors.Is(err, ErrClosed) {
+			t.Errorf("StartPush after Close: %v", err)
+		}
+	}
+	p, err := Mirror(fresh(), ServeFaults(src), CloseRegion())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.StartPush(); !errors.Is(err, ErrOption) {
+		t.Errorf("StartPush on a pair without Restore: %v", err)
+	}
+}
+
+// A push whose reads fail does not claim the image resident: WaitResident returns the
+// restore's error, and the pages it could not read are left to demand faults.
+func TestRestorePushReadFails(t *testing.T) {
+	const pages = 64
+	page := mem.PageSize()
+	rg, err := alloc.Shared(pages * page)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rg.Close()
+	bad := binary.LittleEndian.AppendUint32(nil, 40)
+	p, err := Mirror(rg, ServeFaults(NamedSource(failingName, bad)), Restore(RestoreOptions{Push: true, MaxRange: 4 * page}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.WaitResident(ctx); err == nil || !strings.Contains(err.Error(), "Restore stopped on an error") {
+		t.Fatalf("WaitResident with a failing read: %v", err)
+	}
+	pr, _ := p.RestoreProgress()
+	if pr.Pushed || pr.Resident != pages-4 || pr.Restored != pages-4 {
+		t.Errorf("%+v: want the %d pages outside the failed read restored, not pushed", pr, pages-4)
 	}
 }

@@ -56,6 +56,7 @@ type PrefetchStats struct {
 	Reads   int64 // reads of the source
 	Errors  int64 // reads that failed (their pages are left to demand faults)
 	Mapped  int64 // pages mapped into the other views of the object (UFFDIO_CONTINUE)
+	ReadErr error // the first read that failed (nil if none did)
 }
 
 // PrefetchObserver is an Observer told when Prefetch has a fill in flight: from before its
@@ -223,10 +224,11 @@ type prefetch struct {
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
-	mu     sync.Mutex
-	due    time.Time // Rate: when the next read may start
-	err    error
-	noCont atomic.Bool // the other views are not registered for minor faults
+	mu      sync.Mutex
+	due     time.Time // Rate: when the next read may start
+	err     error
+	readErr error       // the first read that failed
+	noCont  atomic.Bool // the other views are not registered for minor faults
 }
 
 func (p *prefetch) fail(err error) {
@@ -238,8 +240,10 @@ func (p *prefetch) fail(err error) {
 }
 
 func (p *prefetch) stats() PrefetchStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	return PrefetchStats{Filled: p.filled.Load(), Skipped: p.skipped.Load(), Existed: p.existed.Load(),
-		Reads: p.reads.Load(), Errors: p.errs.Load(), Mapped: p.mapped.Load()}
+		Reads: p.reads.Load(), Errors: p.errs.Load(), Mapped: p.mapped.Load(), ReadErr: p.readErr}
 }
 
 // pace waits until a read of n bytes fits under the rate.
@@ -301,6 +305,19 @@ func (p *prefetch) run(ctx context.Context, w *worker) error {
 			if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
 				return nil
 			}
+			// A demand fault may have filled pages of the run while this waited: reading them
+			// again would fetch them twice (the fill would only meet EEXIST).
+			if s.tracker != nil {
+				if s.tracker.Filled(off) {
+					continue
+				}
+				for k := off + page; k < end; k += page {
+					if s.tracker.Filled(k) {
+						end = k
+						break
+					}
+				}
+			}
 			if err := p.fillRun(ctx, w, off, end-off); err != nil {
 				return err
 			}
@@ -321,6 +338,11 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 		p.reads.Add(1)
 		if b, n, err = s.read(w, src, off, n); err != nil {
 			p.errs.Add(1)
+			p.mu.Lock()
+			if p.readErr == nil {
+				p.readErr = err
+			}
+			p.mu.Unlock()
 			return nil // demand faults meet the failure and apply the policy
 		}
 	}

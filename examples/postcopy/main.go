@@ -9,7 +9,7 @@
 // of pages written since (tracked with userfaultfd write protection). The destination resumes
 // at once on memory whose faults the library serves from a handler process: the pages it
 // received from its store, the others fetched on demand from the source's page server
-// (mirror.TCPSource). No code of the destination is on the path that serves its faults, so it
+// (mirror.TCPSource), while the library pushes every page left in the background. No code of the destination is on the path that serves its faults, so it
 // cannot hang under garbage collection, with or without cgo. The destination checks every page
 // against the checksums of the source's final image. The same migration runs again with pages
 // fetched on demand with HTTP Range requests (mirror.HTTPSource, the path of a restore from an

@@ -63,6 +63,7 @@ type Config struct {
 type Restore struct {
 	Prefetch []uffd.PrefetchRange `json:",omitempty"`
 	Push     bool                 `json:",omitempty"`
+	HoldPush bool                 `json:",omitempty"` // the push waits for Handler.StartPush
 	PushRate int64                `json:",omitempty"`
 	InFlight int                  `json:",omitempty"` // reads of the source at once; 0: the engine's default
 	MaxRange int                  `json:",omitempty"` // bytes per read; 0: the engine's default

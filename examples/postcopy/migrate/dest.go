@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bufio"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +28,8 @@ const (
 	envSeed         = "MIRRORMEM_POSTCOPY_SEED"          // the workload's randomness
 	envGC           = "MIRRORMEM_POSTCOPY_GC"            // the workload collects garbage in a loop while it reads
 	envLazy         = "MIRRORMEM_POSTCOPY_LAZY"          // populate nothing: pages come in on the workload's faults only
+	envNoPush       = "MIRRORMEM_POSTCOPY_NO_PUSH"       // no background push: populate once the stream ended
+	envPushRate     = "MIRRORMEM_POSTCOPY_PUSH_RATE"     // the background push's cap, bytes per second (0: none)
 	envDestCrash    = "MIRRORMEM_POSTCOPY_DEST_CRASH"    // the destination exits (status 3) right after resuming (tests)
 	envKillHandlers = "MIRRORMEM_POSTCOPY_KILL_HANDLERS" // kill that many fault handler processes mid-run (tests)
 
@@ -42,6 +46,7 @@ type destReport struct {
 	TouchMean        time.Duration
 	TouchMax         time.Duration
 	Faults           uint64
+	Pushed           int // pages the background push filled
 	Verified         int
 	Mismatches       int
 	FirstMismatch    int
@@ -77,15 +82,14 @@ type dest struct {
 	pair               *mirror.Pair  // post-copy: the memory, served from the store by the library
 	mem                []byte        // what the workload runs on
 	lazy               bool
+	push               bool          // the library pushes every page once the store is complete (StartPush)
 	resumed            chan []int    // the stale pages, at the resume
 	ended              chan struct{} // closed at the end of the stream
 	manifest           []uint32      // the checksums of the source's final image
 	doneNs             atomic.Int64
 }
 
-// newDest reads the hello and makes the store and, for post-copy, the memory: a pair whose
-// faults the library's handler process serves from a storeSource. It is made before the
-// pre-copy arrives, so that the handler processes serve by the resume.
+// newDest reads the hello and makes the store and, for post-copy, the memory (newMemory).
 func newDest(r io.Reader) (*dest, error) {
 	var hello [17]byte
 	if _, err := io.ReadFull(r, hello[:]); err != nil || hello[0] != msgHello {
@@ -105,31 +109,46 @@ func newDest(r io.Reader) (*dest, error) {
 	if Mode(binary.LittleEndian.Uint32(hello[13:])) == StopAndCopy {
 		return d, nil
 	}
-	cfg, _ := json.Marshal(storeConfig{Store: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), d.store.Fd()),
-		Size: int64(size), Page: int64(page), TCP: os.Getenv(envPages), HTTP: os.Getenv(envHTTP)})
-	around := mirror.DefaultFaultAround
-	if d.lazy {
-		around = 0 // a fault per page: the workload's first touch of each is one
-	}
-	reg, err := alloc.Shared(size)
-	if err == nil {
-		d.pair, err = mirror.Mirror(reg, mirror.ServeFaults(mirror.NamedSource(storeSourceName, cfg)),
-			mirror.FaultAround(around), mirror.CloseRegion())
-		if err != nil {
-			reg.Close()
-		}
-	}
-	if err != nil {
+	if err := d.newMemory(); err != nil {
 		d.store.Close()
 		return nil, err
 	}
-	d.mem = d.pair.Original()
 	return d, nil
 }
 
-// receive reads the stream: pre-copy, resume, pushed pages, checksums, end. A page goes into
-// the store; after the resume, its state follows with pwrite, so that a handler process that
-// sees the state reads the page's final bytes.
+// newMemory makes the memory a post-copy destination resumes on: a pair whose faults the
+// library's handler process serves from a storeSource. It is made before the pre-copy
+// arrives, so that the handler processes serve by the resume. Unless lazy (or told not to),
+// the library also pushes every page the workload has not faulted in, from the store and the
+// source's page server, at a bounded rate: held until the store is complete (StartPush).
+func (d *dest) newMemory() error {
+	cfg, _ := json.Marshal(storeConfig{Store: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), d.store.Fd()),
+		Size: int64(d.size), Page: int64(d.page), TCP: os.Getenv(envPages), HTTP: os.Getenv(envHTTP)})
+	opts := []mirror.Option{mirror.ServeFaults(mirror.NamedSource(storeSourceName, cfg)), mirror.CloseRegion()}
+	if d.lazy {
+		opts = append(opts, mirror.FaultAround(0)) // a fault per page: the workload's first touch of each is one
+	} else {
+		opts = append(opts, mirror.FaultAround(mirror.DefaultFaultAround))
+	}
+	if d.push = !d.lazy && os.Getenv(envNoPush) == ""; d.push {
+		rate, _ := strconv.ParseInt(os.Getenv(envPushRate), 10, 64)
+		opts = append(opts, mirror.Restore(mirror.RestoreOptions{Push: true, HoldPush: true, PushRate: rate}))
+	}
+	reg, err := alloc.Shared(d.size)
+	if err != nil {
+		return err
+	}
+	if d.pair, err = mirror.Mirror(reg, opts...); err != nil {
+		reg.Close()
+		return err
+	}
+	d.mem = d.pair.Original()
+	return nil
+}
+
+// receive reads the stream: pre-copy, resume, checksums, end. A page goes into the store; at
+// the resume, the page states follow with pwrite, so that a handler process that sees a
+// state reads the page's final bytes.
 func (d *dest) receive(r *bufio.Reader) error {
 	buf := make([]byte, d.page)
 	resumed := false
@@ -140,21 +159,11 @@ func (d *dest) receive(r *bufio.Reader) error {
 		}
 		switch typ {
 		case msgPage:
-			pg, err1 := getU32(r)
-			crc, err2 := getU32(r)
-			_, err3 := io.ReadFull(r, buf)
-			if err := errors.Join(err1, err2, err3); err != nil {
-				return sourceGone("page", err)
-			}
-			if int(pg) >= d.npages || pageCRC(buf) != crc {
-				return fmt.Errorf("page %d arrived corrupted or out of range (crc32c %08x, sent %08x)", pg, pageCRC(buf), crc)
-			}
-			copy(d.store.Bytes()[int(pg)*d.page:], buf)
-			d.states[pg] = pageHave
 			if resumed {
-				if _, err := unix.Pwrite(d.store.Fd(), d.states[pg:pg+1], int64(d.size)+int64(pg)); err != nil {
-					return fmt.Errorf("store: %w", err)
-				}
+				return errors.New("a page arrived on the stream after the resume")
+			}
+			if err := d.receivePage(r, buf); err != nil {
+				return err
 			}
 		case msgResume:
 			count, err := getU32(r)
@@ -193,14 +202,38 @@ func (d *dest) receive(r *bufio.Reader) error {
 	}
 }
 
-// fill makes every page present once the stream ended (post-copy, unless lazy): the handler
-// process serves them from the store, and fetches from the source the pages it does not hold.
+// receivePage reads a page of the pre-copy into the store.
+func (d *dest) receivePage(r io.Reader, buf []byte) error {
+	pg, err1 := getU32(r)
+	crc, err2 := getU32(r)
+	_, err3 := io.ReadFull(r, buf)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return sourceGone("page", err)
+	}
+	if int(pg) >= d.npages || pageCRC(buf) != crc {
+		return fmt.Errorf("page %d arrived corrupted or out of range (crc32c %08x, sent %08x)", pg, pageCRC(buf), crc)
+	}
+	copy(d.store.Bytes()[int(pg)*d.page:], buf)
+	d.states[pg] = pageHave
+	return nil
+}
+
+// fill makes every page present (post-copy, unless lazy): the library's push does, or without
+// one, faults once the stream ended (Populate). The handler process serves them from the
+// store, and fetches from the source the pages it does not hold.
 func (d *dest) fill() error {
-	<-d.ended
-	if d.pair != nil && !d.lazy {
+	switch {
+	case d.push:
+		if err := d.pair.WaitResident(context.Background()); err != nil {
+			return sourceGone("background push", err)
+		}
+	case d.pair != nil && !d.lazy:
+		<-d.ended
 		if err := d.pair.Populate(0, d.size); err != nil {
 			return fmt.Errorf("%w: %v", errPageLost, err)
 		}
+	default:
+		<-d.ended
 	}
 	if !d.lazy || d.pair == nil {
 		d.doneNs.Store(monotonic())
@@ -234,6 +267,12 @@ func runDestination(addr string) (destReport, error) {
 	if os.Getenv(envDestCrash) != "" {
 		os.Exit(3) // a destination that dies (tests)
 	}
+	if d.push {
+		// The store is complete: what it holds is final, what it does not the source has.
+		if err := d.pair.StartPush(); err != nil {
+			return rep, err
+		}
+	}
 	var w destReport // the workload's figures: read only once it has ended
 	go func() { errs <- d.workload(stale, &w) }()
 	go func() { errs <- d.fill() }()
@@ -243,14 +282,27 @@ func runDestination(addr string) (destReport, error) {
 		}
 	}
 	rep.DoneNs, rep.Touches, rep.TouchMean, rep.TouchMax, rep.GCCycles = d.doneNs.Load(), w.Touches, w.TouchMean, w.TouchMax, w.GCCycles
+	defer d.store.Close()
+	if d.pair != nil {
+		defer d.pair.Close()
+	}
+	return rep, d.verify(&rep)
+}
+
+// verify checks every page of the memory against the checksums of the source's final image,
+// and that the library filled each page once, whoever came first (a fault or the push).
+func (d *dest) verify(rep *destReport) error {
 	view := d.mem
 	if d.pair != nil {
 		o, m := d.pair.FaultStats()
 		rep.Faults = o.Missing + o.Minor + m.Missing + m.Minor
+		pr, _ := d.pair.RestoreProgress()
+		rep.Pushed = pr.Restored
+		if err := d.pair.VerifyHandler(); err != nil {
+			return fmt.Errorf("the memory's fault handler: %w", err)
+		}
 		view = d.pair.Mirror() // checked through the other view
-		defer d.pair.Close()
 	}
-	defer d.store.Close()
 	for pg, crc := range d.manifest {
 		if pageCRC(view[pg*d.page:(pg+1)*d.page]) == crc {
 			rep.Verified++
@@ -259,9 +311,9 @@ func runDestination(addr string) (destReport, error) {
 		}
 	}
 	if rep.Mismatches > 0 {
-		return rep, fmt.Errorf("%d of %d pages differ from the source's final image (first: page %d)", rep.Mismatches, d.npages, rep.FirstMismatch)
+		return fmt.Errorf("%d of %d pages differ from the source's final image (first: page %d)", rep.Mismatches, d.npages, rep.FirstMismatch)
 	}
-	return rep, nil
+	return nil
 }
 
 // errPageLost: a page of the memory raised SIGBUS. The library poisons a page only when its

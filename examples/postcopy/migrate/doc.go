@@ -1,6 +1,6 @@
 // Package migrate is a post-copy live-migration engine between two processes: the source holds
 // a memory image that a workload keeps writing, the destination resumes on memory whose pages
-// are served on demand from the source while a background stream pushes the rest.
+// are served on demand from the source while the library's background push fills the rest.
 //
 // It is for people building live migration or snapshot restore on mirrored memory who want a
 // working model to measure and copy, and for the benchmark suite (Run returns a Report).
@@ -19,10 +19,12 @@
 //  4. Post-copy: the destination's workload runs again at once, on memory whose faults the
 //     library serves (below). A page the store holds is served from it; any other (a page
 //     written after the pre-copy and not pushed yet) is fetched from the source's page server
-//     with mirror.TCPSource, or with mirror.HTTPSource. Meanwhile the source pushes the dirty
-//     pages into the store, and once the stream ends the destination populates every page
-//     (Pair.Populate) that its workload has not touched. (Config.Lazy: pages come in on the
-//     workload's faults only.)
+//     with mirror.TCPSource, or with mirror.HTTPSource. Meanwhile the library pushes every
+//     page the workload has not faulted in, from the same source, at a bounded rate
+//     (mirror.Restore with Push and HoldPush): the destination starts that push
+//     (Pair.StartPush) at the resume, once its store holds the pre-copy and the page states,
+//     and waits for it (Pair.WaitResident). (Config.Lazy: pages come in on the workload's
+//     faults only; Config.NoPush: on faults, then Pair.Populate's.)
 //  5. The source sends the checksums of its final image; the destination checks every page
 //     of its memory against them.
 //
@@ -43,15 +45,16 @@
 // configuration, where its store is (/proc/PID/fd/N of the memfd) and where the source is. For
 // a fault-around window, the handler process reads one byte per page after the image in the
 // store: the runs of pages the store holds (pre-copied and still clean, or pushed) are read from
-// it, the others from the source, one request per run. The destination writes a pushed page
-// into the store before its state, so that a handler that sees the state reads final bytes.
+// it, the others from the source, one request per run; the push reads through the same
+// source. The destination writes the page states into the store before it starts the push, so
+// that a handler that sees a state reads final bytes.
 // Works the same with and without cgo; the workload may touch its memory any way.
 //
 // # Failure
 //
 // A source that disappears mid-migration (its connections close) or stops answering (each
 // request has a timeout) makes the destination fail with an error saying what failed: the
-// stream, or a page that the handler process could not fetch. The library never serves zeros
+// stream, the background push, or a page that the handler process could not fetch. The library never serves zeros
 // in place of such a page: it poisons it (UFFDIO_POISON), the access raises SIGBUS, which the
 // destination's workload recovers as an error, and Pair.FaultErr says which read failed and
 // why. A handler process that dies is replaced by its standby; if both die, the library ends

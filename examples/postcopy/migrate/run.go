@@ -26,7 +26,8 @@ type Mode int
 
 const (
 	// PostCopy: pre-copy every page while the workload runs, stop, resume the destination at
-	// once, then push the pages written since the pre-copy while faults fetch them on demand.
+	// once, then fetch the pages written since the pre-copy on demand while the library's
+	// background push makes every page resident.
 	PostCopy Mode = iota
 	// StopAndCopy: stop, copy every page, resume. The baseline.
 	StopAndCopy
@@ -60,13 +61,17 @@ type Config struct {
 	// every page (DestTouches is raised to the number of pages). The migration ends when the
 	// workload has touched every page.
 	Lazy bool
-	// NoPush makes the source push nothing after the resume: every page written after the
-	// pre-copy then comes on demand, fetched by the destination's fault handler for a fault
-	// or once the stream ended.
+	// NoPush makes the destination run no background push: every page written after the
+	// pre-copy then comes on demand, fetched by its fault handler for a fault of its workload
+	// or, once the stream ended, of Pair.Populate.
 	NoPush bool
+	// PushRate caps what the destination's background push (mirror.Restore with Push) reads,
+	// from its store and the source together, in bytes per second (default 1 GiB/s; negative:
+	// no cap). The push starts at the resume (Pair.StartPush), once the store is complete.
+	PushRate int64
 	// FailSourceAfter > 0 makes the source drop its connections once it has sent that many
-	// pages after the resume (pushed or on demand), as a crashed source would: the migration
-	// must fail with an error.
+	// pages after the resume (for faults or the push), as a crashed source would: the
+	// migration must fail with an error.
 	FailSourceAfter int
 	// Stderr receives the destination process's error output (default os.Stderr).
 	Stderr io.Writer
@@ -113,6 +118,12 @@ func (c *Config) defaults() error {
 		c.Timeout = 2 * time.Minute
 	}
 	switch {
+	case c.PushRate == 0:
+		c.PushRate = 1 << 30
+	case c.PushRate < 0:
+		c.PushRate = 0 // the library's "no cap"
+	}
+	switch {
 	case c.ImageSize < 0:
 		return fmt.Errorf("migrate: ImageSize %d: must be positive", c.ImageSize)
 	case c.HotFraction < 0 || c.HotFraction > 1:
@@ -127,27 +138,29 @@ func (c *Config) defaults() error {
 
 // Report is what a migration measured.
 type Report struct {
-	Mode           Mode
-	Demand         string // how faults fetched pages: "TCP" or "HTTP Range"
-	ImageBytes     int
-	PageSize       int
-	Pages          int
-	SourceWrites   int64         // writes of the source workload before the stop
-	DirtyPages     int           // pages written after the start of the pre-copy: resent
-	PreCopied      int           // pages the destination took from the pre-copy (stop-and-copy: all)
-	OnDemand       int           // pages fetched because a fault needed them first
-	Pushed         int           // pages the destination took from the push stream
-	DemandRequests int           // demand round trips
-	BytesSent      int64         // bytes the source sent, every connection
-	PreCopyTime    time.Duration // the pre-copy, while the workload ran
-	Downtime       time.Duration // workload stopped at the source until running at the destination
-	Total          time.Duration // start until every page is resident at the destination
-	Touches        int           // pages the destination workload read after resuming
-	TouchMean      time.Duration // mean time of such a read (a fault or not)
-	TouchMax       time.Duration
-	DestFaults     uint64 // faults of the destination's memory served by its fault handler process
-	VerifiedPages  int    // pages whose checksum matched the source's final image
-	DestGCCycles   int64  // garbage collections forced at the destination (DestGC)
+	Mode          Mode
+	Demand        string // how faults fetched pages: "TCP" or "HTTP Range"
+	ImageBytes    int
+	PageSize      int
+	Pages         int
+	SourceWrites  int64         // writes of the source workload before the stop
+	DirtyPages    int           // pages written after the start of the pre-copy: resent
+	PreCopied     int           // pages the destination took from the pre-copy (stop-and-copy: all)
+	Fetched       int           // dirty pages the destination fetched from the source after the resume
+	Refetched     int           // fetches of a page fetched before (a fault and the push racing for it)
+	FetchedClean  int           // fetches of pages the destination's store held (none: the store serves them)
+	Requests      int           // requests to the source's page server (or HTTP server) after the resume
+	Pushed        int           // pages the background push filled (the library's Restore); faults filled the others
+	BytesSent     int64         // bytes the source sent, every connection
+	PreCopyTime   time.Duration // the pre-copy, while the workload ran
+	Downtime      time.Duration // workload stopped at the source until running at the destination
+	Total         time.Duration // start until every page is resident at the destination
+	Touches       int           // pages the destination workload read after resuming
+	TouchMean     time.Duration // mean time of such a read (a fault or not)
+	TouchMax      time.Duration
+	DestFaults    uint64 // faults of the destination's memory served by its fault handler process
+	VerifiedPages int    // pages whose checksum matched the source's final image
+	DestGCCycles  int64  // garbage collections forced at the destination (DestGC)
 }
 
 // String formats the report in a few lines for people.
@@ -163,8 +176,8 @@ func (r Report) String() string {
 		fmt.Fprintf(&b, " (pre-copy %v while the workload ran)", r.PreCopyTime.Round(time.Millisecond))
 	}
 	if r.Mode == PostCopy {
-		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, of which %d on demand (%d requests) and %d pushed\n",
-			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.OnDemand, r.DemandRequests, r.Pushed)
+		fmt.Fprintf(&b, "\n  sent %.1f MiB; pages: %d pre-copied, %d dirty after it, fetched in %d requests (%d fetched twice); %d pages filled by the push\n",
+			float64(r.BytesSent)/(1<<20), r.PreCopied, r.DirtyPages, r.Requests, r.Refetched, r.Pushed)
 		fmt.Fprintf(&b, "  destination: %d faults served by its handler process; it read %d pages right after resuming (mean %v, worst %v per page)\n",
 			r.DestFaults, r.Touches, r.TouchMean.Round(time.Microsecond/10), r.TouchMax.Round(time.Microsecond))
 	} else {
@@ -202,31 +215,37 @@ func Run(cfg Config) (Report, error) {
 			return rep, fmt.Errorf("migrate: dirty tracking: %w", err)
 		}
 	}
+	err = s.migrate(cfg, &rep)
+	return rep, err
+}
 
+// migrate starts the destination, runs the stream with it, and fills rep from what both
+// sides measured.
+func (s *source) migrate(cfg Config, rep *Report) error {
 	tcp, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return rep, err
+		return err
 	}
 	defer tcp.Close()
 	ln := countingListener{tcp, &s.sent}
 	demandEnv, stopDemand, err := s.serveDemand(cfg)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	defer stopDemand()
 	cmd, err := destCommand(cfg, envDest+"="+ln.Addr().String(), demandEnv)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	var out bytes.Buffer
 	cmd.Stdout = &out
 
 	go s.workload()
-	defer s.stop() // before s.close, deferred earlier: the workload must not outlive the image
+	defer s.stop() // before s.close, deferred by Run: the workload must not outlive the image
 	startNs := monotonic()
 	exited, err := startDestination(cmd, cfg.Timeout)
 	if err != nil {
-		return rep, err
+		return err
 	}
 	waited := false
 	defer func() {
@@ -235,21 +254,10 @@ func Run(cfg Config) (Report, error) {
 			<-exited
 		}
 	}()
-
-	// The destination dials once: the stream.
-	conns := make(chan net.Conn, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err == nil {
-			conns <- c
-		}
-	}()
-	var stream net.Conn
-	select {
-	case stream = <-conns:
-	case err := <-exited:
-		waited = true
-		return rep, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
+	stream, err := acceptStream(ln, exited)
+	if err != nil {
+		waited = true // acceptStream received the exit
+		return err
 	}
 	defer stream.Close()
 	preCopy, stopNs, dirty, serr := s.stream(stream, cfg.Mode)
@@ -265,24 +273,48 @@ func Run(cfg Config) (Report, error) {
 	werr := <-exited
 	waited = true
 	rep.BytesSent = s.sent.Load()
+	return s.report(rep, out.Bytes(), werr, serr, startNs, stopNs)
+}
 
-	var dr destReport
-	if jerr := json.Unmarshal(bytes.TrimSpace(out.Bytes()), &dr); jerr != nil {
-		return rep, fmt.Errorf("migrate: the destination ended without a report (%v): its error output says why", werr)
+// acceptStream waits for the destination to dial the stream, its one connection to ln.
+func acceptStream(ln net.Listener, exited <-chan error) (net.Conn, error) {
+	conns := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			conns <- c
+		}
+	}()
+	select {
+	case c := <-conns:
+		return c, nil
+	case err := <-exited:
+		return nil, fmt.Errorf("migrate: destination exited before connecting (%v): does the program call migrate.MaybeDestination first thing in main?", err)
 	}
-	rep.PreCopied, rep.Pushed, rep.OnDemand, rep.DemandRequests = dr.PreCopied, int(s.pushed.Load()), int(s.onDemand.Load()), int(s.demandRequests.Load())
+}
+
+// report fills rep from the destination's report (out, its standard output) and the source's
+// counts, and returns the migration's error: the destination's (werr, its exit), the stream's
+// (serr), or a page not verified.
+func (s *source) report(rep *Report, out []byte, werr, serr error, startNs, stopNs int64) error {
+	var dr destReport
+	if jerr := json.Unmarshal(bytes.TrimSpace(out), &dr); jerr != nil {
+		return fmt.Errorf("migrate: the destination ended without a report (%v): its error output says why", werr)
+	}
+	rep.Fetched, rep.Refetched, rep.FetchedClean = s.fetched()
+	rep.PreCopied, rep.Pushed, rep.Requests = dr.PreCopied, dr.Pushed, int(s.requests.Load())
 	rep.Touches, rep.TouchMean, rep.TouchMax, rep.DestFaults, rep.VerifiedPages = dr.Touches, dr.TouchMean, dr.TouchMax, dr.Faults, dr.Verified
 	rep.DestGCCycles, rep.Downtime, rep.Total = dr.GCCycles, time.Duration(dr.ResumeNs-stopNs), time.Duration(dr.DoneNs-startNs)
 	if dr.Err != "" || werr != nil {
-		return rep, fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
+		return fmt.Errorf("migrate: destination: %s (%v)", dr.Err, werr)
 	}
 	if serr != nil {
-		return rep, serr
+		return serr
 	}
 	if rep.VerifiedPages != rep.Pages {
-		return rep, errors.New("migrate: not every page was verified")
+		return errors.New("migrate: not every page was verified")
 	}
-	return rep, nil
+	return nil
 }
 
 // startDestination starts the destination process and returns a channel that receives its
@@ -317,12 +349,13 @@ func destCommand(cfg Config, env ...string) (*exec.Cmd, error) {
 	}
 	cmd := exec.Command(self)
 	cmd.Env = append(append(os.Environ(), env...),
-		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10))
+		envTouches+"="+strconv.Itoa(cfg.DestTouches), envSeed+"="+strconv.FormatUint(cfg.Seed, 10),
+		envPushRate+"="+strconv.FormatInt(cfg.PushRate, 10))
 	for _, o := range []struct {
 		on bool
 		kv string
 	}{
-		{cfg.DestGC, envGC + "=1"}, {cfg.Lazy, envLazy + "=1"}, {cfg.destCrash, envDestCrash + "=1"},
+		{cfg.DestGC, envGC + "=1"}, {cfg.Lazy, envLazy + "=1"}, {cfg.NoPush, envNoPush + "=1"}, {cfg.destCrash, envDestCrash + "=1"},
 		{cfg.killHandlers > 0, envKillHandlers + "=" + strconv.Itoa(cfg.killHandlers)},
 	} {
 		if o.on {

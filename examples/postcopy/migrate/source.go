@@ -31,14 +31,13 @@ type source struct {
 	writes   atomic.Int64
 	wrote    chan struct{} // closed once the workload's first batch of writes is done
 
-	sent           atomic.Int64  // bytes written to the destination, every connection (countingListener)
-	resent         []atomic.Bool // page sent after the stop (pushed or on demand)
-	onDemand       atomic.Int64  // pages sent on demand first
-	pushed         atomic.Int64  // pages pushed first
-	demandRequests atomic.Int64
-	afterStop      atomic.Int64  // pages sent after the resume, pushed or on demand
-	dropConns      chan struct{} // closed to simulate the source dying (Config.FailSourceAfter)
-	dropOnce       sync.Once
+	sent      atomic.Int64   // bytes written to the destination, every connection (countingListener)
+	dirty     []int          // the pages written after the start of the pre-copy (post-copy)
+	fetches   []atomic.Int32 // per page: times the destination fetched it after the resume
+	requests  atomic.Int64   // requests of the destination after the resume
+	afterStop atomic.Int64   // pages sent after the resume
+	dropConns chan struct{}  // closed to simulate the source dying (Config.FailSourceAfter)
+	dropOnce  sync.Once
 }
 
 // newSource maps the image, fills it, and (for post-copy) starts tracking writes.
@@ -56,7 +55,7 @@ func newSource(cfg Config) (*source, error) {
 	}
 	s := &source{cfg: cfg, page: page, npages: reg.Len() / page, reg: reg, pair: pair, img: pair.Original(),
 		stopWork: make(chan struct{}), workDone: make(chan struct{}), dropConns: make(chan struct{}), wrote: make(chan struct{})}
-	s.resent = make([]atomic.Bool, s.npages)
+	s.fetches = make([]atomic.Int32, s.npages)
 	// Initial contents: random bytes, different on every page.
 	rng := rand.New(rand.NewPCG(cfg.Seed, 1))
 	block := make([]byte, 64<<10+page)
@@ -148,19 +147,38 @@ func (s *source) writePage(w io.Writer, p int, scratch []byte) error {
 	return err
 }
 
-// demand counts a request for count pages from first, about to be sent on demand; it reports
-// false if the source must play dead instead (Config.FailSourceAfter).
-func (s *source) demand(first, count int) bool {
+// fetch counts a request for count pages from first, about to be sent to the destination
+// (for one of its faults, or for its background push); it reports false if the source must
+// play dead instead (Config.FailSourceAfter).
+func (s *source) fetch(first, count int) bool {
 	if s.sendingAfterStop(count) {
 		return false
 	}
-	s.demandRequests.Add(1)
+	s.requests.Add(1)
 	for p := first; p < first+count; p++ {
-		if !s.resent[p].Swap(true) {
-			s.onDemand.Add(1)
-		}
+		s.fetches[p].Add(1)
 	}
 	return true
+}
+
+// fetched sums up what the destination fetched after the resume: the pages written after the
+// pre-copy it fetched, fetches of a page it had fetched before, and fetches of pages it held.
+func (s *source) fetched() (dirty, again, clean int) {
+	wasDirty := make([]bool, s.npages)
+	for _, p := range s.dirty {
+		wasDirty[p] = true
+	}
+	for p := range s.fetches {
+		n := int(s.fetches[p].Load())
+		switch {
+		case n == 0:
+		case wasDirty[p]:
+			dirty, again = dirty+1, again+n-1
+		default:
+			clean, again = clean+1, again+n-1
+		}
+	}
+	return dirty, again, clean
 }
 
 // errPlayDead is what the source's servers answer once it plays dead.
@@ -177,28 +195,23 @@ func (pr pageReader) ReadAt(p []byte, off int64) (int, error) {
 		return 0, errPlayDead
 	default:
 	}
-	if !s.demand(int(off)/s.page, (len(p)+s.page-1)/s.page) {
+	if !s.fetch(int(off)/s.page, (len(p)+s.page-1)/s.page) {
 		return 0, errPlayDead
 	}
 	return copy(p, s.img[off:]), nil
 }
 
-// stream runs the stream connection: hello, pre-copy, stop, resume, push, manifest, end.
-// It returns the times of the stop and of the end of the pre-copy.
+// stream runs the stream connection: hello, pre-copy, stop, resume, checksums, end. The pages
+// the destination does not take from the pre-copy it fetches from the page server, for its
+// faults and its background push (the library's Restore). It returns the time the pre-copy
+// took, the time of the stop, and how many pages were written after the pre-copy started.
 func (s *source) stream(conn io.Writer, mode Mode) (preCopy time.Duration, stopAt int64, dirty int, err error) {
 	w := bufio.NewWriterSize(conn, 1<<20)
 	w.Write([]byte{msgHello})
 	putU32(w, uint32(uint64(len(s.img))), uint32(uint64(len(s.img))>>32), uint32(s.page), uint32(mode))
 	start := time.Now()
-	scratch := make([]byte, s.page)
-	var resend []int
 	if mode == PostCopy {
-		for p := 0; p < s.npages; p++ {
-			if err := s.writePage(w, p, scratch); err != nil {
-				return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
-			}
-		}
-		if err := w.Flush(); err != nil {
+		if err := s.sendImage(w); err != nil {
 			return 0, 0, 0, fmt.Errorf("migrate: pre-copy: %w", err)
 		}
 		// A migration of an image nobody wrote during the pre-copy would test nothing: on a
@@ -216,44 +229,23 @@ func (s *source) stream(conn io.Writer, mode Mode) (preCopy time.Duration, stopA
 			return 0, 0, 0, fmt.Errorf("migrate: dirty pages: %w", err)
 		}
 		for _, off := range offs {
-			resend = append(resend, off/s.page)
+			s.dirty = append(s.dirty, off/s.page)
 		}
 	} else {
 		s.stop()
 		stopAt = monotonic()
-		for p := 0; p < s.npages; p++ {
-			if err := s.writePage(w, p, scratch); err != nil {
-				return 0, 0, 0, fmt.Errorf("migrate: copy: %w", err)
-			}
+		if err := s.sendImage(w); err != nil {
+			return 0, 0, 0, fmt.Errorf("migrate: copy: %w", err)
 		}
 	}
 	// Resume: the list of pages the destination must not take from the pre-copy.
 	w.Write([]byte{msgResume})
-	putU32(w, uint32(len(resend)))
-	for _, p := range resend {
+	putU32(w, uint32(len(s.dirty)))
+	for _, p := range s.dirty {
 		putU32(w, uint32(p))
 	}
 	if err := w.Flush(); err != nil {
 		return 0, 0, 0, fmt.Errorf("migrate: resume: %w", err)
-	}
-	// Push what the destination may still fault on, unless a fault fetched it already.
-	for i, p := range resend {
-		if s.cfg.NoPush {
-			break
-		}
-		if s.resent[p].Swap(true) {
-			continue
-		}
-		if s.sendingAfterStop(1) {
-			return preCopy, stopAt, len(resend), nil
-		}
-		if err := s.writePage(w, p, scratch); err != nil {
-			return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
-		}
-		s.pushed.Add(1)
-		if i%64 == 63 {
-			w.Flush() // keep the destination's pager busy, not waiting for a full buffer
-		}
 	}
 	// The checksums of the final image, computed now that it is frozen: the destination
 	// checks every page it ends up with against them.
@@ -263,9 +255,20 @@ func (s *source) stream(conn io.Writer, mode Mode) (preCopy time.Duration, stopA
 	}
 	w.Write([]byte{msgEnd})
 	if err := w.Flush(); err != nil {
-		return 0, 0, 0, fmt.Errorf("migrate: push: %w", err)
+		return 0, 0, 0, fmt.Errorf("migrate: checksums: %w", err)
 	}
-	return preCopy, stopAt, len(resend), nil
+	return preCopy, stopAt, len(s.dirty), nil
+}
+
+// sendImage sends every page on the stream and flushes it.
+func (s *source) sendImage(w *bufio.Writer) error {
+	scratch := make([]byte, s.page)
+	for p := 0; p < s.npages; p++ {
+		if err := s.writePage(w, p, scratch); err != nil {
+			return err
+		}
+	}
+	return w.Flush()
 }
 
 // httpHandler serves the image with HTTP Range support (http.ServeContent) for a destination
@@ -275,7 +278,7 @@ func (s *source) httpHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		var first, last int
 		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil && first%s.page == 0 && (last+1)%s.page == 0 {
-			if !s.demand(first/s.page, (last+1-first)/s.page) {
+			if !s.fetch(first/s.page, (last+1-first)/s.page) {
 				panic(http.ErrAbortHandler) // the simulated crash
 			}
 		}
