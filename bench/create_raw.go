@@ -39,6 +39,17 @@ func checkRing(res uintptr, n int) error {
 	return nil
 }
 
+// unmapRing unmaps the ring at res, checked first with checkRing if check is set.
+func unmapRing(res uintptr, n int, check bool) error {
+	if check {
+		if err := checkRing(res, n); err != nil {
+			sysMunmap(res, 2*n)
+			return err
+		}
+	}
+	return sysMunmap(res, 2*n)
+}
+
 // ringDupGo creates and destroys iters adjacent rings with the mremap duplicate, inline.
 func ringDupGo(n, iters int) (time.Duration, error) {
 	t0 := time.Now()
@@ -55,13 +66,7 @@ func ringDupGo(n, iters int) (time.Duration, error) {
 			sysMunmap(res, 2*n)
 			return 0, fmt.Errorf("mremap duplicate: %w", e)
 		}
-		if i == 0 {
-			if err := checkRing(res, n); err != nil {
-				sysMunmap(res, 2*n)
-				return 0, err
-			}
-		}
-		if err := sysMunmap(res, 2*n); err != nil {
+		if err := unmapRing(res, n, i == 0); err != nil {
 			return 0, err
 		}
 	}
@@ -94,13 +99,7 @@ func ringFileGo(n, iters int, open func() (*os.File, error)) (time.Duration, err
 			sysMunmap(res, 2*n)
 			return 0, fmt.Errorf("mmap file twice: %v, %v", err1, err2)
 		}
-		if i == 0 {
-			if err := checkRing(res, n); err != nil {
-				sysMunmap(res, 2*n)
-				return 0, err
-			}
-		}
-		if err := sysMunmap(res, 2*n); err != nil {
+		if err := unmapRing(res, n, i == 0); err != nil {
 			return 0, err
 		}
 	}

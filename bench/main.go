@@ -77,7 +77,7 @@ func main() {
 		runs  = flag.Int("runs", 0, "runs per figure, every case of every suite (default: each suite's own: create and ring 5, "+
 			"faults 3, and 5 to 9 within a time budget for the cases that carry targets, sources 5 to 9 within a budget, "+
 			"postcopy 3; with -quick: 3, postcopy 2)")
-		suites = flag.String("suites", "", "comma-separated suites to run: create, faults, sources, ring, postcopy, restore (default: all)")
+		suites = flag.String("suites", "", "comma-separated suites to run: "+suiteNames()+" (default: all)")
 		quiet  = flag.Bool("q", false, "no progress lines on stderr")
 		fmib   = flag.Int("fault-mib", 0, "size of the fault-serving region in MiB (default: 128, or 32 with -quick)")
 		from   = flag.String("from", "", "measure nothing: print the table and (with -out) draw the plots of this results.json")
@@ -92,7 +92,7 @@ func main() {
 		for _, s := range strings.Split(*suites, ",") {
 			s = strings.TrimSpace(s)
 			if !knownSuite(s) {
-				fmt.Fprintf(os.Stderr, "bench: unknown suite %q (have: create, faults, sources, ring, postcopy, restore)\n", s)
+				fmt.Fprintf(os.Stderr, "bench: unknown suite %q (have: %s)\n", s, suiteNames())
 				os.Exit(2)
 			}
 			cfg.suites[s] = true
@@ -138,10 +138,33 @@ func main() {
 	}
 }
 
-func knownSuite(s string) bool {
-	switch s {
-	case "create", "faults", "sources", "ring", "postcopy", "restore":
-		return true
+// allSuites are the suites in the order they run; -suites names some of them.
+var allSuites = []struct {
+	name string
+	run  func(*bencher)
+}{
+	{"create", suiteCreate},
+	{"faults", suiteFaults},
+	{"sources", suiteSources},
+	{"ring", suiteRing},
+	{"postcopy", suitePostcopy},
+	{"restore", suiteRestore},
+}
+
+// suiteNames lists allSuites' names, comma-separated.
+func suiteNames() string {
+	var names []string
+	for _, s := range allSuites {
+		names = append(names, s.name)
+	}
+	return strings.Join(names, ", ")
+}
+
+func knownSuite(name string) bool {
+	for _, s := range allSuites {
+		if s.name == name {
+			return true
+		}
 	}
 	return false
 }
@@ -150,23 +173,10 @@ func knownSuite(s string) bool {
 func run(cfg *config) *Report {
 	rep := &Report{Started: time.Now().UTC(), Quick: cfg.quick, Host: hostInfo()}
 	b := &bencher{cfg: cfg, rep: rep, start: time.Now()}
-	if cfg.want("create") {
-		suiteCreate(b)
-	}
-	if cfg.want("faults") {
-		suiteFaults(b)
-	}
-	if cfg.want("sources") {
-		suiteSources(b)
-	}
-	if cfg.want("ring") {
-		suiteRing(b)
-	}
-	if cfg.want("postcopy") {
-		suitePostcopy(b)
-	}
-	if cfg.want("restore") {
-		suiteRestore(b)
+	for _, s := range allSuites {
+		if cfg.want(s.name) {
+			s.run(b)
+		}
 	}
 	rep.DurationSec = time.Since(b.start).Seconds()
 	if b.faultTime > 0 {

@@ -45,12 +45,10 @@ func TestPoisonDontWake(t *testing.T) {
 	t.Parallel()
 	u := newT(t, WithFeatures(FeaturePoison))
 	mem := anonT(t, pg)
-	mustNil(t, u.Register(addr(mem), pg, ModeMissing), "register")
-	done := populate(mem, false)
-	readOne(t, u)
-	_, err := u.Poison(addr(mem), pg, DontWake)
-	mustNil(t, err, "poison")
-	wakeAfterDontWake(t, u, addr(mem), "POISON")
+	done := resolveDontWake(t, u, mem, ModeMissing, "POISON", func(a uintptr) error {
+		_, err := u.Poison(a, pg, DontWake)
+		return err
+	})
 	if err := waitT(t, done, "populate"); err == nil {
 		t.Fatal("populate of a poisoned page succeeded")
 	}
@@ -90,16 +88,27 @@ func TestContinueDontWake(t *testing.T) {
 	u := newT(t, WithFeatures(shmemFeatures))
 	reg, other := pair(t, pg)
 	other[0] = 5
-	mustNil(t, u.Register(addr(reg), pg, ModeMinor), "register")
-	done := populate(reg, false)
-	readOne(t, u)
-	_, err := u.Continue(addr(reg), pg, DontWake)
-	mustNil(t, err, "continue")
-	wakeAfterDontWake(t, u, addr(reg), "CONTINUE")
+	done := resolveDontWake(t, u, reg, ModeMinor, "CONTINUE", func(a uintptr) error {
+		_, err := u.Continue(a, pg, DontWake)
+		return err
+	})
 	mustNil(t, waitT(t, done, "populate"), "populate")
 	if reg[0] != 5 {
 		t.Fatalf("reads %d", reg[0])
 	}
+}
+
+// resolveDontWake registers the page mem in mode, lets a reader fault on it, resolves the fault
+// with resolve (given the page's address; it passes DontWake), checks with wakeAfterDontWake
+// that the reader still waits, wakes it, and returns the reader's result.
+func resolveDontWake(t *testing.T, u *UFFD, mem []byte, mode Mode, what string, resolve func(a uintptr) error) <-chan error {
+	t.Helper()
+	mustNil(t, u.Register(addr(mem), pg, mode), "register")
+	done := populate(mem, false)
+	readOne(t, u)
+	mustNil(t, resolve(addr(mem)), what)
+	wakeAfterDontWake(t, u, addr(mem), what)
+	return done
 }
 
 // wakeAfterDontWake checks that the one thread faulting on the page at a still waits after the

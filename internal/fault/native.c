@@ -338,149 +338,177 @@ static int refill(struct mm_handler *h, int v, uint64_t p, uint32_t tid, uint64_
 	return 1;
 }
 
-// resolve_missing serves a MISSING fault at page p of view v: one fill for the shared page
-// (and fault-around pages), then a wake on every view.
-static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
+// missing is one MISSING fault while it is served: page p of view v, the window of n pages
+// (len bytes at off) that one fill covers, and how far the fill has come.
+struct missing {
+	int v;
+	uint32_t tid;
+	uint64_t p, n, off, len;
+	uint64_t done;   // bytes of the window filled so far
+	const char *src; // the bytes to copy, or NULL for zeros
+	int mapped;      // src points into the source's mapping (a truncated file makes COPY fail)
+	int wp;          // the view tracks writes: fill write-protected
+	int result;      // R_* for the log
+};
+
+// missing_src points m->src at the window's bytes: the source's memory or mapping where it can
+// (zero-copy), else h->buf filled with pread; NULL for zeros. It returns 0 when the source had
+// none of the window's bytes (the fault has failed).
+static int missing_src(struct mm_handler *h, struct missing *m) {
 	uint64_t pg = h->cfg.page;
-	ADD(ctr(h, v, C_MISSING), 1);
-	uint64_t n = around(h, v, 0, p);
-	uint64_t off = p * pg, len = n * pg, done = 0;
-	int mapped = 0; // src points into the source's mapping (a truncated file makes COPY fail)
-	const char *src = NULL;
-	if (h->cfg.src_kind != MM_SRC_ZERO || h->cfg.alias_fd >= 0) {
-		if (h->cfg.src_kind == MM_SRC_MEM && off + len <= h->cfg.src_len) {
-			src = (const char *)(uintptr_t)(h->cfg.src_addr + off); // zero-copy
-		} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && off + len <= h->cfg.map_len &&
-			   src_has(h, off + len)) {
-			src = (const char *)(uintptr_t)(h->cfg.map_addr + off); // the kernel copies from the page cache
-			mapped = 1;
+	if (h->cfg.src_kind == MM_SRC_ZERO && h->cfg.alias_fd < 0)
+		return 1;
+	if (h->cfg.src_kind == MM_SRC_MEM && m->off + m->len <= h->cfg.src_len) {
+		m->src = (const char *)(uintptr_t)(h->cfg.src_addr + m->off); // zero-copy
+	} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && m->off + m->len <= h->cfg.map_len &&
+		   src_has(h, m->off + m->len)) {
+		m->src = (const char *)(uintptr_t)(h->cfg.map_addr + m->off); // the kernel copies from the page cache
+		m->mapped = 1;
+	} else {
+		int err;
+		uint64_t got = fill_src(h, h->buf, m->off, m->len, &err);
+		if (got == 0) {
+			source_failed(h, m->v, m->off, err, m->tid);
+			return 0;
+		}
+		if (got < m->len) {
+			// Serve the pages the source still had; the rest fault again.
+			m->n = got / pg;
+			m->len = got;
+			h->next[m->v][0] = m->p + m->n;
+		}
+		m->src = h->buf;
+	}
+	return 1;
+}
+
+// fill_waking fills the whole window with one COPY or ZEROPAGE that wakes the faulting thread,
+// retrying while a non-cooperative event is pending. It returns the errno (0 on success) and
+// sets *got to what the kernel filled.
+static int fill_waking(struct mm_handler *h, struct missing *m, long *got) {
+	for (;;) {
+		int err;
+		if (m->src) {
+			struct uffdio_copy c = {.dst = h->cfg.views[m->v] + m->off, .src = (uint64_t)(uintptr_t)m->src,
+						.len = m->len, .mode = m->wp ? UFFDIO_COPY_MODE_WP : 0};
+			err = ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0 ? errno : 0;
+			*got = c.copy;
 		} else {
-			int err;
-			uint64_t got = fill_src(h, h->buf, off, len, &err);
-			if (got == 0) {
-				source_failed(h, v, off, err, tid);
-				return;
-			}
-			if (got < len) {
-				// Serve the pages the source still had; the rest fault again.
-				n = got / pg;
-				len = got;
-				h->next[v][0] = p + n;
-			}
-			src = h->buf;
+			struct uffdio_zeropage z = {.range = {.start = h->cfg.views[m->v] + m->off, .len = m->len}};
+			err = ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0 ? errno : 0;
+			*got = z.zeropage;
 		}
+		if (err == EAGAIN && *got <= 0) {
+			ADD(ctr(h, m->v, C_EAGAIN), 1);
+			read_events(h); // an event is pending: read it, then retry
+			continue;
+		}
+		return err;
 	}
-	int result = R_COPIED;
-	int wp = tracked(h, v);
-	if (wp && src == NULL) {
-		// UFFDIO_ZEROPAGE has no write-protect mode: copy zeros instead.
-		memset(h->buf, 0, len);
-		src = h->buf;
+}
+
+// missing_fast is the common case (a page not known to be filled): it accounts for the fill
+// first, then lets the resolving ioctl wake the faulting thread itself. When its access returns
+// the statistics and the log include it, and no extra UFFDIO_WAKE is spent on it. It returns 1
+// when the fault is finished, 0 when what is left of the window goes to the slow path (the
+// accounting of what was not filled undone). *logi is the log entry written.
+static int missing_fast(struct mm_handler *h, struct missing *m, int64_t *logi) {
+	uint64_t pg = h->cfg.page, n = m->n, p = m->p;
+	int v = m->v;
+	int ck = m->src ? C_COPIED : C_ZEROED;
+	m->result = m->src ? R_COPIED : R_ZEROED;
+	for (uint64_t i = 0; i < n; i++)
+		h->saved[i] = __atomic_load_n(&h->state[p + i], __ATOMIC_ACQUIRE);
+	mark_filled(h, p, n);
+	ADD(ctr(h, v, ck), n);
+	ADD(ctr(h, v, C_BYTES), m->len);
+	if (n > 1)
+		ADD(ctr(h, v, C_AROUND), n - 1);
+	*logi = record(h, v, m->off, K_MISSING, m->result, m->tid, (uint32_t)n);
+	long got;
+	int err = fill_waking(h, m, &got);
+	if (err == 0) {
+		// No UFFDIO_WAKE of the other views here. A thread blocked on these pages through
+		// another view queued its own message (the kernel queues one per blocked fault and
+		// only a wake removes it); this handler reads it later and ends it: COPY there
+		// answers EEXIST and the slow path wakes that view, or a MINOR fault is resolved by
+		// UFFDIO_CONTINUE, which wakes it. A wake here would find nobody in the common case
+		// and cost one system call per fault.
+		return 1;
 	}
-	// Fast path, the common case (a page not known to be filled): account for the fill first,
-	// then let the resolving ioctl wake the faulting thread itself. When its access returns the
-	// statistics and the log include it, and no extra UFFDIO_WAKE is spent on it.
-	int64_t logi = -1;
-	int fast = 0;
-	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
-	if (h->cfg.alias_fd < 0 && s0 != ST_FILLED && s0 != ST_PRESENT) {
-		fast = 1;
-		int ck = src ? C_COPIED : C_ZEROED;
-		result = src ? R_COPIED : R_ZEROED;
-		for (uint64_t i = 0; i < n; i++)
-			h->saved[i] = __atomic_load_n(&h->state[p + i], __ATOMIC_ACQUIRE);
-		mark_filled(h, p, n);
-		ADD(ctr(h, v, ck), n);
-		ADD(ctr(h, v, C_BYTES), len);
-		if (n > 1)
-			ADD(ctr(h, v, C_AROUND), n - 1);
-		logi = record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
+	// Undo the accounting of what was not filled, and finish on the slow path.
+	m->done = got > 0 ? (uint64_t)got : 0;
+	SUB(ctr(h, v, ck), (m->len - m->done) / pg);
+	SUB(ctr(h, v, C_BYTES), m->len - m->done);
+	if (n > 1)
+		SUB(ctr(h, v, C_AROUND), n - 1);
+	for (uint64_t i = m->done / pg; i < n; i++)
+		__atomic_store_n(&h->state[p + i], h->saved[i], __ATOMIC_RELEASE);
+	if (m->done > 0)
+		wake_others(h, v, m->off, m->done);
+	if (err == EFAULT && m->mapped) {
+		if (!refill(h, v, p, m->tid, &m->n, &m->len, m->done))
+			return 1;
+		m->src = h->buf;
+		m->mapped = 0;
+	}
+	return 0;
+}
+
+// fill_step fills from m->done on with one non-waking STAGE+CONTINUE, ZEROPAGE or COPY. It
+// returns the errno (0 on success) and sets *got to what the kernel filled; -1 when the
+// staging write failed (the fault has failed).
+static int fill_step(struct mm_handler *h, struct missing *m, long *got) {
+	uint64_t a = h->cfg.views[m->v] + m->off + m->done, rest = m->len - m->done;
+	if (h->cfg.alias_fd >= 0) {
+		// Staging: write the page cache through the unregistered alias, then map it here.
+		m->result = R_STAGED;
+		ssize_t w;
+		while ((w = pwrite(h->cfg.alias_fd, m->src + m->done, rest, (off_t)(m->off + m->done))) < 0 &&
+		       errno == EINTR)
+			;
+		if (w < 0) {
+			source_failed(h, m->v, m->off + m->done, errno, m->tid);
+			return -1;
+		}
+		ADD(ctr(h, m->v, C_STAGED), (uint64_t)w / h->cfg.page);
+		struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w},
+					    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (m->wp ? UFFDIO_CONTINUE_MODE_WP : 0)};
+		int err = ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0 ? errno : 0;
+		*got = c.mapped;
+		return err;
+	}
+	if (m->src == NULL) {
+		m->result = R_ZEROED;
+		struct uffdio_zeropage z = {.range = {.start = a, .len = rest}, .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
+		int err = ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0 ? errno : 0;
+		*got = z.zeropage;
+		return err;
+	}
+	struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(m->src + m->done), .len = rest,
+				.mode = UFFDIO_COPY_MODE_DONTWAKE | (m->wp ? UFFDIO_COPY_MODE_WP : 0)};
+	int err = ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0 ? errno : 0;
+	*got = c.copy;
+	return err;
+}
+
+// missing_slow fills the rest of the window without waking, page by page past pages someone
+// else filled first. It returns 0 when the fault has failed (or the source is gone), 1 when the
+// window is done and the views are to be woken.
+static int missing_slow(struct mm_handler *h, struct missing *m) {
+	uint64_t pg = h->cfg.page;
+	int v = m->v;
+	while (m->done < m->len) {
 		long got;
-		int err = 0;
-		for (;;) {
-			if (src) {
-				struct uffdio_copy c = {.dst = h->cfg.views[v] + off, .src = (uint64_t)(uintptr_t)src, .len = len,
-							.mode = wp ? UFFDIO_COPY_MODE_WP : 0};
-				err = ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0 ? errno : 0;
-				got = c.copy;
-			} else {
-				struct uffdio_zeropage z = {.range = {.start = h->cfg.views[v] + off, .len = len}};
-				err = ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0 ? errno : 0;
-				got = z.zeropage;
-			}
-			if (err == EAGAIN && got <= 0) {
-				ADD(ctr(h, v, C_EAGAIN), 1);
-				read_events(h); // an event is pending: read it, then retry
-				continue;
-			}
-			break;
-		}
-		if (err == 0) {
-			// No UFFDIO_WAKE of the other views here. A thread blocked on these pages through
-			// another view queued its own message (the kernel queues one per blocked fault and
-			// only a wake removes it); this handler reads it later and ends it: COPY there
-			// answers EEXIST and the slow path below wakes that view, or a MINOR fault is
-			// resolved by UFFDIO_CONTINUE, which wakes it. A wake here would find nobody in the
-			// common case and cost one system call per fault.
-			return;
-		}
-		// Undo the accounting of what was not filled, and finish on the slow path.
-		done = got > 0 ? (uint64_t)got : 0;
-		SUB(ctr(h, v, ck), (len - done) / pg);
-		SUB(ctr(h, v, C_BYTES), len - done);
-		if (n > 1)
-			SUB(ctr(h, v, C_AROUND), n - 1);
-		for (uint64_t i = done / pg; i < n; i++)
-			__atomic_store_n(&h->state[p + i], h->saved[i], __ATOMIC_RELEASE);
-		if (done > 0)
-			wake_others(h, v, off, done);
-		if (err == EFAULT && mapped) {
-			if (!refill(h, v, p, tid, &n, &len, done))
-				return;
-			src = h->buf;
-			mapped = 0;
-		}
-	}
-	while (done < len) {
-		uint64_t a = h->cfg.views[v] + off + done;
-		long got;
-		int err = 0;
-		if (h->cfg.alias_fd >= 0) {
-			// Staging: write the page cache through the unregistered alias, then map it here.
-			result = R_STAGED;
-			ssize_t w = pwrite(h->cfg.alias_fd, src + done, len - done, (off_t)(off + done));
-			if (w < 0) {
-				if (errno == EINTR)
-					continue;
-				source_failed(h, v, off + done, errno, tid);
-				return;
-			}
-			ADD(ctr(h, v, C_STAGED), (uint64_t)w / pg);
-			struct uffdio_continue c = {.range = {.start = a, .len = (uint64_t)w},
-						    .mode = UFFDIO_CONTINUE_MODE_DONTWAKE | (wp ? UFFDIO_CONTINUE_MODE_WP : 0)};
-			if (ioctl(h->cfg.uffd, UFFDIO_CONTINUE, &c) < 0)
-				err = errno;
-			got = c.mapped;
-		} else if (src == NULL) {
-			result = R_ZEROED;
-			struct uffdio_zeropage z = {.range = {.start = a, .len = len - done},
-						    .mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE};
-			if (ioctl(h->cfg.uffd, UFFDIO_ZEROPAGE, &z) < 0)
-				err = errno;
-			got = z.zeropage;
-		} else {
-			struct uffdio_copy c = {.dst = a, .src = (uint64_t)(uintptr_t)(src + done), .len = len - done,
-						.mode = UFFDIO_COPY_MODE_DONTWAKE | (wp ? UFFDIO_COPY_MODE_WP : 0)};
-			if (ioctl(h->cfg.uffd, UFFDIO_COPY, &c) < 0)
-				err = errno;
-			got = c.copy;
-		}
+		int err = fill_step(h, m, &got);
+		if (err < 0)
+			return 0;
 		if (got > 0) {
-			mark_filled(h, (off + done) / pg, (uint64_t)got / pg);
-			ADD(ctr(h, v, result == R_ZEROED ? C_ZEROED : result == R_STAGED ? C_CONTINUED : C_COPIED),
+			mark_filled(h, (m->off + m->done) / pg, (uint64_t)got / pg);
+			ADD(ctr(h, v, m->result == R_ZEROED ? C_ZEROED : m->result == R_STAGED ? C_CONTINUED : C_COPIED),
 			    (uint64_t)got / pg);
 			ADD(ctr(h, v, C_BYTES), (uint64_t)got);
-			done += (uint64_t)got;
+			m->done += (uint64_t)got;
 			if (err == EAGAIN)
 				continue; // short: finish the rest
 		}
@@ -490,9 +518,9 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			// Someone filled this page first (through another view, or the user staged it):
 			// errors never wake, so wake the faulting range ourselves and go on past it.
 			ADD(ctr(h, v, C_EEXIST), 1);
-			if (done == 0)
-				result = R_EEXIST;
-			done += pg;
+			if (m->done == 0)
+				m->result = R_EEXIST;
+			m->done += pg;
 			if (h->cfg.alias_fd >= 0 || got <= 0)
 				break; // nothing more to do for this fault: stop fault-around here
 			continue;
@@ -507,33 +535,63 @@ static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t ti
 			// fails every thread left waiting there. Nothing to fill.
 			break;
 		}
-		if (err == EFAULT && mapped) {
+		if (err == EFAULT && m->mapped) {
 			// The file shrank under its mapping: read what is left with pread.
-			if (!refill(h, v, p, tid, &n, &len, done))
-				return;
-			src = h->buf;
-			mapped = 0;
+			if (!refill(h, v, m->p, m->tid, &m->n, &m->len, m->done))
+				return 0;
+			m->src = h->buf;
+			m->mapped = 0;
 			continue;
 		}
 		if (err == EFAULT && h->cfg.alias_fd >= 0 && got <= 0) {
 			// A staged page vanished before CONTINUE (MADV_REMOVE raced): retry the fault.
 			break;
 		}
-		source_failed(h, v, off + done, err, tid);
-		return;
+		source_failed(h, v, m->off + m->done, err, m->tid);
+		return 0;
 	}
+	return 1;
+}
+
+// resolve_missing serves a MISSING fault at page p of view v: one fill for the shared page
+// (and fault-around pages), then a wake on every view.
+static void resolve_missing(struct mm_handler *h, int v, uint64_t p, uint32_t tid) {
+	uint64_t pg = h->cfg.page;
+	struct missing m = {.v = v, .tid = tid, .p = p, .result = R_COPIED};
+	ADD(ctr(h, v, C_MISSING), 1);
+	m.n = around(h, v, 0, p);
+	m.off = p * pg;
+	m.len = m.n * pg;
+	if (!missing_src(h, &m))
+		return;
+	m.wp = tracked(h, v);
+	if (m.wp && m.src == NULL) {
+		// UFFDIO_ZEROPAGE has no write-protect mode: copy zeros instead.
+		memset(h->buf, 0, m.len);
+		m.src = h->buf;
+	}
+	int64_t logi = -1;
+	int fast = 0;
+	uint8_t s0 = __atomic_load_n(&h->state[p], __ATOMIC_ACQUIRE);
+	if (h->cfg.alias_fd < 0 && s0 != ST_FILLED && s0 != ST_PRESENT) {
+		fast = 1;
+		if (missing_fast(h, &m, &logi))
+			return;
+	}
+	if (!missing_slow(h, &m))
+		return;
 	// Counters, states and log are written before anyone wakes: when the faulting access
 	// returns, the statistics include it. Then wake every view: the kernel would wake only the
 	// view it filled, and a thread blocked on the same page through another view would wait
 	// for its own message.
-	if (n > 1)
-		ADD(ctr(h, v, C_AROUND), n - 1);
+	if (m.n > 1)
+		ADD(ctr(h, v, C_AROUND), m.n - 1);
 	if (fast)
-		amend(h, logi, result, (uint32_t)n);
+		amend(h, logi, m.result, (uint32_t)m.n);
 	else
-		record(h, v, off, K_MISSING, result, tid, (uint32_t)n);
-	wake(h, v, off, len);
-	wake_others(h, v, off, len);
+		record(h, v, m.off, K_MISSING, m.result, tid, (uint32_t)m.n);
+	wake(h, v, m.off, m.len);
+	wake_others(h, v, m.off, m.len);
 }
 
 // resolve_minor serves a MINOR fault: the page is in the page cache (filled through another

@@ -33,13 +33,8 @@ type Guard struct {
 // it, and the process hangs. fd is duplicated and validated as on the native architectures; on
 // error nothing is left behind.
 func Start(fd int, msg string, code int) (*Guard, error) {
-	own, err := ownFD(fd)
+	own, stop, err := openFDs(fd)
 	if err != nil {
-		return nil, err
-	}
-	stop, err := stopFD()
-	if err != nil {
-		closeAll(own)
 		return nil, err
 	}
 	g := &Guard{fd: own, stop: stop, done: make(chan struct{})}

@@ -5,11 +5,25 @@ package guard
 import (
 	"encoding/binary"
 	"fmt"
-	"github.com/mirrormem/mirrormem/internal/mem"
 	"os"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mirrormem/mirrormem/internal/mem"
 )
+
+// openFDs returns the guard's own duplicate of fd (ownFD) and its stop eventfd (stopFD); on
+// error it closes what it opened.
+func openFDs(fd int) (own, stop int, err error) {
+	if own, err = ownFD(fd); err != nil {
+		return -1, -1, err
+	}
+	if stop, err = stopFD(); err != nil {
+		closeAll(own)
+		return -1, -1, err
+	}
+	return own, stop, nil
+}
 
 // ownFD validates fd and returns a close-on-exec duplicate of it that the guard owns, so that
 // the caller closing fd (and the number being reused for another file) never changes what the

@@ -55,13 +55,8 @@ type Guard struct {
 // error nothing is left behind: no fd, no mapping, no thread; the error names the system call
 // that failed.
 func Start(fd int, msg string, code int) (*Guard, error) {
-	own, err := ownFD(fd)
+	own, stop, err := openFDs(fd)
 	if err != nil {
-		return nil, err
-	}
-	stop, err := stopFD()
-	if err != nil {
-		closeAll(own)
 		return nil, err
 	}
 	page := os.Getpagesize()

@@ -108,27 +108,9 @@ func Relevant(maps []string, i int) bool {
 // stack guards, C library malloc arenas, which appear as threads start) is ignored.
 func CheckShared(t T) func() {
 	t.Helper()
-	before, err := Take()
-	if err != nil {
-		t.Fatalf("leakcheck: %v", err)
-	}
-	return func() {
-		t.Helper()
-		after, err := Take()
-		if err != nil {
-			t.Fatalf("leakcheck: %v", err)
-		}
-		var bad []string
-		for _, l := range strings.Split(Diff(before, after, false), "\n") {
-			if l == "" || (strings.Contains(l, " ---p ") && strings.HasSuffix(strings.TrimSpace(l), " 00:00 0")) {
-				continue
-			}
-			bad = append(bad, l)
-		}
-		if len(bad) > 0 {
-			t.Errorf("leaked:\n%s", strings.Join(bad, "\n"))
-		}
-	}
+	return check(t, func(l string) bool {
+		return strings.Contains(l, " ---p ") && strings.HasSuffix(strings.TrimSpace(l), " 00:00 0")
+	})
 }
 
 // T is the part of testing.TB that Check needs.
@@ -142,6 +124,13 @@ type T interface {
 // interesting mapping was added in between. Use: defer leakcheck.Check(t)().
 func Check(t T) func() {
 	t.Helper()
+	return check(t, func(string) bool { return false })
+}
+
+// check takes a snapshot now and returns a function that, called later, fails t with every
+// line of the difference that ignore does not accept.
+func check(t T, ignore func(line string) bool) func() {
+	t.Helper()
 	before, err := Take()
 	if err != nil {
 		t.Fatalf("leakcheck: %v", err)
@@ -152,8 +141,14 @@ func Check(t T) func() {
 		if err != nil {
 			t.Fatalf("leakcheck: %v", err)
 		}
-		if d := Diff(before, after, false); d != "" {
-			t.Errorf("leaked:\n%s", d)
+		var bad []string
+		for _, l := range strings.Split(Diff(before, after, false), "\n") {
+			if l != "" && !ignore(l) {
+				bad = append(bad, l)
+			}
+		}
+		if len(bad) > 0 {
+			t.Errorf("leaked:\n%s", strings.Join(bad, "\n"))
 		}
 	}
 }
