@@ -65,12 +65,16 @@ func (r *Ring) Reserve(n int) ([]byte, error) {
 
 // Submit publishes every record reserved since the last Submit, waking the consumer if it
 // waits for one. Producer only.
-func (r *Ring) Submit() error {
+func (r *Ring) Submit() error { return r.flush() }
+
+// flush publishes everything the producer wrote or reserved and has not published (Submit,
+// Writer.Flush).
+func (r *Ring) flush() error {
 	if err := r.enterLight(&r.prod); err != nil {
 		return err
 	}
 	if r.prod.pos != r.prod.pub {
-		r.publishHead()
+		r.publish(&r.prod)
 	}
 	r.exitLight(&r.prod)
 	return nil
@@ -114,7 +118,7 @@ func (r *Ring) dropCurrent() {
 		c.pos = r.advance(c.pos, c.cur)
 		c.cur = 0
 		if r.used(c.pos, c.pub) >= r.releaseLazily() {
-			r.publishTail()
+			r.publish(c)
 		}
 	}
 }
@@ -141,7 +145,7 @@ func (r *Ring) Release() error {
 	c.pos = r.advance(c.pos, c.cur)
 	c.cur = 0
 	if c.pos != c.pub {
-		r.publishTail()
+		r.publish(c)
 	}
 	r.exitLight(&r.cons)
 	return nil
@@ -170,7 +174,7 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 		rec, total, err := r.parseRecord(s[done:])
 		if err != nil {
 			c.pos = r.advance(c.pos, done)
-			r.publishTail()
+			r.publish(c)
 			return count, err
 		}
 		done += total
@@ -180,6 +184,6 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 		}
 	}
 	c.pos = r.advance(c.pos, done)
-	r.publishTail()
+	r.publish(c)
 	return count, nil
 }
