@@ -35,6 +35,8 @@ const (
 	rowMixPipe   = "bufio over io.Pipe: length prefix + frame, Peek + Discard (decoded in bufio's buffer)"
 	rowMixChan   = "chan []byte (pooled buffers, decoded in place)"
 	rowMixFloor  = "one goroutine, no transport: copy each frame into a buffer, decode and hash it there"
+	// rowMixConsumer is the ceiling of every row in wall-clock time: see consumerFloor.
+	rowMixConsumer = "the consumer's work alone: decode and hash frames already laid out in memory (no transport, no copy)"
 )
 
 // mixedSeed keys the payload hash: hash/maphash, the runtime's own hash (AES instructions on
@@ -273,6 +275,7 @@ func ringMixed(b *bencher, msgs, runs int) {
 	tally := cpuTally{}
 	ms := b.measure(c, tally.wrap([]row{
 		{name: rowMixFloor, run: l.floor},
+		{name: rowMixConsumer, run: l.consumerFloor},
 		{name: rowMixRing, run: l.ring},
 		{name: rowMixSplit, run: l.split},
 		{name: rowMixPeek, run: l.splitPeek},
@@ -298,4 +301,30 @@ func (l *mixedLoad) floor() (float64, error) {
 		}
 	}
 	return float64(l.bytes) / time.Since(t0).Seconds() / 1e9, nil
+}
+
+// consumerFloor is the consumer's own work with nothing else: frames laid out back to back in a
+// buffer the size of the ring (as the producer leaves them, already in this core's caches),
+// each decoded and hashed where it lies. Whatever carries the frames, its consumer does at
+// least this per frame, so no row moves frames faster than this one: divided by another row,
+// it is the most any transport, the mirrored ring included, can gain over that row here.
+func (l *mixedLoad) consumerFloor() (float64, error) {
+	buf := make([]byte, streamRingCap)
+	var offs []int
+	for j, off := 0, 0; off+l.size(j) <= len(buf); j++ {
+		l.put(j, buf[off:off+l.size(j)])
+		offs = append(offs, off)
+		off += l.size(j)
+	}
+	bytes := 0
+	t0 := time.Now()
+	for i := range l.msgs {
+		j := i % len(offs)
+		f := buf[offs[j] : offs[j]+l.size(j)]
+		if err := l.decode(j, f); err != nil {
+			return 0, err
+		}
+		bytes += len(f)
+	}
+	return float64(bytes) / time.Since(t0).Seconds() / 1e9, nil
 }
