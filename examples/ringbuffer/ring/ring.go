@@ -45,6 +45,18 @@ type Ring struct {
 	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
 	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
 	track bool
+	// cheapPublish: publish stores head and tail with a plain store instead of a fenced one
+	// (XCHG on x86-64, a fifth of a small Write's cost; BenchmarkCallCost). The wake-up
+	// protocol needs a full fence between a side's store of its index and its look at the
+	// other side's waiting flag, and between a sleeper's store of its flag and its last look
+	// at the other index; as for the active flags (active.go), the sleeper, which is rare,
+	// takes both with membarrier(2) after setting its flag: after that, either the publisher's
+	// index store is visible to the sleeper's look, or the publisher's look at the flag comes
+	// after the fence and sees it set. Only for a ring made by New (membarrier reaches the
+	// threads of this process only), with membarrier, on a processor that keeps stores in
+	// order (the plain store must still publish the bytes written before it), and never
+	// under the race detector (cheapFlags).
+	cheapPublish bool
 
 	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
 	wakeups atomic.Uint64 // wake-ups sent by commit and consume (tests check that they are rare)
@@ -186,16 +198,17 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 func newRing(m *memory, c config) *Ring {
 	setupCheapFlags()
 	r := &Ring{
-		h:           m.hdr,
-		buf:         m.view,
-		n:           uint64(len(m.view) / 2),
-		nonBlocking: c.nonBlocking,
-		spinFor:     c.spinFor,
-		closeCh:     make(chan struct{}, 1),
-		done:        make(chan struct{}),
-		mem:         m,
-		track:       m.hdrReg != nil,
-		peer:        peerWatch{fd: -1},
+		h:            m.hdr,
+		buf:          m.view,
+		n:            uint64(len(m.view) / 2),
+		nonBlocking:  c.nonBlocking,
+		spinFor:      c.spinFor,
+		closeCh:      make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		mem:          m,
+		track:        m.hdrReg != nil,
+		cheapPublish: cheapFlags && tsoStores && !c.futex,
+		peer:         peerWatch{fd: -1},
 	}
 	r.prod.idx, r.prod.sleep, r.prod.other = &r.h.head, &r.h.writer, &r.cons
 	r.cons.idx, r.cons.sleep, r.cons.other = &r.h.tail, &r.h.reader, &r.prod
@@ -454,6 +467,9 @@ func (r *Ring) waitFor(s *side, need uint64, ready func() uint64, closed func(st
 		sl.need.Store(need)
 		tok := s.w.prepare(&sl.seq)
 		sl.waiting.Store(1)
+		if r.cheapPublish {
+			heavyFence() // see cheapPublish
+		}
 		if ready() >= need || r.h.state() != 0 {
 			sl.waiting.Store(0)
 			continue
@@ -499,7 +515,11 @@ func (r *Ring) pass(s *side, n uint64) {
 // it sleeps waiting for them.
 func (r *Ring) publish(s *side) {
 	s.pub = s.pos
-	s.idx.Store(s.pos)
+	if r.cheapPublish {
+		plainStore(s.idx, s.pos)
+	} else {
+		s.idx.Store(s.pos)
+	}
 	if s.other.sleep.waiting.Load() != 0 {
 		r.wakeOther(s)
 	}
