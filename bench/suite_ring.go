@@ -474,6 +474,7 @@ func suiteRing(b *bencher) {
 	b.rep.Notes = append(b.rep.Notes, ringBoundsNote(b.rep, sizes, recSizes)...)
 	b.rep.Notes = append(b.rep.Notes, ringCPUNotes(b.rep, sizes)...)
 	b.rep.Notes = append(b.rep.Notes, ringCeilingNotes(b.rep, sizes)...)
+	b.rep.Notes = append(b.rep.Notes, ringWrapNotes(b.rep, wrapSizes)...)
 	if before, after := loadBefore, loadAverage(); before != "" && after != "" {
 		// Two goroutines that stream need two CPUs at once; the bound (best of many laps) does
 		// not, so a loaded machine lowers the ring rows' ratios against it and widens spreads.
@@ -591,7 +592,8 @@ func ringBoundsNote(r *Report, sizes, recSizes []int) []string {
 	}
 	if len(fast) > 0 {
 		notes = append(notes, "The bound (rows “"+rowCrossCore+"” and “"+rowRecBound+"”) is the same messages written and read by "+
-			"pinned threads with no ring: the better of two cores taking turns on laps of 16 KiB, 64 KiB and the whole ring, and one "+
+			"pinned threads with no ring: the better of two cores taking turns on laps (streams: of 16 KiB, 64 KiB and the whole ring; "+
+			"records: of one Submit's 16 KiB, so that the bound hands over between the cores as often as the batched row), and one "+
 			"core doing a whole ring's producer lap then its consumer lap, each the fastest of many laps after warm-up laps, with "+
 			"the clock's own cost taken off. The fastest stream row (buffered Writer + take-all ReadSlice) reached, of that bound: "+
 			strings.Join(fast, ", ")+".")
