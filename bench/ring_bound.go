@@ -52,34 +52,41 @@ func boundLapSizes(msg, ring int) []int {
 	return out
 }
 
-// crossCoreBound returns the bound in bytes/s and messages/s for the given lap sizes, the
-// last of which is the ring's size.
-func crossCoreBound(lapSizes []int, produce, consume boundSide) (bytesPerSec, msgsPerSec float64, err error) {
+// crossCoreBound returns the bound in bytes/s and messages/s: the best of two cores taking
+// turns on laps of each of lapSizes and of one core running laps of ringSize (see
+// sameCoreLaps).
+func crossCoreBound(lapSizes []int, ringSize int, produce, consume boundSide) (bytesPerSec, msgsPerSec float64, err error) {
 	if runtime.NumCPU() < 2 {
 		return 0, 0, errors.New("needs two CPUs")
 	}
 	clock := clockCost()
-	for i, size := range lapSizes {
-		buf := make([]byte, size)
-		bp, bc, bytes, msgs, err := boundLaps(buf, produce, consume)
-		if err != nil {
-			return 0, 0, err
-		}
-		lap := max(bp, bc) - clock
-		if i == len(lapSizes)-1 {
-			one, err := sameCoreLaps(buf, produce, consume)
-			if err != nil {
-				return 0, 0, err
-			}
-			lap = min(lap, one-2*clock)
-		}
+	take := func(lap time.Duration, bytes, msgs int) error {
 		if lap <= 0 {
-			return 0, 0, errors.New("a lap took no measurable time")
+			return errors.New("a lap took no measurable time")
 		}
 		bytesPerSec = max(bytesPerSec, float64(bytes)/lap.Seconds())
 		msgsPerSec = max(msgsPerSec, float64(msgs)/lap.Seconds())
+		return nil
 	}
-	return bytesPerSec, msgsPerSec, nil
+	for _, size := range lapSizes {
+		bp, bc, bytes, msgs, err := boundLaps(make([]byte, size), produce, consume)
+		if err == nil {
+			err = take(max(bp, bc)-clock, bytes, msgs)
+		}
+		if err != nil {
+			return 0, 0, err
+		}
+	}
+	buf := make([]byte, ringSize)
+	one, err := sameCoreLaps(buf, produce, consume)
+	if err != nil {
+		return 0, 0, err
+	}
+	bytes, msgs, err := produce(buf, 0) // what one lap of the ring holds
+	if err == nil {
+		err = take(one-2*clock, bytes, msgs)
+	}
+	return bytesPerSec, msgsPerSec, err
 }
 
 // sameCoreLaps is the fastest producer lap plus consumer lap run back to back by one thread

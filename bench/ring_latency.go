@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -210,52 +209,37 @@ func latencySockLocal(n int) (float64, float64, error) {
 
 // latencyXproc measures with the consumer in a child process.
 func latencyXproc(n int, viaRing, spin bool) (float64, float64, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	var files []*os.File
 	var send func([]byte) error
 	var closeSend func()
+	mode := latencyChildSock
 	if viaRing {
-		r, err := ring.NewShared(64 << 10)
+		r, fs, err := xprocRing(64 << 10)
 		if err != nil {
 			return 0, 0, err
 		}
 		defer r.Close()
-		hf, df, err := r.Files()
-		if err != nil {
-			return 0, 0, err
-		}
-		files, send, closeSend = []*os.File{hf, df}, ringSend(r), func() { r.CloseWrite() }
-	} else {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			return 0, 0, os.NewSyscallError("socketpair", err)
-		}
-		wf := os.NewFile(uintptr(fds[1]), "producer-end")
-		defer wf.Close()
-		w := fdWriter(fds[1])
-		files = []*os.File{os.NewFile(uintptr(fds[0]), "consumer-end")}
-		send = func(msg []byte) error { _, err := w.Write(msg); return err }
-		closeSend = func() { wf.Close() }
-	}
-	mode := latencyChildSock
-	if viaRing {
+		files, send, closeSend = fs, ringSend(r), func() { r.CloseWrite() }
 		mode = latencyChildRing
 		if spin {
 			mode = latencyChildSpin
 		}
+	} else {
+		cf, pf, err := xprocConn(false)
+		if err != nil {
+			return 0, 0, err
+		}
+		defer pf.Close()
+		w := fdWriter(pf.Fd())
+		files = []*os.File{cf}
+		send = func(msg []byte) error { _, err := w.Write(msg); return err }
+		closeSend = func() { pf.Close() }
 	}
-	cmd, br, err := startXprocChild(ctx, mode, strconv.Itoa(n), files...)
-	for _, f := range files {
-		f.Close()
-	}
+	res, _, err := runXprocChild(mode, strconv.Itoa(n), files, func() error {
+		defer closeSend()
+		return latencySend(n, send)
+	})
 	if err != nil {
-		return 0, 0, err
-	}
-	serr := latencySend(n, send)
-	closeSend()
-	res, err := finishXprocChild(cmd, br)
-	if err = errors.Join(serr, err); err != nil {
 		return 0, 0, err
 	}
 	var p50, p99 float64

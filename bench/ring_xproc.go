@@ -73,32 +73,68 @@ func finishXprocChild(cmd *exec.Cmd, br *bufio.Reader) (string, error) {
 	return strings.TrimSpace(line), nil
 }
 
-// xprocStream measures one row of the cross-process stream case: GB/s.
-func (l *streamLoad) xprocStream(rowName string) (float64, error) {
+// xprocRing makes a shared ring of size bytes and the files a child attaches it from.
+func xprocRing(size int) (*ring.Ring, []*os.File, error) {
+	r, err := ring.NewShared(size)
+	if err != nil {
+		return nil, nil, err
+	}
+	hf, df, err := r.Files()
+	if err != nil {
+		r.Close()
+		return nil, nil, err
+	}
+	return r, []*os.File{hf, df}, nil
+}
+
+// xprocConn makes a Unix socket pair, or a pipe: the consumer's end, for the child, and the
+// producer's end.
+func xprocConn(pipe bool) (consumer, producer *os.File, err error) {
+	var fds [2]int
+	if pipe {
+		// The largest pipe an unprivileged process may ask for by default (1 MiB) would let a
+		// pipe hold more than a ring; keep its default 64 KiB, what programs get.
+		if err := unix.Pipe2(fds[:], unix.O_CLOEXEC); err != nil {
+			return nil, nil, os.NewSyscallError("pipe2", err)
+		}
+	} else if fds, err = unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0); err != nil {
+		return nil, nil, os.NewSyscallError("socketpair", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "consumer-end"), os.NewFile(uintptr(fds[1]), "producer-end"), nil
+}
+
+// runXprocChild starts the consumer process in mode with args and files (closed here once the
+// child has its copies, or on failure), then runs produce and reads the child's last line. It
+// returns that line and the time from the start of produce to the line.
+func runXprocChild(mode, args string, files []*os.File, produce func() error) (string, time.Duration, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	args := fmt.Sprintf("%d %d", l.m, l.msgs)
+	cmd, br, err := startXprocChild(ctx, mode, args, files...)
+	for _, f := range files {
+		f.Close() // the read end of a pipe or socket must not stay open here
+	}
+	if err != nil {
+		return "", 0, err
+	}
+	t0 := time.Now()
+	perr := produce()
+	res, err := finishXprocChild(cmd, br)
+	return res, time.Since(t0), errors.Join(perr, err)
+}
+
+// xprocStream measures one row of the cross-process stream case: GB/s.
+func (l *streamLoad) xprocStream(rowName string) (float64, error) {
 	var (
 		produce func() error
 		files   []*os.File
 	)
-	defer func() {
-		for _, f := range files {
-			f.Close() // a second Close of a file closed below is harmless
-		}
-	}()
-	switch rowName {
-	case rowXRing:
-		r, err := ring.NewShared(streamRingCap)
+	if rowName == rowXRing {
+		r, fs, err := xprocRing(streamRingCap)
 		if err != nil {
 			return 0, err
 		}
 		defer r.Close()
-		hf, df, err := r.Files()
-		if err != nil {
-			return 0, err
-		}
-		files = []*os.File{hf, df}
+		files = fs
 		produce = func() error {
 			pending := 0
 			for i := range l.msgs {
@@ -114,70 +150,52 @@ func (l *streamLoad) xprocStream(rowName string) (float64, error) {
 			}
 			return r.CloseWrite()
 		}
-	default:
-		var rfd, wfd int
-		if rowName == rowXPipe || rowName == rowXVmsplice {
-			var p [2]int
-			if err := unix.Pipe2(p[:], unix.O_CLOEXEC); err != nil {
-				return 0, os.NewSyscallError("pipe2", err)
-			}
-			rfd, wfd = p[0], p[1]
-			// The largest pipe an unprivileged process may ask for by default (1 MiB) would let a
-			// pipe hold more than a ring; keep its default 64 KiB, what programs get.
-		} else {
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				return 0, os.NewSyscallError("socketpair", err)
-			}
-			rfd, wfd = fds[0], fds[1]
+	} else {
+		cf, pf, err := xprocConn(rowName == rowXPipe || rowName == rowXVmsplice)
+		if err != nil {
+			return 0, err
 		}
-		files = []*os.File{os.NewFile(uintptr(rfd), "consumer-end")}
-		wf := os.NewFile(uintptr(wfd), "producer-end") // closed when produce ends, or on return
-		defer wf.Close()
+		defer pf.Close() // a second Close after produce's is harmless
+		files = []*os.File{cf}
 		produce = func() error {
-			defer wf.Close() // the consumer reads end of file
-			switch rowName {
-			case rowXSockBuf:
-				bw := bufio.NewWriterSize(fdWriter(wfd), 64<<10)
-				for i := range l.msgs {
-					bw.Write(l.src[i%16])
-				}
-				return bw.Flush()
-			case rowXVmsplice:
-				for i := range l.msgs {
-					if err := vmspliceAll(wfd, l.src[i%16]); err != nil {
-						return err
-					}
-				}
-				return nil
-			}
-			w := fdWriter(wfd)
-			for i := range l.msgs {
-				if _, err := w.Write(l.src[i%16]); err != nil {
-					return err
-				}
-			}
-			return nil
+			defer pf.Close() // the consumer reads end of file
+			return l.writeStream(rowName, int(pf.Fd()))
 		}
 	}
-	cmd, br, err := startXprocChild(ctx, xprocKinds[rowName], args, files...)
+	res, d, err := runXprocChild(xprocKinds[rowName], fmt.Sprintf("%d %d", l.m, l.msgs), files, produce)
 	if err != nil {
-		return 0, err
-	}
-	for _, f := range files {
-		f.Close() // the child has its copies; the read end must not stay open here
-	}
-	t0 := time.Now()
-	perr := produce()
-	res, err := finishXprocChild(cmd, br)
-	d := time.Since(t0)
-	if err = errors.Join(perr, err); err != nil {
 		return 0, err
 	}
 	if res != "ok "+strconv.Itoa(l.msgs) {
 		return 0, fmt.Errorf("consumer process reported %q, want ok %d", res, l.msgs)
 	}
 	return float64(l.m*l.msgs) / d.Seconds() / 1e9, nil
+}
+
+// writeStream writes every message to the file descriptor wfd the way row rowName does.
+func (l *streamLoad) writeStream(rowName string, wfd int) error {
+	switch rowName {
+	case rowXSockBuf:
+		bw := bufio.NewWriterSize(fdWriter(wfd), 64<<10)
+		for i := range l.msgs {
+			bw.Write(l.src[i%16])
+		}
+		return bw.Flush()
+	case rowXVmsplice:
+		for i := range l.msgs {
+			if err := vmspliceAll(wfd, l.src[i%16]); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	w := fdWriter(wfd)
+	for i := range l.msgs {
+		if _, err := w.Write(l.src[i%16]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fdWriter writes to a blocking file descriptor with write(2).

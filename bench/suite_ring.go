@@ -102,12 +102,20 @@ func (l *streamLoad) run(produce func(i int, p []byte), consume func(i int, p []
 // runAll times a producer and a consumer that takes and checks all l.msgs messages its own
 // way; it returns GB/s.
 func (l *streamLoad) runAll(produce func(i int, p []byte), consumeAll func() error) (float64, error) {
+	return l.runBoth(func() {
+		for i := range l.msgs {
+			produce(i, l.src[i%16])
+		}
+	}, consumeAll)
+}
+
+// runBoth times a producer that sends all l.msgs messages its own way against a consumer that
+// takes and checks them; it returns GB/s.
+func (l *streamLoad) runBoth(produceAll func(), consumeAll func() error) (float64, error) {
 	errc := make(chan error, 1)
 	t0 := time.Now()
 	go func() { errc <- consumeAll() }()
-	for i := range l.msgs {
-		produce(i, l.src[i%16])
-	}
+	produceAll()
 	if err := <-errc; err != nil {
 		return 0, err
 	}
@@ -148,7 +156,7 @@ func (l *streamLoad) memcpy() (float64, error) {
 // copied in by the producer and checked in place by the consumer, as the fastest ring row does.
 func (l *streamLoad) crossCore() (float64, error) {
 	per := func(buf []byte) int { return len(buf) / l.m }
-	gbs, _, err := crossCoreBound(boundLapSizes(l.m, streamRingCap), func(buf []byte, lap int) (int, int, error) {
+	gbs, _, err := crossCoreBound(boundLapSizes(l.m, streamRingCap), streamRingCap, func(buf []byte, lap int) (int, int, error) {
 		k := per(buf)
 		for j := range k {
 			copy(buf[j*l.m:(j+1)*l.m], l.src[(lap*k+j)%16])
@@ -465,6 +473,8 @@ func suiteRing(b *bencher) {
 	ringTargets(b.rep, sizes, recSizes, wrapSizes)
 	b.rep.Notes = append(b.rep.Notes, ringBoundsNote(b.rep, sizes, recSizes)...)
 	b.rep.Notes = append(b.rep.Notes, ringCPUNotes(b.rep, sizes)...)
+	b.rep.Notes = append(b.rep.Notes, ringCeilingNotes(b.rep, sizes)...)
+	b.rep.Notes = append(b.rep.Notes, ringWrapNotes(b.rep, wrapSizes)...)
 	if before, after := loadBefore, loadAverage(); before != "" && after != "" {
 		// Two goroutines that stream need two CPUs at once; the bound (best of many laps) does
 		// not, so a loaded machine lowers the ring rows' ratios against it and widens spreads.
@@ -582,7 +592,8 @@ func ringBoundsNote(r *Report, sizes, recSizes []int) []string {
 	}
 	if len(fast) > 0 {
 		notes = append(notes, "The bound (rows “"+rowCrossCore+"” and “"+rowRecBound+"”) is the same messages written and read by "+
-			"pinned threads with no ring: the better of two cores taking turns on laps of 16 KiB, 64 KiB and the whole ring, and one "+
+			"pinned threads with no ring: the better of two cores taking turns on laps (streams: of 16 KiB, 64 KiB and the whole ring; "+
+			"records: of one Submit's 16 KiB, so that the bound hands over between the cores as often as the batched row), and one "+
 			"core doing a whole ring's producer lap then its consumer lap, each the fastest of many laps after warm-up laps, with "+
 			"the clock's own cost taken off. The fastest stream row (buffered Writer + take-all ReadSlice) reached, of that bound: "+
 			strings.Join(fast, ", ")+".")

@@ -5,9 +5,9 @@ package ring
 func (r *Ring) setPositions(pos uint64) {
 	r.h.head.Store(pos)
 	r.h.tail.Store(pos)
-	r.prod.pos, r.prod.peer = pos, pos
-	r.cons.pos, r.cons.peer = pos, pos
+	r.prod.pos, r.prod.pub, r.prod.peer = pos, pos, pos
+	r.cons.pos, r.cons.pub, r.cons.peer = pos, pos, pos
 }
 
-func (r *Ring) readerWaiting() bool { return r.h.readerWaiting.Load() != 0 }
-func (r *Ring) writerWaiting() bool { return r.h.writerWaiting.Load() != 0 }
+func (r *Ring) readerWaiting() bool { return r.h.reader.waiting.Load() != 0 }
+func (r *Ring) writerWaiting() bool { return r.h.writer.waiting.Load() != 0 }

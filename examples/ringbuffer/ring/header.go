@@ -34,17 +34,19 @@ type header struct {
 	tail atomic.Uint64
 	_    [lineSize - 8]byte
 
-	// Line 3: the consumer's sleep. readerWaiting is set by a consumer about to sleep on an
-	// empty ring; readerNeed is how many readable bytes it waits for (the producer wakes it only
-	// once that many are there); readerSeq is the futex word the producer bumps to wake it.
-	readerWaiting atomic.Uint32
-	readerSeq     atomic.Uint32
-	readerNeed    atomic.Uint64
-	_             [lineSize - 16]byte
+	// Line 3: the consumer's sleep on an empty ring (see sleepLine).
+	reader sleepLine
+	// Line 4: the producer's sleep on a full ring.
+	writer sleepLine
+}
 
-	// Line 4: the producer's sleep on a full ring; writerNeed is the free space it waits for.
-	writerWaiting atomic.Uint32
-	writerSeq     atomic.Uint32
-	writerNeed    atomic.Uint64
-	_             [lineSize - 16]byte
+// sleepLine is one side's sleep, on its own cache line: waiting is set by a side about to
+// sleep; need is what it waits for (readable bytes for the consumer, free space for the
+// producer: the other side wakes it only once that much is there); seq is the futex word the
+// other side bumps to wake it.
+type sleepLine struct {
+	waiting atomic.Uint32
+	seq     atomic.Uint32
+	need    atomic.Uint64
+	_       [lineSize - 16]byte
 }

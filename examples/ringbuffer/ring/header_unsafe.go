@@ -2,6 +2,7 @@ package ring
 
 import (
 	"fmt"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -38,3 +39,7 @@ func newLocalHeader() (*header, []byte) {
 	}
 	return h, buf
 }
+
+// plainStore stores v in a with an ordinary store, without the fence of a.Store: only for
+// Ring.cheapPublish, whose readers are fenced by membarrier instead.
+func plainStore(a *atomic.Uint64, v uint64) { *(*uint64)(unsafe.Pointer(a)) = v }

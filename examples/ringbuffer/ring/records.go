@@ -50,27 +50,38 @@ func (r *Ring) Reserve(n int) ([]byte, error) {
 		return nil, err
 	}
 	total := recordSize(uint64(n))
-	s, err := r.writeSlice(total)
-	if err != nil {
-		r.exit(&r.prod)
-		return nil, err
-	}
-	binary.LittleEndian.PutUint64(s, uint64(n))
 	p := &r.prod
+	var rec []byte
+	if total <= r.n-r.used(p.pos, p.peer) && r.h.state() == 0 {
+		// The common case: room this side already knows of, without writeSlice's call.
+		off := r.offset(p.pos)
+		rec = r.buf[off : off+total : off+total]
+	} else {
+		var err error
+		if rec, err = r.writeSlice(total); err != nil {
+			r.exit(&r.prod)
+			return nil, err
+		}
+	}
+	binary.LittleEndian.PutUint64(rec, uint64(n))
 	p.pos = r.advance(p.pos, total)
 	p.lent = 0
 	r.exit(&r.prod)
-	return s[recordHeader : recordHeader+n : recordHeader+n], nil
+	return rec[recordHeader : recordHeader+n : recordHeader+n], nil
 }
 
 // Submit publishes every record reserved since the last Submit, waking the consumer if it
 // waits for one. Producer only.
-func (r *Ring) Submit() error {
+func (r *Ring) Submit() error { return r.flush() }
+
+// flush publishes everything the producer wrote or reserved and has not published (Submit,
+// Writer.Flush).
+func (r *Ring) flush() error {
 	if err := r.enterLight(&r.prod); err != nil {
 		return err
 	}
 	if r.prod.pos != r.prod.pub {
-		r.publishHead()
+		r.publish(&r.prod)
 	}
 	r.exitLight(&r.prod)
 	return nil
@@ -114,7 +125,7 @@ func (r *Ring) dropCurrent() {
 		c.pos = r.advance(c.pos, c.cur)
 		c.cur = 0
 		if r.used(c.pos, c.pub) >= r.releaseLazily() {
-			r.publishTail()
+			r.publish(c)
 		}
 	}
 }
@@ -141,7 +152,7 @@ func (r *Ring) Release() error {
 	c.pos = r.advance(c.pos, c.cur)
 	c.cur = 0
 	if c.pos != c.pub {
-		r.publishTail()
+		r.publish(c)
 	}
 	r.exitLight(&r.cons)
 	return nil
@@ -170,7 +181,7 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 		rec, total, err := r.parseRecord(s[done:])
 		if err != nil {
 			c.pos = r.advance(c.pos, done)
-			r.publishTail()
+			r.publish(c)
 			return count, err
 		}
 		done += total
@@ -180,6 +191,6 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 		}
 	}
 	c.pos = r.advance(c.pos, done)
-	r.publishTail()
+	r.publish(c)
 	return count, nil
 }

@@ -44,9 +44,19 @@ type Ring struct {
 	// track: calls that touch only the header must tell Close they are running, because the
 	// header is mapped memory that Close unmaps (NewShared, Attach). A ring made by New keeps
 	// its header on the Go heap, so its zero-copy calls skip the two atomic stores.
-	track   bool
-	readerW waiter // wakes the consumer sleeping on an empty ring
-	writerW waiter // wakes the producer sleeping on a full ring
+	track bool
+	// cheapPublish: publish stores head and tail with a plain store instead of a fenced one
+	// (XCHG on x86-64, a fifth of a small Write's cost; BenchmarkCallCost). The wake-up
+	// protocol needs a full fence between a side's store of its index and its look at the
+	// other side's waiting flag, and between a sleeper's store of its flag and its last look
+	// at the other index; as for the active flags (active.go), the sleeper, which is rare,
+	// takes both with membarrier(2) after setting its flag: after that, either the publisher's
+	// index store is visible to the sleeper's look, or the publisher's look at the flag comes
+	// after the fence and sees it set. Only for a ring made by New (membarrier reaches the
+	// threads of this process only), with membarrier, on a processor that keeps stores in
+	// order (the plain store must still publish the bytes written before it), and never
+	// under the race detector (cheapFlags).
+	cheapPublish bool
 
 	closed  atomic.Bool   // this handle was closed: nothing below may be touched any more
 	wakeups atomic.Uint64 // wake-ups sent by commit and consume (tests check that they are rare)
@@ -72,7 +82,12 @@ type side struct {
 	peer uint64 // last value read of the other side's index
 	lent uint64 // bytes handed out by the last WriteSlice/ReadSlice and not yet released
 	cur  uint64 // consumer: bytes of the record last returned by NextRecord, released by the next call
-	_    [lineSize - 48]byte
+	// Set once when the ring is made:
+	idx   *atomic.Uint64 // this side's index in the header: head (producer) or tail (consumer)
+	sleep *sleepLine     // this side's sleep in the header
+	w     waiter         // how this side sleeps and is woken
+	other *side
+	_     [lineSize - 88]byte
 }
 
 // DefaultSize is a good capacity for streaming between two cores: 256 KiB. The bytes of a
@@ -183,21 +198,24 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 func newRing(m *memory, c config) *Ring {
 	setupCheapFlags()
 	r := &Ring{
-		h:           m.hdr,
-		buf:         m.view,
-		n:           uint64(len(m.view) / 2),
-		nonBlocking: c.nonBlocking,
-		spinFor:     c.spinFor,
-		closeCh:     make(chan struct{}, 1),
-		done:        make(chan struct{}),
-		mem:         m,
-		track:       m.hdrReg != nil,
-		peer:        peerWatch{fd: -1},
+		h:            m.hdr,
+		buf:          m.view,
+		n:            uint64(len(m.view) / 2),
+		nonBlocking:  c.nonBlocking,
+		spinFor:      c.spinFor,
+		closeCh:      make(chan struct{}, 1),
+		done:         make(chan struct{}),
+		mem:          m,
+		track:        m.hdrReg != nil,
+		cheapPublish: cheapFlags && tsoStores && !c.futex,
+		peer:         peerWatch{fd: -1},
 	}
+	r.prod.idx, r.prod.sleep, r.prod.other = &r.h.head, &r.h.writer, &r.cons
+	r.cons.idx, r.cons.sleep, r.cons.other = &r.h.tail, &r.h.reader, &r.prod
 	if c.futex {
-		r.readerW, r.writerW = futexWaiter{}, futexWaiter{}
+		r.prod.w, r.cons.w = futexWaiter{}, futexWaiter{}
 	} else {
-		r.readerW, r.writerW = newChanWaiter(), newChanWaiter()
+		r.prod.w, r.cons.w = newChanWaiter(), newChanWaiter()
 	}
 	if r.h.magic == 0 {
 		r.h.capacity = r.n
@@ -413,19 +431,30 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 // waitWritable returns the free space once it is at least need.
 func (r *Ring) waitWritable(need uint64) (uint64, error) {
 	p, h := &r.prod, r.h
-	var spinUntil time.Time
 	if p.pos != p.pub {
 		// The consumer may be waiting for what this side buffered: publish it before waiting
 		// for room, or both would wait for ever.
-		r.publishHead()
+		r.publish(p)
 	}
-	for i := 0; ; i++ {
+	// The consumer wakes us only once need bytes are free (wakeOther): one wake-up per wait,
+	// not one per Consume.
+	return r.waitFor(p, need, func() uint64 {
 		p.peer = h.tail.Load()
-		if free := r.n - r.used(p.pos, p.peer); free >= need {
-			return free, nil
+		return r.n - r.used(p.pos, p.peer)
+	}, func(uint32) (uint64, error) { return 0, ErrClosed })
+}
+
+// waitFor puts side s to sleep until ready, which reads the other side's index, says
+// that at least need bytes are there, and returns that count. Once the ring's state is not 0
+// (Close, CloseWrite) it returns what closed says instead. Protocol: see waiter.
+func (r *Ring) waitFor(s *side, need uint64, ready func() uint64, closed func(state uint32) (uint64, error)) (uint64, error) {
+	var spinUntil time.Time
+	for i := 0; ; i++ {
+		if k := ready(); k >= need {
+			return k, nil
 		}
-		if h.state() != 0 {
-			return 0, ErrClosed
+		if st := r.h.state(); st != 0 {
+			return closed(st)
 		}
 		if r.nonBlocking {
 			return 0, ErrWouldBlock
@@ -434,18 +463,19 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 			spinPause()
 			continue
 		}
-		// The consumer wakes us only once need bytes are free (wakeWriter): one wake-up per
-		// wait, not one per Consume.
-		h.writerNeed.Store(need)
-		tok := r.writerW.prepare(&h.writerSeq)
-		h.writerWaiting.Store(1)
-		p.peer = h.tail.Load()
-		if r.n-r.used(p.pos, p.peer) >= need || h.state() != 0 {
-			h.writerWaiting.Store(0)
+		sl := s.sleep
+		sl.need.Store(need)
+		tok := s.w.prepare(&sl.seq)
+		sl.waiting.Store(1)
+		if r.cheapPublish {
+			heavyFence() // see cheapPublish
+		}
+		if ready() >= need || r.h.state() != 0 {
+			sl.waiting.Store(0)
 			continue
 		}
-		timedOut := r.writerW.sleep(&h.writerSeq, tok)
-		h.writerWaiting.Store(0)
+		timedOut := s.w.sleep(&sl.seq, tok)
+		sl.waiting.Store(0)
 		if timedOut {
 			if err := r.peerAlive(); err != nil {
 				return 0, err
@@ -456,44 +486,58 @@ func (r *Ring) waitWritable(need uint64) (uint64, error) {
 
 // Commit publishes the first n bytes of the slice returned by the last WriteSlice to the
 // consumer. The rest of that slice stays the producer's until the next WriteSlice. Producer only.
-func (r *Ring) Commit(n int) error {
-	if err := r.enterLight(&r.prod); err != nil {
+func (r *Ring) Commit(n int) error { return r.settle(&r.prod, n, "Commit", "WriteSlice") }
+
+// settle is Commit and Consume: side s passes and publishes n bytes of the slice lent by its
+// last slice call (named lender).
+func (r *Ring) settle(s *side, n int, call, lender string) error {
+	if err := r.enterLight(s); err != nil {
 		return err
 	}
-	if n < 0 || uint64(n) > r.prod.lent {
-		r.exitLight(&r.prod)
-		return fmt.Errorf("ring: Commit(%d) but WriteSlice lent %d bytes", n, r.prod.lent)
+	if n < 0 || uint64(n) > s.lent {
+		r.exitLight(s)
+		return fmt.Errorf("ring: %s(%d) but %s lent %d bytes", call, n, lender, s.lent)
 	}
-	r.commit(uint64(n))
-	r.exitLight(&r.prod)
+	r.pass(s, uint64(n))
+	r.exitLight(s)
 	return nil
 }
 
-func (r *Ring) commit(n uint64) {
-	p := &r.prod
-	p.pos = r.advance(p.pos, n)
-	p.lent -= n
-	r.publishHead()
+// pass moves side s past n bytes of the slice lent to it and publishes them.
+func (r *Ring) pass(s *side, n uint64) {
+	s.pos = r.advance(s.pos, n)
+	s.lent -= n
+	r.publish(s)
 }
 
-// publishHead makes every byte the producer wrote, committed, buffered or reserved so far
-// readable, and wakes the consumer if it sleeps waiting for them.
-func (r *Ring) publishHead() {
-	p, h := &r.prod, r.h
-	p.pub = p.pos
-	h.head.Store(p.pos)
-	if h.readerWaiting.Load() != 0 {
-		r.wakeReader()
+// publish makes every byte side s passed so far (the producer: wrote, committed, buffered or
+// reserved; the consumer: consumed or released) the other side's, and wakes the other side if
+// it sleeps waiting for them.
+func (r *Ring) publish(s *side) {
+	s.pub = s.pos
+	if r.cheapPublish {
+		plainStore(s.idx, s.pos)
+	} else {
+		s.idx.Store(s.pos)
+	}
+	if s.other.sleep.waiting.Load() != 0 {
+		r.wakeOther(s)
 	}
 }
 
-// wakeReader wakes a sleeping consumer if what it waits for is there. The consumer does not
-// move while it sleeps, so the tail read here is its position. Protocol: see waiter.
-func (r *Ring) wakeReader() {
-	h := r.h
-	if r.used(r.prod.pub, h.tail.Load()) >= h.readerNeed.Load() && h.readerWaiting.Swap(0) != 0 {
+// wakeOther wakes the other side of s if what it waits for is there: readable bytes for the
+// consumer, free space for the producer. A side does not move while it sleeps (it published
+// its position before), so the header's head and tail are where both sides are. Protocol: see
+// waiter.
+func (r *Ring) wakeOther(s *side) {
+	o := s.other
+	have := r.used(r.h.head.Load(), r.h.tail.Load())
+	if o == &r.prod {
+		have = r.n - have
+	}
+	if have >= o.sleep.need.Load() && o.sleep.waiting.Swap(0) != 0 {
 		r.wakeups.Add(1)
-		r.readerW.wake(&h.readerSeq)
+		o.w.wake(&o.sleep.seq)
 	}
 }
 
@@ -538,96 +582,31 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {
 	c, h := &r.cons, r.h
-	var spinUntil time.Time
 	if c.pos != c.pub {
-		r.publishTail() // as in waitWritable: the producer may be waiting for this room
+		r.publish(c) // as in waitWritable: the producer may be waiting for this room
 	}
-	for i := 0; ; i++ {
+	ready := func() uint64 {
 		c.peer = h.head.Load()
-		avail := r.used(c.peer, c.pos)
-		if avail >= need {
+		return r.used(c.peer, c.pos)
+	}
+	return r.waitFor(c, need, ready, func(st uint32) (uint64, error) {
+		if st&stateClosed != 0 {
+			return 0, ErrClosed
+		}
+		// CloseWrite stores its flag after the producer's last head: read head again.
+		switch avail := ready(); {
+		case avail >= need:
 			return avail, nil
+		case avail == 0:
+			return 0, io.EOF
 		}
-		if st := h.state(); st != 0 {
-			if st&stateClosed != 0 {
-				return 0, ErrClosed
-			}
-			// CloseWrite stores its flag after the producer's last head: read head again.
-			c.peer = h.head.Load()
-			if avail = r.used(c.peer, c.pos); avail >= need {
-				return avail, nil
-			}
-			if avail == 0 {
-				return 0, io.EOF
-			}
-			return 0, io.ErrUnexpectedEOF
-		}
-		if r.nonBlocking {
-			return 0, ErrWouldBlock
-		}
-		if r.keepSpinning(i, &spinUntil) {
-			spinPause()
-			continue
-		}
-		h.readerNeed.Store(need)
-		tok := r.readerW.prepare(&h.readerSeq)
-		h.readerWaiting.Store(1)
-		c.peer = h.head.Load()
-		if r.used(c.peer, c.pos) >= need || h.state() != 0 {
-			h.readerWaiting.Store(0)
-			continue
-		}
-		timedOut := r.readerW.sleep(&h.readerSeq, tok)
-		h.readerWaiting.Store(0)
-		if timedOut {
-			if err := r.peerAlive(); err != nil {
-				return 0, err
-			}
-		}
-	}
+		return 0, io.ErrUnexpectedEOF
+	})
 }
 
 // Consume releases the first n bytes of the slice returned by the last ReadSlice back to the
 // producer. Consumer only.
-func (r *Ring) Consume(n int) error {
-	if err := r.enterLight(&r.cons); err != nil {
-		return err
-	}
-	if n < 0 || uint64(n) > r.cons.lent {
-		r.exitLight(&r.cons)
-		return fmt.Errorf("ring: Consume(%d) but ReadSlice lent %d bytes", n, r.cons.lent)
-	}
-	r.consume(uint64(n))
-	r.exitLight(&r.cons)
-	return nil
-}
-
-func (r *Ring) consume(n uint64) {
-	c := &r.cons
-	c.pos = r.advance(c.pos, n)
-	c.lent -= n
-	r.publishTail()
-}
-
-// publishTail gives every byte the consumer released so far back to the producer, and wakes
-// the producer if it sleeps waiting for that room.
-func (r *Ring) publishTail() {
-	c, h := &r.cons, r.h
-	c.pub = c.pos
-	h.tail.Store(c.pos)
-	if h.writerWaiting.Load() != 0 {
-		r.wakeWriter()
-	}
-}
-
-// wakeWriter wakes a sleeping producer once the free space it waits for is there.
-func (r *Ring) wakeWriter() {
-	h := r.h
-	if r.n-r.used(h.head.Load(), r.cons.pub) >= h.writerNeed.Load() && h.writerWaiting.Swap(0) != 0 {
-		r.wakeups.Add(1)
-		r.writerW.wake(&h.writerSeq)
-	}
-}
+func (r *Ring) Consume(n int) error { return r.settle(&r.cons, n, "Consume", "ReadSlice") }
 
 // Write copies p into the ring (io.Writer), waiting for space as needed. In non-blocking mode
 // it copies what fits and returns ErrWouldBlock if that is not all of p. Producer only.
@@ -635,19 +614,46 @@ func (r *Ring) Write(p []byte) (int, error) {
 	if err := r.enter(&r.prod); err != nil {
 		return 0, err
 	}
+	n, err := r.write(p, 1)
+	r.exit(&r.prod)
+	return n, err
+}
+
+// write copies p into the ring, waiting for room as needed (publishing what it holds before
+// it waits), and publishes the bytes whenever at least every of them are unpublished: every 1
+// for Write, the flush size for a Writer.
+func (r *Ring) write(p []byte, every uint64) (int, error) {
+	pr := &r.prod
+	// The common case, a write that fits in the room this side already knows of, in one copy.
+	if m := uint64(len(p)); m <= r.n-r.used(pr.pos, pr.peer) && m > 0 && r.h.state() == 0 {
+		off := r.offset(pr.pos)
+		copy(r.buf[off:off+m], p)
+		r.wrote(m, every)
+		return len(p), nil
+	}
+	pr.peer = r.h.tail.Load() // the known room was too small: look at the consumer's tail
 	done := 0
-	var err error
 	for done < len(p) {
-		var s []byte
-		if s, err = r.writeSlice(1); err != nil {
-			break
+		s, err := r.writeSlice(1)
+		if err != nil {
+			return done, err
 		}
 		k := copy(s, p[done:])
-		r.commit(uint64(k))
+		r.wrote(uint64(k), every)
 		done += k
 	}
-	r.exit(&r.prod)
-	return done, err
+	return done, nil
+}
+
+// wrote moves the producer past k bytes it wrote, and publishes them with those before once
+// at least every bytes are unpublished.
+func (r *Ring) wrote(k, every uint64) {
+	pr := &r.prod
+	pr.pos = r.advance(pr.pos, k)
+	pr.lent = 0
+	if r.used(pr.pos, pr.pub) >= every {
+		r.publish(&r.prod)
+	}
 }
 
 // ReadFrom reads from src straight into the ring's free space until src returns io.EOF
@@ -668,7 +674,7 @@ func (r *Ring) ReadFrom(src io.Reader) (int64, error) {
 		if k < 0 || k > len(s) {
 			return total, fmt.Errorf("ring: ReadFrom: source returned %d bytes for a %d-byte buffer", k, len(s))
 		}
-		r.commit(uint64(k))
+		r.pass(&r.prod, uint64(k))
 		total += int64(k)
 		if err == io.EOF {
 			return total, nil
@@ -691,7 +697,7 @@ func (r *Ring) Read(p []byte) (int, error) {
 	s, err := r.readSlice(1)
 	k := copy(p, s) // s is nil on error
 	if k > 0 {
-		r.consume(uint64(k))
+		r.pass(&r.cons, uint64(k))
 	}
 	r.exit(&r.cons)
 	return k, err
@@ -717,7 +723,7 @@ func (r *Ring) WriteTo(w io.Writer) (int64, error) {
 		if k < 0 || k > len(s) {
 			return total, fmt.Errorf("ring: WriteTo: writer returned %d for %d bytes", k, len(s))
 		}
-		r.consume(uint64(k))
+		r.pass(&r.cons, uint64(k))
 		total += int64(k)
 		if err != nil {
 			return total, err
@@ -738,11 +744,11 @@ func (r *Ring) CloseWrite() error {
 	}
 	defer r.exit(&r.prod)
 	if r.h.state() == 0 && r.prod.pos != r.prod.pub {
-		r.publishHead()
+		r.publish(&r.prod)
 	}
 	r.h.stateOr(stateWriteDone)
-	r.h.readerWaiting.Store(0)
-	r.readerW.wake(&r.h.readerSeq)
+	r.h.reader.waiting.Store(0)
+	r.cons.w.wake(&r.h.reader.seq)
 	return nil
 }
 
@@ -760,10 +766,10 @@ func (r *Ring) Close() error {
 	// only this function unmaps it, below.
 	h := r.h
 	h.stateOr(stateClosed)
-	h.readerWaiting.Store(0)
-	h.writerWaiting.Store(0)
-	r.readerW.wake(&h.readerSeq)
-	r.writerW.wake(&h.writerSeq)
+	h.reader.waiting.Store(0)
+	h.writer.waiting.Store(0)
+	r.cons.w.wake(&h.reader.seq)
+	r.prod.w.wake(&h.writer.seq)
 	heavyFence() // after closed is set, before the flags are read: see active.go
 	for r.prod.active.load() != 0 || r.cons.active.load() != 0 || r.misc.Load() != 0 {
 		<-r.closeCh

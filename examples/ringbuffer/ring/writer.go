@@ -31,51 +31,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 	if err := r.enter(&r.prod); err != nil {
 		return 0, err
 	}
-	pr := &r.prod
-	// The common case, a write that fits in the room this side already knows of, in one copy.
-	if m := uint64(len(p)); m <= r.n-r.used(pr.pos, pr.peer) && m > 0 && r.h.state() == 0 {
-		off := r.offset(pr.pos)
-		copy(r.buf[off:off+m], p)
-		pr.pos = r.advance(pr.pos, m)
-		pr.lent = 0
-		if r.used(pr.pos, pr.pub) >= w.every {
-			r.publishHead()
-		}
-		r.exit(&r.prod)
-		return len(p), nil
-	}
-	pr.peer = r.h.tail.Load() // the known room was too small: look at the consumer's tail
-	done := 0
-	var err error
-	for done < len(p) {
-		var s []byte
-		if s, err = r.writeSlice(1); err != nil {
-			break
-		}
-		k := copy(s, p[done:])
-		pr.pos = r.advance(pr.pos, uint64(k))
-		pr.lent = 0
-		done += k
-		if r.used(pr.pos, pr.pub) >= w.every {
-			r.publishHead()
-		}
-	}
+	n, err := r.write(p, w.every)
 	r.exit(&r.prod)
-	return done, err
+	return n, err
 }
 
 // Flush publishes every byte written so far. Producer only.
-func (w *Writer) Flush() error {
-	r := w.r
-	if err := r.enterLight(&r.prod); err != nil {
-		return err
-	}
-	if r.prod.pos != r.prod.pub {
-		r.publishHead()
-	}
-	r.exitLight(&r.prod)
-	return nil
-}
+func (w *Writer) Flush() error { return w.r.flush() }
 
 // Buffered returns how many bytes were written and not yet published. Producer only.
 func (w *Writer) Buffered() int { return int(w.r.used(w.r.prod.pos, w.r.prod.pub)) }
