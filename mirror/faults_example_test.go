@@ -3,7 +3,6 @@ package mirror_test
 import (
 	"bytes"
 	"fmt"
-	"os"
 
 	"github.com/mirrormem/mirrormem/alloc"
 	"github.com/mirrormem/mirrormem/mirror"
@@ -13,14 +12,12 @@ import (
 // through either view, and each page is read once.
 func ExampleServeFaults() {
 	const n = 16 * 4096
-	f, err := os.CreateTemp("", "snapshot")
+	f, remove, err := snapshotFile(n) // an *os.File of n bytes: "snapshot" over and over
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	f.Write(bytes.Repeat([]byte("snapshot"), n/8))
+	defer remove()
 
 	r, err := alloc.Shared(n)
 	if err != nil {

@@ -15,14 +15,12 @@ import (
 // next restore prefetch it, then push every other page until the image is resident.
 func ExampleRestore() {
 	const n = 64 * 4096
-	f, err := os.CreateTemp("", "snapshot")
+	f, remove, err := snapshotFile(n) // an *os.File of n bytes: "snapshot" over and over
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	f.Write(bytes.Repeat([]byte("snapshot"), n/8))
+	defer remove()
 
 	// The first run, served on demand, with the fault log on.
 	r, err := alloc.Shared(n)

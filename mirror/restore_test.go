@@ -149,15 +149,8 @@ func TestRestoreRecordReplay(t *testing.T) {
 	r := rand.New(rand.NewSource(3))
 	orders := [2][]int{r.Perm(pages)[:40], r.Perm(pages)[:30]}
 
-	rg, err := alloc.Shared(n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rg.Close()
-	p, err := Mirror(rg, ServeFaults(src), FaultAround(0), VerifyFaults(1024))
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, closePair := mirrored(t, shared(t, n), ServeFaults(src), FaultAround(0), VerifyFaults(1024))
+	defer closePair()
 	touchPages(p.Original(), orders[0])
 	touchPages(p.Mirror(), orders[1])
 	ws, err := p.WorkingSet()
@@ -188,16 +181,8 @@ func TestRestoreRecordReplay(t *testing.T) {
 
 	for _, h := range restoreHandlers() {
 		t.Run(h.String(), func(t *testing.T) {
-			rg, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rg.Close()
-			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{WorkingSet: &loaded, MaxRange: 4 * page}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p, closePair := mirrored(t, shared(t, n), ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{WorkingSet: &loaded, MaxRange: 4 * page}))
+			defer closePair()
 			if h == HandlerAuto && p.FaultHandler() == HandlerNative {
 				t.Fatal("Restore with HandlerAuto chose the C thread, which does not prefetch")
 			}
@@ -239,17 +224,9 @@ func TestRestorePush(t *testing.T) {
 	ws := &WorkingSet{PageSize: page, Size: n, Runs: []Run{{0, 100, 20}, {1, 7, 3}, {0, 400, 50}}}
 	for _, h := range restoreHandlers() {
 		t.Run(h.String(), func(t *testing.T) {
-			rg, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rg.Close()
-			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), VerifyFaults(4096),
+			p, closePair := mirrored(t, shared(t, n), ServeFaults(src), WithHandler(h), VerifyFaults(4096),
 				Restore(RestoreOptions{WorkingSet: ws, Push: true, InFlight: 3, MaxRange: 8 * page}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			defer closePair()
 			var wg sync.WaitGroup
 			for g, v := range [][]byte{p.Original(), p.Mirror()} {
 				wg.Add(1)
@@ -309,17 +286,10 @@ func TestRestorePushRate(t *testing.T) {
 	const pages, rate = 256, 64 // pages per second: the push takes 4 s
 	page := mem.PageSize()
 	src, _ := patternFile(t, pages*page)
-	rg, err := alloc.Shared(pages * page)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rg.Close()
+	rg := shared(t, pages*page)
 	t0 := time.Now()
-	p, err := Mirror(rg, ServeFaults(src), Restore(RestoreOptions{Push: true, PushRate: int64(rate * page), MaxRange: page, InFlight: 1}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, closePair := mirrored(t, rg, ServeFaults(src), Restore(RestoreOptions{Push: true, PushRate: int64(rate * page), MaxRange: page, InFlight: 1}))
+	defer closePair()
 	waitProgress(t, p, 1)
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
@@ -335,10 +305,7 @@ func TestRestorePushRate(t *testing.T) {
 func TestRestoreRefuses(t *testing.T) {
 	page := mem.PageSize()
 	src, _ := patternFile(t, 16*page)
-	rg, err := alloc.Shared(16 * page)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rg := shared(t, 16*page)
 	defer rg.Close()
 	cases := []struct {
 		name string
@@ -401,22 +368,14 @@ func TestRestoreNoHangUnderGC(t *testing.T) {
 func restoreNoHangRun(t *testing.T, size int) {
 	page := mem.PageSize()
 	src, data := patternFile(t, size)
-	r, err := alloc.Shared(size)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
 	var runs []Run
 	for pg := 0; pg < size/page; pg += 64 {
 		runs = append(runs, Run{View: pg / 64 % 2, Page: pg, Pages: 16})
 	}
 	rand.New(rand.NewSource(1)).Shuffle(len(runs), func(i, j int) { runs[i], runs[j] = runs[j], runs[i] })
 	ws := &WorkingSet{PageSize: page, Size: size, Runs: runs}
-	p, err := Mirror(r, ServeFaults(src), Restore(RestoreOptions{WorkingSet: ws, Push: true}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, closePair := mirrored(t, shared(t, size), ServeFaults(src), Restore(RestoreOptions{WorkingSet: ws, Push: true}))
+	defer closePair()
 	stop := gcstress.Loop()
 	buf := make([]byte, page)
 	views := [2][]byte{p.Original(), p.Mirror()}
@@ -448,17 +407,9 @@ func restoreNoHangRun(t *testing.T, size int) {
 func TestWorkingSetSeveralWorkers(t *testing.T) {
 	const pages = 512
 	page := mem.PageSize()
-	rg, err := alloc.Shared(pages * page)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rg.Close()
 	src := NamedSource(computedName, computedConfig(3, pages*int64(page), false))
-	p, err := Mirror(rg, ServeFaults(src), FaultAround(0), VerifyFaults(4*pages))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, closePair := mirrored(t, shared(t, pages*page), ServeFaults(src), FaultAround(0), VerifyFaults(4*pages))
+	defer closePair()
 	perm := rand.New(rand.NewSource(9)).Perm(pages)
 	orders := [][]int{perm[:pages/2], perm[pages/2:]}
 	var wg sync.WaitGroup
@@ -536,16 +487,8 @@ func TestRestoreHoldPush(t *testing.T) {
 			if err := src.Truncate(int64(n)); err != nil { // zeros until the "pre-copy" below
 				t.Fatal(err)
 			}
-			rg, err := alloc.Shared(n)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rg.Close()
-			p, err := Mirror(rg, ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{Push: true, HoldPush: true, MaxRange: 16 * page}))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close()
+			p, closePair := mirrored(t, shared(t, n), ServeFaults(src), WithHandler(h), FaultAround(0), Restore(RestoreOptions{Push: true, HoldPush: true, MaxRange: 16 * page}))
+			defer closePair()
 			// Nothing is pushed while held: WaitResident times out with no page resident.
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			defer cancel()
@@ -593,13 +536,7 @@ func TestRestoreStartPushRefuses(t *testing.T) {
 	page := mem.PageSize()
 	src, _ := patternFile(t, 16*page)
 	defer leakcheck.Check(t)()
-	fresh := func() *alloc.Region {
-		rg, err := alloc.Shared(16 * page)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rg
-	}
+	fresh := func() *alloc.Region { return shared(t, 16*page) }
 	rg := fresh()
 	if p, err := Mirror(rg, ServeFaults(src), Restore(RestoreOptions{HoldPush: true})); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "Push") {
 		if err == nil {
@@ -636,17 +573,9 @@ func TestRestoreStartPushRefuses(t *testing.T) {
 func TestRestorePushReadFails(t *testing.T) {
 	const pages = 64
 	page := mem.PageSize()
-	rg, err := alloc.Shared(pages * page)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rg.Close()
 	bad := binary.LittleEndian.AppendUint32(nil, 40)
-	p, err := Mirror(rg, ServeFaults(NamedSource(failingName, bad)), Restore(RestoreOptions{Push: true, MaxRange: 4 * page}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p, closePair := mirrored(t, shared(t, pages*page), ServeFaults(NamedSource(failingName, bad)), Restore(RestoreOptions{Push: true, MaxRange: 4 * page}))
+	defer closePair()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p.WaitResident(ctx); err == nil || !strings.Contains(err.Error(), "Restore stopped on an error") {

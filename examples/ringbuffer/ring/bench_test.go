@@ -29,17 +29,20 @@ func BenchmarkRing(b *testing.B) {
 	}
 }
 
-func benchMirror(b *testing.B, size int, inplace bool) {
-	r, err := New(benchCap)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
-	src := make([]byte, size)
-	dst := make([]byte, size)
+// streamBuffers returns the buffers a stream benchmark of size-byte messages writes from and
+// reads into, and starts the clock counting size bytes per operation.
+func streamBuffers(b *testing.B, size int) (src, dst []byte) {
+	src, dst = make([]byte, size), make([]byte, size)
 	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	b.ResetTimer()
+	return src, dst
+}
+
+func benchMirror(b *testing.B, size int, inplace bool) {
+	r := makeRing(b, "local", benchCap)
+	defer r.Close()
+	src, dst := streamBuffers(b, size)
 	go func() {
 		for i := 0; i < b.N; i++ {
 			s, err := r.WriteSlice(size)
@@ -69,11 +72,7 @@ func benchMirror(b *testing.B, size int, inplace bool) {
 func benchSplit(b *testing.B, size int, inplace bool) {
 	r := splitring.New(benchCap)
 	defer r.Close()
-	src := make([]byte, size)
-	dst := make([]byte, size)
-	b.SetBytes(int64(size))
-	b.ReportAllocs()
-	b.ResetTimer()
+	src, dst := streamBuffers(b, size)
 	go func() {
 		for i := 0; i < b.N; i++ {
 			if _, err := r.Write(src); err != nil {

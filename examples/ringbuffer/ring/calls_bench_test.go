@@ -12,10 +12,7 @@ import (
 func BenchmarkCallCost(b *testing.B) {
 	msg, out := make([]byte, 64), make([]byte, 64)
 	b.Run("ring-io", func(b *testing.B) {
-		r, err := New(1 << 16)
-		if err != nil {
-			b.Fatal(err)
-		}
+		r := makeRing(b, "local", 1<<16)
 		defer r.Close()
 		for range b.N {
 			r.Write(msg)
@@ -23,10 +20,7 @@ func BenchmarkCallCost(b *testing.B) {
 		}
 	})
 	b.Run("ring-zerocopy", func(b *testing.B) {
-		r, err := New(1 << 16)
-		if err != nil {
-			b.Fatal(err)
-		}
+		r := makeRing(b, "local", 1<<16)
 		defer r.Close()
 		for range b.N {
 			s, _ := r.WriteSlice(64)
@@ -53,10 +47,7 @@ func BenchmarkCallCost(b *testing.B) {
 func BenchmarkRecordCallCost(b *testing.B) {
 	msg := make([]byte, 64)
 	const batch = 128
-	r, err := New(1 << 16)
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := makeRing(b, "local", 1<<16)
 	defer r.Close()
 	var sink byte
 	b.ReportAllocs()
@@ -85,10 +76,7 @@ func BenchmarkRecordCallCost(b *testing.B) {
 func BenchmarkWriterCallCost(b *testing.B) {
 	msg := make([]byte, 64)
 	const batch = 128
-	r, err := New(1 << 16)
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := makeRing(b, "local", 1<<16)
 	defer r.Close()
 	w := NewWriter(r, 0)
 	var sink byte
@@ -114,10 +102,7 @@ func BenchmarkWriterCallCost(b *testing.B) {
 // sent per record.
 func BenchmarkRecordStream(b *testing.B) {
 	msg := make([]byte, 64)
-	r, err := New(DefaultSize + 4096)
-	if err != nil {
-		b.Fatal(err)
-	}
+	r := makeRing(b, "local", DefaultSize+4096)
 	defer r.Close()
 	go func() {
 		pending := 0

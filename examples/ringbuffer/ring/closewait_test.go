@@ -84,39 +84,17 @@ func TestCloseWhileRecordsStream(t *testing.T) {
 	for _, kind := range []string{"local", "shared"} {
 		for i := 0; i < 50; i++ {
 			r := makeRing(t, kind, 3*page)
-			errs := make(chan error, 2)
-			started := make(chan struct{}, 2)
-			go func() {
-				started <- struct{}{}
-				for {
-					// Only the call itself: the payload is not written, since a write into a
-					// reserved record after Close is the caller's to avoid.
-					if _, err := r.Reserve(100); err != nil {
-						errs <- err
-						return
+			closeWhileRunning(t, r, kind, true,
+				// Only the call itself: the payload is not written, since a write into a
+				// reserved record after Close is the caller's to avoid.
+				func() error {
+					_, err := r.Reserve(100)
+					if err == nil {
+						r.Submit()
 					}
-					r.Submit()
-				}
-			}()
-			go func() {
-				started <- struct{}{}
-				for {
-					if _, err := r.ReadRecords(func([]byte) bool { return true }); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-			<-started
-			<-started
-			if err := r.Close(); err != nil {
-				t.Fatal(err)
-			}
-			for k := 0; k < 2; k++ {
-				if err := <-errs; !errors.Is(err, ErrClosed) {
-					t.Fatalf("%s: a side stopped with %v, want ErrClosed", kind, err)
-				}
-			}
+					return err
+				},
+				func() error { _, err := r.ReadRecords(func([]byte) bool { return true }); return err })
 		}
 	}
 }
@@ -127,35 +105,48 @@ func TestCloseWhileWriterStreams(t *testing.T) {
 	defer leakcheck.Check(t)()
 	for i := 0; i < 50; i++ {
 		r := makeRing(t, "local", 3*page)
-		errs := make(chan error, 2)
-		go func() {
-			w, buf := NewWriter(r, 1000), make([]byte, 300)
-			for {
-				if _, err := w.Write(buf); err != nil {
-					errs <- err
-					return
-				}
-			}
-		}()
-		go func() {
-			for {
+		w, buf := NewWriter(r, 1000), make([]byte, 300)
+		closeWhileRunning(t, r, "local", false,
+			func() error { _, err := w.Write(buf); return err },
+			func() error {
 				s, err := r.ReadSlice()
 				if err == nil {
 					err = r.Consume(len(s))
 				}
-				if err != nil {
+				return err
+			})
+	}
+}
+
+// closeWhileRunning runs each side in a goroutine of its own, calling it until it fails, closes
+// r from this goroutine (once every side has started, if wait) and checks that every side
+// stopped with ErrClosed.
+func closeWhileRunning(t *testing.T, r *Ring, kind string, wait bool, sides ...func() error) {
+	t.Helper()
+	errs := make(chan error, len(sides))
+	started := make(chan struct{}, len(sides))
+	for _, side := range sides {
+		go func() {
+			started <- struct{}{}
+			for {
+				if err := side(); err != nil {
 					errs <- err
 					return
 				}
 			}
 		}()
-		if err := r.Close(); err != nil {
-			t.Fatal(err)
+	}
+	if wait {
+		for range sides {
+			<-started
 		}
-		for k := 0; k < 2; k++ {
-			if err := <-errs; !errors.Is(err, ErrClosed) {
-				t.Fatalf("a side stopped with %v, want ErrClosed", err)
-			}
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range sides {
+		if err := <-errs; !errors.Is(err, ErrClosed) {
+			t.Fatalf("%s: a side stopped with %v, want ErrClosed", kind, err)
 		}
 	}
 }

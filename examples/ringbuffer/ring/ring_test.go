@@ -417,38 +417,10 @@ func TestCloseWhileStreaming(t *testing.T) {
 	for _, kind := range []string{"local", "shared"} {
 		for i := 0; i < 20; i++ {
 			r := makeRing(t, kind, 3*page)
-			errs := make(chan error, 2)
-			started := make(chan struct{}, 2)
-			go func() {
-				buf := make([]byte, 5000)
-				started <- struct{}{}
-				for {
-					if _, err := r.Write(buf); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-			go func() {
-				buf := make([]byte, 7000)
-				started <- struct{}{}
-				for {
-					if _, err := r.Read(buf); err != nil {
-						errs <- err
-						return
-					}
-				}
-			}()
-			<-started
-			<-started
-			if err := r.Close(); err != nil {
-				t.Fatal(err)
-			}
-			for k := 0; k < 2; k++ {
-				if err := <-errs; !errors.Is(err, ErrClosed) {
-					t.Fatalf("%s: a side stopped with %v, want ErrClosed", kind, err)
-				}
-			}
+			wbuf, rbuf := make([]byte, 5000), make([]byte, 7000)
+			closeWhileRunning(t, r, kind, true,
+				func() error { _, err := r.Write(wbuf); return err },
+				func() error { _, err := r.Read(rbuf); return err })
 		}
 	}
 }
