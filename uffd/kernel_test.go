@@ -330,7 +330,6 @@ func pastEnd(t testing.TB, name string) []byte {
 }
 
 // A COPY through view a does not wake a thread blocked on the same page through view b: wake
-
 // b yourself.
 func TestCopyDoesNotWakeOtherView(t *testing.T) {
 	t.Parallel()
