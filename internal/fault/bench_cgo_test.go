@@ -16,8 +16,8 @@ const benchLen = 8 << 20
 // BenchmarkServe measures pages served per second: the first pass reads every page of the
 // original (missing faults, filled from a file), the second every page of the mirror (minor
 // faults), both from a C thread; handlers: the native C thread, the handler process, and the C
-// reference (ref.c, reading the file with pread), side by side in one run. 4k: one page per fault; around: fault-around up
-// to 64 pages.
+// reference (ref.c, reading the file with pread), side by side in one run. 4k: one page per
+// fault; around: fault-around up to 64 pages.
 func BenchmarkServe(b *testing.B) {
 	f, _ := sourceFile(b, benchLen)
 	for _, around := range []int{1, 64} {
