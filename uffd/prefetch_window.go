@@ -38,8 +38,10 @@ import (
 //     round; over queueHigh page reads (or twice queueFloor) is a queue, and the window
 //     shrinks, by half the first time, then by one read a round; in between it stays.
 //
-// The window never exceeds InFlight reads nor the chunk MaxRange; for a source whose durations
-// do not grow with the window or the chunk, it reaches both. Failed reads are not counted. It
+// A source that reads a page in less than localRead waits for no round trip: it is local
+// (memory, the page cache), bound by the CPU or a disk, with no link to queue on, and is read
+// at the caps. The window never exceeds InFlight reads nor the chunk MaxRange; for a source
+// whose durations do not grow with the window or the chunk, it reaches both. Failed reads are not counted. It
 // is not safe for concurrent use: Prefetch guards it with a mutex.
 type prefetchWindow struct {
 	page     int64
@@ -59,6 +61,8 @@ type prefetchWindow struct {
 
 const (
 	maxWindowClass = 30
+	// localRead: a source that reads a page faster than this has no round trip to wait for.
+	localRead = 50 * time.Microsecond
 	// chunkFloor: a read this short is cheap whatever its size (a local source).
 	chunkFloor = 200 * time.Microsecond
 	// queueFloor: queueing delays this short are the machine's noise, not a queue.
@@ -139,6 +143,14 @@ func (w *prefetchWindow) endRound() {
 	cur := w.classOf(w.chunk())
 	// ref: a page's read with no queue, what a demand fault costs.
 	ref := w.pageRead()
+	top := w.classOf(w.maxChunk)
+	if ref < localRead {
+		// No round trip: a local source (memory, the page cache), bound by the CPU or the
+		// disk, with no link to queue on: the caps.
+		w.reads, w.class = w.maxReads, top
+		w.left, w.nq = max(w.reads, minRound), 0
+		return
+	}
 	lo, hi := max(ref*queueLow, queueFloor), max(ref*queueHigh, 2*queueFloor)
 	qs := w.qs[:w.nq]
 	slices.Sort(qs)
@@ -162,7 +174,6 @@ func (w *prefetchWindow) endRound() {
 
 	// The chunk: up while the next class is not known to be slow, down when this one is.
 	budget := max(ref+ref/chunkSlack, chunkFloor)
-	top := w.classOf(w.maxChunk)
 	if w.rounds%reprobeRounds == 0 && cur < top && w.base[cur+1] > budget {
 		w.base[cur+1] = 0 // try it again: it may have been measured behind a queue
 	}
