@@ -26,10 +26,10 @@ import (
 //     times a page's read, or within chunkFloor (a source so fast that size does not matter):
 //     where the round trip dominates, a bigger read costs little more. It stops where the
 //     bytes' own transfer starts to count, and goes back a class when its minimum exceeds
-//     that; a class found too slow is tried again every reprobeRounds rounds. So the read in
-//     front of a demand fault, or the one the program waits for, holds it up by a fraction
-//     of a page's read; a local source (memory, a file in the page cache), where every size
-//     is cheap, reads MaxRange at once.
+//     that; a class found too slow is tried again every reprobeRounds rounds (a bigger chunk
+//     is tried behind the window's queue, which makes it look slower: the chunk errs small).
+//     So the read in front of a demand fault, or the one the program waits for, holds it up
+//     by a fraction of a page's read.
 //   - The reads allowed in flight are the window. A round is as many reads completed as the
 //     window allowed when it began (minRound at least). Each read's queueing delay is its
 //     duration less its class's minimum; the round's median decides (a queue delays most
@@ -41,8 +41,8 @@ import (
 // A source that reads a page in less than localRead waits for no round trip: it is local
 // (memory, the page cache), bound by the CPU or a disk, with no link to queue on, and is read
 // at the caps. The window never exceeds InFlight reads nor the chunk MaxRange; for a source
-// whose durations do not grow with the window or the chunk, it reaches both. Failed reads are not counted. It
-// is not safe for concurrent use: Prefetch guards it with a mutex.
+// whose durations do not grow with the window or the chunk, it reaches both. Failed reads are
+// not counted. It is not safe for concurrent use: Prefetch guards it with a mutex.
 type prefetchWindow struct {
 	page     int64
 	maxChunk int64 // MaxRange, in bytes, a multiple of page

@@ -18,8 +18,8 @@ func feedRound(w *prefetchWindow, d func(reads int, chunk int64) time.Duration) 
 	return dur
 }
 
-// A source whose reads take the same time whatever their size and number (local memory):
-// the window reaches InFlight and the chunk MaxRange.
+// A local source (a page read in well under localRead) is read at the caps: the window
+// reaches InFlight and the chunk MaxRange.
 func TestPrefetchWindowLocalReachesCaps(t *testing.T) {
 	w := newPrefetchWindow(winPage, 1<<20, 8)
 	for r := 0; r < 40; r++ {
@@ -88,13 +88,13 @@ func TestPrefetchWindowSlowLink(t *testing.T) {
 func TestPrefetchWindowShrinksGrowsStays(t *testing.T) {
 	const page = 400 * time.Microsecond
 	w := newPrefetchWindow(winPage, 1<<20, 16)
-	// A link where every size costs a page's read (chunkFloor would not hold): reads of
+	// A remote source where every size costs a page's read (and no queue builds): reads of
 	// MaxRange, and the window doubles up to the cap.
 	for r := 0; r < 20; r++ {
 		feedRound(w, func(int, int64) time.Duration { return page })
 	}
-	if w.window() != 16 || w.grown {
-		t.Fatalf("window %d (grown %v), want 16 in its first growth", w.window(), w.grown)
+	if w.window() != 16 || w.grown || w.chunk() != 1<<20 {
+		t.Fatalf("window %d reads of %d bytes (grown %v), want 16 of 1 MiB in its first growth", w.window(), w.chunk(), w.grown)
 	}
 	feedRound(w, func(int, int64) time.Duration { return page + 3*page })
 	if w.window() != 8 || !w.grown {
