@@ -362,8 +362,8 @@ func suiteRestore(b *bencher) {
 			return res.work.Seconds() * 1e3, nil
 		}, note: func() string { return notes[name] }}
 	}
-	pre := &mirror.RestoreOptions{WorkingSet: ws, InFlight: 6}
-	push := &mirror.RestoreOptions{WorkingSet: ws, InFlight: 6, Push: true}
+	pre := &mirror.RestoreOptions{WorkingSet: ws}
+	push := &mirror.RestoreOptions{WorkingSet: ws, Push: true}
 	rows := []row{
 		libRow(rowRestoreDemand, 0, nil, func(r restoreRun) { demandP99 = append(demandP99, p99(r.faults)) }),
 		libRow(rowRestoreAround, mirror.DefaultFaultAround, nil, nil),

@@ -224,18 +224,24 @@ type RestoreOptions struct {
 	HoldPush bool
 	// PushRate caps what the push reads from the source, in bytes per second (0: no cap).
 	PushRate int64
-	// InFlight is how many reads of the source are made at once (0: 8). A network source
-	// fetches as many ranges in parallel.
+	// InFlight caps the reads of the source made at once (0: 8). A network source fetches
+	// several ranges in parallel; below the cap, the engine keeps only as many in flight as
+	// the source serves without queueing them (their durations do not grow), as it measures.
 	InFlight int
 	// MaxRange caps one read in bytes (0: 1 MiB): neighbouring pages, consecutive in the
-	// working set, are fetched as one range.
+	// working set, are fetched as one range. Below the cap, reads are cut to the size that
+	// costs the source little more than a page's read (MaxRange for a local source, a few
+	// pages over a slow link), so that a demand fault waits behind little.
 	MaxRange int
 }
 
 // Restore makes the fault engine fill pages ahead of the program: the recorded working set
 // first, in order, with several reads of the source in flight and neighbouring pages fetched
-// as one range, then (Push) every page left at a bounded rate. A demand fault always goes
-// first: no new read starts while one is being served. Each page is filled once, whoever gets
+// as one range, then (Push) every page left at a bounded rate. A demand fault goes first: no
+// new read starts while one is being served, and the engine keeps no standing queue of its
+// reads in front of the source (it sizes its reads and how many are in flight from their
+// measured durations), so a demand fault's read waits only for the few prefetch bytes already
+// in flight. Each page is filled once, whoever gets
 // there first (EEXIST is not an error), and mapped into every view, so that a fully pushed pair
 // faults no more. It works with every source. The C thread does not prefetch: with
 // HandlerAuto the pair is served by the engine in a handler process instead (or in this

@@ -582,7 +582,7 @@ func TestRestorePushReadFails(t *testing.T) {
 		t.Fatalf("WaitResident with a failing read: %v", err)
 	}
 	pr, _ := p.RestoreProgress()
-	if pr.Pushed || pr.Resident != pages-4 || pr.Restored != pages-4 {
-		t.Errorf("%+v: want the %d pages outside the failed read restored, not pushed", pr, pages-4)
+	if pr.Pushed || pr.Resident != pr.Restored || pr.Resident < pages-4 || pr.Resident >= pages {
+		t.Errorf("%+v: want the pages outside the failed read (1 to 4 pages, as the reads are cut) restored, not pushed", pr)
 	}
 }

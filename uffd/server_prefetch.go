@@ -26,11 +26,15 @@ type PrefetchRange struct {
 
 // PrefetchOptions tune Prefetch. Zero values select the defaults.
 type PrefetchOptions struct {
-	// InFlight is how many reads of the source are made at once (default 8): a source that
-	// waits (a network round trip) is read for several ranges in parallel.
+	// InFlight caps the reads of the source made at once (default 8): a source that waits (a
+	// network round trip) is read for several ranges in parallel. Below the cap, Prefetch
+	// keeps only as many in flight as the source serves without their durations growing
+	// (without a queue in front of it), as it measures them.
 	InFlight int
 	// MaxRange caps the bytes of one read (default 1 MiB, rounded down to pages): neighbouring
-	// pages, consecutive in the order given, are read and filled together up to it.
+	// pages, consecutive in the order given, are read and filled together up to it. Below the
+	// cap, Prefetch cuts its reads to the size that costs the source little more than a
+	// page's read: a local source is read MaxRange at a time, a slow link in small chunks.
 	MaxRange int
 	// Rate caps the bytes read per second (0: no cap), for a background push that must leave
 	// the link to others.
@@ -74,7 +78,9 @@ var ErrNoPrefetch = errors.New("uffd: Prefetch needs a server made with WithPref
 
 // demandMissing resolves a missing fault, counted as a demand in flight for Prefetch.
 func (s *Server) demandMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
-	if !s.cfg.prefetch {
+	if !s.cfg.prefetch || s.pf.reading(v.obj, v.off+int64(addr-v.addr)) {
+		// Without Prefetch, or on a page that a read of Prefetch is fetching: holding the
+		// next reads back would only delay the pages after it.
 		return s.resolveMissing(w, o, tab, v, addr)
 	}
 	s.pf.demand.Add(1)
@@ -93,6 +99,48 @@ type prefetchGate struct {
 	waiting atomic.Int32 // Prefetch workers waiting for demand to reach 0
 	mu      sync.Mutex
 	cond    *sync.Cond // on mu; created by NewServer
+
+	nreads atomic.Int32 // len(reads)
+	rmu    sync.Mutex
+	reads  []pfRead // the reads of the source Prefetch is making, under rmu
+}
+
+// pfRead is a read of Prefetch in flight: bytes [off, end) of obj.
+type pfRead struct {
+	obj      *object
+	off, end int64
+}
+
+// reading reports whether a read of Prefetch in flight fetches byte off of obj.
+func (g *prefetchGate) reading(obj *object, off int64) bool {
+	if g.nreads.Load() == 0 {
+		return false
+	}
+	g.rmu.Lock()
+	defer g.rmu.Unlock()
+	for _, r := range g.reads {
+		if r.obj == obj && r.off <= off && off < r.end {
+			return true
+		}
+	}
+	return false
+}
+
+// startRead records a read of Prefetch; the function returned forgets it.
+func (g *prefetchGate) startRead(obj *object, off, n int64) func() {
+	g.rmu.Lock()
+	r := pfRead{obj, off, off + n}
+	g.reads = append(g.reads, r)
+	g.nreads.Add(1)
+	g.rmu.Unlock()
+	return func() {
+		g.rmu.Lock()
+		if i := slices.Index(g.reads, r); i >= 0 {
+			g.reads = slices.Delete(g.reads, i, i+1)
+		}
+		g.nreads.Add(-1)
+		g.rmu.Unlock()
+	}
 }
 
 // holdForDemand waits while a missing fault is being resolved, so that a new read of the
@@ -118,8 +166,13 @@ func (s *Server) holdForDemand(ctx context.Context) bool {
 // through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
 // for minor faults); a page past the end of the object is ignored.
 //
-// A demand fault goes first: Prefetch runs on goroutines of its own, and starts no new read
-// of the source while a missing fault is being resolved. A page the Tracker knows to be filled
+// A demand fault goes first: Prefetch runs on goroutines of its own, starts no new read of
+// the source while a missing fault is being resolved (unless the fault is on a page one of its
+// reads is fetching), and keeps no standing queue in front of the source, so that a demand
+// fault's read waits behind little: it adapts the size of its reads and how many are in
+// flight to the durations it measures (see PrefetchOptions; a Rate-capped push does the
+// same). A demand fault's read still waits for the prefetch bytes already in flight, a small
+// part of a page's read on a slow link. A page the Tracker knows to be filled
 // is skipped without a system call; EEXIST (a demand fault or another view was first) is not
 // an error. A read that fails is counted and its pages left to demand faults, which apply the
 // server's SourceErrorPolicy. The server must be made with WithPrefetch. Several Prefetch calls
@@ -161,16 +214,25 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	})
 	defer stopWait()
 
-	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled}
+	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
+		win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
+	p.wcond = sync.NewCond(&p.wmu)
+	stopWin := context.AfterFunc(ctx, func() {
+		p.wmu.Lock()
+		p.wcond.Broadcast()
+		p.wmu.Unlock()
+	})
+	defer stopWin()
 	// A worker's buffer holds the longest read, not MaxRange: an absurd MaxRange costs no
 	// more memory than the ranges asked for.
-	var bufLen int64
+	var bufLen, total int64
 	for _, c := range chunks {
 		bufLen = max(bufLen, c.Len)
+		total += c.Len
 	}
 	var wg sync.WaitGroup
-	workers := min(o.InFlight, len(chunks))
-	for w := 0; w < workers; w++ {
+	workers := min(int64(o.InFlight), total/int64(s.page))
+	for w := int64(0); w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -220,7 +282,15 @@ type prefetch struct {
 	rate      int64
 	chunks    []PrefetchRange
 	mapFilled bool
-	next      atomic.Int64
+
+	// The window (see prefetchWindow): the next piece of chunks to read, the pieces being
+	// read, and the controller, under wmu.
+	wmu      sync.Mutex
+	wcond    *sync.Cond // on wmu: a piece is done, or ctx is
+	win      *prefetchWindow
+	nextCh   int   // chunks[nextCh] ...
+	nextOff  int64 // ... from this many bytes into it
+	inFlight int
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
@@ -271,59 +341,106 @@ func (p *prefetch) pace(ctx context.Context, n int64) bool {
 	return true
 }
 
-// run takes chunks in order until none is left, filling the pages of each that are not
-// known to be filled.
+// take waits until the window has room for one more read, then takes the next piece of the
+// chunks, in order, of at most the window's chunk. ok is false when none is left or ctx is
+// done; otherwise the caller calls done when it is through with the piece.
+func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	for p.inFlight > 0 && p.inFlight >= p.win.window() && ctx.Err() == nil && p.nextCh < len(p.chunks) {
+		p.wcond.Wait()
+	}
+	if ctx.Err() != nil || p.nextCh >= len(p.chunks) {
+		return ch, false
+	}
+	c := p.chunks[p.nextCh]
+	n := min(p.win.chunk(), c.Len-p.nextOff)
+	ch = PrefetchRange{c.Off + p.nextOff, n}
+	if p.nextOff += n; p.nextOff >= c.Len {
+		p.nextCh, p.nextOff = p.nextCh+1, 0
+	}
+	p.inFlight++
+	return ch, true
+}
+
+// done gives back the window's room taken by take.
+func (p *prefetch) done() {
+	p.wmu.Lock()
+	p.inFlight--
+	p.wcond.Broadcast()
+	p.wmu.Unlock()
+}
+
+// observe tells the window how long a read of n bytes took.
+func (p *prefetch) observe(n int64, d time.Duration) {
+	p.wmu.Lock()
+	p.win.observe(n, d)
+	p.wcond.Broadcast() // the window may have grown
+	p.wmu.Unlock()
+}
+
+// run takes pieces of the chunks in order until none is left, filling the pages of each that
+// are not known to be filled.
 func (p *prefetch) run(ctx context.Context, w *worker) error {
-	s := p.s
-	page := int64(s.page)
 	for {
-		c := p.next.Add(1) - 1
-		if c >= int64(len(p.chunks)) {
+		ch, ok := p.take(ctx)
+		if !ok {
 			return nil
 		}
-		ch := p.chunks[c]
-		for off := ch.Off; off < ch.Off+ch.Len; {
-			// The next run of pages known to be filled: skipped, or mapped into every view.
-			if s.tracker != nil && s.tracker.Filled(off) {
-				end := off + page
-				for end < ch.Off+ch.Len && s.tracker.Filled(end) {
-					end += page
-				}
-				p.skipped.Add((end - off) / page)
-				if p.mapFilled {
-					if err := p.mapRun(off, end-off); err != nil {
-						return err
-					}
-				}
-				off = end
-				continue
-			}
-			end := off + page
-			for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
-				end += page
-			}
-			if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
-				return nil
-			}
-			// A demand fault may have filled pages of the run while this waited: reading them
-			// again would fetch them twice (the fill would only meet EEXIST).
-			if s.tracker != nil {
-				if s.tracker.Filled(off) {
-					continue
-				}
-				for k := off + page; k < end; k += page {
-					if s.tracker.Filled(k) {
-						end = k
-						break
-					}
-				}
-			}
-			if err := p.fillRun(ctx, w, off, end-off); err != nil {
-				return err
-			}
-			off = end
+		err := p.piece(ctx, w, ch)
+		p.done()
+		if err != nil {
+			return err
 		}
 	}
+}
+
+// piece fills the pages of ch that are not known to be filled.
+func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error {
+	s := p.s
+	page := int64(s.page)
+	for off := ch.Off; off < ch.Off+ch.Len; {
+		// The next run of pages known to be filled: skipped, or mapped into every view.
+		if s.tracker != nil && s.tracker.Filled(off) {
+			end := off + page
+			for end < ch.Off+ch.Len && s.tracker.Filled(end) {
+				end += page
+			}
+			p.skipped.Add((end - off) / page)
+			if p.mapFilled {
+				if err := p.mapRun(off, end-off); err != nil {
+					return err
+				}
+			}
+			off = end
+			continue
+		}
+		end := off + page
+		for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
+			end += page
+		}
+		if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
+			return nil
+		}
+		// A demand fault may have filled pages of the run while this waited: reading them
+		// again would fetch them twice (the fill would only meet EEXIST).
+		if s.tracker != nil {
+			if s.tracker.Filled(off) {
+				continue
+			}
+			for k := off + page; k < end; k += page {
+				if s.tracker.Filled(k) {
+					end = k
+					break
+				}
+			}
+		}
+		if err := p.fillRun(ctx, w, off, end-off); err != nil {
+			return err
+		}
+		off = end
+	}
+	return nil
 }
 
 // fillRun reads [off, off+n) of the object and fills it through the view.
@@ -335,8 +452,13 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 	}
 	var b []byte
 	if src := v.obj.src; src != nil {
+		defer s.pf.startRead(v.obj, off, n)()
 		p.reads.Add(1)
-		if b, n, err = s.read(w, src, off, n); err != nil {
+		t0 := time.Now()
+		asked := n
+		if b, n, err = s.read(w, src, off, n); err == nil {
+			p.observe(asked, time.Since(t0))
+		} else {
 			p.errs.Add(1)
 			p.mu.Lock()
 			if p.readErr == nil {
