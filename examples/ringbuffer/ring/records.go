@@ -181,16 +181,17 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 	// The walk is parseRecord written out, on a slice that shrinks record by record: one
 	// length check per record, which also covers the loads and the slicing below.
 	count, rest, limit := 0, s, r.n/2
+	lazily, unpublished := r.releaseLazily(), len(s)
 	for len(rest) > 0 {
 		if len(rest) < recordHeader {
-			err = r.corrupt(0, uint64(len(s)-len(rest)), len(rest))
+			err = r.corrupt(0, uint64(unpublished-len(rest)), len(rest))
 			break
 		}
 		hdr := binary.LittleEndian.Uint64(rest)
 		n := hdr & 0xffffffff
 		total := recordSize(n)
 		if hdr>>32 != 0 || n > limit || total > uint64(len(rest)) {
-			err = r.corrupt(hdr, uint64(len(s)-len(rest)), len(rest))
+			err = r.corrupt(hdr, uint64(unpublished-len(rest)), len(rest))
 			break
 		}
 		rec := rest[recordHeader : recordHeader+n : recordHeader+n]
@@ -199,8 +200,17 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 		if !fn(rec) {
 			break
 		}
+		if uint64(unpublished-len(rest)) >= lazily {
+			// Give the producer the room read so far without waiting for the end of the
+			// batch: a batch can be the whole ring, and a producer waiting for room would
+			// otherwise idle until the consumer has read all of it, then the consumer until
+			// the producer has filled it again.
+			c.pos = r.advance(c.pos, uint64(unpublished-len(rest)))
+			r.publish(c)
+			unpublished = len(rest)
+		}
 	}
-	c.pos = r.advance(c.pos, uint64(len(s)-len(rest)))
+	c.pos = r.advance(c.pos, uint64(unpublished-len(rest)))
 	r.publish(c)
 	r.exit(&r.cons)
 	return count, err
