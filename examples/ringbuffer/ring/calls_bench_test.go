@@ -102,9 +102,9 @@ func BenchmarkWriterCallCost(b *testing.B) {
 // BenchmarkRecordStream is records of 64 bytes and 4 KiB between two goroutines, as the
 // bench's batched row sends them (Reserve and a copy per record, Submit per 16 KiB, ReadRecords,
 // the consumer reading every byte), reporting the wake-ups sent per record. Run it with
-// -cpu 1,2 to compare the two sides taking turns on one processor with the two sides on two:
-// two wake-ups per lap of the ring (about 1/1850 per 64-byte record, 1/32 per 4 KiB one) say that
-// the sides take turns on whole laps instead of running side by side.
+// -cpu 1,2 to compare the two sides taking turns on one processor with the two sides on two;
+// two wake-ups per lap of the ring (about 1/1850 per 64-byte record, 1/32 per 4 KiB one) mean
+// that the sides took turns on whole laps by parking (see keepSpinning).
 func BenchmarkRecordStream(b *testing.B) {
 	for _, size := range []int{64, 4 << 10} {
 		b.Run(fmt.Sprintf("size=%d", size), func(b *testing.B) { benchRecordStream(b, size) })
