@@ -53,8 +53,10 @@
 // bounded number of times (64) re-checking the ring, because a futex sleep and wake-up cost
 // several microseconds each way (BenchmarkWake: a futex round trip costs about 3 to 6 times a
 // channel one on a 2-core machine, before the spin about 10 times). A side of a ring made by
-// New does not spin: on a machine shared with other programs that cost more throughput than
-// the wake-ups it saved (see spinTries). Nothing sleeps for a fixed time.
+// New yields once and looks again before it parks, which lets the two sides take turns on one
+// processor without a wake-up; it does not spin longer: on a machine shared with other
+// programs that cost more throughput than the wake-ups it saved (see spinTries and
+// keepSpinning). Nothing sleeps for a fixed time.
 //
 // # Two processes
 //

@@ -133,11 +133,14 @@ func (r *Ring) dropCurrent() {
 // parseRecord reads the record at the start of s (the readable bytes from the consumer's
 // position on) and returns its payload and the room it takes.
 func (r *Ring) parseRecord(s []byte) ([]byte, uint64, error) {
+	if len(s) < recordHeader {
+		return nil, 0, r.corrupt(0, 0, len(s))
+	}
 	hdr := binary.LittleEndian.Uint64(s)
 	n := hdr & 0xffffffff
 	total := recordSize(n)
 	if hdr>>32 != 0 || n > r.n/2 || total > uint64(len(s)) {
-		return nil, 0, fmt.Errorf("%w: header %#016x at position %d with %d bytes readable", ErrCorrupt, hdr, r.cons.pos, len(s))
+		return nil, 0, r.corrupt(hdr, 0, len(s))
 	}
 	return s[recordHeader : recordHeader+n : recordHeader+n], total, nil
 }
@@ -167,30 +170,54 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 	if err := r.enter(&r.cons); err != nil { // enter: it reads lengths in the ring's memory
 		return 0, err
 	}
-	defer r.exit(&r.cons)
 	c := &r.cons
 	r.dropCurrent()
 	c.peer = r.h.head.Load() // every record published so far
 	s, err := r.readSlice(recordHeader)
 	if err != nil {
+		r.exit(&r.cons)
 		return 0, err
 	}
-	count := 0
-	var done uint64
-	for done < uint64(len(s)) {
-		rec, total, err := r.parseRecord(s[done:])
-		if err != nil {
-			c.pos = r.advance(c.pos, done)
-			r.publish(c)
-			return count, err
+	// The walk is parseRecord written out, on a slice that shrinks record by record: one
+	// length check per record, which also covers the loads and the slicing below.
+	count, rest, limit := 0, s, r.n/2
+	lazily, unpublished := r.releaseLazily(), len(s)
+	for len(rest) > 0 {
+		if len(rest) < recordHeader {
+			err = r.corrupt(0, uint64(unpublished-len(rest)), len(rest))
+			break
 		}
-		done += total
+		hdr := binary.LittleEndian.Uint64(rest)
+		n := hdr & 0xffffffff
+		total := recordSize(n)
+		if hdr>>32 != 0 || n > limit || total > uint64(len(rest)) {
+			err = r.corrupt(hdr, uint64(unpublished-len(rest)), len(rest))
+			break
+		}
+		rec := rest[recordHeader : recordHeader+n : recordHeader+n]
+		rest = rest[total:]
 		count++
 		if !fn(rec) {
 			break
 		}
+		if uint64(unpublished-len(rest)) >= lazily {
+			// Give the producer the room read so far without waiting for the end of the
+			// batch: a batch can be the whole ring, and a producer waiting for room would
+			// otherwise idle until the consumer has read all of it, then the consumer until
+			// the producer has filled it again.
+			c.pos = r.advance(c.pos, uint64(unpublished-len(rest)))
+			r.publish(c)
+			unpublished = len(rest)
+		}
 	}
-	c.pos = r.advance(c.pos, done)
+	c.pos = r.advance(c.pos, uint64(unpublished-len(rest)))
 	r.publish(c)
-	return count, nil
+	r.exit(&r.cons)
+	return count, err
+}
+
+// corrupt is the error for a header hdr that is not a record's, at skip bytes past the
+// consumer's position, with readable bytes from there on.
+func (r *Ring) corrupt(hdr, skip uint64, readable int) error {
+	return fmt.Errorf("%w: header %#016x at position %d with %d bytes readable", ErrCorrupt, hdr, r.advance(r.cons.pos, skip), readable)
 }

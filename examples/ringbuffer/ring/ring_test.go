@@ -600,3 +600,46 @@ func TestWakeOnlyWhenSatisfied(t *testing.T) {
 		}
 	}
 }
+
+// TestReadRecordsCorrupt writes bytes that are not records (as a byte stream would) and checks
+// that ReadRecords hands over the whole records before them, then reports ErrCorrupt instead of
+// reading past the readable bytes: a header with its high half set, a length larger than the
+// readable bytes, and fewer bytes left than a header.
+func TestReadRecordsCorrupt(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tail []byte // written after one valid record of 3 bytes
+	}{
+		{"high bits", []byte{1, 0, 0, 0, 1, 0, 0, 0}},
+		{"too long", []byte{64, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8}},
+		{"short header", []byte{1, 2, 3, 4}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := makeRing(t, "local", 4096)
+			defer r.Close()
+			rec, err := r.Reserve(3)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(rec, "abc")
+			if err := r.Submit(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := r.Write(tc.tail); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			n, err := r.ReadRecords(func(rec []byte) bool { got = append(got, string(rec)); return true })
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("ReadRecords: %v, want ErrCorrupt", err)
+			}
+			if n != 1 || len(got) != 1 || got[0] != "abc" {
+				t.Fatalf("ReadRecords gave %d records %q before the corrupt bytes, want [\"abc\"]", n, got)
+			}
+			// The valid record was released, the corrupt bytes were not.
+			if l := r.Len(); l != len(tc.tail) {
+				t.Fatalf("Len after ReadRecords = %d, want the %d corrupt bytes", l, len(tc.tail))
+			}
+		})
+	}
+}
