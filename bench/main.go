@@ -6,7 +6,7 @@
 // Usage:
 //
 //	go run ./bench                   # the whole suite, a few minutes
-//	go run ./bench -quick            # a reduced suite, well under a minute
+//	go run ./bench -quick            # a reduced suite, about a minute
 //	go run ./bench -out DIR          # also write DIR/results.json and PNG plots
 //	go run ./bench -suites faults    # only some suites: create, faults, sources, ring, postcopy, restore
 //	go run ./bench -from DIR/results.json -out DIR   # table and plots again, measuring nothing
@@ -72,7 +72,7 @@ func main() {
 	}
 	migrate.MaybeDestination() // the post-copy suite's destination process ends here
 	var (
-		quick = flag.Bool("quick", false, "run a reduced suite (well under a minute)")
+		quick = flag.Bool("quick", false, "run a reduced suite (about a minute)")
 		out   = flag.String("out", "", "directory for results.json and PNG plots (created if missing)")
 		runs  = flag.Int("runs", 0, "runs per figure, every case of every suite (default: each suite's own: create and ring 5, "+
 			"faults 3, and 5 to 9 within a time budget for the cases that carry targets, sources 5 to 9 within a budget, "+
