@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/mirrormem/mirrormem/internal/fault/cref"
 	"github.com/mirrormem/mirrormem/uffd"
 )
@@ -17,15 +19,17 @@ const benchLen = 8 << 20
 // original (missing faults, filled from a file), the second every page of the mirror (minor
 // faults), both from a C thread; handlers: the native C thread, the handler process, and the C
 // reference (ref.c, reading the file with pread), side by side in one run. 4k: one page per
-// fault; around: fault-around up to 64 pages.
+// fault; around: fault-around up to 64 pages. The -sealed kinds serve a memfd sealed against
+// shrinking instead of the file: copied from a mapping of it, with no size check per fault.
 func BenchmarkServe(b *testing.B) {
-	f, _ := sourceFile(b, benchLen)
+	f, data := sourceFile(b, benchLen)
+	sealed := sealedMemfd(b, data)
 	for _, around := range []int{1, 64} {
 		name := "4k"
 		if around > 1 {
 			name = "around"
 		}
-		for _, kind := range []string{"cref", "native", "native-nospin", "process", "process-nospin"} {
+		for _, kind := range []string{"cref", "native", "native-nospin", "native-sealed", "process", "process-nospin", "process-sealed"} {
 			b.Run(name+"/"+kind, func(b *testing.B) {
 				var missing, minor time.Duration
 				for i := 0; i < b.N; i++ {
@@ -36,7 +40,10 @@ func BenchmarkServe(b *testing.B) {
 					var h *Handler
 					var err error
 					cfg.NoSpin = strings.HasSuffix(kind, "-nospin")
-					switch strings.TrimSuffix(kind, "-nospin") {
+					if strings.HasSuffix(kind, "-sealed") {
+						cfg.SourceFD = sealed
+					}
+					switch strings.TrimSuffix(strings.TrimSuffix(kind, "-nospin"), "-sealed") {
 					case "native":
 						h, err = StartNative(cfg)
 					case "process":
@@ -75,4 +82,20 @@ func BenchmarkServe(b *testing.B) {
 			})
 		}
 	}
+}
+
+// sealedMemfd returns a memfd holding data, sealed against shrinking.
+func sealedMemfd(tb testing.TB, data []byte) int {
+	fd, err := unix.MemfdCreate("bench-source", unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { unix.Close(fd) })
+	if _, err := unix.Pwrite(fd, data, 0); err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		tb.Fatal(err)
+	}
+	return fd
 }

@@ -96,7 +96,7 @@ func newEngine(u *uffd.UFFD, b *block, c *procConfig, src io.ReaderAt, stage *os
 	case src != nil:
 		src = zerosPastEnd{src}
 	case c.Source == SourceFD:
-		fs := &fdSource{fd: c.SourceFD, off: c.SourceOff, len: c.SourceLen}
+		fs := &fdSource{fd: c.SourceFD, off: c.SourceOff, len: c.SourceLen, sealed: shrinkSealed(c.SourceFD)}
 		if c.AliasFD < 0 {
 			fs.m = mapSource(c.Source, c.SourceFD, c.AliasFD, c.SourceOff, c.SourceLen, c.Len, c.Page)
 			srcMap = fs.m
@@ -164,6 +164,18 @@ type fdSource struct {
 	off int64
 	len int64
 	m   []byte
+	// sealed: the file is sealed against shrinking (see shrinkSealed), so the size check
+	// after each read is skipped.
+	sealed bool
+}
+
+// shrinkSealed reports whether file fd is sealed against shrinking (F_SEAL_SHRINK: memfds and
+// other shmem files). Its size can then never drop below what it had when serving began (a seal
+// is never removed), and a read cannot race a truncation: the fstat that guards against that
+// race is a system call per fault, as costly as a 4 KiB pread on some machines.
+func shrinkSealed(fd int) bool {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	return err == nil && seals&unix.F_SEAL_SHRINK != 0
 }
 
 func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
@@ -186,7 +198,7 @@ func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
 		}
 		done += r
 	}
-	if have > 0 {
+	if have > 0 && !s.sealed {
 		// A read racing a truncation of a tmpfs file can return zeros for the pages the
 		// truncation removed (the read takes no lock against it, and a hole reads as zeros).
 		// The size is set before pages go, so the size after the read bounds what was read.
@@ -208,6 +220,9 @@ func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
 func (s *fdSource) Bytes(off, n int64) []byte {
 	if off+n > int64(len(s.m)) {
 		return nil
+	}
+	if s.sealed {
+		return s.m[off : off+n]
 	}
 	var st unix.Stat_t
 	if unix.Fstat(s.fd, &st) != nil || st.Size < s.off+min(off+n, s.len) {

@@ -19,7 +19,7 @@ func mapSource(kind SourceKind, fd, aliasFD int, off, srcLen int64, viewLen, pag
 	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 		return nil
 	}
-	if seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0); err != nil || seals&unix.F_SEAL_SHRINK == 0 {
+	if !shrinkSealed(fd) {
 		return nil
 	}
 	n := min(st.Size-off, srcLen, int64(viewLen))

@@ -95,6 +95,7 @@ struct mm_handler {
 	int stopping; // the stop page faulted
 	int nonblock; // blocking reads: the descriptor's file is non-blocking now (see set_nonblock)
 	struct mm_spin spin;
+	int src_sealed; // the file source is sealed against shrinking: see shrink_sealed
 };
 
 #define ADD(p, v) __atomic_fetch_add((p), (v), __ATOMIC_RELAXED)
@@ -186,6 +187,15 @@ static void read_events(struct mm_handler *h);
 // write-protected, so that their first write raises a write-protect fault.
 static int tracked(struct mm_handler *h, int v) { return (LOAD(&h->hdr[H_TRACKED]) >> v) & 1; }
 
+// shrink_sealed reports whether file fd is sealed against shrinking (F_SEAL_SHRINK, memfds and
+// other shmem files): its size can then never drop below what it had when serving began (a
+// seal is never removed), so the size check after each read (fill_src, src_has) is skipped.
+// That check is a system call per fault, as much as the 4 KiB pread itself on some machines.
+static int shrink_sealed(int fd) {
+	int seals = fcntl(fd, F_GET_SEALS);
+	return seals >= 0 && (seals & F_SEAL_SHRINK);
+}
+
 // fill_src reads the source for the n bytes at object offset off into buf: the bytes the source
 // had when serving began (src_len), then zeros. It returns how many bytes of buf are ready, n
 // or, when the source fails or ends early (it shrank), the whole pages read before that point;
@@ -215,8 +225,9 @@ static uint64_t fill_src(struct mm_handler *h, char *buf, uint64_t off, uint64_t
 		// A read racing a truncation of a tmpfs file can return zeros for the pages the
 		// truncation removed (the read takes no lock against it, and a hole reads as zeros).
 		// The size is set before pages go, so the size after the read bounds what was read.
+		// A file sealed against shrinking needs no such check (see shrink_sealed).
 		struct stat st;
-		if (have > 0) {
+		if (have > 0 && !h->src_sealed) {
 			if (fstat(h->cfg.src_fd, &st) < 0) {
 				*err = errno;
 				return 0;
@@ -313,6 +324,8 @@ static uint64_t around(struct mm_handler *h, int v, int k, uint64_t p) {
 // its lost bytes as zeros; only pages wholly past the end make UFFDIO_COPY fail.
 static int src_has(struct mm_handler *h, uint64_t end) {
 	struct stat st;
+	if (h->src_sealed)
+		return 1;
 	if (end > h->cfg.src_len)
 		end = h->cfg.src_len;
 	return fstat(h->cfg.src_fd, &st) == 0 && (uint64_t)st.st_size >= h->cfg.src_off + end;
@@ -891,6 +904,7 @@ struct mm_handler *mm_start(const struct mm_cfg *cfg, int *err) {
 	}
 	h->cfg = *cfg;
 	h->spin.off = cfg->no_spin;
+	h->src_sealed = cfg->src_kind == MM_SRC_FD && shrink_sealed(cfg->src_fd);
 	h->hdr = cfg->shared;
 	h->npages = h->hdr[H_NPAGES];
 	h->logcap = h->hdr[H_LOGCAP];
