@@ -2,11 +2,10 @@ package mem
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -78,36 +77,8 @@ func syscallBoundaryViolations(t *testing.T, root string) []string {
 	t.Helper()
 	var out []string
 	fset := token.NewFileSet()
-	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, path)
-		rel = filepath.ToSlash(rel)
-		if d.IsDir() {
-			if strings.HasPrefix(d.Name(), ".") && rel != "." || d.Name() == "testdata" {
-				return filepath.SkipDir
-			}
-			for _, a := range boundaryAllowed {
-				if rel == a {
-					return filepath.SkipDir
-				}
-			}
-			return nil
-		}
-		if !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go") {
-			return nil
-		}
-		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
-		if err != nil {
-			return err
-		}
-		out = append(out, fileViolations(fset, f, rel)...)
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	parseTree(t, fset, root, func(rel string) bool { return slices.Contains(boundaryAllowed, rel) },
+		func(_, rel string, f *ast.File) { out = append(out, fileViolations(fset, f, rel)...) })
 	return out
 }
 

@@ -2,9 +2,7 @@ package mem
 
 import (
 	"go/ast"
-	"go/parser"
 	"go/token"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -104,9 +102,7 @@ func errorStrings(t *testing.T, root string) []errorText {
 	}
 	tr := &errTree{root: root, fset: token.NewFileSet(), pkgs: map[string]*errPkg{}}
 	tr.module = strings.Fields(strings.SplitN(string(mod), "\n", 2)[0])[1]
-	if err := filepath.WalkDir(root, tr.add); err != nil {
-		t.Fatal(err)
-	}
+	parseTree(t, tr.fset, root, nil, func(p, _ string, f *ast.File) { tr.add(p, f) })
 	var out []errorText
 	for dir, pk := range tr.pkgs {
 		for _, f := range pk.files {
@@ -121,24 +117,8 @@ func errorStrings(t *testing.T, root string) []errorText {
 	return out
 }
 
-// add parses one non-test Go file into its package.
-func (tr *errTree) add(p string, d fs.DirEntry, err error) error {
-	if err != nil {
-		return err
-	}
-	if d.IsDir() {
-		if p != tr.root && (d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) {
-			return filepath.SkipDir
-		}
-		return nil
-	}
-	if !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
-		return nil
-	}
-	f, err := parser.ParseFile(tr.fset, p, nil, parser.SkipObjectResolution)
-	if err != nil {
-		return err
-	}
+// add files f, parsed from path p, under its package.
+func (tr *errTree) add(p string, f *ast.File) {
 	dir := filepath.Dir(p)
 	pk := tr.pkgs[dir]
 	if pk == nil {
@@ -168,7 +148,6 @@ func (tr *errTree) add(p string, d fs.DirEntry, err error) error {
 			}
 		}
 	}
-	return nil
 }
 
 // errorCall returns the text of n if it is errors.New or fmt.Errorf with a constant first
