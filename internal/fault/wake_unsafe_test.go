@@ -11,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 	"github.com/mirrormem/mirrormem/uffd"
 )
 
@@ -143,10 +144,7 @@ func TestPendingEventMakesResolvesEAGAIN(t *testing.T) {
 	}
 	done := make(chan error)
 	go func() { done <- unix.Madvise(p.orig[:pg], unix.MADV_DONTNEED) }()
-	pfd := []unix.PollFd{{Fd: int32(p.u.Fd()), Events: unix.POLLIN}}
-	if _, err := unix.Poll(pfd, -1); err != nil { // the REMOVE event is queued
-		t.Fatal(err)
-	}
+	memtest.Readable(t, p.u.Fd(), -1) // the REMOVE event is queued
 	if _, err := p.u.Copy(addrOf(p.orig)+pg, unsafe.Pointer(&page[0]), pg, 0); !errors.Is(err, unix.EAGAIN) {
 		t.Fatalf("COPY with an unread REMOVE event: %v, want EAGAIN", err)
 	}

@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mirrormem/mirrormem/internal/mem"
@@ -22,8 +23,20 @@ type Snapshot struct {
 	Maps []string          // lines of /proc/self/maps
 }
 
+// pollerOnce starts the runtime's poller before the first snapshot: the runtime opens its
+// descriptors (an epoll fd and an eventfd) on first use, a timer or a pipe, and keeps them for
+// the life of the process, so a test that happens to be the first user would be blamed for
+// them (go test's -test.timeout timer usually starts it; a test binary run without it does not).
+var pollerOnce sync.Once
+
 // Take reads /proc/self/fd and /proc/self/maps.
 func Take() (Snapshot, error) {
+	pollerOnce.Do(func() {
+		if r, w, err := os.Pipe(); err == nil {
+			r.Close()
+			w.Close()
+		}
+	})
 	s := Snapshot{FDs: map[string]string{}}
 	ents, err := os.ReadDir("/proc/self/fd")
 	if err != nil {

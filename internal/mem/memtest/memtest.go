@@ -1,13 +1,17 @@
 // Package memtest holds test helpers for the packages that map memory: a strict before/after
-// comparison of file descriptors and mappings, /proc/self/maps look-ups, resident pages and
-// source files.
+// comparison of file descriptors and mappings, /proc/self/maps look-ups, resident pages,
+// source files, and a poll(2) that survives signals.
 package memtest
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
 	"github.com/mirrormem/mirrormem/internal/mem"
@@ -80,4 +84,27 @@ func TempFile(t testing.TB, data []byte) *os.File {
 		t.Fatal(err)
 	}
 	return f
+}
+
+// Readable waits up to timeout (for ever if negative) for fd to become readable (POLLIN) and reports whether it did.
+// A poll(2) interrupted by a signal (the Go runtime preempts goroutines with SIGURG) is
+// resumed with the time left, never taken for a timeout or a failure.
+func Readable(t testing.TB, fd int, timeout time.Duration) bool {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	for {
+		ms := -1 // a negative timeout waits for ever
+		if timeout >= 0 {
+			ms = int(max(time.Until(deadline), 0).Milliseconds())
+		}
+		n, err := unix.Poll(pfd, ms)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			t.Fatalf("poll(2) of fd %d: %v", fd, err)
+		}
+		return n == 1
+	}
 }
