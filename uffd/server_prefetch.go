@@ -171,12 +171,13 @@ func (s *Server) holdForDemand(ctx context.Context) bool {
 // reads is fetching), and keeps no standing queue in front of the source, so that a demand
 // fault's read waits behind little: it adapts the size of its reads and how many are in
 // flight to the durations it measures (see PrefetchOptions; a Rate-capped push does the
-// same). A demand fault's read still waits for the prefetch bytes already in flight, a small
-// part of a page's read on a slow link. A page the Tracker knows to be filled
-// is skipped without a system call; EEXIST (a demand fault or another view was first) is not
-// an error. A read that fails is counted and its pages left to demand faults, which apply the
-// server's SourceErrorPolicy. The server must be made with WithPrefetch. Several Prefetch calls
-// may run at once.
+// same). A demand fault on a page that one of its reads is fetching does not wait for that
+// read: it reads the page itself at once, and whichever fill lands first serves it (the other
+// meets EEXIST). A demand fault's read still waits for the prefetch bytes already in flight.
+// A page the Tracker knows to be filled is skipped without a system call; EEXIST (a demand
+// fault or another view was first) is not an error. A read that fails is counted and its
+// pages left to demand faults, which apply the server's SourceErrorPolicy. The server must be
+// made with WithPrefetch. Several Prefetch calls may run at once.
 func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRange, o PrefetchOptions) (PrefetchStats, error) {
 	var st PrefetchStats
 	if !s.cfg.prefetch {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand"
-	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -117,17 +116,18 @@ func TestServerPrefetchAbsurdOptions(t *testing.T) {
 	}
 }
 
-// gatedSource blocks reads longer than one page until open is closed, after telling started.
+// gatedSource blocks its first read until open is closed, after telling started (with the
+// read's offset and length); the reads after it pass.
 type gatedSource struct {
 	pattern
-	started chan struct{}
-	once    sync.Once
+	started chan [2]int64
+	calls   atomic.Int32
 	open    chan struct{}
 }
 
 func (g *gatedSource) ReadAt(b []byte, off int64) (int, error) {
-	if len(b) > srvPage {
-		g.once.Do(func() { close(g.started) })
+	if g.calls.Add(1) == 1 {
+		g.started <- [2]int64{off, int64(len(b))}
 		<-g.open
 	}
 	return g.pattern.ReadAt(b, off)
@@ -141,7 +141,7 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 	u, a, b, cleanup := prefetchViews(t, pages)
 	defer cleanup()
 	fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
-	src := &gatedSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
+	src := &gatedSource{pattern: pattern{seed: 9}, started: make(chan [2]int64, 1), open: make(chan struct{})}
 	s := NewServer(u, WithPrefetch(), WithObserver(fc), WithoutFaultAround())
 	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
 		t.Fatal(err)
@@ -155,8 +155,13 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 		}
 		done <- st
 	}()
-	srvWait(t, src.started, "the prefetch read")
-	srvWait(t, srvTouch(b, []int{3}), "demand toucher") // served while the prefetch read waits
+	// The prefetch's first read (of the first page: the window starts with one) blocks; a
+	// demand fault on its page reads the page itself, and is served while it blocks.
+	read := srvWait(t, src.started, "the prefetch read")
+	if read[0] != 0 || read[1] < int64(srvPage) {
+		t.Fatalf("the first prefetch read: %d bytes at %d, want the first page", read[1], read[0])
+	}
+	srvWait(t, srvTouch(b, []int{0}), "demand toucher")
 	close(src.open)
 	st := srvWait(t, done, "Prefetch")
 	if st.Filled != pages-1 || st.Existed != 1 {
