@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"os"
 	"reflect"
@@ -584,5 +585,57 @@ func TestRestorePushReadFails(t *testing.T) {
 	pr, _ := p.RestoreProgress()
 	if pr.Pushed || pr.Resident != pr.Restored || pr.Resident < pages-4 || pr.Resident >= pages {
 		t.Errorf("%+v: want the pages outside the failed read (1 to 4 pages, as the reads are cut) restored, not pushed", pr)
+	}
+}
+
+const shortReadsName = "mirrormem-test/short-reads"
+
+func init() {
+	// A source that is Go code whose reads of more than a page bring half their pages (with
+	// an error if config is not empty), byte 7 everywhere.
+	RegisterSource(shortReadsName, func(config []byte) (io.ReaderAt, error) {
+		return shortReads{fail: len(config) > 0}, nil
+	})
+}
+
+type shortReads struct{ fail bool }
+
+func (s shortReads) ReadAt(p []byte, off int64) (int, error) {
+	page := alloc.PageSize()
+	n := len(p)
+	if n > page {
+		n = n / 2 &^ (page - 1)
+	}
+	for i := range p[:n] {
+		p[i] = 7
+	}
+	if n < len(p) && s.fail {
+		return n, errors.New("cut short")
+	}
+	return n, nil
+}
+
+// A push whose reads come back short (with or without an error) reads the rest again: when
+// WaitResident returns, every page is resident in both views, as Pushed promises (the source
+// may be gone after it).
+func TestRestorePushShortReads(t *testing.T) {
+	defer leakcheck.Check(t)()
+	const pages = 64
+	page := mem.PageSize()
+	for _, cfg := range [][]byte{nil, {1}} {
+		p, closePair := mirrored(t, shared(t, pages*page), ServeFaults(NamedSource(shortReadsName, cfg)), Restore(RestoreOptions{Push: true, MaxRange: 16 * page}))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := p.WaitResident(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		pr, _ := p.RestoreProgress()
+		if !pr.Pushed || pr.Resident != pages || pr.Restored != pages {
+			t.Errorf("short reads (error: %v): %+v after WaitResident, want all %d pages pushed", cfg != nil, pr, pages)
+		}
+		if got := len(residentPages(t, p.Original())); got != pages {
+			t.Errorf("short reads (error: %v): %d of %d pages resident after WaitResident", cfg != nil, got, pages)
+		}
+		closePair()
 	}
 }

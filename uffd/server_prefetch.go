@@ -435,20 +435,23 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 				}
 			}
 		}
-		if err := p.fillRun(ctx, w, off, end-off); err != nil {
+		next, err := p.fillRun(ctx, w, off, end-off)
+		if err != nil {
 			return err
 		}
-		off = end
+		off = next // past the pages a short read did not bring: they are read again
 	}
 	return nil
 }
 
-// fillRun reads [off, off+n) of the object and fills it through the view.
-func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
+// fillRun reads [off, off+n) of the object and fills it through the view. It returns where
+// the pages it is through with end: off+n, or less after a short read, whose pages past the
+// bytes read are still to be read.
+func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) (int64, error) {
 	s := p.s
 	v, tab, err := p.lookup()
 	if err != nil {
-		return err
+		return off, err
 	}
 	var b []byte
 	if src := v.obj.src; src != nil {
@@ -465,7 +468,7 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 				p.readErr = err
 			}
 			p.mu.Unlock()
-			return nil // demand faults meet the failure and apply the policy
+			return off + asked, nil // demand faults meet the failure and apply the policy
 		}
 	}
 	if ob, ok := s.cfg.observer.(PrefetchObserver); ok {
@@ -508,7 +511,7 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 			if k <= 0 {
 				// An event is pending; Serve reads it. Let it.
 				if !p.backoff(ctx) {
-					return nil
+					return off + n, nil
 				}
 			}
 		case e == unix.EEXIST:
@@ -520,12 +523,12 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 			p.wake(tab, v, off+done, page) // a waiter may have raced the fill it met
 			done += page
 		case gone(e):
-			return fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
+			return off, fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
 		default:
-			return fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
+			return off, fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
 		}
 	}
-	return nil
+	return off + n, nil
 }
 
 // backoff waits a little for a pending event to be read; false when ctx is done or the

@@ -253,3 +253,45 @@ func TestServerPrefetchRefuses(t *testing.T) {
 		t.Errorf("cancelled: %v, want context.Canceled", err)
 	}
 }
+
+// shortSource returns half of any read longer than a page (whole pages), with err: a source
+// whose reads come back short (a network source cut mid-response, a file being written).
+type shortSource struct {
+	pattern
+	err error
+}
+
+func (s shortSource) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) <= srvPage {
+		return s.pattern.ReadAt(b, off)
+	}
+	n, _ := s.pattern.ReadAt(b[:len(b)/2&^(srvPage-1)], off)
+	return n, s.err
+}
+
+// A read that comes back short does not end the pages it was for: Prefetch reads the rest
+// again, and returns only when every page is filled, as it promises (a push that stopped at
+// the short reads would leave half the image to a source that may be gone).
+func TestServerPrefetchShortReads(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 64
+	for _, err := range []error{nil, errors.New("cut short")} {
+		u, a, b, cleanup := prefetchViews(t, pages)
+		s := NewServer(u, WithPrefetch())
+		if err := s.HandleViews(pages*srvPage, shortSource{pattern{seed: 3}, err}, a, b); err != nil {
+			t.Fatal(err)
+		}
+		run, _ := srvStart(t, s)
+		st, perr := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{MaxRange: 16 * srvPage})
+		if perr != nil || st.Filled != pages || st.Mapped != pages || st.Errors != 0 {
+			t.Errorf("short reads (error %v): %+v, %v: want all %d pages filled and mapped", err, st, perr, pages)
+		}
+		for _, v := range []uintptr{a, b} { // pages left unfilled are served on demand
+			if err := srvVerify(v, pages*srvPage, 3, false, 0); err != nil {
+				t.Error(err)
+			}
+		}
+		srvStopOK(t, run)
+		cleanup()
+	}
+}
