@@ -26,8 +26,9 @@ type PrefetchRange struct {
 
 // PrefetchOptions tune Prefetch. Zero values select the defaults.
 type PrefetchOptions struct {
-	// InFlight caps the reads of the source made at once (default 8): a source that waits (a
-	// network round trip) is read for several ranges in parallel. Below the cap, Prefetch
+	// InFlight caps the reads of the source made at once (default 8, at most
+	// MaxPrefetchInFlight): a source that waits (a network round trip) is read for several
+	// ranges in parallel. Below the cap, Prefetch
 	// keeps only as many in flight as the source serves without their durations growing
 	// (without a queue in front of it), as it measures them.
 	InFlight int
@@ -46,10 +47,13 @@ type PrefetchOptions struct {
 	MapFilled bool
 }
 
-// DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults.
+// DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults;
+// MaxPrefetchInFlight is the most reads in flight an InFlight above it is taken for (each
+// costs a goroutine and a buffer).
 const (
 	DefaultPrefetchInFlight = 8
 	DefaultPrefetchRange    = 1 << 20
+	MaxPrefetchInFlight     = 256
 )
 
 // PrefetchStats says what one Prefetch call did.
@@ -188,6 +192,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	if o.InFlight <= 0 {
 		o.InFlight = DefaultPrefetchInFlight
 	}
+	o.InFlight = min(o.InFlight, MaxPrefetchInFlight)
 	if o.MaxRange <= 0 {
 		o.MaxRange = DefaultPrefetchRange
 	}
@@ -223,11 +228,8 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 		p.wmu.Unlock()
 	})
 	defer stopWin()
-	// A worker's buffer holds the longest read, not MaxRange: an absurd MaxRange costs no
-	// more memory than the ranges asked for.
-	var bufLen, total int64
+	var total int64
 	for _, c := range chunks {
-		bufLen = max(bufLen, c.Len)
 		total += c.Len
 	}
 	var wg sync.WaitGroup
@@ -236,7 +238,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.run(ctx, &worker{buf: make([]byte, bufLen)}); err != nil {
+			if err := p.run(ctx, &worker{}); err != nil {
 				p.fail(err)
 				cancel()
 			}
@@ -386,6 +388,11 @@ func (p *prefetch) run(ctx context.Context, w *worker) error {
 		ch, ok := p.take(ctx)
 		if !ok {
 			return nil
+		}
+		// A worker's buffer holds the longest piece it took, not MaxRange: an absurd MaxRange
+		// or InFlight costs no more memory than the reads made.
+		if int64(len(w.buf)) < ch.Len {
+			w.buf = make([]byte, ch.Len)
 		}
 		err := p.piece(ctx, w, ch)
 		p.done()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -115,6 +116,32 @@ func TestServerPrefetchAbsurdOptions(t *testing.T) {
 	if err := srvVerify(a, pages*srvPage, 9, false, 0); err != nil {
 		t.Error(err)
 	}
+}
+
+// A million reads in flight asked over a range of thousands of pages allocate about what the
+// reads fetch, not a buffer of the largest read per page of the range.
+func TestServerPrefetchAbsurdInFlight(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 4096
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, pattern{seed: 4}, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{InFlight: 1 << 20})
+	runtime.ReadMemStats(&m1)
+	if err != nil || st.Filled != pages {
+		t.Errorf("Prefetch: %+v, %v: want %d pages filled", st, err, pages)
+	}
+	// The range is 16 MiB with 4 KiB pages; a buffer of MaxRange per page of it is 4 GiB.
+	if got, limit := m1.TotalAlloc-m0.TotalAlloc, uint64(16*pages*srvPage); got > limit {
+		t.Errorf("Prefetch of %d bytes allocated %d MiB, more than %d MiB", pages*srvPage, got>>20, limit>>20)
+	}
+	srvStopOK(t, run)
 }
 
 // gatedSource blocks reads longer than one page until open is closed, after telling started.
