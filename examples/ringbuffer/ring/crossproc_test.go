@@ -207,3 +207,71 @@ func TestPeerKilled(t *testing.T) {
 		})
 	}
 }
+
+// TestPeerCorruptPosition: a peer process that writes an impossible position into the shared
+// header (outside [0, 2n), or more than the capacity away from this side's) makes every call
+// of this side that reads it return ErrCorrupt, never slice outside the ring (a panic, or
+// worse), and the ring still closes. Attach refuses a header that holds such positions.
+func TestPeerCorruptPosition(t *testing.T) {
+	defer leakcheck.Check(t)()
+	pg := uint64(page)
+	calls := map[string]struct {
+		producer bool // the call reads the consumer's tail; else the producer's head
+		call     func(r *Ring) error
+	}{
+		"NextRecord":       {false, func(r *Ring) error { _, err := r.NextRecord(); return err }},
+		"ReadRecords":      {false, func(r *Ring) error { _, err := r.ReadRecords(func([]byte) bool { return true }); return err }},
+		"Read":             {false, func(r *Ring) error { _, err := r.Read(make([]byte, 10)); return err }},
+		"ReadSliceAtLeast": {false, func(r *Ring) error { _, err := r.ReadSliceAtLeast(8); return err }},
+		"Write":            {true, func(r *Ring) error { _, err := r.Write(make([]byte, 3*page)); return err }},
+		"Reserve":          {true, func(r *Ring) error { _, err := r.Reserve(page / 2); return err }},
+	}
+	for name, c := range calls {
+		// Outside [0, 2n), and with both sides at 0, a head 2n-8 ahead of the tail (a tail
+		// n-8 ahead of the head, also once a first Reserve took half the ring).
+		bads := []uint64{1 << 63, 3 * pg, 2*pg - 8}
+		if c.producer {
+			bads[2] = pg - 8
+		}
+		for _, bad := range bads {
+			r := makeRing(t, "shared", page)
+			if c.producer {
+				r.h.tail.Store(bad) // the consumer's position, as its process would write it
+			} else {
+				r.h.head.Store(bad)
+			}
+			// The first call may use only the room this side knew of before (Reserve); then
+			// each call reads the position, and a later one must not trust what it read.
+			for i := 0; i < 3; i++ {
+				err := c.call(r)
+				if err == nil && i == 0 {
+					continue
+				}
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), strconv.FormatUint(bad, 10)) {
+					t.Errorf("%s with the other side at %d, call %d: %v, want ErrCorrupt naming the position", name, bad, i, err)
+				}
+			}
+			if err := r.Close(); err != nil {
+				t.Errorf("%s: Close: %v", name, err)
+			}
+		}
+	}
+	for _, bad := range [][2]uint64{{1 << 63, 0}, {0, 2 * pg}, {3 * pg / 2, 0}} {
+		r := makeRing(t, "shared", page)
+		r.h.head.Store(bad[0])
+		r.h.tail.Store(bad[1])
+		hf, df, err := r.Files()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q, err := Attach(int(hf.Fd()), int(df.Fd())); !errors.Is(err, ErrCorrupt) {
+			if err == nil {
+				q.Close()
+			}
+			t.Errorf("Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+		}
+		hf.Close()
+		df.Close()
+		r.Close()
+	}
+}

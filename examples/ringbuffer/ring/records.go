@@ -22,7 +22,9 @@ const recordHeader = 8
 
 // ErrCorrupt is returned by NextRecord and ReadRecords when the bytes at the consumer's
 // position are not a record header this package wrote: the ring was used as a byte stream, or
-// memory shared with another process was overwritten.
+// memory shared with another process was overwritten. It is also returned by every call that
+// finds the other side's position in a shared ring's header impossible (see Attach), and by
+// Attach for such a header.
 var ErrCorrupt = errors.New("ring: corrupt record")
 
 // recordSize is the room a record of n payload bytes takes in the ring.

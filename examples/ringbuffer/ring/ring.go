@@ -186,6 +186,8 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 		err = fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
 	case h.capacity != uint64(len(m.view)/2):
 		err = fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, len(m.view)/2)
+	case !positionsPossible(h.head.Load(), h.tail.Load(), h.capacity):
+		err = fmt.Errorf("%w: Attach: the header's head %d and tail %d are not positions of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
 	}
 	if err != nil {
 		return nil, errors.Join(err, m.release())
@@ -272,6 +274,12 @@ func (r *Ring) Files() (header, data *os.File, err error) {
 		return nil, nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
 	}
 	return os.NewFile(uintptr(hfd), "ring-header"), os.NewFile(uintptr(dfd), "ring-data"), nil
+}
+
+// positionsPossible reports whether head and tail are positions of a ring of n bytes: both in
+// [0, 2n), head at most n bytes ahead of tail.
+func positionsPossible(head, tail, n uint64) bool {
+	return head < 2*n && tail < 2*n && (head-tail+2*n)%(2*n) <= n
 }
 
 // used is the number of bytes between tail and head, both in [0, 2n).
@@ -437,6 +445,9 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 			}
 		}
 	}
+	if free > r.n || p.peer >= 2*r.n {
+		return nil, r.badPosition(p, "consumer")
+	}
 	off := r.offset(p.pos)
 	p.lent = free
 	return r.buf[off : off+free : off+free], nil
@@ -589,9 +600,27 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 			}
 		}
 	}
+	if avail > r.n || c.peer >= 2*r.n {
+		return nil, r.badPosition(c, "producer")
+	}
 	off := r.offset(c.pos)
 	c.lent = avail
 	return r.buf[off : off+avail : off+avail], nil
+}
+
+// badPosition is the error for an index of the other side (s.peer, read from the header) that
+// no side of this package writes: outside [0, 2n), or more than the capacity away from s's
+// own. Only memory shared with another process can hold one (that process wrote it, or
+// corrupted the header). s forgets it: s.peer is set to say no byte is readable (consumer) or
+// free (producer), so that no call slices the ring by it; the next slow path reads it again.
+func (r *Ring) badPosition(s *side, other string) error {
+	bad := s.peer
+	if s == &r.cons {
+		s.peer = s.pos
+	} else {
+		s.peer = r.advance(s.pos, r.n)
+	}
+	return fmt.Errorf("%w: the %s's position %d in the shared header is impossible (this side is at %d of a %d-byte ring)", ErrCorrupt, other, bad, s.pos, r.n)
 }
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {
