@@ -219,7 +219,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	})
 	defer stopWait()
 
-	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
+	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
 		win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
 	p.wcond = sync.NewCond(&p.wmu)
 	stopWin := context.AfterFunc(ctx, func() {
@@ -281,6 +281,7 @@ func (s *Server) chunk(ranges []PrefetchRange, length, maxLen int64) []PrefetchR
 type prefetch struct {
 	s         *Server
 	view      uintptr
+	obj       *object // the object view mapped when Prefetch was called
 	rate      int64
 	chunks    []PrefetchRange
 	mapFilled bool
@@ -456,7 +457,7 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 // bytes read are still to be read.
 func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) (int64, error) {
 	s := p.s
-	v, tab, err := p.lookup()
+	v, tab, err := p.lookup(off, n)
 	if err != nil {
 		return off, err
 	}
@@ -476,6 +477,11 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) (int64,
 			}
 			p.mu.Unlock()
 			return off + asked, nil // demand faults meet the failure and apply the policy
+		}
+		// The view may have gone while the source was read, and its address been handled
+		// again for another object: look again.
+		if v, tab, err = p.lookup(off, n); err != nil {
+			return off, err
 		}
 	}
 	if ob, ok := s.cfg.observer.(PrefetchObserver); ok {
@@ -520,6 +526,10 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) (int64,
 				if !p.backoff(ctx) {
 					return off + n, nil
 				}
+				if v, tab, err = p.lookup(off, n); err != nil { // events may have changed it
+					return off, err
+				}
+				addr = v.addr + uintptr(off-v.off)
 			}
 		case e == unix.EEXIST:
 			p.existed.Add(1)
@@ -558,19 +568,26 @@ func (p *prefetch) backoff(ctx context.Context) bool {
 	}
 }
 
-// lookup finds the view Prefetch fills through, in the current table.
-func (p *prefetch) lookup() (*view, *table, error) {
+// lookup finds the view Prefetch fills through, in the current table, and checks that it
+// still maps bytes [off, off+n) of the object Prefetch was called for: a view unhandled or
+// unmapped, then its address handled again for another object (or cut short), must get none
+// of the bytes read for the old one.
+func (p *prefetch) lookup(off, n int64) (*view, *table, error) {
 	tab := p.s.tab.Load()
 	i := tab.find(p.view)
 	if i < 0 {
 		return nil, nil, fmt.Errorf("%w (%#x is no longer handled)", ErrViewGone, p.view)
 	}
-	return &tab.views[i], tab, nil
+	v := &tab.views[i]
+	if v.obj != p.obj || off < v.off || off+n > v.off+int64(v.end-v.addr) {
+		return nil, nil, fmt.Errorf("%w (%#x no longer maps bytes [%d, %d) of the object)", ErrViewGone, p.view, off, off+n)
+	}
+	return v, tab, nil
 }
 
 // mapRun maps [off, off+n), filled by someone else, into every view, and wakes them.
 func (p *prefetch) mapRun(off, n int64) error {
-	v, tab, err := p.lookup()
+	v, tab, err := p.lookup(off, n)
 	if err != nil {
 		return err
 	}

@@ -204,6 +204,64 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 	fc.checkOnce(t)
 }
 
+// heldSource holds every read until open is closed, after telling started of the first.
+type heldSource struct {
+	pattern
+	started chan struct{}
+	once    sync.Once
+	open    chan struct{}
+}
+
+func (h *heldSource) ReadAt(b []byte, off int64) (int, error) {
+	h.once.Do(func() { close(h.started) })
+	<-h.open
+	return h.pattern.ReadAt(b, off)
+}
+
+// A view unhandled while a read of Prefetch is in flight, and its address handled again for
+// other objects (as after an unmap and a new mapping at the same address), gets nothing of the
+// reads in flight: Prefetch returns ErrViewGone, and every byte there is the new objects'.
+func TestServerPrefetchViewReplaced(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &heldSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 4 * int64(srvPage)}, {4 * int64(srvPage), 12 * int64(srvPage)}}, PrefetchOptions{InFlight: 2})
+		done <- err
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	for _, v := range []uintptr{a, b} {
+		if err := s.Unhandle(v, pages*srvPage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Handle(a, 4*srvPage, pattern{seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle(a+4*uintptr(srvPage), (pages-4)*srvPage, pattern{seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	close(src.open)
+	if err := srvWait(t, done, "Prefetch"); !errors.Is(err, ErrViewGone) {
+		t.Errorf("Prefetch through a replaced view: %v, want ErrViewGone", err)
+	}
+	if err := srvVerify(a, 4*srvPage, 1, false, 0); err != nil {
+		t.Error(err)
+	}
+	if err := srvVerify(a+4*uintptr(srvPage), (pages-4)*srvPage, 2, false, 0); err != nil {
+		t.Error(err)
+	}
+	srvStopOK(t, run)
+}
+
 // Prefetch and demand faults through both views race on every page: each page is still
 // filled exactly once and every byte is the source's.
 func TestServerPrefetchRace(t *testing.T) {
