@@ -104,6 +104,10 @@ type prefetchGate struct {
 	mu      sync.Mutex
 	cond    *sync.Cond // on mu; created by NewServer
 
+	// stops are the cancels of the Prefetch calls running, under Server.mu: Close cancels
+	// them with ErrServerClosed.
+	stops map[*context.CancelCauseFunc]struct{}
+
 	nreads atomic.Int32 // len(reads)
 	rmu    sync.Mutex
 	reads  []pfRead // the reads of the source Prefetch is making, under rmu
@@ -113,6 +117,33 @@ type prefetchGate struct {
 type pfRead struct {
 	obj      *object
 	off, end int64
+}
+
+// track records the cancel of a Prefetch call, for Close; false if the server is closed.
+func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if g.stops == nil {
+		g.stops = make(map[*context.CancelCauseFunc]struct{})
+	}
+	g.stops[cancel] = struct{}{}
+	return true
+}
+
+func (g *prefetchGate) untrack(s *Server, cancel *context.CancelCauseFunc) {
+	s.mu.Lock()
+	delete(g.stops, cancel)
+	s.mu.Unlock()
+}
+
+// stopAll cancels every Prefetch call running. Called by Close, holding Server.mu.
+func (g *prefetchGate) stopAll() {
+	for c := range g.stops {
+		(*c)(ErrServerClosed)
+	}
 }
 
 // reading reports whether a read of Prefetch in flight fetches byte off of obj.
@@ -210,8 +241,12 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	if len(chunks) == 0 {
 		return st, nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !s.pf.track(s, &cancel) {
+		return st, ErrServerClosed
+	}
+	defer s.pf.untrack(s, &cancel)
 	stopWait := context.AfterFunc(ctx, func() {
 		s.pf.mu.Lock()
 		s.pf.cond.Broadcast()
@@ -240,7 +275,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 			defer wg.Done()
 			if err := p.run(ctx, &worker{}); err != nil {
 				p.fail(err)
-				cancel()
+				cancel(err)
 			}
 		}()
 	}

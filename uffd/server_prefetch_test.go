@@ -262,6 +262,48 @@ func TestServerPrefetchViewReplaced(t *testing.T) {
 	srvStopOK(t, run)
 }
 
+// notedSource tells reads of every read it makes.
+type notedSource struct {
+	pattern
+	reads chan int64
+}
+
+func (n *notedSource) ReadAt(b []byte, off int64) (int, error) {
+	n.reads <- off
+	return n.pattern.ReadAt(b, off)
+}
+
+// Closing the server stops a Prefetch, as it promises (ErrServerClosed), even one that waits
+// for its rate (here a page every 68 minutes): no read of the source starts after Close.
+func TestServerPrefetchClosed(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &notedSource{pattern: pattern{seed: 3}, reads: make(chan int64, pages)}
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{InFlight: 1, MaxRange: srvPage, Rate: 1})
+		done <- err
+	}()
+	srvWait(t, src.reads, "the first read")
+	srvStopOK(t, run)
+	if err := srvWait(t, done, "Prefetch after Close"); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Prefetch after Close: %v, want ErrServerClosed", err)
+	}
+	if n := len(src.reads); n != 0 {
+		t.Errorf("%d reads after Close", n)
+	}
+	if _, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, int64(srvPage)}}, PrefetchOptions{}); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Prefetch on a closed server: %v, want ErrServerClosed", err)
+	}
+}
+
 // Prefetch and demand faults through both views race on every page: each page is still
 // filled exactly once and every byte is the source's.
 func TestServerPrefetchRace(t *testing.T) {
