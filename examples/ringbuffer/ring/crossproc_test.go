@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
+	"golang.org/x/sys/unix"
 )
 
 const childEnv = "RING_TEST_CHILD"
@@ -273,5 +274,42 @@ func TestPeerCorruptPosition(t *testing.T) {
 		hf.Close()
 		df.Close()
 		r.Close()
+	}
+}
+
+// TestAttachChecksBeforeMapping: Attach looks at the header before it maps (and populates)
+// the data: given a data file that is not the ring's, here a sparse 64 MiB memfd, it fails
+// without writing a page of it (populating it would have allocated all 64 MiB, or the blocks
+// of a sparse file on disk).
+func TestAttachChecksBeforeMapping(t *testing.T) {
+	defer leakcheck.Check(t)()
+	r := makeRing(t, "shared", page)
+	defer r.Close()
+	hf, df, err := r.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hf.Close()
+	df.Close()
+	fd, err := unix.MemfdCreate("not-the-data", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if q, err := Attach(int(hf.Fd()), fd); err == nil || !strings.Contains(err.Error(), "header says") {
+		if err == nil {
+			q.Close()
+		}
+		t.Errorf("Attach with another data file: %v, want the header's size named", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks != 0 {
+		t.Errorf("a refused Attach wrote %d KiB of the data file", st.Blocks/2)
 	}
 }

@@ -100,6 +100,13 @@ func attachSharedMemory(headerFD, dataFD int) (*memory, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ring: Attach: header: %w", err)
 	}
+	h, err := headerAt(hreg.Bytes())
+	if err == nil {
+		err = checkAttached(h, headerFD, dataFD, size)
+	}
+	if err != nil {
+		return nil, errors.Join(err, hreg.Close())
+	}
 	reg, err := alloc.FromFD(dataFD, size, alloc.WithRoom(size))
 	if err != nil {
 		hreg.Close()

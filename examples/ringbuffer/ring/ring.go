@@ -179,19 +179,6 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 		return nil, err
 	}
 	h := m.hdr
-	switch {
-	case h.magic != headerMagic:
-		err = fmt.Errorf("ring: Attach: fd %d holds no ring header (magic %#x); pass the header file of a ring made by NewShared first, then its data file", headerFD, h.magic)
-	case h.version != headerVersion:
-		err = fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
-	case h.capacity != uint64(len(m.view)/2):
-		err = fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, len(m.view)/2)
-	case !positionsPossible(h.head.Load(), h.tail.Load(), h.capacity):
-		err = fmt.Errorf("%w: Attach: the header's head %d and tail %d are not positions of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
-	}
-	if err != nil {
-		return nil, errors.Join(err, m.release())
-	}
 	r := newRing(m, c)
 	h.attacherPid.Store(int32(os.Getpid()))
 	return r, nil
@@ -274,6 +261,22 @@ func (r *Ring) Files() (header, data *os.File, err error) {
 		return nil, nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
 	}
 	return os.NewFile(uintptr(hfd), "ring-header"), os.NewFile(uintptr(dfd), "ring-data"), nil
+}
+
+// checkAttached refuses a header that is not one of a ring of dataSize bytes, before Attach
+// maps the data (and populates it: a data file that is not the ring's must not be written).
+func checkAttached(h *header, headerFD, dataFD, dataSize int) error {
+	switch {
+	case h.magic != headerMagic:
+		return fmt.Errorf("ring: Attach: fd %d holds no ring header (magic %#x); pass the header file of a ring made by NewShared first, then its data file", headerFD, h.magic)
+	case h.version != headerVersion:
+		return fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
+	case h.capacity != uint64(dataSize):
+		return fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, dataSize)
+	case !positionsPossible(h.head.Load(), h.tail.Load(), h.capacity):
+		return fmt.Errorf("%w: Attach: the header's head %d and tail %d are not positions of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
+	}
+	return nil
 }
 
 // positionsPossible reports whether head and tail are positions of a ring of n bytes: both in
