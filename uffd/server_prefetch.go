@@ -197,8 +197,8 @@ func (s *Server) holdForDemand(ctx context.Context) bool {
 // Prefetch fills the pages of ranges, in the order given, ahead of the program, while Serve
 // resolves demand faults: it returns when every page is filled (by it or by anyone else), ctx
 // is done (ctx.Err()), the server is closed (ErrServerClosed), or the view went away, once
-// its reads of the source in flight are over (a ReadAt that never returns keeps it, as it
-// keeps Close; a read that comes back short is made again for the rest). view is
+// its reads of the source in flight are over (a ReadAt that never returns keeps it, as a
+// fault's read keeps Close; a read that comes back short is made again for the rest). view is
 // the address of a view handled with Handle or HandleViews (the object's pages are filled
 // through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
 // for minor faults); a page past the end of the object is ignored.
