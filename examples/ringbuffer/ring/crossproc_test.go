@@ -313,3 +313,50 @@ func TestAttachChecksBeforeMapping(t *testing.T) {
 		t.Errorf("a refused Attach wrote %d KiB of the data file", st.Blocks/2)
 	}
 }
+
+// TestPeerCannotTruncate: the memfds of a shared ring are sealed against shrinking, so the
+// other process cannot truncate them under this one (whose next access would raise SIGBUS and
+// end it); Attach refuses files that are not sealed so.
+func TestPeerCannotTruncate(t *testing.T) {
+	defer leakcheck.Check(t)()
+	r := makeRing(t, "shared", page)
+	defer r.Close()
+	hf, df, err := r.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hf.Close()
+	defer df.Close()
+	for _, f := range []*os.File{hf, df} {
+		if err := unix.Ftruncate(int(f.Fd()), 0); !errors.Is(err, unix.EPERM) {
+			t.Fatalf("truncating the ring's %s: %v, want EPERM", f.Name(), err)
+		}
+	}
+	// The same bytes in files that are not sealed.
+	copies := make([]int, 2)
+	for i, f := range []*os.File{hf, df} {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, st.Size)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Pwrite(fd, b, 0); err != nil {
+			t.Fatal(err)
+		}
+		copies[i] = fd
+	}
+	if q, err := Attach(copies[0], copies[1]); err == nil || !strings.Contains(err.Error(), "sealed") {
+		if err == nil {
+			q.Close()
+		}
+		t.Errorf("Attach of files not sealed against shrinking: %v, want a refusal naming the seal", err)
+	}
+}

@@ -153,7 +153,8 @@ func New(size int, opts ...Option) (*Ring, error) {
 
 // NewShared returns a ring whose header and data live in two memfds, so another process can
 // map the same ring with Attach (get the files with Files). A waiting side sleeps on a futex in
-// the shared header. The size is rounded up to whole pages.
+// the shared header. The size is rounded up to whole pages. The memfds are sealed against
+// shrinking (F_SEAL_SHRINK): neither process can truncate them under the other.
 func NewShared(size int, opts ...Option) (*Ring, error) {
 	c := buildConfig(opts)
 	c.futex = true
@@ -169,8 +170,9 @@ func NewShared(size int, opts ...Option) (*Ring, error) {
 
 // Attach maps a ring made by NewShared in another process, from its header and data memfds.
 // It does not take ownership of the descriptors: close them when Attach returns if you no
-// longer need them. It refuses descriptors that do not hold a ring header of this version, or
-// whose data size does not match the header.
+// longer need them. It refuses descriptors that do not hold a ring header of this version,
+// whose data size does not match the header, that are not sealed against shrinking as
+// NewShared seals them, or whose header holds impossible positions (ErrCorrupt).
 func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 	c := buildConfig(opts)
 	c.futex = true
