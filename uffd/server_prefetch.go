@@ -605,18 +605,18 @@ func (p *prefetch) backoff(ctx context.Context) bool {
 	}
 }
 
-// lookup finds the view Prefetch fills through, in the current table, and checks that it
-// still maps bytes [off, off+n) of the object Prefetch was called for: a view unhandled or
-// unmapped, then its address handled again for another object (or cut short), must get none
-// of the bytes read for the old one.
+// lookup finds the part of the view Prefetch fills through that holds bytes [off, off+n) of
+// the object, in the current table, and checks that it still maps them for the object Prefetch
+// was called for: a view unhandled or unmapped, then its address handled again for another
+// object (or cut short), must get none of the bytes read for the old one.
 func (p *prefetch) lookup(off, n int64) (*view, *table, error) {
 	tab := p.s.tab.Load()
-	i := tab.find(p.view)
+	i := tab.find(p.view + uintptr(off)) // the part of the view left there, if cut by an unmap
 	if i < 0 {
 		return nil, nil, fmt.Errorf("%w (%#x is no longer handled)", ErrViewGone, p.view)
 	}
 	v := &tab.views[i]
-	if v.obj != p.obj || off < v.off || off+n > v.off+int64(v.end-v.addr) {
+	if v.obj != p.obj || v.addr-uintptr(v.off) != p.view || off+n > v.off+int64(v.end-v.addr) {
 		return nil, nil, fmt.Errorf("%w (%#x no longer maps bytes [%d, %d) of the object)", ErrViewGone, p.view, off, off+n)
 	}
 	return v, tab, nil
