@@ -262,6 +262,44 @@ func TestServerPrefetchViewReplaced(t *testing.T) {
 	srvStopOK(t, run)
 }
 
+// A view cut in two while Prefetch runs (its middle unhandled, as an unmap does) keeps its two
+// parts: Prefetch fills the pages asked in both, through the part that holds each.
+func TestServerPrefetchViewCut(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &heldSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan PrefetchStats, 1)
+	go func() {
+		st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 4 * int64(srvPage)}, {8 * int64(srvPage), 8 * int64(srvPage)}}, PrefetchOptions{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	if err := s.Unhandle(a+4*uintptr(srvPage), 4*srvPage); err != nil {
+		t.Fatal(err)
+	}
+	close(src.open)
+	if st := srvWait(t, done, "Prefetch"); st.Filled != 12 {
+		t.Errorf("Prefetch: %+v, want the 12 pages outside the cut filled", st)
+	}
+	for _, r := range [][2]int{{0, 4}, {8, 16}} {
+		off := int64(r[0] * srvPage)
+		if err := srvVerify(a+uintptr(off), (r[1]-r[0])*srvPage, 6, false, off); err != nil {
+			t.Error(err)
+		}
+	}
+	srvStopOK(t, run)
+}
+
 // notedSource tells reads of every read it makes.
 type notedSource struct {
 	pattern
