@@ -257,7 +257,11 @@ func TestPeerCorruptPosition(t *testing.T) {
 			}
 		}
 	}
-	for _, bad := range [][2]uint64{{1 << 63, 0}, {0, 2 * pg}, {3 * pg / 2, 0}} {
+	// Positions outside [0, 2n) are refused; positions too far apart are taken (the other
+	// process may move them between the two loads) and found impossible by each side's first
+	// call, a Write larger than the ring included (which would have been copied by the room a
+	// stale pair made up).
+	for _, bad := range [][2]uint64{{1 << 63, 0}, {0, 2 * pg}, {3 * pg / 2, 0}, {0, pg / 2}} {
 		r := makeRing(t, "shared", page)
 		r.h.head.Store(bad[0])
 		r.h.tail.Store(bad[1])
@@ -265,11 +269,22 @@ func TestPeerCorruptPosition(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if q, err := Attach(int(hf.Fd()), int(df.Fd())); !errors.Is(err, ErrCorrupt) {
-			if err == nil {
-				q.Close()
-			}
+		q, err := Attach(int(hf.Fd()), int(df.Fd()))
+		switch inRange := bad[0] < 2*pg && bad[1] < 2*pg; {
+		case !inRange && !errors.Is(err, ErrCorrupt):
 			t.Errorf("Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+		case inRange && err != nil:
+			t.Errorf("Attach with head %d and tail %d: %v", bad[0], bad[1], err)
+		case inRange:
+			if _, err := q.Write(make([]byte, 3*page)); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Write after Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+			}
+			if _, err := q.Read(make([]byte, 10)); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Read after Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+			}
+		}
+		if q != nil {
+			q.Close()
 		}
 		hf.Close()
 		df.Close()

@@ -182,6 +182,10 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 	}
 	h := m.hdr
 	r := newRing(m, c)
+	// What each side knows of the other starts at nothing readable and no room: head and tail,
+	// read one after the other while the other process runs, need not be a pair, and the
+	// first call of each side reads the other's position again, checked.
+	r.prod.peer, r.cons.peer = r.advance(r.prod.pos, r.n), r.cons.pos
 	h.attacherPid.Store(int32(os.Getpid()))
 	return r, nil
 }
@@ -275,16 +279,12 @@ func checkAttached(h *header, headerFD, dataFD, dataSize int) error {
 		return fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
 	case h.capacity != uint64(dataSize):
 		return fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, dataSize)
-	case !positionsPossible(h.head.Load(), h.tail.Load(), h.capacity):
-		return fmt.Errorf("%w: Attach: the header's head %d and tail %d are not positions of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
+	case h.head.Load() >= 2*h.capacity || h.tail.Load() >= 2*h.capacity:
+		// Each on its own: the other process may move them between two loads, so how far
+		// apart they are is checked where they are used (readSlice, writeSlice).
+		return fmt.Errorf("%w: Attach: the header's head %d or tail %d is not a position of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
 	}
 	return nil
-}
-
-// positionsPossible reports whether head and tail are positions of a ring of n bytes: both in
-// [0, 2n), head at most n bytes ahead of tail.
-func positionsPossible(head, tail, n uint64) bool {
-	return head < 2*n && tail < 2*n && (head-tail+2*n)%(2*n) <= n
 }
 
 // used is the number of bytes between tail and head, both in [0, 2n).
