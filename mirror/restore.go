@@ -2,11 +2,14 @@ package mirror
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/mirrormem/mirrormem/internal/fault"
@@ -47,13 +50,21 @@ func (ws *WorkingSet) Pages(view int) []int {
 
 // Len returns the number of distinct pages in the working set, over every view.
 func (ws *WorkingSet) Len() int {
-	seen := make(map[int]bool)
+	spans := make([]Run, 0, len(ws.Runs))
 	for _, r := range ws.Runs {
-		for p := r.Page; p < r.Page+r.Pages; p++ {
-			seen[p] = true
+		if r.Pages > 0 {
+			spans = append(spans, r)
 		}
 	}
-	return len(seen)
+	slices.SortFunc(spans, func(a, b Run) int { return cmp.Compare(a.Page, b.Page) })
+	n, end := 0, math.MinInt
+	for _, r := range spans {
+		if last := r.Page + r.Pages; last > end {
+			n += last - max(r.Page, end)
+			end = last
+		}
+	}
+	return n
 }
 
 // ErrWorkingSet is matched by the errors of UnmarshalBinary for data that is not a working
@@ -61,9 +72,13 @@ func (ws *WorkingSet) Len() int {
 var ErrWorkingSet = errors.New("mirror: bad working set")
 
 // workingSetMagic opens the encoding; workingSetVersion is the only version written and read.
+// maxWorkingSetPage and maxWorkingSetSize bound the page size and the view size a working set
+// may have.
 const (
 	workingSetMagic   = "MMWS"
 	workingSetVersion = 1
+	maxWorkingSetPage = 1 << 30
+	maxWorkingSetSize = 1 << 50
 )
 
 // MarshalBinary encodes the working set compactly: a magic and a version, the page size and
@@ -89,7 +104,8 @@ func (ws *WorkingSet) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalBinary decodes what MarshalBinary encoded. Anything else (another version, a
-// truncated or corrupted encoding, runs outside the view) is an error matching ErrWorkingSet.
+// truncated or corrupted encoding, runs outside the view or overlapping another run of their
+// view, a page size over 2^30 or a view size over 2^50) is an error matching ErrWorkingSet.
 func (ws *WorkingSet) UnmarshalBinary(data []byte) error {
 	bad := func(why string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrWorkingSet, fmt.Sprintf(why, args...))
@@ -107,13 +123,16 @@ func (ws *WorkingSet) UnmarshalBinary(data []byte) error {
 	rd := bytes.NewReader(body[len(workingSetMagic)+1:])
 	uv := func() uint64 {
 		v, err := binary.ReadUvarint(rd)
-		if err != nil || v > 1<<40 {
+		if err != nil || v > 1<<62 {
 			return 1<<64 - 1
 		}
 		return v
 	}
-	out := WorkingSet{PageSize: int(min(uv(), 1<<30)), Size: int(min(uv(), 1<<50))}
-	n := uv()
+	pageSize, size, n := uv(), uv(), uv()
+	if pageSize > maxWorkingSetPage || size > maxWorkingSetSize {
+		return bad("page size %d and view size %d: want at most %d and %d", pageSize, size, maxWorkingSetPage, maxWorkingSetSize)
+	}
+	out := WorkingSet{PageSize: int(pageSize), Size: int(size)}
 	if n > uint64(rd.Len()) { // each run takes 3 bytes at least
 		return bad("%d runs announced in %d bytes", n, rd.Len())
 	}
@@ -141,15 +160,32 @@ func (ws *WorkingSet) UnmarshalBinary(data []byte) error {
 	return nil
 }
 
-// check validates the working set on its own.
+// check validates the working set on its own. A page is first touched once per view, so the
+// runs of a view do not overlap: then Restore walks each page of the pair at most once per
+// view, whatever the encoding.
 func (ws *WorkingSet) check() error {
-	if ws.PageSize <= 0 || ws.PageSize&(ws.PageSize-1) != 0 || ws.Size <= 0 || ws.Size%ws.PageSize != 0 {
-		return fmt.Errorf("%w: page size %d and view size %d: want a power of two and a positive multiple of it", ErrWorkingSet, ws.PageSize, ws.Size)
+	if ws.PageSize <= 0 || ws.PageSize&(ws.PageSize-1) != 0 || ws.PageSize > maxWorkingSetPage ||
+		ws.Size <= 0 || ws.Size%ws.PageSize != 0 || ws.Size > maxWorkingSetSize {
+		return fmt.Errorf("%w: page size %d and view size %d: want a power of two up to 2^30 and a positive multiple of it up to 2^50", ErrWorkingSet, ws.PageSize, ws.Size)
 	}
 	npages := ws.Size / ws.PageSize
 	for i, r := range ws.Runs {
 		if r.View < 0 || r.View >= fault.MaxViews || r.Page < 0 || r.Pages <= 0 || r.Page > npages-r.Pages {
 			return fmt.Errorf("%w: run %d (view %d, pages %d+%d) is outside the %d pages of a view", ErrWorkingSet, i, r.View, r.Page, r.Pages, npages)
+		}
+	}
+	order := make([]int, len(ws.Runs)) // the runs' indices, by view and first page
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		a, b := ws.Runs[i], ws.Runs[j]
+		return cmp.Or(cmp.Compare(a.View, b.View), cmp.Compare(a.Page, b.Page), cmp.Compare(i, j))
+	})
+	for k := 1; k < len(order); k++ {
+		a, b := ws.Runs[order[k-1]], ws.Runs[order[k]]
+		if a.View == b.View && b.Page < a.Page+a.Pages {
+			return fmt.Errorf("%w: runs %d and %d of view %d overlap (a page is first touched once per view)", ErrWorkingSet, min(order[k-1], order[k]), max(order[k-1], order[k]), a.View)
 		}
 	}
 	return nil

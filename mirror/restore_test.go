@@ -6,9 +6,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"math/rand"
 	"os"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -106,6 +109,79 @@ func TestWorkingSetRoundTrip(t *testing.T) {
 	outside := &WorkingSet{PageSize: page, Size: 4 * page, Runs: []Run{{0, 3, 2}}}
 	if _, err := outside.MarshalBinary(); !errors.Is(err, ErrWorkingSet) {
 		t.Errorf("a run past the view: %v, want ErrWorkingSet", err)
+	}
+}
+
+// encodeRuns encodes a working set the way MarshalBinary does, with no checks: runs are
+// {view, page, pages} and the header fields are written as given.
+func encodeRuns(pageSize, size uint64, runs ...[3]int64) []byte {
+	b := append([]byte("MMWS"), 1)
+	b = binary.AppendUvarint(b, pageSize)
+	b = binary.AppendUvarint(b, size)
+	b = binary.AppendUvarint(b, uint64(len(runs)))
+	prev := int64(0)
+	for _, r := range runs {
+		b = binary.AppendUvarint(b, uint64(r[0]))
+		b = binary.AppendVarint(b, r[1]-prev)
+		b = binary.AppendUvarint(b, uint64(r[2]-1))
+		prev = r[1] + r[2]
+	}
+	return binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
+}
+
+// A working set read from a file may be crafted: its checksum then holds. What decodes costs
+// at most in proportion to its bytes and the pair's pages, wherever it goes next: a run that
+// overlaps an earlier one of its view (a recorded set has none, and ten thousand runs of a
+// whole 1 GiB view are 2.6e9 pages for Restore to walk), a header field out of range (read as
+// another value, the set would change silently), a count of runs or pages past the bytes.
+func TestWorkingSetHostile(t *testing.T) {
+	page := uint64(mem.PageSize())
+	bad := map[string][]byte{
+		"overlap":          encodeRuns(page, 64*page, [3]int64{0, 0, 64}, [3]int64{1, 0, 64}, [3]int64{0, 63, 1}),
+		"overlap inside":   encodeRuns(page, 64*page, [3]int64{0, 10, 20}, [3]int64{0, 12, 2}),
+		"page size 2 GiB":  encodeRuns(1<<31, 1<<31),
+		"view of 2^60":     encodeRuns(page, 1<<60),
+		"page size varint": append(append([]byte("MMWS\x01"), 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01), 0, 0, 0, 0),
+		"2^39 runs":        encodeRuns(page, 64*page)[:0],
+		"2^40 pages":       encodeRuns(page, 64*page, [3]int64{0, 0, 1 << 40}),
+	}
+	b := append([]byte("MMWS\x01"), binary.AppendUvarint(binary.AppendUvarint(binary.AppendUvarint(nil, page), 64*page), 1<<39)...)
+	bad["2^39 runs"] = binary.LittleEndian.AppendUint32(b, crc32.ChecksumIEEE(b))
+	for name, data := range bad {
+		var ws WorkingSet
+		if err := ws.UnmarshalBinary(data); !errors.Is(err, ErrWorkingSet) || len(err.Error()) > 160 {
+			t.Errorf("%s: %v (%d runs), want a short error matching ErrWorkingSet", name, err, len(ws.Runs))
+		}
+	}
+	// The same page through two views is two first touches: kept.
+	var ws WorkingSet
+	if err := ws.UnmarshalBinary(encodeRuns(page, 64*page, [3]int64{0, 0, 64}, [3]int64{1, 0, 64})); err != nil || ws.Len() != 64 {
+		t.Errorf("a page per view: %v, Len %d, want 64", err, ws.Len())
+	}
+	for name, ws := range map[string]*WorkingSet{
+		"overlap":         {PageSize: int(page), Size: 64 * int(page), Runs: []Run{{0, 0, 8}, {0, 7, 1}}},
+		"page size 2 GiB": {PageSize: 1 << 31, Size: 1 << 31},
+	} {
+		if _, err := ws.MarshalBinary(); !errors.Is(err, ErrWorkingSet) {
+			t.Errorf("MarshalBinary of %s: %v, want ErrWorkingSet (it would not read back the same)", name, err)
+		}
+		rg := shared(t, 64*int(page))
+		if p, err := Mirror(rg, ServeFaults(nil), Restore(RestoreOptions{WorkingSet: ws})); !errors.Is(err, ErrWorkingSet) {
+			if err == nil {
+				p.Close()
+			}
+			t.Errorf("Restore with %s: %v, want ErrWorkingSet", name, err)
+		}
+		rg.Close()
+	}
+	// Len counts runs, not pages one by one: a run of 2^22 pages costs nothing to count.
+	big := &WorkingSet{PageSize: int(page), Size: 1 << 40 * int(page), Runs: []Run{{0, 0, 1 << 22}, {1, 5, 10}, {0, 1 << 30, 3}}}
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	n := big.Len()
+	runtime.ReadMemStats(&m1)
+	if n != 1<<22+3 || m1.TotalAlloc-m0.TotalAlloc > 1<<20 {
+		t.Errorf("Len = %d (want %d), allocating %d bytes", n, 1<<22+3, m1.TotalAlloc-m0.TotalAlloc)
 	}
 }
 
@@ -584,5 +660,57 @@ func TestRestorePushReadFails(t *testing.T) {
 	pr, _ := p.RestoreProgress()
 	if pr.Pushed || pr.Resident != pr.Restored || pr.Resident < pages-4 || pr.Resident >= pages {
 		t.Errorf("%+v: want the pages outside the failed read (1 to 4 pages, as the reads are cut) restored, not pushed", pr)
+	}
+}
+
+const shortReadsName = "mirrormem-test/short-reads"
+
+func init() {
+	// A source that is Go code whose reads of more than a page bring half their pages (with
+	// an error if config is not empty), byte 7 everywhere.
+	RegisterSource(shortReadsName, func(config []byte) (io.ReaderAt, error) {
+		return shortReads{fail: len(config) > 0}, nil
+	})
+}
+
+type shortReads struct{ fail bool }
+
+func (s shortReads) ReadAt(p []byte, off int64) (int, error) {
+	page := alloc.PageSize()
+	n := len(p)
+	if n > page {
+		n = n / 2 &^ (page - 1)
+	}
+	for i := range p[:n] {
+		p[i] = 7
+	}
+	if n < len(p) && s.fail {
+		return n, errors.New("cut short")
+	}
+	return n, nil
+}
+
+// A push whose reads come back short (with or without an error) reads the rest again: when
+// WaitResident returns, every page is resident in both views, as Pushed promises (the source
+// may be gone after it).
+func TestRestorePushShortReads(t *testing.T) {
+	defer leakcheck.Check(t)()
+	const pages = 64
+	page := mem.PageSize()
+	for _, cfg := range [][]byte{nil, {1}} {
+		p, closePair := mirrored(t, shared(t, pages*page), ServeFaults(NamedSource(shortReadsName, cfg)), Restore(RestoreOptions{Push: true, MaxRange: 16 * page}))
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		if err := p.WaitResident(ctx); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		pr, _ := p.RestoreProgress()
+		if !pr.Pushed || pr.Resident != pages || pr.Restored != pages {
+			t.Errorf("short reads (error: %v): %+v after WaitResident, want all %d pages pushed", cfg != nil, pr, pages)
+		}
+		if got := len(residentPages(t, p.Original())); got != pages {
+			t.Errorf("short reads (error: %v): %d of %d pages resident after WaitResident", cfg != nil, got, pages)
+		}
+		closePair()
 	}
 }

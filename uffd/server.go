@@ -509,6 +509,7 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.pf.stopAll() // a Prefetch returns ErrServerClosed, once its reads in flight are over
 	serving, done := s.serving, s.done
 	s.mu.Unlock()
 	if serving {

@@ -229,3 +229,35 @@ func TestServerRemapDuplicateFaultAround(t *testing.T) {
 		t.Errorf("%d bytes filled through both views, want %d (each page once)", got, n)
 	}
 }
+
+// A view unhandled while a fault's read of the source is in flight, and its address handled
+// again for another object (as after an unmap and a new mapping there), gets none of the old
+// object's bytes: the fault is served again from the new object.
+func TestServerDemandViewReplaced(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &heldSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	touched := srvTouch(a, []int{0})
+	srvWait(t, src.started, "the fault's read")
+	for _, v := range []uintptr{a, b} {
+		if err := s.Unhandle(v, pages*srvPage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Handle(a, pages*srvPage, pattern{seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	close(src.open)
+	srvWait(t, touched, "the toucher")
+	if err := srvVerify(a, pages*srvPage, 1, false, 0); err != nil {
+		t.Error(err)
+	}
+	srvStopOK(t, run)
+}

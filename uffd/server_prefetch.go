@@ -26,8 +26,9 @@ type PrefetchRange struct {
 
 // PrefetchOptions tune Prefetch. Zero values select the defaults.
 type PrefetchOptions struct {
-	// InFlight caps the reads of the source made at once (default 8): a source that waits (a
-	// network round trip) is read for several ranges in parallel. Below the cap, Prefetch
+	// InFlight caps the reads of the source made at once (default 8, at most
+	// MaxPrefetchInFlight): a source that waits (a network round trip) is read for several
+	// ranges in parallel. Below the cap, Prefetch
 	// keeps only as many in flight as the source serves without their durations growing
 	// (without a queue in front of it), as it measures them.
 	InFlight int
@@ -46,10 +47,13 @@ type PrefetchOptions struct {
 	MapFilled bool
 }
 
-// DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults.
+// DefaultPrefetchInFlight and DefaultPrefetchRange are PrefetchOptions' defaults;
+// MaxPrefetchInFlight is the most reads in flight an InFlight above it is taken for (each
+// costs a goroutine and a buffer).
 const (
 	DefaultPrefetchInFlight = 8
 	DefaultPrefetchRange    = 1 << 20
+	MaxPrefetchInFlight     = 256
 )
 
 // PrefetchStats says what one Prefetch call did.
@@ -100,6 +104,10 @@ type prefetchGate struct {
 	mu      sync.Mutex
 	cond    *sync.Cond // on mu; created by NewServer
 
+	// stops are the cancels of the Prefetch calls running, under Server.mu: Close cancels
+	// them with ErrServerClosed.
+	stops map[*context.CancelCauseFunc]struct{}
+
 	nreads atomic.Int32 // len(reads)
 	rmu    sync.Mutex
 	reads  []pfRead // the reads of the source Prefetch is making, under rmu
@@ -109,6 +117,33 @@ type prefetchGate struct {
 type pfRead struct {
 	obj      *object
 	off, end int64
+}
+
+// track records the cancel of a Prefetch call, for Close; false if the server is closed.
+func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if g.stops == nil {
+		g.stops = make(map[*context.CancelCauseFunc]struct{})
+	}
+	g.stops[cancel] = struct{}{}
+	return true
+}
+
+func (g *prefetchGate) untrack(s *Server, cancel *context.CancelCauseFunc) {
+	s.mu.Lock()
+	delete(g.stops, cancel)
+	s.mu.Unlock()
+}
+
+// stopAll cancels every Prefetch call running. Called by Close, holding Server.mu.
+func (g *prefetchGate) stopAll() {
+	for c := range g.stops {
+		(*c)(ErrServerClosed)
+	}
 }
 
 // reading reports whether a read of Prefetch in flight fetches byte off of obj.
@@ -161,7 +196,9 @@ func (s *Server) holdForDemand(ctx context.Context) bool {
 
 // Prefetch fills the pages of ranges, in the order given, ahead of the program, while Serve
 // resolves demand faults: it returns when every page is filled (by it or by anyone else), ctx
-// is done (ctx.Err()), the server is closed (ErrServerClosed), or the view went away. view is
+// is done (ctx.Err()), the server is closed (ErrServerClosed), or the view went away, once
+// its reads of the source in flight are over (a ReadAt that never returns keeps it, as a
+// fault's read keeps Close; a read that comes back short is made again for the rest). view is
 // the address of a view handled with Handle or HandleViews (the object's pages are filled
 // through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
 // for minor faults); a page past the end of the object is ignored.
@@ -189,6 +226,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	if o.InFlight <= 0 {
 		o.InFlight = DefaultPrefetchInFlight
 	}
+	o.InFlight = min(o.InFlight, MaxPrefetchInFlight)
 	if o.MaxRange <= 0 {
 		o.MaxRange = DefaultPrefetchRange
 	}
@@ -206,8 +244,12 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	if len(chunks) == 0 {
 		return st, nil
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if !s.pf.track(s, &cancel) {
+		return st, ErrServerClosed
+	}
+	defer s.pf.untrack(s, &cancel)
 	stopWait := context.AfterFunc(ctx, func() {
 		s.pf.mu.Lock()
 		s.pf.cond.Broadcast()
@@ -215,7 +257,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	})
 	defer stopWait()
 
-	p := &prefetch{s: s, view: view, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
+	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
 		win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
 	p.wcond = sync.NewCond(&p.wmu)
 	stopWin := context.AfterFunc(ctx, func() {
@@ -224,11 +266,8 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 		p.wmu.Unlock()
 	})
 	defer stopWin()
-	// A worker's buffer holds the longest read, not MaxRange: an absurd MaxRange costs no
-	// more memory than the ranges asked for.
-	var bufLen, total int64
+	var total int64
 	for _, c := range chunks {
-		bufLen = max(bufLen, c.Len)
 		total += c.Len
 	}
 	var wg sync.WaitGroup
@@ -237,9 +276,9 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := p.run(ctx, &worker{buf: make([]byte, bufLen)}); err != nil {
+			if err := p.run(ctx, &worker{}); err != nil {
 				p.fail(err)
-				cancel()
+				cancel(err)
 			}
 		}()
 	}
@@ -280,6 +319,7 @@ func (s *Server) chunk(ranges []PrefetchRange, length, maxLen int64) []PrefetchR
 type prefetch struct {
 	s         *Server
 	view      uintptr
+	obj       *object // the object view mapped when Prefetch was called
 	rate      int64
 	chunks    []PrefetchRange
 	mapFilled bool
@@ -388,6 +428,11 @@ func (p *prefetch) run(ctx context.Context, w *worker) error {
 		if !ok {
 			return nil
 		}
+		// A worker's buffer holds the longest piece it took, not MaxRange: an absurd MaxRange
+		// or InFlight costs no more memory than the reads made.
+		if int64(len(w.buf)) < ch.Len {
+			w.buf = make([]byte, ch.Len)
+		}
 		err := p.piece(ctx, w, ch)
 		p.done()
 		if err != nil {
@@ -436,20 +481,23 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 				}
 			}
 		}
-		if err := p.fillRun(ctx, w, off, end-off); err != nil {
+		next, err := p.fillRun(ctx, w, off, end-off)
+		if err != nil {
 			return err
 		}
-		off = end
+		off = next // past the pages a short read did not bring: they are read again
 	}
 	return nil
 }
 
-// fillRun reads [off, off+n) of the object and fills it through the view.
-func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
+// fillRun reads [off, off+n) of the object and fills it through the view. It returns where
+// the pages it is through with end: off+n, or less after a short read, whose pages past the
+// bytes read are still to be read.
+func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) (int64, error) {
 	s := p.s
-	v, tab, err := p.lookup()
+	v, tab, err := p.lookup(off, n)
 	if err != nil {
-		return err
+		return off, err
 	}
 	var b []byte
 	if src := v.obj.src; src != nil {
@@ -466,7 +514,12 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 				p.readErr = err
 			}
 			p.mu.Unlock()
-			return nil // demand faults meet the failure and apply the policy
+			return off + asked, nil // demand faults meet the failure and apply the policy
+		}
+		// The view may have gone while the source was read, and its address been handled
+		// again for another object: look again.
+		if v, tab, err = p.lookup(off, n); err != nil {
+			return off, err
 		}
 	}
 	if ob, ok := s.cfg.observer.(PrefetchObserver); ok {
@@ -509,8 +562,12 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 			if k <= 0 {
 				// An event is pending; Serve reads it. Let it.
 				if !p.backoff(ctx) {
-					return nil
+					return off + n, nil
 				}
+				if v, tab, err = p.lookup(off, n); err != nil { // events may have changed it
+					return off, err
+				}
+				addr = v.addr + uintptr(off-v.off)
 			}
 		case e == unix.EEXIST:
 			p.existed.Add(1)
@@ -521,12 +578,12 @@ func (p *prefetch) fillRun(ctx context.Context, w *worker, off, n int64) error {
 			p.wake(tab, v, off+done, page) // a waiter may have raced the fill it met
 			done += page
 		case gone(e):
-			return fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
+			return off, fmt.Errorf("%w (%#x)", ErrViewGone, p.view)
 		default:
-			return fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
+			return off, fmt.Errorf("uffd: Prefetch: filling %#x: %w", addr+uintptr(done), err)
 		}
 	}
-	return nil
+	return off + n, nil
 }
 
 // backoff waits a little for a pending event to be read; false when ctx is done or the
@@ -549,19 +606,26 @@ func (p *prefetch) backoff(ctx context.Context) bool {
 	}
 }
 
-// lookup finds the view Prefetch fills through, in the current table.
-func (p *prefetch) lookup() (*view, *table, error) {
+// lookup finds the part of the view Prefetch fills through that holds bytes [off, off+n) of
+// the object, in the current table, and checks that it still maps them for the object Prefetch
+// was called for: a view unhandled or unmapped, then its address handled again for another
+// object (or cut short), must get none of the bytes read for the old one.
+func (p *prefetch) lookup(off, n int64) (*view, *table, error) {
 	tab := p.s.tab.Load()
-	i := tab.find(p.view)
+	i := tab.find(p.view + uintptr(off)) // the part of the view left there, if cut by an unmap
 	if i < 0 {
 		return nil, nil, fmt.Errorf("%w (%#x is no longer handled)", ErrViewGone, p.view)
 	}
-	return &tab.views[i], tab, nil
+	v := &tab.views[i]
+	if v.obj != p.obj || v.addr-uintptr(v.off) != p.view || off+n > v.off+int64(v.end-v.addr) {
+		return nil, nil, fmt.Errorf("%w (%#x no longer maps bytes [%d, %d) of the object)", ErrViewGone, p.view, off, off+n)
+	}
+	return v, tab, nil
 }
 
 // mapRun maps [off, off+n), filled by someone else, into every view, and wakes them.
 func (p *prefetch) mapRun(off, n int64) error {
-	v, tab, err := p.lookup()
+	v, tab, err := p.lookup(off, n)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math/rand"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 )
@@ -116,6 +118,32 @@ func TestServerPrefetchAbsurdOptions(t *testing.T) {
 	}
 }
 
+// A million reads in flight asked over a range of thousands of pages allocate about what the
+// reads fetch, not a buffer of the largest read per page of the range.
+func TestServerPrefetchAbsurdInFlight(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 4096
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, pattern{seed: 4}, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{InFlight: 1 << 20})
+	runtime.ReadMemStats(&m1)
+	if err != nil || st.Filled != pages {
+		t.Errorf("Prefetch: %+v, %v: want %d pages filled", st, err, pages)
+	}
+	// The range is 16 MiB with 4 KiB pages; a buffer of MaxRange per page of it is 4 GiB.
+	if got, limit := m1.TotalAlloc-m0.TotalAlloc, uint64(16*pages*srvPage); got > limit {
+		t.Errorf("Prefetch of %d bytes allocated %d MiB, more than %d MiB", pages*srvPage, got>>20, limit>>20)
+	}
+	srvStopOK(t, run)
+}
+
 // gatedSource blocks its first read until open is closed, after telling started (with the
 // read's offset and length); the reads after it pass.
 type gatedSource struct {
@@ -180,6 +208,144 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 	}
 	srvStopOK(t, run)
 	fc.checkOnce(t)
+}
+
+// heldSource holds every read until open is closed, after telling started of the first.
+type heldSource struct {
+	pattern
+	started chan struct{}
+	once    sync.Once
+	open    chan struct{}
+}
+
+func (h *heldSource) ReadAt(b []byte, off int64) (int, error) {
+	h.once.Do(func() { close(h.started) })
+	<-h.open
+	return h.pattern.ReadAt(b, off)
+}
+
+// A view unhandled while a read of Prefetch is in flight, and its address handled again for
+// other objects (as after an unmap and a new mapping at the same address), gets nothing of the
+// reads in flight: Prefetch returns ErrViewGone, and every byte there is the new objects'.
+func TestServerPrefetchViewReplaced(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &heldSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 4 * int64(srvPage)}, {4 * int64(srvPage), 12 * int64(srvPage)}}, PrefetchOptions{InFlight: 2})
+		done <- err
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	for _, v := range []uintptr{a, b} {
+		if err := s.Unhandle(v, pages*srvPage); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Handle(a, 4*srvPage, pattern{seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Handle(a+4*uintptr(srvPage), (pages-4)*srvPage, pattern{seed: 2}); err != nil {
+		t.Fatal(err)
+	}
+	close(src.open)
+	if err := srvWait(t, done, "Prefetch"); !errors.Is(err, ErrViewGone) {
+		t.Errorf("Prefetch through a replaced view: %v, want ErrViewGone", err)
+	}
+	if err := srvVerify(a, 4*srvPage, 1, false, 0); err != nil {
+		t.Error(err)
+	}
+	if err := srvVerify(a+4*uintptr(srvPage), (pages-4)*srvPage, 2, false, 0); err != nil {
+		t.Error(err)
+	}
+	srvStopOK(t, run)
+}
+
+// A view cut in two while Prefetch runs (its middle unhandled, as an unmap does) keeps its two
+// parts: Prefetch fills the pages asked in both, through the part that holds each.
+func TestServerPrefetchViewCut(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &heldSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan PrefetchStats, 1)
+	go func() {
+		st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 4 * int64(srvPage)}, {8 * int64(srvPage), 8 * int64(srvPage)}}, PrefetchOptions{})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	if err := s.Unhandle(a+4*uintptr(srvPage), 4*srvPage); err != nil {
+		t.Fatal(err)
+	}
+	close(src.open)
+	if st := srvWait(t, done, "Prefetch"); st.Filled != 12 {
+		t.Errorf("Prefetch: %+v, want the 12 pages outside the cut filled", st)
+	}
+	for _, r := range [][2]int{{0, 4}, {8, 16}} {
+		off := int64(r[0] * srvPage)
+		if err := srvVerify(a+uintptr(off), (r[1]-r[0])*srvPage, 6, false, off); err != nil {
+			t.Error(err)
+		}
+	}
+	srvStopOK(t, run)
+}
+
+// notedSource tells reads of every read it makes.
+type notedSource struct {
+	pattern
+	reads chan int64
+}
+
+func (n *notedSource) ReadAt(b []byte, off int64) (int, error) {
+	n.reads <- off
+	return n.pattern.ReadAt(b, off)
+}
+
+// Closing the server stops a Prefetch, as it promises (ErrServerClosed), even one that waits
+// for its rate (here a page every 68 minutes): no read of the source starts after Close.
+func TestServerPrefetchClosed(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 16
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &notedSource{pattern: pattern{seed: 3}, reads: make(chan int64, pages)}
+	s := NewServer(u, WithPrefetch())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{InFlight: 1, MaxRange: srvPage, Rate: 1})
+		done <- err
+	}()
+	srvWait(t, src.reads, "the first read")
+	srvStopOK(t, run)
+	if err := srvWait(t, done, "Prefetch after Close"); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Prefetch after Close: %v, want ErrServerClosed", err)
+	}
+	if n := len(src.reads); n != 0 {
+		t.Errorf("%d reads after Close", n)
+	}
+	if _, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, int64(srvPage)}}, PrefetchOptions{}); !errors.Is(err, ErrServerClosed) {
+		t.Errorf("Prefetch on a closed server: %v, want ErrServerClosed", err)
+	}
 }
 
 // Prefetch and demand faults through both views race on every page: each page is still
@@ -256,5 +422,47 @@ func TestServerPrefetchRefuses(t *testing.T) {
 	cancel()
 	if _, err := s2.Prefetch(ctx, a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{}); !errors.Is(err, context.Canceled) {
 		t.Errorf("cancelled: %v, want context.Canceled", err)
+	}
+}
+
+// shortSource returns half of any read longer than a page (whole pages), with err: a source
+// whose reads come back short (a network source cut mid-response, a file being written).
+type shortSource struct {
+	pattern
+	err error
+}
+
+func (s shortSource) ReadAt(b []byte, off int64) (int, error) {
+	if len(b) <= srvPage {
+		return s.pattern.ReadAt(b, off)
+	}
+	n, _ := s.pattern.ReadAt(b[:len(b)/2&^(srvPage-1)], off)
+	return n, s.err
+}
+
+// A read that comes back short does not end the pages it was for: Prefetch reads the rest
+// again, and returns only when every page is filled, as it promises (a push that stopped at
+// the short reads would leave half the image to a source that may be gone).
+func TestServerPrefetchShortReads(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 64
+	for _, err := range []error{nil, errors.New("cut short")} {
+		u, a, b, cleanup := prefetchViews(t, pages)
+		s := NewServer(u, WithPrefetch())
+		if err := s.HandleViews(pages*srvPage, shortSource{pattern{seed: 3}, err}, a, b); err != nil {
+			t.Fatal(err)
+		}
+		run, _ := srvStart(t, s)
+		st, perr := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}}, PrefetchOptions{MaxRange: 16 * srvPage})
+		if perr != nil || st.Filled != pages || st.Mapped != pages || st.Errors != 0 {
+			t.Errorf("short reads (error %v): %+v, %v: want all %d pages filled and mapped", err, st, perr, pages)
+		}
+		for _, v := range []uintptr{a, b} { // pages left unfilled are served on demand
+			if err := srvVerify(v, pages*srvPage, 3, false, 0); err != nil {
+				t.Error(err)
+			}
+		}
+		srvStopOK(t, run)
+		cleanup()
 	}
 }

@@ -441,6 +441,13 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 				obj.missing.settle(off, planned, off)
 				return s.sourceError(o, tab, v, addr, off, err)
 			}
+			if s.tab.Load() != tab && !s.stillMaps(v, addr, n) {
+				// While the source was read, the view was unhandled (or unmapped) and its
+				// address handled again, for another object: the bytes read are not that
+				// object's. Fault again from the current table.
+				obj.missing.settle(off, planned, off)
+				return errRetry
+			}
 		}
 	case protect || s.cfg.stage != nil:
 		// UFFDIO_ZEROPAGE has no write-protect mode, and staging writes the zeros.
@@ -516,6 +523,18 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 		o.sib = done
 	}
 	return nil
+}
+
+// stillMaps reports whether the current table maps [addr, addr+n) to the same bytes of the
+// same object as v does.
+func (s *Server) stillMaps(v *view, addr uintptr, n int64) bool {
+	tab := s.tab.Load()
+	i := tab.find(addr)
+	if i < 0 {
+		return false
+	}
+	nv := &tab.views[i]
+	return nv.obj == v.obj && nv.addr-uintptr(nv.off) == v.addr-uintptr(v.off) && addr+uintptr(n) <= nv.end
 }
 
 // errMapFault says copying from a MappedSource's bytes faulted: the file shrank.

@@ -57,9 +57,9 @@ func startRestore(ctx context.Context, srv *uffd.Server, b *block, c *procConfig
 }
 
 // restoreFailed records that the restore stopped on err, unless it stopped because serving
-// ended (ctx done) or the pair is closing (its view went away).
+// ended (ctx done, the server closed) or the pair is closing (its view went away).
 func restoreFailed(ctx context.Context, b *block, what string, err error) {
-	if ctx.Err() != nil || errors.Is(err, uffd.ErrViewGone) {
+	if ctx.Err() != nil || errors.Is(err, uffd.ErrViewGone) || errors.Is(err, uffd.ErrServerClosed) {
 		return
 	}
 	fmt.Fprintf(os.Stderr, "mirrormem: %s: %v\n", what, err)

@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/mirrormem/mirrormem/internal/leakcheck"
+	"golang.org/x/sys/unix"
 )
 
 const childEnv = "RING_TEST_CHILD"
@@ -205,5 +206,172 @@ func TestPeerKilled(t *testing.T) {
 			}
 			t.Log(err)
 		})
+	}
+}
+
+// TestPeerCorruptPosition: a peer process that writes an impossible position into the shared
+// header (outside [0, 2n), or more than the capacity away from this side's) makes every call
+// of this side that reads it return ErrCorrupt, never slice outside the ring (a panic, or
+// worse), and the ring still closes. Attach refuses a header that holds such positions.
+func TestPeerCorruptPosition(t *testing.T) {
+	defer leakcheck.Check(t)()
+	pg := uint64(page)
+	calls := map[string]struct {
+		producer bool // the call reads the consumer's tail; else the producer's head
+		call     func(r *Ring) error
+	}{
+		"NextRecord":       {false, func(r *Ring) error { _, err := r.NextRecord(); return err }},
+		"ReadRecords":      {false, func(r *Ring) error { _, err := r.ReadRecords(func([]byte) bool { return true }); return err }},
+		"Read":             {false, func(r *Ring) error { _, err := r.Read(make([]byte, 10)); return err }},
+		"ReadSliceAtLeast": {false, func(r *Ring) error { _, err := r.ReadSliceAtLeast(8); return err }},
+		"Write":            {true, func(r *Ring) error { _, err := r.Write(make([]byte, 3*page)); return err }},
+		"Reserve":          {true, func(r *Ring) error { _, err := r.Reserve(page / 2); return err }},
+	}
+	for name, c := range calls {
+		// Outside [0, 2n), and with both sides at 0, a head 2n-8 ahead of the tail (a tail
+		// n-8 ahead of the head, also once a first Reserve took half the ring).
+		bads := []uint64{1 << 63, 3 * pg, 2*pg - 8}
+		if c.producer {
+			bads[2] = pg - 8
+		}
+		for _, bad := range bads {
+			r := makeRing(t, "shared", page)
+			if c.producer {
+				r.h.tail.Store(bad) // the consumer's position, as its process would write it
+			} else {
+				r.h.head.Store(bad)
+			}
+			// The first call may use only the room this side knew of before (Reserve); then
+			// each call reads the position, and a later one must not trust what it read.
+			for i := 0; i < 3; i++ {
+				err := c.call(r)
+				if err == nil && i == 0 {
+					continue
+				}
+				if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), strconv.FormatUint(bad, 10)) {
+					t.Errorf("%s with the other side at %d, call %d: %v, want ErrCorrupt naming the position", name, bad, i, err)
+				}
+			}
+			if err := r.Close(); err != nil {
+				t.Errorf("%s: Close: %v", name, err)
+			}
+		}
+	}
+	// Positions outside [0, 2n) are refused; positions too far apart are taken (the other
+	// process may move them between the two loads) and found impossible by each side's first
+	// call, a Write larger than the ring included (which would have been copied by the room a
+	// stale pair made up).
+	for _, bad := range [][2]uint64{{1 << 63, 0}, {0, 2 * pg}, {3 * pg / 2, 0}, {0, pg / 2}} {
+		r := makeRing(t, "shared", page)
+		r.h.head.Store(bad[0])
+		r.h.tail.Store(bad[1])
+		hf, df, err := r.Files()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := Attach(int(hf.Fd()), int(df.Fd()))
+		switch inRange := bad[0] < 2*pg && bad[1] < 2*pg; {
+		case !inRange && !errors.Is(err, ErrCorrupt):
+			t.Errorf("Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+		case inRange && err != nil:
+			t.Errorf("Attach with head %d and tail %d: %v", bad[0], bad[1], err)
+		case inRange:
+			if _, err := q.Write(make([]byte, 3*page)); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Write after Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+			}
+			if _, err := q.Read(make([]byte, 10)); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Read after Attach with head %d and tail %d: %v, want ErrCorrupt", bad[0], bad[1], err)
+			}
+		}
+		if q != nil {
+			q.Close()
+		}
+		hf.Close()
+		df.Close()
+		r.Close()
+	}
+}
+
+// TestAttachChecksBeforeMapping: Attach looks at the header before it maps (and populates)
+// the data: given a data file that is not the ring's, here a sparse 64 MiB memfd, it fails
+// without writing a page of it (populating it would have allocated all 64 MiB, or the blocks
+// of a sparse file on disk).
+func TestAttachChecksBeforeMapping(t *testing.T) {
+	defer leakcheck.Check(t)()
+	r := makeRing(t, "shared", page)
+	defer r.Close()
+	hf, df, err := r.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hf.Close()
+	df.Close()
+	fd, err := unix.MemfdCreate("not-the-data", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Ftruncate(fd, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	if q, err := Attach(int(hf.Fd()), fd); err == nil || !strings.Contains(err.Error(), "header says") {
+		if err == nil {
+			q.Close()
+		}
+		t.Errorf("Attach with another data file: %v, want the header's size named", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks != 0 {
+		t.Errorf("a refused Attach wrote %d KiB of the data file", st.Blocks/2)
+	}
+}
+
+// TestPeerCannotTruncate: the memfds of a shared ring are sealed against shrinking, so the
+// other process cannot truncate them under this one (whose next access would raise SIGBUS and
+// end it); Attach refuses files that are not sealed so.
+func TestPeerCannotTruncate(t *testing.T) {
+	defer leakcheck.Check(t)()
+	r := makeRing(t, "shared", page)
+	defer r.Close()
+	hf, df, err := r.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hf.Close()
+	defer df.Close()
+	for _, f := range []*os.File{hf, df} {
+		if err := unix.Ftruncate(int(f.Fd()), 0); !errors.Is(err, unix.EPERM) {
+			t.Fatalf("truncating the ring's %s: %v, want EPERM", f.Name(), err)
+		}
+	}
+	// The same bytes in files that are not sealed.
+	copies := make([]int, 2)
+	for i, f := range []*os.File{hf, df} {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		b := make([]byte, st.Size)
+		if _, err := f.ReadAt(b, 0); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := unix.MemfdCreate("unsealed", unix.MFD_CLOEXEC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(fd)
+		if _, err := unix.Pwrite(fd, b, 0); err != nil {
+			t.Fatal(err)
+		}
+		copies[i] = fd
+	}
+	if q, err := Attach(copies[0], copies[1]); err == nil || !strings.Contains(err.Error(), "sealed") {
+		if err == nil {
+			q.Close()
+		}
+		t.Errorf("Attach of files not sealed against shrinking: %v, want a refusal naming the seal", err)
 	}
 }

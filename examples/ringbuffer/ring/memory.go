@@ -75,16 +75,43 @@ func newSharedMemory(name string, size int) (*memory, error) {
 	if err := checkSize("NewShared", size); err != nil {
 		return nil, err
 	}
-	hreg, err := alloc.Memfd(name+"-header", headerSize)
+	hreg, err := sealedMemfd(name+"-header", headerSize)
 	if err != nil {
 		return nil, fmt.Errorf("ring: NewShared(%d): header: %w", size, err)
 	}
-	reg, err := alloc.Memfd(name, size, alloc.WithRoom(roundPage(size)))
+	reg, err := sealedMemfd(name, roundPage(size), alloc.WithRoom(roundPage(size)))
 	if err != nil {
 		hreg.Close()
 		return nil, fmt.Errorf("ring: NewShared(%d): %w", size, err)
 	}
 	return finishShared(hreg, reg, "NewShared")
+}
+
+// sealedMemfd maps a new memfd of size bytes sealed against shrinking (F_SEAL_SHRINK): the
+// other process of a shared ring cannot truncate it under this one, whose next access to the
+// lost pages would raise SIGBUS and end it.
+func sealedMemfd(name string, size int, opts ...alloc.Option) (*alloc.Region, error) {
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, os.NewSyscallError("memfd_create", err)
+	}
+	defer unix.Close(fd) // the region keeps a duplicate
+	if err := unix.Ftruncate(fd, int64(size)); err != nil {
+		return nil, os.NewSyscallError("ftruncate", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_SHRINK); err != nil {
+		return nil, os.NewSyscallError("fcntl(F_ADD_SEALS)", err)
+	}
+	return alloc.FromFD(fd, size, opts...)
+}
+
+// checkSealed refuses a file that is not sealed against shrinking (see sealedMemfd).
+func checkSealed(fd int, what string) error {
+	seals, err := unix.FcntlInt(uintptr(fd), unix.F_GET_SEALS, 0)
+	if err != nil || seals&unix.F_SEAL_SHRINK == 0 {
+		return fmt.Errorf("ring: Attach: %s fd %d is not a memfd sealed against shrinking, as NewShared makes them: the other process could truncate it under this one", what, fd)
+	}
+	return nil
 }
 
 func attachSharedMemory(headerFD, dataFD int) (*memory, error) {
@@ -99,6 +126,16 @@ func attachSharedMemory(headerFD, dataFD int) (*memory, error) {
 	hreg, err := alloc.FromFD(headerFD, headerSize)
 	if err != nil {
 		return nil, fmt.Errorf("ring: Attach: header: %w", err)
+	}
+	h, err := headerAt(hreg.Bytes())
+	if err == nil {
+		err = checkAttached(h, headerFD, dataFD, size)
+	}
+	if err == nil {
+		err = errors.Join(checkSealed(headerFD, "header"), checkSealed(dataFD, "data"))
+	}
+	if err != nil {
+		return nil, errors.Join(err, hreg.Close())
 	}
 	reg, err := alloc.FromFD(dataFD, size, alloc.WithRoom(size))
 	if err != nil {

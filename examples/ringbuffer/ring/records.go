@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 )
 
 // Records: the ring as a queue of length-prefixed messages, zero-copy on both sides. The
@@ -22,15 +23,20 @@ const recordHeader = 8
 
 // ErrCorrupt is returned by NextRecord and ReadRecords when the bytes at the consumer's
 // position are not a record header this package wrote: the ring was used as a byte stream, or
-// memory shared with another process was overwritten.
+// memory shared with another process was overwritten. It is also returned by every call that
+// finds the other side's position in a shared ring's header impossible (see Attach), and by
+// Attach for such a header.
 var ErrCorrupt = errors.New("ring: corrupt record")
 
 // recordSize is the room a record of n payload bytes takes in the ring.
 func recordSize(n uint64) uint64 { return recordHeader + (n+7)&^7 }
 
 // MaxRecord is the largest record payload the ring takes: half its capacity, so that a
-// producer waiting for room for one record never waits for more than the consumer can free.
-func (r *Ring) MaxRecord() int { return int(r.n / 2) }
+// producer waiting for room for one record never waits for more than the consumer can free,
+// and at most 4 GiB - 1, what the length prefix holds (on a ring of more than 8 GiB).
+func (r *Ring) MaxRecord() int { return int(r.maxRecord()) }
+
+func (r *Ring) maxRecord() uint64 { return min(r.n/2, math.MaxUint32) }
 
 // Reserve reserves a record of n payload bytes and returns them, in place in the ring, for the
 // producer to fill. The record reaches the consumer at the next Submit (or CloseWrite). Reserve
@@ -41,8 +47,8 @@ func (r *Ring) MaxRecord() int { return int(r.n / 2) }
 // The slice is valid until the record is submitted, and never after Close: a producer that
 // may be closed from another goroutine must not write into it once Close may have run.
 func (r *Ring) Reserve(n int) ([]byte, error) {
-	if n < 0 || uint64(n) > r.n/2 {
-		return nil, fmt.Errorf("%w: Reserve(%d) on a ring that takes records of up to %d bytes", ErrTooLarge, n, r.n/2)
+	if n < 0 || uint64(n) > r.maxRecord() {
+		return nil, fmt.Errorf("%w: Reserve(%d) on a ring that takes records of up to %d bytes", ErrTooLarge, n, r.maxRecord())
 	}
 	// enter, not enterLight: Reserve writes the length into the ring's memory, which a Close
 	// in another goroutine must not unmap meanwhile.
@@ -139,7 +145,7 @@ func (r *Ring) parseRecord(s []byte) ([]byte, uint64, error) {
 	hdr := binary.LittleEndian.Uint64(s)
 	n := hdr & 0xffffffff
 	total := recordSize(n)
-	if hdr>>32 != 0 || n > r.n/2 || total > uint64(len(s)) {
+	if hdr>>32 != 0 || n > r.maxRecord() || total > uint64(len(s)) {
 		return nil, 0, r.corrupt(hdr, 0, len(s))
 	}
 	return s[recordHeader : recordHeader+n : recordHeader+n], total, nil
@@ -180,7 +186,7 @@ func (r *Ring) ReadRecords(fn func(rec []byte) bool) (int, error) {
 	}
 	// The walk is parseRecord written out, on a slice that shrinks record by record: one
 	// length check per record, which also covers the loads and the slicing below.
-	count, rest, limit := 0, s, r.n/2
+	count, rest, limit := 0, s, r.maxRecord()
 	lazily, unpublished := r.releaseLazily(), len(s)
 	for len(rest) > 0 {
 		if len(rest) < recordHeader {

@@ -153,7 +153,8 @@ func New(size int, opts ...Option) (*Ring, error) {
 
 // NewShared returns a ring whose header and data live in two memfds, so another process can
 // map the same ring with Attach (get the files with Files). A waiting side sleeps on a futex in
-// the shared header. The size is rounded up to whole pages.
+// the shared header. The size is rounded up to whole pages. The memfds are sealed against
+// shrinking (F_SEAL_SHRINK): neither process can truncate them under the other.
 func NewShared(size int, opts ...Option) (*Ring, error) {
 	c := buildConfig(opts)
 	c.futex = true
@@ -169,8 +170,9 @@ func NewShared(size int, opts ...Option) (*Ring, error) {
 
 // Attach maps a ring made by NewShared in another process, from its header and data memfds.
 // It does not take ownership of the descriptors: close them when Attach returns if you no
-// longer need them. It refuses descriptors that do not hold a ring header of this version, or
-// whose data size does not match the header.
+// longer need them. It refuses descriptors that do not hold a ring header of this version,
+// whose data size does not match the header, that are not sealed against shrinking as
+// NewShared seals them, or whose header holds impossible positions (ErrCorrupt).
 func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 	c := buildConfig(opts)
 	c.futex = true
@@ -179,18 +181,11 @@ func Attach(headerFD, dataFD int, opts ...Option) (*Ring, error) {
 		return nil, err
 	}
 	h := m.hdr
-	switch {
-	case h.magic != headerMagic:
-		err = fmt.Errorf("ring: Attach: fd %d holds no ring header (magic %#x); pass the header file of a ring made by NewShared first, then its data file", headerFD, h.magic)
-	case h.version != headerVersion:
-		err = fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
-	case h.capacity != uint64(len(m.view)/2):
-		err = fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, len(m.view)/2)
-	}
-	if err != nil {
-		return nil, errors.Join(err, m.release())
-	}
 	r := newRing(m, c)
+	// What each side knows of the other starts at nothing readable and no room: head and tail,
+	// read one after the other while the other process runs, need not be a pair, and the
+	// first call of each side reads the other's position again, checked.
+	r.prod.peer, r.cons.peer = r.advance(r.prod.pos, r.n), r.cons.pos
 	h.attacherPid.Store(int32(os.Getpid()))
 	return r, nil
 }
@@ -272,6 +267,24 @@ func (r *Ring) Files() (header, data *os.File, err error) {
 		return nil, nil, os.NewSyscallError("fcntl(F_DUPFD_CLOEXEC)", err)
 	}
 	return os.NewFile(uintptr(hfd), "ring-header"), os.NewFile(uintptr(dfd), "ring-data"), nil
+}
+
+// checkAttached refuses a header that is not one of a ring of dataSize bytes, before Attach
+// maps the data (and populates it: a data file that is not the ring's must not be written).
+func checkAttached(h *header, headerFD, dataFD, dataSize int) error {
+	switch {
+	case h.magic != headerMagic:
+		return fmt.Errorf("ring: Attach: fd %d holds no ring header (magic %#x); pass the header file of a ring made by NewShared first, then its data file", headerFD, h.magic)
+	case h.version != headerVersion:
+		return fmt.Errorf("ring: Attach: ring header version %d, this package reads version %d", h.version, headerVersion)
+	case h.capacity != uint64(dataSize):
+		return fmt.Errorf("ring: Attach: header says %d bytes but data fd %d holds %d", h.capacity, dataFD, dataSize)
+	case h.head.Load() >= 2*h.capacity || h.tail.Load() >= 2*h.capacity:
+		// Each on its own: the other process may move them between two loads, so how far
+		// apart they are is checked where they are used (readSlice, writeSlice).
+		return fmt.Errorf("%w: Attach: the header's head %d or tail %d is not a position of a %d-byte ring", ErrCorrupt, h.head.Load(), h.tail.Load(), h.capacity)
+	}
+	return nil
 }
 
 // used is the number of bytes between tail and head, both in [0, 2n).
@@ -437,6 +450,9 @@ func (r *Ring) writeSlice(need uint64) ([]byte, error) {
 			}
 		}
 	}
+	if free > r.n || p.peer >= 2*r.n {
+		return nil, r.badPosition(p, "consumer")
+	}
 	off := r.offset(p.pos)
 	p.lent = free
 	return r.buf[off : off+free : off+free], nil
@@ -589,9 +605,27 @@ func (r *Ring) readSlice(need uint64) ([]byte, error) {
 			}
 		}
 	}
+	if avail > r.n || c.peer >= 2*r.n {
+		return nil, r.badPosition(c, "producer")
+	}
 	off := r.offset(c.pos)
 	c.lent = avail
 	return r.buf[off : off+avail : off+avail], nil
+}
+
+// badPosition is the error for an index of the other side (s.peer, read from the header) that
+// no side of this package writes: outside [0, 2n), or more than the capacity away from s's
+// own. Only memory shared with another process can hold one (that process wrote it, or
+// corrupted the header). s forgets it: s.peer is set to say no byte is readable (consumer) or
+// free (producer), so that no call slices the ring by it; the next slow path reads it again.
+func (r *Ring) badPosition(s *side, other string) error {
+	bad := s.peer
+	if s == &r.cons {
+		s.peer = s.pos
+	} else {
+		s.peer = r.advance(s.pos, r.n)
+	}
+	return fmt.Errorf("%w: the %s's position %d in the shared header is impossible (this side is at %d of a %d-byte ring)", ErrCorrupt, other, bad, s.pos, r.n)
 }
 
 func (r *Ring) waitReadable(need uint64) (uint64, error) {

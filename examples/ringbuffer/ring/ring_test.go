@@ -643,3 +643,16 @@ func TestReadRecordsCorrupt(t *testing.T) {
 		})
 	}
 }
+
+// TestMaxRecordFitsHeader: a record's length prefix holds 32 bits, so on a ring of more than
+// 8 GiB, MaxRecord is not half the capacity, and Reserve refuses a record the consumer would
+// read as corrupt (the ring here is a bare value: only the sizes are looked at).
+func TestMaxRecordFitsHeader(t *testing.T) {
+	r := &Ring{n: 1 << 34}
+	if m := r.MaxRecord(); m != 1<<32-1 {
+		t.Errorf("MaxRecord of a 16 GiB ring = %d, want %d", m, 1<<32-1)
+	}
+	if _, err := r.Reserve(1 << 32); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("Reserve(4 GiB): %v, want ErrTooLarge", err)
+	}
+}
