@@ -259,6 +259,7 @@ type RestoreOptions struct {
 	// first). The working set is prefetched at once all the same. Needs Push.
 	HoldPush bool
 	// PushRate caps what the push reads from the source, in bytes per second (0: no cap).
+	// It needs Push: without it, Restore refuses it.
 	PushRate int64
 	// InFlight caps the reads of the source made at once (0: 8). A network source fetches
 	// several ranges in parallel; below the cap, the engine keeps only as many in flight as
@@ -293,6 +294,8 @@ func Restore(o RestoreOptions) Option {
 			err = fmt.Errorf("%w: Restore: InFlight %d is more than 256 reads at once", ErrOption, o.InFlight)
 		case o.HoldPush && !o.Push:
 			err = fmt.Errorf("%w: Restore: HoldPush holds the push: set Push too", ErrOption)
+		case o.PushRate > 0 && !o.Push:
+			err = fmt.Errorf("%w: Restore: PushRate caps the push: set Push too", ErrOption)
 		case o.WorkingSet != nil:
 			err = o.WorkingSet.check()
 		}

@@ -607,20 +607,23 @@ func TestRestoreHoldPush(t *testing.T) {
 	}
 }
 
-// StartPush refuses a pair whose push is not held, a closed pair, and HoldPush without Push.
+// StartPush refuses a pair whose push is not held and a closed pair; Restore refuses HoldPush
+// and PushRate without Push, which would be ignored.
 func TestRestoreStartPushRefuses(t *testing.T) {
 	page := mem.PageSize()
 	src, _ := patternFile(t, 16*page)
 	defer leakcheck.Check(t)()
 	fresh := func() *alloc.Region { return shared(t, 16*page) }
-	rg := fresh()
-	if p, err := Mirror(rg, ServeFaults(src), Restore(RestoreOptions{HoldPush: true})); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "Push") {
-		if err == nil {
-			p.Close()
+	for _, o := range []RestoreOptions{{HoldPush: true}, {PushRate: 1 << 20}} {
+		rg := fresh()
+		if p, err := Mirror(rg, ServeFaults(src), Restore(o)); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "set Push too") {
+			if err == nil {
+				p.Close()
+			}
+			t.Errorf("%+v without Push: %v", o, err)
 		}
-		t.Errorf("HoldPush without Push: %v", err)
+		rg.Close()
 	}
-	rg.Close()
 	for _, o := range []RestoreOptions{{Push: true}, {}} {
 		p, err := Mirror(fresh(), ServeFaults(src), Restore(o), CloseRegion())
 		if err != nil {

@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"math"
 	"testing"
 	"time"
 )
@@ -156,5 +157,23 @@ func TestPrefetchWindowClasses(t *testing.T) {
 	w.observe(8*winPage, 300*time.Microsecond)
 	if w.base[0] != 300*time.Microsecond || w.base[3] != 300*time.Microsecond {
 		t.Errorf("minimums %v, want a page's lowered to the 8-page read's 300us", w.base[:4])
+	}
+}
+
+// The delay a rate-capped read waits is computed without overflow: a read of 16 GiB at
+// 1 GiB/s waits 16 s (n * 1e9 overflowed past about 9 GB and made it negative: no cap).
+func TestPaceDelayNoOverflow(t *testing.T) {
+	for _, c := range []struct {
+		n, rate int64
+		want    time.Duration
+	}{
+		{4096, 1 << 20, 3906250 * time.Nanosecond},
+		{16 << 30, 1 << 30, 16 * time.Second},
+		{math.MaxInt64, math.MaxInt64, time.Second},
+		{1 << 62, 1, 100 * 365 * 24 * time.Hour},
+	} {
+		if got := paceDelay(c.n, c.rate); got != c.want {
+			t.Errorf("paceDelay(%d, %d) = %v, want %v", c.n, c.rate, got, c.want)
+		}
 	}
 }

@@ -368,7 +368,7 @@ func (p *prefetch) pace(ctx context.Context, n int64) bool {
 		p.due = now
 	}
 	start := p.due
-	p.due = p.due.Add(time.Duration(n * int64(time.Second) / p.rate))
+	p.due = p.due.Add(paceDelay(n, p.rate))
 	p.mu.Unlock()
 	if d := time.Until(start); d > 0 {
 		t := time.NewTimer(d)
@@ -380,6 +380,16 @@ func (p *prefetch) pace(ctx context.Context, n int64) bool {
 		}
 	}
 	return true
+}
+
+// paceDelay is how long n bytes take at rate bytes per second, computed without overflow
+// (n * 1e9 overflows past about 9 GB) and held under a century.
+func paceDelay(n, rate int64) time.Duration {
+	const most = 100 * 365 * 24 * time.Hour
+	if d := float64(n) / float64(rate) * float64(time.Second); d < float64(most) {
+		return time.Duration(d)
+	}
+	return most
 }
 
 // take waits until the window has room for one more read, then takes the next piece of the
