@@ -61,8 +61,12 @@
 // # Two processes
 //
 // NewShared puts the ring's header and data in two memfds; pass both to another process
-// (exec.Cmd.ExtraFiles, or SCM_RIGHTS over a Unix socket) and call Attach there. Close in
-// either process shuts the ring down for both: a side blocked in the other process wakes with
+// (exec.Cmd.ExtraFiles, or SCM_RIGHTS over a Unix socket) and call Attach there. Both memfds
+// are sealed against shrinking, and Attach refuses files that are not, and a header whose
+// magic, version, size or positions are not a ring's: neither process can truncate the ring
+// under the other (whose next access would raise SIGBUS), and a position the other process
+// wrote out of range is ErrCorrupt for the call that reads it, never a slice past the ring.
+// Close in either process shuts the ring down for both: a side blocked in the other process wakes with
 // ErrClosed. A process that dies without closing (killed, crashed) cannot tell anyone, so a
 // side of a shared ring that waits wakes every 50 ms and looks at the other process through a
 // pidfd: if it has exited, the call returns ErrPeerGone (what it published before dying can
