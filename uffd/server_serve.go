@@ -421,6 +421,23 @@ func (s *Server) read(w *worker, src io.ReaderAt, off, n int64) ([]byte, int64, 
 	return nil, 0, rerr
 }
 
+// sourceBytes gets the n bytes at off of v's object for a missing fault at addr: lent by a
+// MappedSource where it can (mapped), else read into the worker's buffer, got bytes of them
+// (see read). errRetry: while the source was read, the view was unhandled (or unmapped) and
+// its address handled again, for another object, so the bytes read are not that object's;
+// the fault is tried again from the current table.
+func (s *Server) sourceBytes(w *worker, tab *table, v *view, addr uintptr, off, n int64) (buf []byte, got int64, mapped bool, err error) {
+	if ms, ok := v.obj.src.(MappedSource); ok && s.cfg.stage == nil {
+		if b := ms.Bytes(off, n); int64(len(b)) >= n {
+			return b[:n], n, true, nil
+		}
+	}
+	if buf, got, err = s.read(w, v.obj.src, off, n); err == nil && s.tab.Load() != tab && !s.stillMaps(v, addr, got) {
+		err = errRetry
+	}
+	return buf, got, false, err
+}
+
 func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
 	obj := v.obj
 	off, planned := s.plan(&obj.missing, v, addr)
@@ -430,24 +447,13 @@ func (s *Server) resolveMissing(w *worker, o *outcome, tab *table, v *view, addr
 	mapped := false
 	switch {
 	case obj.src != nil:
-		if ms, ok := obj.src.(MappedSource); ok && s.cfg.stage == nil {
-			if b := ms.Bytes(off, n); int64(len(b)) >= n {
-				buf, mapped = b[:n], true
+		var err error
+		if buf, n, mapped, err = s.sourceBytes(w, tab, v, addr, off, n); err != nil {
+			obj.missing.settle(off, planned, off)
+			if err == errRetry {
+				return err
 			}
-		}
-		if buf == nil {
-			var err error
-			if buf, n, err = s.read(w, obj.src, off, n); err != nil {
-				obj.missing.settle(off, planned, off)
-				return s.sourceError(o, tab, v, addr, off, err)
-			}
-			if s.tab.Load() != tab && !s.stillMaps(v, addr, n) {
-				// While the source was read, the view was unhandled (or unmapped) and its
-				// address handled again, for another object: the bytes read are not that
-				// object's. Fault again from the current table.
-				obj.missing.settle(off, planned, off)
-				return errRetry
-			}
+			return s.sourceError(o, tab, v, addr, off, err)
 		}
 	case protect || s.cfg.stage != nil:
 		// UFFDIO_ZEROPAGE has no write-protect mode, and staging writes the zeros.
