@@ -214,18 +214,10 @@ func (s *fdSource) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
-// Bytes lends [off, off+n) of the file's mapping, once fstat shows that the file still has
-// those bytes: a page cut in the middle by a truncation still reads, its lost bytes as zeros;
-// only pages wholly past the end make UFFDIO_COPY fail.
+// Bytes lends [off, off+n) of the file's mapping. Only a file sealed against shrinking is
+// mapped (see mapSource), so its bytes cannot go while they are copied: no size check is due.
 func (s *fdSource) Bytes(off, n int64) []byte {
 	if off+n > int64(len(s.m)) {
-		return nil
-	}
-	if s.sealed {
-		return s.m[off : off+n]
-	}
-	var st unix.Stat_t
-	if unix.Fstat(s.fd, &st) != nil || st.Size < s.off+min(off+n, s.len) {
 		return nil
 	}
 	return s.m[off : off+n]

@@ -189,7 +189,7 @@ static int tracked(struct mm_handler *h, int v) { return (LOAD(&h->hdr[H_TRACKED
 
 // shrink_sealed reports whether file fd is sealed against shrinking (F_SEAL_SHRINK, memfds and
 // other shmem files): its size can then never drop below what it had when serving began (a
-// seal is never removed), so the size check after each read (fill_src, src_has) is skipped.
+// seal is never removed), so fill_src skips the size check after each read.
 // That check is a system call per fault, as much as the 4 KiB pread itself on some machines.
 static int shrink_sealed(int fd) {
 	int seals = fcntl(fd, F_GET_SEALS);
@@ -319,18 +319,6 @@ static uint64_t around(struct mm_handler *h, int v, int k, uint64_t p) {
 	return n;
 }
 
-// src_has reports whether the file source still has the bytes the object's first end bytes
-// need. The source's mapping cannot tell: a page cut in the middle by a truncation still reads,
-// its lost bytes as zeros; only pages wholly past the end make UFFDIO_COPY fail.
-static int src_has(struct mm_handler *h, uint64_t end) {
-	struct stat st;
-	if (h->src_sealed)
-		return 1;
-	if (end > h->cfg.src_len)
-		end = h->cfg.src_len;
-	return fstat(h->cfg.src_fd, &st) == 0 && (uint64_t)st.st_size >= h->cfg.src_off + end;
-}
-
 // refill reads the fault's window again with pread after a COPY from the source's mapping
 // failed (the file shrank under it), from done bytes on: it shortens the window to the pages the
 // source still has, or, if it has none of them, fails the page at done and returns 0.
@@ -373,8 +361,8 @@ static int missing_src(struct mm_handler *h, struct missing *m) {
 		return 1;
 	if (h->cfg.src_kind == MM_SRC_MEM && m->off + m->len <= h->cfg.src_len) {
 		m->src = (const char *)(uintptr_t)(h->cfg.src_addr + m->off); // zero-copy
-	} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && m->off + m->len <= h->cfg.map_len &&
-		   src_has(h, m->off + m->len)) {
+	} else if (h->cfg.src_kind == MM_SRC_FD && h->cfg.alias_fd < 0 && m->off + m->len <= h->cfg.map_len) {
+		// Only a file sealed against shrinking is mapped (mapSource): its bytes cannot go.
 		m->src = (const char *)(uintptr_t)(h->cfg.map_addr + m->off); // the kernel copies from the page cache
 		m->mapped = 1;
 	} else {
