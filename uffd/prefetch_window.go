@@ -33,10 +33,12 @@ import (
 //   - The reads allowed in flight are the window. A round is as many reads completed as the
 //     window allowed when it began (minRound at least). Each read's queueing delay is its
 //     duration less its class's minimum; the round's median decides (a queue delays most
-//     reads, the machine's noise a few): up to queueLow page reads (or queueFloor) is no
-//     queue, and the window grows, doubling until the first queue is seen, then by one read a
-//     round; over queueHigh page reads (or twice queueFloor) is a queue, and the window
-//     shrinks, by half the first time, then by one read a round; in between it stays.
+//     reads, the machine's noise a few): up to 1/queueLow of a page's read (or queueFloor) is
+//     no queue, and the window grows, doubling until the first queue is seen, then by one
+//     read a round; over 1/queueHigh of a page's read (or twice queueFloor) is a queue, and
+//     the window shrinks, by half the first time, then by one read a round; in between it
+//     stays. A demand fault's read, which queues behind the prefetch bytes at the source, so
+//     waits behind a fraction of a page's read.
 //
 // A source that reads a page in less than localRead waits for no round trip: it is local
 // (memory, the page cache), bound by the CPU or a disk, with no link to queue on, and is read
@@ -66,10 +68,10 @@ const (
 	// chunkFloor: a read this short is cheap whatever its size (a local source).
 	chunkFloor = 200 * time.Microsecond
 	// queueFloor: queueing delays this short are the machine's noise, not a queue.
-	queueFloor = 100 * time.Microsecond
-	// queueLow, queueHigh: a queueing delay up to queueLow times a page's read is no queue
-	// to speak of, one over queueHigh times is one to drain.
-	queueLow  = 1
+	queueFloor = 50 * time.Microsecond
+	// queueLow, queueHigh: a queueing delay up to 1/queueLow of a page's read is no queue to
+	// speak of, one over 1/queueHigh of it is one to drain.
+	queueLow  = 4
 	queueHigh = 2
 	// chunkSlack: a chunk's read may cost a page's read and 1/chunkSlack of it more.
 	chunkSlack = 2
@@ -151,7 +153,7 @@ func (w *prefetchWindow) endRound() {
 		w.left, w.nq = max(w.reads, minRound), 0
 		return
 	}
-	lo, hi := max(ref*queueLow, queueFloor), max(ref*queueHigh, 2*queueFloor)
+	lo, hi := max(ref/queueLow, queueFloor), max(ref/queueHigh, 2*queueFloor)
 	qs := w.qs[:w.nq]
 	slices.Sort(qs)
 	q := qs[len(qs)/2]

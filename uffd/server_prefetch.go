@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +15,8 @@ import (
 
 // WithPrefetch lets Prefetch fill pages while Serve resolves faults. Under a Tracker it turns
 // the one-ioctl fast path off (a fault's record must not run ahead of a fill that Prefetch may
-// make first), which costs a demand fault one UFFDIO_WAKE more; and missing faults are counted
-// as they are resolved, so that Prefetch holds back its next reads of the source while one is.
+// make first), which costs a demand fault one UFFDIO_WAKE more; and each missing fault tells
+// the Prefetch calls running on its object where the program is (two atomic operations).
 func WithPrefetch() ServerOption { return func(c *serverConfig) { c.prefetch = true } }
 
 // PrefetchRange is a run of bytes of a handled object (offset 0 is the start of every view),
@@ -80,33 +81,31 @@ var ErrViewGone = errors.New("uffd: Prefetch: the view went away")
 // ErrNoPrefetch is returned by Prefetch on a server made without WithPrefetch.
 var ErrNoPrefetch = errors.New("uffd: Prefetch needs a server made with WithPrefetch()")
 
-// demandMissing resolves a missing fault, counted as a demand in flight for Prefetch.
+// demandMissing resolves a missing fault, and tells the Prefetch calls running on the object
+// where the program is: a fault on a page that they have yet to read makes them go on from
+// there (see prefetch.jump).
 func (s *Server) demandMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
-	if !s.cfg.prefetch || s.pf.reading(v.obj, v.off+int64(addr-v.addr)) {
-		// Without Prefetch, or on a page that a read of Prefetch is fetching: holding the
-		// next reads back would only delay the pages after it.
-		return s.resolveMissing(w, o, tab, v, addr)
+	if act := s.pf.active.Load(); act != nil && len(*act) > 0 {
+		off := v.off + int64(addr-v.addr)
+		if !s.pf.reading(v.obj, off) {
+			for _, p := range *act {
+				if p.obj == v.obj {
+					p.demands[p.ndemand.Add(1)%uint64(len(p.demands))].Store(off)
+				}
+			}
+		}
 	}
-	s.pf.demand.Add(1)
-	err := s.resolveMissing(w, o, tab, v, addr)
-	if s.pf.demand.Add(-1) == 0 && s.pf.waiting.Load() > 0 {
-		s.pf.mu.Lock()
-		s.pf.cond.Broadcast()
-		s.pf.mu.Unlock()
-	}
-	return err
+	return s.resolveMissing(w, o, tab, v, addr)
 }
 
 // prefetchGate is what demand faults and Prefetch share.
 type prefetchGate struct {
-	demand  atomic.Int32 // missing faults being resolved
-	waiting atomic.Int32 // Prefetch workers waiting for demand to reach 0
-	mu      sync.Mutex
-	cond    *sync.Cond // on mu; created by NewServer
-
 	// stops are the cancels of the Prefetch calls running, under Server.mu: Close cancels
 	// them with ErrServerClosed.
 	stops map[*context.CancelCauseFunc]struct{}
+	// active are the Prefetch calls running, for demand faults to tell them where the
+	// program is: replaced, never changed in place, under Server.mu.
+	active atomic.Pointer[[]*prefetch]
 
 	nreads atomic.Int32 // len(reads)
 	rmu    sync.Mutex
@@ -119,8 +118,9 @@ type pfRead struct {
 	off, end int64
 }
 
-// track records the cancel of a Prefetch call, for Close; false if the server is closed.
-func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
+// track records a Prefetch call and its cancel, for demand faults and Close; false if the
+// server is closed.
+func (g *prefetchGate) track(s *Server, p *prefetch, cancel *context.CancelCauseFunc) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -130,13 +130,23 @@ func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
 		g.stops = make(map[*context.CancelCauseFunc]struct{})
 	}
 	g.stops[cancel] = struct{}{}
+	var act []*prefetch
+	if old := g.active.Load(); old != nil {
+		act = slices.Clone(*old)
+	}
+	act = append(act, p)
+	g.active.Store(&act)
 	return true
 }
 
-func (g *prefetchGate) untrack(s *Server, cancel *context.CancelCauseFunc) {
+func (g *prefetchGate) untrack(s *Server, p *prefetch, cancel *context.CancelCauseFunc) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(g.stops, cancel)
-	s.mu.Unlock()
+	if old := g.active.Load(); old != nil {
+		act := slices.DeleteFunc(slices.Clone(*old), func(q *prefetch) bool { return q == p })
+		g.active.Store(&act)
+	}
 }
 
 // stopAll cancels every Prefetch call running. Called by Close, holding Server.mu.
@@ -176,22 +186,6 @@ func (g *prefetchGate) startRead(obj *object, off, n int64) func() {
 		g.nreads.Add(-1)
 		g.rmu.Unlock()
 	}
-}
-
-// holdForDemand waits while a missing fault is being resolved, so that a new read of the
-// source never competes with a demand fault's read. It returns false when ctx is done.
-func (s *Server) holdForDemand(ctx context.Context) bool {
-	if s.pf.demand.Load() == 0 {
-		return ctx.Err() == nil
-	}
-	s.pf.waiting.Add(1)
-	s.pf.mu.Lock()
-	for s.pf.demand.Load() > 0 && ctx.Err() == nil {
-		s.pf.cond.Wait()
-	}
-	s.pf.mu.Unlock()
-	s.pf.waiting.Add(-1)
-	return ctx.Err() == nil
 }
 
 // Prefetch fills the pages of ranges, in the order given, ahead of the program, while Serve
@@ -246,20 +240,14 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if !s.pf.track(s, &cancel) {
+	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, left: len(chunks),
+		mapFilled: o.MapFilled, win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
+	p.wcond = sync.NewCond(&p.wmu)
+	p.index()
+	if !s.pf.track(s, p, &cancel) {
 		return st, ErrServerClosed
 	}
-	defer s.pf.untrack(s, &cancel)
-	stopWait := context.AfterFunc(ctx, func() {
-		s.pf.mu.Lock()
-		s.pf.cond.Broadcast()
-		s.pf.mu.Unlock()
-	})
-	defer stopWait()
-
-	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
-		win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
-	p.wcond = sync.NewCond(&p.wmu)
+	defer s.pf.untrack(s, p, &cancel)
 	stopWin := context.AfterFunc(ctx, func() {
 		p.wmu.Lock()
 		p.wcond.Broadcast()
@@ -324,14 +312,25 @@ type prefetch struct {
 	chunks    []PrefetchRange
 	mapFilled bool
 
-	// The window (see prefetchWindow): the next piece of chunks to read, the pieces being
-	// read, and the controller, under wmu.
+	// The window (see prefetchWindow), the chunks still to read (a chunk's Off and Len
+	// shrink from the front as pieces of it are taken), where the next piece is taken, and
+	// the pieces being read, under wmu.
 	wmu      sync.Mutex
 	wcond    *sync.Cond // on wmu: a piece is done, or ctx is
 	win      *prefetchWindow
-	nextCh   int   // chunks[nextCh] ...
-	nextOff  int64 // ... from this many bytes into it
+	cur      int     // the next piece is taken from chunks[cur], or from the next chunk left
+	left     int     // chunks with bytes left
+	byOff    []int32 // the call's chunks (not those split off later) by offset, for jump
+	origOff  []int64 // their offsets when the call began, in the order of byOff
 	inFlight int
+
+	// demands are the offsets of the last demand faults on pages of the object that no read
+	// of Prefetch was fetching, in a ring: fault n is at n%len; ndemand counts them, seen
+	// those that take has jumped to. A fault outside the ranges leaves the prefetch where it
+	// is, so one such fault must not hide the one before it.
+	demands [8]atomic.Int64
+	ndemand atomic.Uint64
+	seen    uint64 // under wmu
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
@@ -393,25 +392,99 @@ func paceDelay(n, rate int64) time.Duration {
 }
 
 // take waits until the window has room for one more read, then takes the next piece of the
-// chunks, in order, of at most the window's chunk. ok is false when none is left or ctx is
-// done; otherwise the caller calls done when it is through with the piece.
+// chunks, of at most the window's chunk: in order, from where the program was last seen to
+// fault (see jump). ok is false when none is left or ctx is done; otherwise the caller calls
+// done when it is through with the piece.
 func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	for p.inFlight > 0 && p.inFlight >= p.win.window() && ctx.Err() == nil && p.nextCh < len(p.chunks) {
+	for p.inFlight > 0 && p.inFlight >= p.win.window() && ctx.Err() == nil && p.left > 0 {
 		p.wcond.Wait()
 	}
-	if ctx.Err() != nil || p.nextCh >= len(p.chunks) {
+	if ctx.Err() != nil || p.left == 0 {
 		return ch, false
 	}
-	c := p.chunks[p.nextCh]
-	n := min(p.win.chunk(), c.Len-p.nextOff)
-	ch = PrefetchRange{c.Off + p.nextOff, n}
-	if p.nextOff += n; p.nextOff >= c.Len {
-		p.nextCh, p.nextOff = p.nextCh+1, 0
+	if n := p.ndemand.Load(); n != p.seen {
+		ring := uint64(len(p.demands))
+		k := p.seen + 1
+		if n >= ring && n-ring+1 > k {
+			k = n - ring + 1 // the older ones are overwritten
+		}
+		for ; k <= n; k++ {
+			p.jump(p.demands[k%ring].Load())
+		}
+		p.seen = n
+	}
+	for p.chunks[p.cur].Len == 0 { // ends: p.left > 0
+		if p.cur++; p.cur == len(p.chunks) {
+			p.cur = 0
+		}
+	}
+	c := &p.chunks[p.cur]
+	n := min(p.win.chunk(), c.Len)
+	ch = PrefetchRange{c.Off, n}
+	if c.Off, c.Len = c.Off+n, c.Len-n; c.Len == 0 {
+		p.left--
 	}
 	p.inFlight++
 	return ch, true
+}
+
+// index sorts the chunks by offset, for jump.
+func (p *prefetch) index() {
+	p.byOff = make([]int32, len(p.chunks))
+	for i := range p.byOff {
+		p.byOff[i] = int32(i)
+	}
+	slices.SortStableFunc(p.byOff, func(a, b int32) int { return cmp.Compare(p.chunks[a].Off, p.chunks[b].Off) })
+	p.origOff = make([]int64, len(p.byOff))
+	for k, i := range p.byOff {
+		p.origOff[k] = p.chunks[i].Off
+	}
+}
+
+// jump makes the next piece start past the page at off, where the program faulted, if a
+// chunk has that page still to read: the program is there, and wants the pages after it in
+// the order next; the pages before it in the order are read after the others (the program
+// went past them, or will come back to them later than it was recorded to): the part of the
+// chunk before off becomes a chunk of its own, at the end. The faulting page itself is left
+// to the fault; with MapFilled it goes with that part, to be mapped into every view once its
+// fault has filled it.
+//
+// So a program that overtook the prefetch (it faulted on a page the prefetch had yet to
+// read) has the prefetch read ahead of it again at once, rather than be served one demand
+// fault at a time while the prefetch reads pages it went past; and one that runs its
+// recorded order with runs swapped has the prefetch follow it. Called under wmu.
+func (p *prefetch) jump(off int64) {
+	page := int64(p.s.page)
+	off &^= page - 1
+	// The last chunk that began at or before off. With overlapping ranges, another one may
+	// hold off while this one does not: then there is no jump.
+	k, _ := slices.BinarySearch(p.origOff, off+1)
+	if k == 0 {
+		return
+	}
+	i := int(p.byOff[k-1])
+	if c := p.chunks[i]; c.Len == 0 || off < c.Off || off >= c.Off+c.Len {
+		return
+	}
+	// The faulting page is left to the fault; but one that MapFilled must map into every
+	// view is kept, with the pages before it, for when its fault has filled it.
+	head := off - p.chunks[i].Off
+	if p.mapFilled {
+		head += page
+	}
+	if head > 0 {
+		p.chunks = append(p.chunks, PrefetchRange{p.chunks[i].Off, head})
+		p.left++
+	}
+	c := &p.chunks[i]
+	end := c.Off + c.Len
+	c.Off = min(off+page, end)
+	if c.Len = end - c.Off; c.Len == 0 {
+		p.left--
+	}
+	p.cur = i
 }
 
 // done gives back the window's room taken by take.
@@ -475,12 +548,15 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 		for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
 			end += page
 		}
-		if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
+		if ctx.Err() != nil {
 			return nil
 		}
-		// A demand fault may have filled pages of the run while this waited: reading them
-		// again would fetch them twice (the fill would only meet EEXIST).
-		if s.tracker != nil {
+		if p.rate > 0 && !p.pace(ctx, end-off) {
+			return nil
+		}
+		// A demand fault may have filled pages of the run while this waited for the rate:
+		// reading them again would fetch them twice (the fill would only meet EEXIST).
+		if s.tracker != nil && p.rate > 0 {
 			if s.tracker.Filled(off) {
 				continue
 			}
