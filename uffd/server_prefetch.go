@@ -90,7 +90,7 @@ func (s *Server) demandMissing(w *worker, o *outcome, tab *table, v *view, addr 
 		if !s.pf.reading(v.obj, off) {
 			for _, p := range *act {
 				if p.obj == v.obj {
-					p.demands[p.ndemand.Add(1)%uint64(len(p.demands))].Store(off)
+					p.demanded(off)
 				}
 			}
 		}
@@ -325,11 +325,12 @@ type prefetch struct {
 	inFlight int
 
 	// demands are the offsets of the last demand faults on pages of the object that no read
-	// of Prefetch was fetching, in a ring: fault n is at n%len; ndemand counts them, seen
-	// those that take has jumped to. A fault outside the ranges leaves the prefetch where it
-	// is, so one such fault must not hide the one before it.
-	demands [8]atomic.Int64
-	ndemand atomic.Uint64
+	// of Prefetch was fetching, in a ring (fault k is at k%len), under dmu; ndemand counts
+	// them, and seen those that take has looked at. A fault outside the ranges leaves the
+	// prefetch where it is, so one such fault must not hide the one before it.
+	dmu     sync.Mutex
+	demands [8]int64
+	ndemand uint64
 	seen    uint64 // under wmu
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
@@ -404,17 +405,7 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 	if ctx.Err() != nil || p.left == 0 {
 		return ch, false
 	}
-	if n := p.ndemand.Load(); n != p.seen {
-		ring := uint64(len(p.demands))
-		k := p.seen + 1
-		if n >= ring && n-ring+1 > k {
-			k = n - ring + 1 // the older ones are overwritten
-		}
-		for ; k <= n; k++ {
-			p.jump(p.demands[k%ring].Load())
-		}
-		p.seen = n
-	}
+	p.followDemand()
 	for p.chunks[p.cur].Len == 0 { // ends: p.left > 0
 		if p.cur++; p.cur == len(p.chunks) {
 			p.cur = 0
@@ -428,6 +419,37 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 	}
 	p.inFlight++
 	return ch, true
+}
+
+// demanded records a demand fault at off, for take to jump to.
+func (p *prefetch) demanded(off int64) {
+	p.dmu.Lock()
+	p.ndemand++
+	p.demands[p.ndemand%uint64(len(p.demands))] = off
+	p.dmu.Unlock()
+}
+
+// followDemand jumps to the demand faults recorded since the last call, in order (the last
+// one that has a page to read wins). Called under wmu.
+func (p *prefetch) followDemand() {
+	p.dmu.Lock()
+	n := p.ndemand
+	if n == p.seen {
+		p.dmu.Unlock()
+		return
+	}
+	ring := uint64(len(p.demands))
+	k := max(p.seen+1, n-min(n, ring-1)) // the older ones are overwritten
+	var buf [len(p.demands)]int64
+	offs := buf[:0]
+	for ; k <= n; k++ {
+		offs = append(offs, p.demands[k%ring])
+	}
+	p.dmu.Unlock()
+	p.seen = n
+	for _, off := range offs {
+		p.jump(off)
+	}
 }
 
 // index sorts the chunks by offset, for jump.
