@@ -38,7 +38,10 @@ import (
 //     read a round; over 1/queueHigh of a page's read (or twice queueFloor) is a queue, and
 //     the window shrinks, by half the first time, then by one read a round; in between it
 //     stays. A demand fault's read, which queues behind the prefetch bytes at the source, so
-//     waits behind a fraction of a page's read.
+//     waits behind a fraction of a page's read. When no demand fault has come for quietReads
+//     page reads (a push after the program is done), there is no fault's read to protect,
+//     and the bounds are a page's read and two: the machine's noise makes reads look queued,
+//     and tight bounds would shrink the window below what keeps the link busy.
 //
 // A source that reads a page in less than localRead waits for no round trip: it is local
 // (memory, the page cache), bound by the CPU or a disk, with no link to queue on, and is read
@@ -59,6 +62,10 @@ type prefetchWindow struct {
 	qs     [roundSamples]time.Duration // the queueing delays of the round's reads (the first ones)
 	nq     int
 	rounds int
+	// quiet: no demand fault came for a while (quietReads page reads): no fault's read to
+	// keep the queue short for, so up to a page's read of queue is allowed, and two to drain,
+	// for a push to keep a link full through the machine's noise. Set by Prefetch.
+	quiet bool
 }
 
 const (
@@ -82,6 +89,8 @@ const (
 	roundSamples = 32
 	// reprobeRounds: how often a larger chunk found too slow is tried again.
 	reprobeRounds = 16
+	// quietReads: page reads with no demand fault after which the window is quiet.
+	quietReads = 100
 )
 
 func newPrefetchWindow(page, maxChunk int64, maxReads int) *prefetchWindow {
@@ -154,6 +163,9 @@ func (w *prefetchWindow) endRound() {
 		return
 	}
 	lo, hi := max(ref/queueLow, queueFloor), max(ref/queueHigh, 2*queueFloor)
+	if w.quiet {
+		lo, hi = max(ref, queueFloor), max(2*ref, 2*queueFloor)
+	}
 	qs := w.qs[:w.nq]
 	slices.Sort(qs)
 	q := qs[len(qs)/2]

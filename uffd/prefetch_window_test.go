@@ -120,6 +120,36 @@ func TestPrefetchWindowShrinksGrowsStays(t *testing.T) {
 	}
 }
 
+// With no demand fault for a while (quiet), a queue of up to a page's read is no queue: the
+// window that a queue of 3/8 of a page's read holds still grows, and one of 1.5 pages' reads
+// (which would halve it) holds it.
+func TestPrefetchWindowQuiet(t *testing.T) {
+	const page = 400 * time.Microsecond
+	w := newPrefetchWindow(winPage, 1<<20, 16)
+	for r := 0; r < 20; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page })
+	}
+	w.grown, w.reads = true, 6
+	w.quiet = true
+	for r := 0; r < 2; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page + page*3/8 })
+	}
+	if w.window() != 8 {
+		t.Fatalf("quiet, with a queue of 3/8 of a page's read: window %d, want 8 (one more a round)", w.window())
+	}
+	for r := 0; r < 3; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page + page*3/2 })
+	}
+	if w.window() != 8 {
+		t.Fatalf("quiet, with a queue of 1.5 pages' reads: window %d, want 8 (it stays)", w.window())
+	}
+	w.quiet = false
+	feedRound(w, func(int, int64) time.Duration { return page + page*3/2 })
+	if w.window() != 7 {
+		t.Fatalf("with demand faults, the same queue: window %d, want 7 (one less)", w.window())
+	}
+}
+
 // The machine's noise delays a few reads of a round: the median ignores them.
 func TestPrefetchWindowIgnoresNoise(t *testing.T) {
 	const page = 400 * time.Microsecond

@@ -197,14 +197,22 @@ func (g *prefetchGate) startRead(obj *object, off, n int64) func() {
 // through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
 // for minor faults); a page past the end of the object is ignored.
 //
-// A demand fault goes first: Prefetch runs on goroutines of its own, starts no new read of
-// the source while a missing fault is being resolved (unless the fault is on a page one of its
-// reads is fetching), and keeps no standing queue in front of the source, so that a demand
-// fault's read waits behind little: it adapts the size of its reads and how many are in
-// flight to the durations it measures (see PrefetchOptions; a Rate-capped push does the
-// same). A demand fault on a page that one of its reads is fetching does not wait for that
-// read: it reads the page itself at once, and whichever fill lands first serves it (the other
-// meets EEXIST). A demand fault's read still waits for the prefetch bytes already in flight.
+// Prefetch follows the program: a demand fault on a page that it has yet to read means the
+// program got there first, so its next reads go on past that page, in the order given, and
+// it comes back for the pages it skipped once the others are read (the faulting page is left
+// to the fault). A program that overtakes it, or runs its recorded order with parts swapped,
+// so has the pages it wants next read ahead of it again at once, rather than wait for each
+// in a demand fault while the prefetch reads pages behind it.
+//
+// A demand fault goes first: Prefetch runs on goroutines of its own and keeps no standing
+// queue in front of the source, so that a demand fault's read waits behind little. It adapts
+// the size of its reads and how many are in flight to the durations it measures, keeping
+// their queueing delay under half a page's read (see PrefetchOptions; a Rate-capped push does
+// the same). A read it starts after a demand fault's is served after it by a source that
+// serves requests in order; a demand fault's read still waits for the prefetch bytes already
+// in flight. A demand fault on a page that one of its reads is fetching does not wait for
+// that read: it reads the page itself at once, and whichever fill lands first serves it (the
+// other meets EEXIST).
 // A page the Tracker knows to be filled is skipped without a system call; EEXIST (a demand
 // fault or another view was first) is not an error. A read that fails is counted and its
 // pages left to demand faults, which apply the server's SourceErrorPolicy. The server must be
@@ -243,6 +251,7 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, left: len(chunks),
 		mapFilled: o.MapFilled, win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
 	p.wcond = sync.NewCond(&p.wmu)
+	p.lastDemand = time.Now()
 	p.index()
 	if !s.pf.track(s, p, &cancel) {
 		return st, ErrServerClosed
@@ -332,6 +341,9 @@ type prefetch struct {
 	demands [8]int64
 	ndemand uint64
 	seen    uint64 // under wmu
+	// lastDemand is when the last of them came (when the call began, before any), under
+	// dmu: the window is quiet when none came for a while.
+	lastDemand time.Time
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
@@ -423,7 +435,9 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 
 // demanded records a demand fault at off, for take to jump to.
 func (p *prefetch) demanded(off int64) {
+	now := time.Now()
 	p.dmu.Lock()
+	p.lastDemand = now
 	p.ndemand++
 	p.demands[p.ndemand%uint64(len(p.demands))] = off
 	p.dmu.Unlock()
@@ -519,7 +533,15 @@ func (p *prefetch) done() {
 
 // observe tells the window how long a read of n bytes took.
 func (p *prefetch) observe(n int64, d time.Duration) {
+	p.dmu.Lock()
+	last := p.lastDemand
+	p.dmu.Unlock()
 	p.wmu.Lock()
+	ref := p.win.pageRead()
+	if ref == 0 {
+		ref = d
+	}
+	p.win.quiet = time.Since(last) > quietReads*ref
 	p.win.observe(n, d)
 	p.wcond.Broadcast() // the window may have grown
 	p.wmu.Unlock()
