@@ -418,7 +418,14 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 		return ch, false
 	}
 	p.followDemand()
-	for p.chunks[p.cur].Len == 0 { // ends: p.left > 0
+	if p.left == 0 { // the program faulted on the last page left
+		return ch, false
+	}
+	for k := 0; p.chunks[p.cur].Len == 0; k++ { // ends at a chunk left: p.left > 0
+		if k == len(p.chunks) { // none: p.left was wrong; never spin under wmu
+			p.left = 0
+			return ch, false
+		}
 		if p.cur++; p.cur == len(p.chunks) {
 			p.cur = 0
 		}

@@ -306,6 +306,41 @@ func TestServerPrefetchFollowsDemand(t *testing.T) {
 	}
 }
 
+// A demand fault on the last page left to prefetch takes it from the prefetch, which then
+// has nothing left to read and returns.
+func TestServerPrefetchDemandTakesTheLastPage(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 4
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &logSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan PrefetchStats, 1)
+	go func() {
+		st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 2 * int64(srvPage)}}, PrefetchOptions{InFlight: 1})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	srvWait(t, srvTouch(b, []int{1}), "demand toucher")
+	close(src.open)
+	if st := srvWait(t, done, "Prefetch"); st.Filled != 1 || st.Reads != 1 {
+		t.Errorf("Prefetch: %+v, want 1 page filled in 1 read", st)
+	}
+	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
+	run.settle(t)
+	if err := srvVerify(a, pages*srvPage, 6, false, 0); err != nil {
+		t.Error(err)
+	}
+	srvStopOK(t, run)
+}
+
 // heldSource holds every read until open is closed, after telling started of the first.
 type heldSource struct {
 	pattern
