@@ -73,7 +73,8 @@ type restoreServer struct {
 	due time.Time // when the bytes granted so far have gone out at the cap
 
 	reqs   sync.Mutex
-	waited []time.Duration // the latency each request actually got (sampled)
+	waited []time.Duration // the latency the last requests actually got, in a ring
+	nreqs  int
 }
 
 func init() { children["restore-server"] = restoreServerChild }
@@ -152,13 +153,17 @@ func serveRestoreImage(image []byte) (*restoreServer, func(), error) {
 		s.reqs.Lock()
 		if len(s.waited) < 1<<16 {
 			s.waited = append(s.waited, time.Since(t0))
+		} else {
+			s.waited[s.nreqs%len(s.waited)] = time.Since(t0)
 		}
+		s.nreqs++
 		s.reqs.Unlock()
 		w.Header().Set("ETag", fmt.Sprintf(`"restore-%d"`, len(image)))
 		http.ServeContent(&cappedWriter{ResponseWriter: w, s: s}, r, "", time.Time{}, bytes.NewReader(image))
 	})
 	mux.HandleFunc("/image/latency", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintf(w, "%d\n", s.localMedianLatency().Nanoseconds())
+		p50, p99 := s.localLatency()
+		fmt.Fprintf(w, "%d %d\n", p50.Nanoseconds(), p99.Nanoseconds())
 	})
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
@@ -172,31 +177,32 @@ func nanosleep(d time.Duration) {
 	}
 }
 
-// medianLatency asks the server for the median latency it added to its requests so far (0
-// if it cannot tell).
-func (s *restoreServer) medianLatency() time.Duration {
+// latency asks the server for the median and the 99th percentile of the latency it added to
+// its last requests (0 if it cannot tell).
+func (s *restoreServer) latency() (p50, p99 time.Duration) {
 	resp, err := http.Get(s.url + "/latency")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	defer resp.Body.Close()
-	var ns int64
-	if _, err := fmt.Fscan(resp.Body, &ns); err != nil {
-		return 0
+	var a, b int64
+	if _, err := fmt.Fscan(resp.Body, &a, &b); err != nil {
+		return 0, 0
 	}
-	return time.Duration(ns)
+	return time.Duration(a), time.Duration(b)
 }
 
-// localMedianLatency is the median latency this server added to its requests so far.
-func (s *restoreServer) localMedianLatency() time.Duration {
+// localLatency is the median and the 99th percentile of the latency this server added to its
+// last requests.
+func (s *restoreServer) localLatency() (p50, p99 time.Duration) {
 	s.reqs.Lock()
 	defer s.reqs.Unlock()
 	if len(s.waited) == 0 {
-		return 0
+		return 0, 0
 	}
 	w := slices.Clone(s.waited)
 	slices.Sort(w)
-	return w[len(w)/2]
+	return w[len(w)/2], w[len(w)*99/100]
 }
 
 // take waits until n more bytes fit under the cap. Bytes not sent on time (the sleep woke
@@ -466,7 +472,9 @@ func suiteRestore(b *bencher) {
 	demand, around, prefetch := ms[0], ms[1], ms[2]
 	addNote(prefetch, fmt.Sprintf("working set recorded with VerifyFaults and Pair.WorkingSet: %d pages in %d runs, %d bytes encoded", ws.Len(), len(ws.Runs), len(enc)))
 	r := b.rep
-	r.Notes = append(r.Notes, fmt.Sprintf("restore suite: the server's added latency per request was %v at the median (asked: %v; load average %s)", srv.medianLatency().Round(time.Microsecond), restoreLatency, loadAvg()))
+	p50, p99 := srv.latency()
+	r.Notes = append(r.Notes, fmt.Sprintf("restore suite: the server's added latency per request was %v at the median and %v at p99, over its last %d requests (asked: %v; load average %s)",
+		p50.Round(time.Microsecond), p99.Round(time.Microsecond), 1<<16, restoreLatency, loadAvg()))
 
 	lat := caseSpec{suite: "restore", name: "p99 latency of a demand fault", unit: "us", better: "lower", runs: runs,
 		params: rowParams(params, map[string]any{"fault": fmt.Sprintf("a touch that took more than %v", restoreFault)})}
