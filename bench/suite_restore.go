@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -9,10 +10,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
 	"runtime"
 	"runtime/debug"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,10 +43,11 @@ import (
 // restore) to the workload's last touch; the pages touched are then checked against the image,
 // and a pushed image byte for byte.
 //
-// The server runs in this process, like the sources suite's: the pages are touched by one
-// goroutine with a plain loop (a goroutine waiting in such a fault can be preempted), and at
-// least one more P is left for the server. Its latency is slept with nanosleep(2), on the
-// goroutine's own thread: the runtime's timers wake sleeps under a millisecond a millisecond late.
+// The server runs in a child process, as a store on another machine would: the pages are
+// touched by one goroutine of this process with a plain loop (a goroutine waiting in such a
+// fault can be preempted), which keeps its P while it waits. Its latency is slept with
+// nanosleep(2), on the goroutine's own thread: the runtime's timers wake sleeps under a
+// millisecond a millisecond late.
 
 const (
 	restoreLatency = 200 * time.Microsecond
@@ -67,26 +73,99 @@ type restoreServer struct {
 	due time.Time // when the bytes granted so far have gone out at the cap
 
 	reqs   sync.Mutex
-	waited []time.Duration // the latency each request actually got (sampled)
+	waited []time.Duration // the latency the last requests actually got, in a ring
+	nreqs  int
 }
 
+func init() { children["restore-server"] = restoreServerChild }
+
+// newRestoreServer starts the server of image in a child process, as a store on another
+// machine would be: in this process, its requests sleeping out their latency (nanosleep holds
+// the P) would share the one P that the touching goroutine, waiting in a fault, leaves them,
+// and a request could wait for another's sleep to end. The child makes the same image
+// (makeImage); this process keeps image to check what it reads.
 func newRestoreServer(image []byte) (*restoreServer, func(), error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=restore-server", childArgsEnv+"="+strconv.Itoa(len(image)))
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	in, err := cmd.StdinPipe() // the child ends when this closes
+	if err != nil {
+		return nil, nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, nil, err
+	}
+	stop := func() {
+		in.Close()
+		if cmd.Wait() != nil {
+			cmd.Process.Kill()
+		}
+	}
+	line, err := bufio.NewReader(out).ReadString('\n')
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+	if err != nil || !ok {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, nil, fmt.Errorf("server process: %q, %v; %s", line, err, strings.TrimSpace(stderr.String()))
+	}
+	return &restoreServer{image: image, url: url}, stop, nil
+}
+
+// restoreServerChild serves an image of the size arg says until its standard input closes.
+func restoreServerChild(arg string) int {
+	size, err := strconv.Atoi(arg)
+	if err != nil || size <= 0 {
+		fmt.Fprintf(os.Stderr, "restore server: bad size %q\n", arg)
+		return 2
+	}
+	s, stop, err := serveRestoreImage(makeImage(size))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "restore server:", err)
+		return 1
+	}
+	defer stop()
+	fmt.Printf("ready %s\n", s.url)
+	io.Copy(io.Discard, os.Stdin)
+	return 0
+}
+
+// serveRestoreImage serves image over HTTP on loopback, at url (the image) and url+"/latency"
+// (the median latency added so far, in nanoseconds).
+func serveRestoreImage(image []byte) (*restoreServer, func(), error) {
 	s := &restoreServer{image: image}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, nil, err
 	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/image", func(w http.ResponseWriter, r *http.Request) {
 		t0 := time.Now()
 		nanosleep(restoreLatency)
 		s.reqs.Lock()
 		if len(s.waited) < 1<<16 {
 			s.waited = append(s.waited, time.Since(t0))
+		} else {
+			s.waited[s.nreqs%len(s.waited)] = time.Since(t0)
 		}
+		s.nreqs++
 		s.reqs.Unlock()
 		w.Header().Set("ETag", fmt.Sprintf(`"restore-%d"`, len(image)))
 		http.ServeContent(&cappedWriter{ResponseWriter: w, s: s}, r, "", time.Time{}, bytes.NewReader(image))
-	})}
+	})
+	mux.HandleFunc("/image/latency", func(w http.ResponseWriter, r *http.Request) {
+		p50, p99 := s.localLatency()
+		fmt.Fprintf(w, "%d %d\n", p50.Nanoseconds(), p99.Nanoseconds())
+	})
+	srv := &http.Server{Handler: mux}
 	go srv.Serve(ln)
 	s.url = "http://" + ln.Addr().String() + "/image"
 	return s, func() { srv.Close() }, nil
@@ -98,16 +177,32 @@ func nanosleep(d time.Duration) {
 	}
 }
 
-// medianLatency is the median latency the server added to its requests so far.
-func (s *restoreServer) medianLatency() time.Duration {
+// latency asks the server for the median and the 99th percentile of the latency it added to
+// its last requests (0 if it cannot tell).
+func (s *restoreServer) latency() (p50, p99 time.Duration) {
+	resp, err := http.Get(s.url + "/latency")
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	var a, b int64
+	if _, err := fmt.Fscan(resp.Body, &a, &b); err != nil {
+		return 0, 0
+	}
+	return time.Duration(a), time.Duration(b)
+}
+
+// localLatency is the median and the 99th percentile of the latency this server added to its
+// last requests.
+func (s *restoreServer) localLatency() (p50, p99 time.Duration) {
 	s.reqs.Lock()
 	defer s.reqs.Unlock()
 	if len(s.waited) == 0 {
-		return 0
+		return 0, 0
 	}
 	w := slices.Clone(s.waited)
 	slices.Sort(w)
-	return w[len(w)/2]
+	return w[len(w)/2], w[len(w)*99/100]
 }
 
 // take waits until n more bytes fit under the cap. Bytes not sent on time (the sleep woke
@@ -224,7 +319,7 @@ type restoreRun struct {
 func runRestore(srv *restoreServer, n int, order []uint32, around int, ro *mirror.RestoreOptions) (restoreRun, error) {
 	var res restoreRun
 	if procs := runtime.GOMAXPROCS(0); procs < 2 {
-		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // the HTTP server needs a P of its own
+		defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2)) // the push's waiter needs a P of its own
 	}
 	src := mirror.HTTPSource(srv.url, mirror.HTTPOptions{MaxConns: 16})
 	if c, ok := src.(io.Closer); ok {
@@ -377,7 +472,9 @@ func suiteRestore(b *bencher) {
 	demand, around, prefetch := ms[0], ms[1], ms[2]
 	addNote(prefetch, fmt.Sprintf("working set recorded with VerifyFaults and Pair.WorkingSet: %d pages in %d runs, %d bytes encoded", ws.Len(), len(ws.Runs), len(enc)))
 	r := b.rep
-	r.Notes = append(r.Notes, fmt.Sprintf("restore suite: the server's added latency per request was %v at the median (asked: %v; load average %s)", srv.medianLatency().Round(time.Microsecond), restoreLatency, loadAvg()))
+	p50, p99 := srv.latency()
+	r.Notes = append(r.Notes, fmt.Sprintf("restore suite: the server's added latency per request was %v at the median and %v at p99, over its last %d requests (asked: %v; load average %s)",
+		p50.Round(time.Microsecond), p99.Round(time.Microsecond), 1<<16, restoreLatency, loadAvg()))
 
 	lat := caseSpec{suite: "restore", name: "p99 latency of a demand fault", unit: "us", better: "lower", runs: runs,
 		params: rowParams(params, map[string]any{"fault": fmt.Sprintf("a touch that took more than %v", restoreFault)})}

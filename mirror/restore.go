@@ -273,17 +273,19 @@ type RestoreOptions struct {
 }
 
 // Restore makes the fault engine fill pages ahead of the program: the recorded working set
-// first, in order, with several reads of the source in flight and neighbouring pages fetched
-// as one range, then (Push) every page left at a bounded rate. A demand fault goes first: no
-// new read starts while one is being served, a fault on a page being prefetched reads it at
-// once rather than wait for the prefetch's read, and the engine keeps no standing queue of
-// its reads in front of the source (it sizes its reads and how many are in flight from their
-// measured durations), so a demand fault's read waits only for the prefetch bytes already in
-// flight. Each page is filled once, whoever gets there first (EEXIST is not an error), and
-// mapped into every view, so that a fully pushed pair faults no more. It works with every
-// source. The C thread does not prefetch: with HandlerAuto the pair is served by the engine
-// in a handler process instead (or in this process with HandlerGo); WithHandler(HandlerNative)
-// is refused. Needs ServeFaults.
+// first, in order, with several reads of the source in flight and neighbouring pages fetched as
+// one range, then (Push) every page left at a bounded rate. The prefetch follows the program: a
+// fault on a page it has yet to read makes it go on from there (the program got there first, or
+// runs its recorded order with parts swapped), and come back for the pages it skipped. A demand
+// fault goes first: a fault on a page being prefetched reads it at once rather than wait for
+// the prefetch's read, and the engine keeps no standing queue of its reads in front of the
+// source (it sizes its reads and how many are in flight from their measured durations, keeping
+// their queueing delay under half a page's read), so a demand fault's read waits only for the
+// prefetch bytes already in flight. Each page is filled once, whoever gets there first (EEXIST
+// is not an error), and mapped into every view, so that a fully pushed pair faults no more. It
+// works with every source. The C thread does not prefetch: with HandlerAuto the pair is served
+// by the engine in a handler process instead (or in this process with HandlerGo);
+// WithHandler(HandlerNative) is refused. Needs ServeFaults.
 func Restore(o RestoreOptions) Option {
 	return func(c *config) {
 		var err error

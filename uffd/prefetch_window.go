@@ -33,10 +33,15 @@ import (
 //   - The reads allowed in flight are the window. A round is as many reads completed as the
 //     window allowed when it began (minRound at least). Each read's queueing delay is its
 //     duration less its class's minimum; the round's median decides (a queue delays most
-//     reads, the machine's noise a few): up to queueLow page reads (or queueFloor) is no
-//     queue, and the window grows, doubling until the first queue is seen, then by one read a
-//     round; over queueHigh page reads (or twice queueFloor) is a queue, and the window
-//     shrinks, by half the first time, then by one read a round; in between it stays.
+//     reads, the machine's noise a few): up to 1/queueLow of a page's read (or queueFloor) is
+//     no queue, and the window grows, doubling until the first queue is seen, then by one
+//     read a round; over 1/queueHigh of a page's read (or twice queueFloor) is a queue, and
+//     the window shrinks, by half the first time, then by one read a round; in between it
+//     stays. A demand fault's read, which queues behind the prefetch bytes at the source, so
+//     waits behind a fraction of a page's read. When no demand fault has come for quietReads
+//     page reads (a push after the program is done), there is no fault's read to protect,
+//     and the bounds are a page's read and two: the machine's noise makes reads look queued,
+//     and tight bounds would shrink the window below what keeps the link busy.
 //
 // A source that reads a page in less than localRead waits for no round trip: it is local
 // (memory, the page cache), bound by the CPU or a disk, with no link to queue on, and is read
@@ -57,6 +62,10 @@ type prefetchWindow struct {
 	qs     [roundSamples]time.Duration // the queueing delays of the round's reads (the first ones)
 	nq     int
 	rounds int
+	// quiet: no demand fault came for a while (quietReads page reads): no fault's read to
+	// keep the queue short for, so up to a page's read of queue is allowed, and two to drain,
+	// for a push to keep a link full through the machine's noise. Set by Prefetch.
+	quiet bool
 }
 
 const (
@@ -66,10 +75,10 @@ const (
 	// chunkFloor: a read this short is cheap whatever its size (a local source).
 	chunkFloor = 200 * time.Microsecond
 	// queueFloor: queueing delays this short are the machine's noise, not a queue.
-	queueFloor = 100 * time.Microsecond
-	// queueLow, queueHigh: a queueing delay up to queueLow times a page's read is no queue
-	// to speak of, one over queueHigh times is one to drain.
-	queueLow  = 1
+	queueFloor = 50 * time.Microsecond
+	// queueLow, queueHigh: a queueing delay up to 1/queueLow of a page's read is no queue to
+	// speak of, one over 1/queueHigh of it is one to drain.
+	queueLow  = 4
 	queueHigh = 2
 	// chunkSlack: a chunk's read may cost a page's read and 1/chunkSlack of it more.
 	chunkSlack = 2
@@ -80,6 +89,8 @@ const (
 	roundSamples = 32
 	// reprobeRounds: how often a larger chunk found too slow is tried again.
 	reprobeRounds = 16
+	// quietReads: page reads with no demand fault after which the window is quiet.
+	quietReads = 100
 )
 
 func newPrefetchWindow(page, maxChunk int64, maxReads int) *prefetchWindow {
@@ -151,7 +162,10 @@ func (w *prefetchWindow) endRound() {
 		w.left, w.nq = max(w.reads, minRound), 0
 		return
 	}
-	lo, hi := max(ref*queueLow, queueFloor), max(ref*queueHigh, 2*queueFloor)
+	lo, hi := max(ref/queueLow, queueFloor), max(ref/queueHigh, 2*queueFloor)
+	if w.quiet {
+		lo, hi = max(ref, queueFloor), max(2*ref, 2*queueFloor)
+	}
 	qs := w.qs[:w.nq]
 	slices.Sort(qs)
 	q := qs[len(qs)/2]

@@ -52,7 +52,7 @@ func linkModel(rtt, perByte time.Duration) func(reads int, chunk int64) time.Dur
 
 // A slow link (300 us round trip, 100 MB/s): the chunk stops before its bytes cost more
 // than half a page's read, and the window settles where the link is kept busy (at least
-// a round trip's worth in flight) with a queue of at most two pages' reads.
+// a round trip's worth in flight) with a queue of at most half a page's read.
 func TestPrefetchWindowSlowLink(t *testing.T) {
 	const rtt, perByte = 300 * time.Microsecond, 10 * time.Nanosecond
 	link := linkModel(rtt, perByte)
@@ -68,8 +68,8 @@ func TestPrefetchWindowSlowLink(t *testing.T) {
 		t.Errorf("chunk %d bytes, want 8 or 16 KiB", c)
 	}
 	one := link(1, w.chunk())
-	if queue := last - one; queue > 2*pageRead {
-		t.Errorf("window %d reads: a queue of %v, more than two pages' reads (%v)", w.window(), queue, 2*pageRead)
+	if queue := last - one; queue > pageRead/2 {
+		t.Errorf("window %d reads: a queue of %v, more than half a page's read (%v)", w.window(), queue, pageRead/2)
 	}
 	if inFlight := time.Duration(int64(w.window())*w.chunk()) * perByte; inFlight < one {
 		t.Errorf("window %d reads of %d bytes: %v of bytes in flight, less than a read's %v: the link idles", w.window(), w.chunk(), inFlight, one)
@@ -85,7 +85,8 @@ func TestPrefetchWindowSlowLink(t *testing.T) {
 }
 
 // A queue that appears (another reader took the link) shrinks the window, by half the first
-// time; one that stays between a page's read and two keeps it; none lets it grow again.
+// time; one that stays between a quarter of a page's read and half of it keeps it; none lets
+// it grow again.
 func TestPrefetchWindowShrinksGrowsStays(t *testing.T) {
 	const page = 400 * time.Microsecond
 	w := newPrefetchWindow(winPage, 1<<20, 16)
@@ -106,16 +107,46 @@ func TestPrefetchWindowShrinksGrowsStays(t *testing.T) {
 		t.Fatalf("after another: window %d, want 7 (one less)", w.window())
 	}
 	for r := 0; r < 5; r++ {
-		feedRound(w, func(int, int64) time.Duration { return page + page*3/2 })
+		feedRound(w, func(int, int64) time.Duration { return page + page*3/8 })
 	}
 	if w.window() != 7 {
-		t.Fatalf("with a queue of 1.5 pages' reads: window %d, want 7 (it stays)", w.window())
+		t.Fatalf("with a queue of 3/8 of a page's read: window %d, want 7 (it stays)", w.window())
 	}
 	for r := 0; r < 3; r++ {
 		feedRound(w, func(int, int64) time.Duration { return page })
 	}
 	if w.window() != 10 {
 		t.Fatalf("with no queue for 3 rounds: window %d, want 10 (one more a round)", w.window())
+	}
+}
+
+// With no demand fault for a while (quiet), a queue of up to a page's read is no queue: the
+// window that a queue of 3/8 of a page's read holds still grows, and one of 1.5 pages' reads
+// (which would halve it) holds it.
+func TestPrefetchWindowQuiet(t *testing.T) {
+	const page = 400 * time.Microsecond
+	w := newPrefetchWindow(winPage, 1<<20, 16)
+	for r := 0; r < 20; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page })
+	}
+	w.grown, w.reads = true, 6
+	w.quiet = true
+	for r := 0; r < 2; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page + page*3/8 })
+	}
+	if w.window() != 8 {
+		t.Fatalf("quiet, with a queue of 3/8 of a page's read: window %d, want 8 (one more a round)", w.window())
+	}
+	for r := 0; r < 3; r++ {
+		feedRound(w, func(int, int64) time.Duration { return page + page*3/2 })
+	}
+	if w.window() != 8 {
+		t.Fatalf("quiet, with a queue of 1.5 pages' reads: window %d, want 8 (it stays)", w.window())
+	}
+	w.quiet = false
+	feedRound(w, func(int, int64) time.Duration { return page + page*3/2 })
+	if w.window() != 7 {
+		t.Fatalf("with demand faults, the same queue: window %d, want 7 (one less)", w.window())
 	}
 }
 

@@ -238,7 +238,6 @@ func NewServer(u *UFFD, opts ...ServerOption) *Server {
 	if t, ok := cfg.observer.(Tracker); ok {
 		s.tracker, s.rflags = t, DontWake
 	}
-	s.pf.cond = sync.NewCond(&s.pf.mu)
 	s.tab.Store(&table{})
 	return s
 }

@@ -1,6 +1,7 @@
 package uffd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,8 +15,8 @@ import (
 
 // WithPrefetch lets Prefetch fill pages while Serve resolves faults. Under a Tracker it turns
 // the one-ioctl fast path off (a fault's record must not run ahead of a fill that Prefetch may
-// make first), which costs a demand fault one UFFDIO_WAKE more; and missing faults are counted
-// as they are resolved, so that Prefetch holds back its next reads of the source while one is.
+// make first), which costs a demand fault one UFFDIO_WAKE more; and each missing fault tells
+// the Prefetch calls running on its object where the program is (two atomic operations).
 func WithPrefetch() ServerOption { return func(c *serverConfig) { c.prefetch = true } }
 
 // PrefetchRange is a run of bytes of a handled object (offset 0 is the start of every view),
@@ -80,33 +81,31 @@ var ErrViewGone = errors.New("uffd: Prefetch: the view went away")
 // ErrNoPrefetch is returned by Prefetch on a server made without WithPrefetch.
 var ErrNoPrefetch = errors.New("uffd: Prefetch needs a server made with WithPrefetch()")
 
-// demandMissing resolves a missing fault, counted as a demand in flight for Prefetch.
+// demandMissing resolves a missing fault, and tells the Prefetch calls running on the object
+// where the program is: a fault on a page that they have yet to read makes them go on from
+// there (see prefetch.jump).
 func (s *Server) demandMissing(w *worker, o *outcome, tab *table, v *view, addr uintptr) error {
-	if !s.cfg.prefetch || s.pf.reading(v.obj, v.off+int64(addr-v.addr)) {
-		// Without Prefetch, or on a page that a read of Prefetch is fetching: holding the
-		// next reads back would only delay the pages after it.
-		return s.resolveMissing(w, o, tab, v, addr)
+	if act := s.pf.active.Load(); act != nil && len(*act) > 0 {
+		off := v.off + int64(addr-v.addr)
+		if !s.pf.reading(v.obj, off) {
+			for _, p := range *act {
+				if p.obj == v.obj {
+					p.demanded(off)
+				}
+			}
+		}
 	}
-	s.pf.demand.Add(1)
-	err := s.resolveMissing(w, o, tab, v, addr)
-	if s.pf.demand.Add(-1) == 0 && s.pf.waiting.Load() > 0 {
-		s.pf.mu.Lock()
-		s.pf.cond.Broadcast()
-		s.pf.mu.Unlock()
-	}
-	return err
+	return s.resolveMissing(w, o, tab, v, addr)
 }
 
 // prefetchGate is what demand faults and Prefetch share.
 type prefetchGate struct {
-	demand  atomic.Int32 // missing faults being resolved
-	waiting atomic.Int32 // Prefetch workers waiting for demand to reach 0
-	mu      sync.Mutex
-	cond    *sync.Cond // on mu; created by NewServer
-
 	// stops are the cancels of the Prefetch calls running, under Server.mu: Close cancels
 	// them with ErrServerClosed.
 	stops map[*context.CancelCauseFunc]struct{}
+	// active are the Prefetch calls running, for demand faults to tell them where the
+	// program is: replaced, never changed in place, under Server.mu.
+	active atomic.Pointer[[]*prefetch]
 
 	nreads atomic.Int32 // len(reads)
 	rmu    sync.Mutex
@@ -119,8 +118,9 @@ type pfRead struct {
 	off, end int64
 }
 
-// track records the cancel of a Prefetch call, for Close; false if the server is closed.
-func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
+// track records a Prefetch call and its cancel, for demand faults and Close; false if the
+// server is closed.
+func (g *prefetchGate) track(s *Server, p *prefetch, cancel *context.CancelCauseFunc) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -130,13 +130,23 @@ func (g *prefetchGate) track(s *Server, cancel *context.CancelCauseFunc) bool {
 		g.stops = make(map[*context.CancelCauseFunc]struct{})
 	}
 	g.stops[cancel] = struct{}{}
+	var act []*prefetch
+	if old := g.active.Load(); old != nil {
+		act = slices.Clone(*old)
+	}
+	act = append(act, p)
+	g.active.Store(&act)
 	return true
 }
 
-func (g *prefetchGate) untrack(s *Server, cancel *context.CancelCauseFunc) {
+func (g *prefetchGate) untrack(s *Server, p *prefetch, cancel *context.CancelCauseFunc) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(g.stops, cancel)
-	s.mu.Unlock()
+	if old := g.active.Load(); old != nil {
+		act := slices.DeleteFunc(slices.Clone(*old), func(q *prefetch) bool { return q == p })
+		g.active.Store(&act)
+	}
 }
 
 // stopAll cancels every Prefetch call running. Called by Close, holding Server.mu.
@@ -178,22 +188,6 @@ func (g *prefetchGate) startRead(obj *object, off, n int64) func() {
 	}
 }
 
-// holdForDemand waits while a missing fault is being resolved, so that a new read of the
-// source never competes with a demand fault's read. It returns false when ctx is done.
-func (s *Server) holdForDemand(ctx context.Context) bool {
-	if s.pf.demand.Load() == 0 {
-		return ctx.Err() == nil
-	}
-	s.pf.waiting.Add(1)
-	s.pf.mu.Lock()
-	for s.pf.demand.Load() > 0 && ctx.Err() == nil {
-		s.pf.cond.Wait()
-	}
-	s.pf.mu.Unlock()
-	s.pf.waiting.Add(-1)
-	return ctx.Err() == nil
-}
-
 // Prefetch fills the pages of ranges, in the order given, ahead of the program, while Serve
 // resolves demand faults: it returns when every page is filled (by it or by anyone else), ctx
 // is done (ctx.Err()), the server is closed (ErrServerClosed), or the view went away, once
@@ -203,14 +197,22 @@ func (s *Server) holdForDemand(ctx context.Context) bool {
 // through it and mapped into its other views with UFFDIO_CONTINUE where they are registered
 // for minor faults); a page past the end of the object is ignored.
 //
-// A demand fault goes first: Prefetch runs on goroutines of its own, starts no new read of
-// the source while a missing fault is being resolved (unless the fault is on a page one of its
-// reads is fetching), and keeps no standing queue in front of the source, so that a demand
-// fault's read waits behind little: it adapts the size of its reads and how many are in
-// flight to the durations it measures (see PrefetchOptions; a Rate-capped push does the
-// same). A demand fault on a page that one of its reads is fetching does not wait for that
-// read: it reads the page itself at once, and whichever fill lands first serves it (the other
-// meets EEXIST). A demand fault's read still waits for the prefetch bytes already in flight.
+// Prefetch follows the program: a demand fault on a page that it has yet to read means the
+// program got there first, so its next reads go on past that page, in the order given, and
+// it comes back for the pages it skipped once the others are read (the faulting page is left
+// to the fault). A program that overtakes it, or runs its recorded order with parts swapped,
+// so has the pages it wants next read ahead of it again at once, rather than wait for each
+// in a demand fault while the prefetch reads pages behind it.
+//
+// A demand fault goes first: Prefetch runs on goroutines of its own and keeps no standing
+// queue in front of the source, so that a demand fault's read waits behind little. It adapts
+// the size of its reads and how many are in flight to the durations it measures, keeping
+// their queueing delay under half a page's read (see PrefetchOptions; a Rate-capped push does
+// the same). A read it starts after a demand fault's is served after it by a source that
+// serves requests in order; a demand fault's read still waits for the prefetch bytes already
+// in flight. A demand fault on a page that one of its reads is fetching does not wait for
+// that read: it reads the page itself at once, and whichever fill lands first serves it (the
+// other meets EEXIST).
 // A page the Tracker knows to be filled is skipped without a system call; EEXIST (a demand
 // fault or another view was first) is not an error. A read that fails is counted and its
 // pages left to demand faults, which apply the server's SourceErrorPolicy. The server must be
@@ -246,20 +248,15 @@ func (s *Server) Prefetch(ctx context.Context, view uintptr, ranges []PrefetchRa
 	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	if !s.pf.track(s, &cancel) {
+	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, left: len(chunks),
+		mapFilled: o.MapFilled, win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
+	p.wcond = sync.NewCond(&p.wmu)
+	p.lastDemand = time.Now()
+	p.index()
+	if !s.pf.track(s, p, &cancel) {
 		return st, ErrServerClosed
 	}
-	defer s.pf.untrack(s, &cancel)
-	stopWait := context.AfterFunc(ctx, func() {
-		s.pf.mu.Lock()
-		s.pf.cond.Broadcast()
-		s.pf.mu.Unlock()
-	})
-	defer stopWait()
-
-	p := &prefetch{s: s, view: view, obj: tab.views[i].obj, rate: o.Rate, chunks: chunks, mapFilled: o.MapFilled,
-		win: newPrefetchWindow(int64(s.page), int64(o.MaxRange), o.InFlight)}
-	p.wcond = sync.NewCond(&p.wmu)
+	defer s.pf.untrack(s, p, &cancel)
 	stopWin := context.AfterFunc(ctx, func() {
 		p.wmu.Lock()
 		p.wcond.Broadcast()
@@ -324,14 +321,29 @@ type prefetch struct {
 	chunks    []PrefetchRange
 	mapFilled bool
 
-	// The window (see prefetchWindow): the next piece of chunks to read, the pieces being
-	// read, and the controller, under wmu.
+	// The window (see prefetchWindow), the chunks still to read (a chunk's Off and Len
+	// shrink from the front as pieces of it are taken), where the next piece is taken, and
+	// the pieces being read, under wmu.
 	wmu      sync.Mutex
 	wcond    *sync.Cond // on wmu: a piece is done, or ctx is
 	win      *prefetchWindow
-	nextCh   int   // chunks[nextCh] ...
-	nextOff  int64 // ... from this many bytes into it
+	cur      int     // the next piece is taken from chunks[cur], or from the next chunk left
+	left     int     // chunks with bytes left
+	byOff    []int32 // the call's chunks (not those split off later) by offset, for jump
+	origOff  []int64 // their offsets when the call began, in the order of byOff
 	inFlight int
+
+	// demands are the offsets of the last demand faults on pages of the object that no read
+	// of Prefetch was fetching, in a ring (fault k is at k%len), under dmu; ndemand counts
+	// them, and seen those that take has looked at. A fault outside the ranges leaves the
+	// prefetch where it is, so one such fault must not hide the one before it.
+	dmu     sync.Mutex
+	demands [8]int64
+	ndemand uint64
+	seen    uint64 // under wmu
+	// lastDemand is when the last of them came (when the call began, before any), under
+	// dmu: the window is quiet when none came for a while.
+	lastDemand time.Time
 
 	filled, skipped, existed, reads, errs, mapped atomic.Int64
 
@@ -393,25 +405,129 @@ func paceDelay(n, rate int64) time.Duration {
 }
 
 // take waits until the window has room for one more read, then takes the next piece of the
-// chunks, in order, of at most the window's chunk. ok is false when none is left or ctx is
-// done; otherwise the caller calls done when it is through with the piece.
+// chunks, of at most the window's chunk: in order, from where the program was last seen to
+// fault (see jump). ok is false when none is left or ctx is done; otherwise the caller calls
+// done when it is through with the piece.
 func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 	p.wmu.Lock()
 	defer p.wmu.Unlock()
-	for p.inFlight > 0 && p.inFlight >= p.win.window() && ctx.Err() == nil && p.nextCh < len(p.chunks) {
+	for p.inFlight > 0 && p.inFlight >= p.win.window() && ctx.Err() == nil && p.left > 0 {
 		p.wcond.Wait()
 	}
-	if ctx.Err() != nil || p.nextCh >= len(p.chunks) {
+	if ctx.Err() != nil || p.left == 0 {
 		return ch, false
 	}
-	c := p.chunks[p.nextCh]
-	n := min(p.win.chunk(), c.Len-p.nextOff)
-	ch = PrefetchRange{c.Off + p.nextOff, n}
-	if p.nextOff += n; p.nextOff >= c.Len {
-		p.nextCh, p.nextOff = p.nextCh+1, 0
+	p.followDemand()
+	if p.left == 0 { // the program faulted on the last page left
+		return ch, false
+	}
+	for k := 0; p.chunks[p.cur].Len == 0; k++ { // ends at a chunk left: p.left > 0
+		if k == len(p.chunks) { // none: p.left was wrong; never spin under wmu
+			p.left = 0
+			return ch, false
+		}
+		if p.cur++; p.cur == len(p.chunks) {
+			p.cur = 0
+		}
+	}
+	c := &p.chunks[p.cur]
+	n := min(p.win.chunk(), c.Len)
+	ch = PrefetchRange{c.Off, n}
+	if c.Off, c.Len = c.Off+n, c.Len-n; c.Len == 0 {
+		p.left--
 	}
 	p.inFlight++
 	return ch, true
+}
+
+// demanded records a demand fault at off, for take to jump to.
+func (p *prefetch) demanded(off int64) {
+	now := time.Now()
+	p.dmu.Lock()
+	p.lastDemand = now
+	p.ndemand++
+	p.demands[p.ndemand%uint64(len(p.demands))] = off
+	p.dmu.Unlock()
+}
+
+// followDemand jumps to the demand faults recorded since the last call, in order (the last
+// one that has a page to read wins). Called under wmu.
+func (p *prefetch) followDemand() {
+	p.dmu.Lock()
+	n := p.ndemand
+	if n == p.seen {
+		p.dmu.Unlock()
+		return
+	}
+	ring := uint64(len(p.demands))
+	k := max(p.seen+1, n-min(n, ring-1)) // the older ones are overwritten
+	var buf [len(p.demands)]int64
+	offs := buf[:0]
+	for ; k <= n; k++ {
+		offs = append(offs, p.demands[k%ring])
+	}
+	p.dmu.Unlock()
+	p.seen = n
+	for _, off := range offs {
+		p.jump(off)
+	}
+}
+
+// index sorts the chunks by offset, for jump.
+func (p *prefetch) index() {
+	p.byOff = make([]int32, len(p.chunks))
+	for i := range p.byOff {
+		p.byOff[i] = int32(i)
+	}
+	slices.SortStableFunc(p.byOff, func(a, b int32) int { return cmp.Compare(p.chunks[a].Off, p.chunks[b].Off) })
+	p.origOff = make([]int64, len(p.byOff))
+	for k, i := range p.byOff {
+		p.origOff[k] = p.chunks[i].Off
+	}
+}
+
+// jump makes the next piece start past the page at off, where the program faulted, if a
+// chunk has that page still to read: the program is there, and wants the pages after it in
+// the order next; the pages before it in the order are read after the others (the program
+// went past them, or will come back to them later than it was recorded to): the part of the
+// chunk before off becomes a chunk of its own, at the end. The faulting page itself is left
+// to the fault; with MapFilled it goes with that part, to be mapped into every view once its
+// fault has filled it.
+//
+// So a program that overtook the prefetch (it faulted on a page the prefetch had yet to
+// read) has the prefetch read ahead of it again at once, rather than be served one demand
+// fault at a time while the prefetch reads pages it went past; and one that runs its
+// recorded order with runs swapped has the prefetch follow it. Called under wmu.
+func (p *prefetch) jump(off int64) {
+	page := int64(p.s.page)
+	off &^= page - 1
+	// The last chunk that began at or before off. With overlapping ranges, another one may
+	// hold off while this one does not: then there is no jump.
+	k, _ := slices.BinarySearch(p.origOff, off+1)
+	if k == 0 {
+		return
+	}
+	i := int(p.byOff[k-1])
+	if c := p.chunks[i]; c.Len == 0 || off < c.Off || off >= c.Off+c.Len {
+		return
+	}
+	// The faulting page is left to the fault; but one that MapFilled must map into every
+	// view is kept, with the pages before it, for when its fault has filled it.
+	head := off - p.chunks[i].Off
+	if p.mapFilled {
+		head += page
+	}
+	if head > 0 {
+		p.chunks = append(p.chunks, PrefetchRange{p.chunks[i].Off, head})
+		p.left++
+	}
+	c := &p.chunks[i]
+	end := c.Off + c.Len
+	c.Off = min(off+page, end)
+	if c.Len = end - c.Off; c.Len == 0 {
+		p.left--
+	}
+	p.cur = i
 }
 
 // done gives back the window's room taken by take.
@@ -424,7 +540,15 @@ func (p *prefetch) done() {
 
 // observe tells the window how long a read of n bytes took.
 func (p *prefetch) observe(n int64, d time.Duration) {
+	p.dmu.Lock()
+	last := p.lastDemand
+	p.dmu.Unlock()
 	p.wmu.Lock()
+	ref := p.win.pageRead()
+	if ref == 0 {
+		ref = d
+	}
+	p.win.quiet = time.Since(last) > quietReads*ref
 	p.win.observe(n, d)
 	p.wcond.Broadcast() // the window may have grown
 	p.wmu.Unlock()
@@ -475,12 +599,15 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 		for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
 			end += page
 		}
-		if !s.holdForDemand(ctx) || !p.pace(ctx, end-off) {
+		if ctx.Err() != nil {
 			return nil
 		}
-		// A demand fault may have filled pages of the run while this waited: reading them
-		// again would fetch them twice (the fill would only meet EEXIST).
-		if s.tracker != nil {
+		if p.rate > 0 && !p.pace(ctx, end-off) {
+			return nil
+		}
+		// A demand fault may have filled pages of the run while this waited for the rate:
+		// reading them again would fetch them twice (the fill would only meet EEXIST).
+		if s.tracker != nil && p.rate > 0 {
 			if s.tracker.Filled(off) {
 				continue
 			}

@@ -3,8 +3,10 @@ package uffd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -208,6 +210,135 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 	}
 	srvStopOK(t, run)
 	fc.checkOnce(t)
+}
+
+// logSource logs every read; the first one waits until open is closed, after telling
+// started.
+type logSource struct {
+	pattern
+	started chan struct{}
+	open    chan struct{}
+	mu      sync.Mutex
+	reads   [][2]int64 // page, pages
+}
+
+func (l *logSource) ReadAt(b []byte, off int64) (int, error) {
+	l.mu.Lock()
+	l.reads = append(l.reads, [2]int64{off / int64(srvPage), int64(len(b) / srvPage)})
+	first := len(l.reads) == 1
+	l.mu.Unlock()
+	if first {
+		close(l.started)
+		<-l.open
+	}
+	return l.pattern.ReadAt(b, off)
+}
+
+// A demand fault on a page that the prefetch has yet to read makes it go on past that page,
+// then come back for the pages it skipped; a fault outside its ranges does not move it. The
+// prefetch's first read (page 0) is held while the program faults on page 20 and on page 40,
+// which it does not prefetch; then every page is filled once, and the reads are, in order:
+// page 0, the faults' pages 20 and 40, the pages after 20, and the pages it skipped. With
+// MaxRange a page, the pages go one read each; with 32 pages, page 20 cuts the range in two.
+func TestServerPrefetchFollowsDemand(t *testing.T) {
+	for _, maxRange := range []int{1, 32} {
+		t.Run(fmt.Sprintf("MaxRange=%dpages", maxRange), func(t *testing.T) {
+			defer srvLeakCheck(t)()
+			const pages, fetched = 48, 32
+			u, a, b, cleanup := prefetchViews(t, pages)
+			defer cleanup()
+			fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
+			src := &logSource{pattern: pattern{seed: 5}, started: make(chan struct{}), open: make(chan struct{})}
+			s := NewServer(u, WithPrefetch(), WithObserver(fc), WithoutFaultAround())
+			if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+				t.Fatal(err)
+			}
+			run, _ := srvStart(t, s)
+			done := make(chan PrefetchStats, 1)
+			go func() {
+				// One read in flight: the source is local, so the window goes to the caps
+				// after its first round, and the reads go in the order they are taken.
+				st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, fetched * int64(srvPage)}},
+					PrefetchOptions{InFlight: 1, MaxRange: maxRange * srvPage})
+				if err != nil {
+					t.Error(err)
+				}
+				done <- st
+			}()
+			srvWait(t, src.started, "the prefetch read")
+			srvWait(t, srvTouch(b, []int{20}), "demand toucher, page 20")
+			srvWait(t, srvTouch(b, []int{40}), "demand toucher, page 40")
+			close(src.open)
+			st := srvWait(t, done, "Prefetch")
+			if st.Filled != fetched-1 || st.Existed != 0 {
+				t.Errorf("Prefetch: %+v, want %d pages filled and none existing", st, fetched-1)
+			}
+			// The pages read, in order (how many a read takes is the window's business).
+			want := []int64{0, 20, 40}
+			for p := int64(21); p < fetched; p++ {
+				want = append(want, p)
+			}
+			for p := int64(1); p < 20; p++ {
+				want = append(want, p)
+			}
+			var got []int64
+			src.mu.Lock()
+			for _, r := range src.reads {
+				for p := r[0]; p < r[0]+r[1]; p++ {
+					got = append(got, p)
+				}
+			}
+			src.mu.Unlock()
+			if !slices.Equal(got, want) {
+				t.Errorf("pages read, in order:\n got %v\nwant %v", got, want)
+			}
+			srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
+			srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
+			run.settle(t)
+			for _, v := range []uintptr{a, b} {
+				if err := srvVerify(v, pages*srvPage, 5, false, 0); err != nil {
+					t.Error(err)
+				}
+			}
+			srvStopOK(t, run)
+			fc.checkOnce(t)
+		})
+	}
+}
+
+// A demand fault on the last page left to prefetch takes it from the prefetch, which then
+// has nothing left to read and returns.
+func TestServerPrefetchDemandTakesTheLastPage(t *testing.T) {
+	defer srvLeakCheck(t)()
+	const pages = 4
+	u, a, b, cleanup := prefetchViews(t, pages)
+	defer cleanup()
+	src := &logSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
+	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		t.Fatal(err)
+	}
+	run, _ := srvStart(t, s)
+	done := make(chan PrefetchStats, 1)
+	go func() {
+		st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, 2 * int64(srvPage)}}, PrefetchOptions{InFlight: 1})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- st
+	}()
+	srvWait(t, src.started, "the prefetch read")
+	srvWait(t, srvTouch(b, []int{1}), "demand toucher")
+	close(src.open)
+	if st := srvWait(t, done, "Prefetch"); st.Filled != 1 || st.Reads != 1 {
+		t.Errorf("Prefetch: %+v, want 1 page filled in 1 read", st)
+	}
+	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
+	run.settle(t)
+	if err := srvVerify(a, pages*srvPage, 6, false, 0); err != nil {
+		t.Error(err)
+	}
+	srvStopOK(t, run)
 }
 
 // heldSource holds every read until open is closed, after telling started of the first.
