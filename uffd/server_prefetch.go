@@ -16,7 +16,8 @@ import (
 // WithPrefetch lets Prefetch fill pages while Serve resolves faults. Under a Tracker it turns
 // the one-ioctl fast path off (a fault's record must not run ahead of a fill that Prefetch may
 // make first), which costs a demand fault one UFFDIO_WAKE more; and each missing fault tells
-// the Prefetch calls running on its object where the program is (two atomic operations).
+// the Prefetch calls running on its object where the program is (an atomic load, and while
+// one runs, an uncontended lock and a look at its reads in flight).
 func WithPrefetch() ServerOption { return func(c *serverConfig) { c.prefetch = true } }
 
 // PrefetchRange is a run of bytes of a handled object (offset 0 is the start of every view),
