@@ -330,7 +330,7 @@ type prefetch struct {
 	win      *prefetchWindow
 	cur      int     // the next piece is taken from chunks[cur], or from the next chunk left
 	left     int     // chunks with bytes left
-	byOff    []int32 // the call's chunks (not those split off later) by offset, for jump
+	byOff    []int   // the call's chunks (not those split off later) by offset, for jump
 	origOff  []int64 // their offsets when the call began, in the order of byOff
 	inFlight int
 
@@ -476,11 +476,11 @@ func (p *prefetch) followDemand() {
 
 // index sorts the chunks by offset, for jump.
 func (p *prefetch) index() {
-	p.byOff = make([]int32, len(p.chunks))
+	p.byOff = make([]int, len(p.chunks))
 	for i := range p.byOff {
-		p.byOff[i] = int32(i)
+		p.byOff[i] = i
 	}
-	slices.SortStableFunc(p.byOff, func(a, b int32) int { return cmp.Compare(p.chunks[a].Off, p.chunks[b].Off) })
+	slices.SortStableFunc(p.byOff, func(a, b int) int { return cmp.Compare(p.chunks[a].Off, p.chunks[b].Off) })
 	p.origOff = make([]int64, len(p.byOff))
 	for k, i := range p.byOff {
 		p.origOff[k] = p.chunks[i].Off
@@ -508,7 +508,7 @@ func (p *prefetch) jump(off int64) {
 	if k == 0 {
 		return
 	}
-	i := int(p.byOff[k-1])
+	i := p.byOff[k-1]
 	if c := p.chunks[i]; c.Len == 0 || off < c.Off || off >= c.Off+c.Len {
 		return
 	}
