@@ -39,6 +39,21 @@ func (c *fillCounter) checkOnce(t *testing.T) {
 	}
 }
 
+// touchAll touches every page of each view in turn, waits for the server to settle, and
+// checks that each view holds pattern seed's bytes.
+func (r *srvRun) touchAll(t *testing.T, pages int, seed byte, views ...uintptr) {
+	t.Helper()
+	for i, v := range views {
+		srvWait(t, srvTouch(v, seq(0, pages)), fmt.Sprintf("toucher of view %d", i))
+	}
+	r.settle(t)
+	for i, v := range views {
+		if err := srvVerify(v, pages*srvPage, seed, false, 0); err != nil {
+			t.Errorf("view %d: %v", i, err)
+		}
+	}
+}
+
 func prefetchViews(t *testing.T, pages int) (u *UFFD, a, b uintptr, cleanup func()) {
 	t.Helper()
 	avail, err := Available()
@@ -82,15 +97,10 @@ func TestServerPrefetchAll(t *testing.T) {
 	if st.Filled != pages || st.Mapped != pages || st.Existed != 0 {
 		t.Errorf("Prefetch: %+v, want %d pages filled and mapped, none existing", st, pages)
 	}
-	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
-	srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
-	run.settle(t)
+	run.touchAll(t, pages, 7, a, b)
 	for _, v := range []uintptr{a, b} {
 		if st := statsAt(t, s, v); st.Missing != 0 || st.Minor != 0 {
 			t.Errorf("view %#x after prefetch: %d missing, %d minor faults, want none", v, st.Missing, st.Minor)
-		}
-		if err := srvVerify(v, pages*srvPage, 7, false, 0); err != nil {
-			t.Error(err)
 		}
 	}
 	srvStopOK(t, run)
@@ -197,16 +207,9 @@ func TestServerPrefetchDemandFirst(t *testing.T) {
 	if st.Filled != pages-1 || st.Existed != 1 {
 		t.Errorf("Prefetch: %+v, want %d pages filled and 1 existing", st, pages-1)
 	}
-	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
-	srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
-	run.settle(t)
+	run.touchAll(t, pages, 9, a, b)
 	if st := statsAt(t, s, b); st.Missing != 1 {
 		t.Errorf("view B: %d missing faults, want 1 (the demand fault)", st.Missing)
-	}
-	for _, v := range []uintptr{a, b} {
-		if err := srvVerify(v, pages*srvPage, 9, false, 0); err != nil {
-			t.Error(err)
-		}
 	}
 	srvStopOK(t, run)
 	fc.checkOnce(t)
@@ -292,14 +295,7 @@ func TestServerPrefetchFollowsDemand(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Errorf("pages read, in order:\n got %v\nwant %v", got, want)
 			}
-			srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
-			srvWait(t, srvTouch(b, seq(0, pages)), "toucher B")
-			run.settle(t)
-			for _, v := range []uintptr{a, b} {
-				if err := srvVerify(v, pages*srvPage, 5, false, 0); err != nil {
-					t.Error(err)
-				}
-			}
+			run.touchAll(t, pages, 5, a, b)
 			srvStopOK(t, run)
 			fc.checkOnce(t)
 		})
@@ -333,11 +329,7 @@ func TestServerPrefetchDemandTakesTheLastPage(t *testing.T) {
 	if st := srvWait(t, done, "Prefetch"); st.Filled != 1 || st.Reads != 1 {
 		t.Errorf("Prefetch: %+v, want 1 page filled in 1 read", st)
 	}
-	srvWait(t, srvTouch(a, seq(0, pages)), "toucher A")
-	run.settle(t)
-	if err := srvVerify(a, pages*srvPage, 6, false, 0); err != nil {
-		t.Error(err)
-	}
+	run.touchAll(t, pages, 6, a)
 	srvStopOK(t, run)
 }
 
