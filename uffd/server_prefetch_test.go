@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand"
 	"runtime"
 	"slices"
@@ -54,6 +55,19 @@ func (r *srvRun) touchAll(t *testing.T, pages int, seed byte, views ...uintptr) 
 	}
 }
 
+// prefetchServer makes a server WithPrefetch and opts that serves two views of pages pages from
+// src (see prefetchViews), not started yet; cleanup unmaps the views and closes the UFFD.
+func prefetchServer(t *testing.T, pages int, src io.ReaderAt, opts ...ServerOption) (s *Server, a, b uintptr, cleanup func()) {
+	t.Helper()
+	u, a, b, cleanup := prefetchViews(t, pages)
+	s = NewServer(u, append([]ServerOption{WithPrefetch()}, opts...)...)
+	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
+		cleanup()
+		t.Fatal(err)
+	}
+	return s, a, b, cleanup
+}
+
 func prefetchViews(t *testing.T, pages int) (u *UFFD, a, b uintptr, cleanup func()) {
 	t.Helper()
 	avail, err := Available()
@@ -77,13 +91,9 @@ func prefetchViews(t *testing.T, pages int) (u *UFFD, a, b uintptr, cleanup func
 func TestServerPrefetchAll(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 96
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
-	s := NewServer(u, WithPrefetch(), WithObserver(fc))
-	if err := s.HandleViews(pages*srvPage, pattern{seed: 7}, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, b, cleanup := prefetchServer(t, pages, pattern{seed: 7}, WithObserver(fc))
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	var ranges []PrefetchRange
 	for p := 0; p < pages; p += 8 {
@@ -112,12 +122,8 @@ func TestServerPrefetchAll(t *testing.T) {
 func TestServerPrefetchAbsurdOptions(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 16
-	u, a, b, cleanup := prefetchViews(t, pages)
+	s, a, _, cleanup := prefetchServer(t, pages, pattern{seed: 9})
 	defer cleanup()
-	s := NewServer(u, WithPrefetch())
-	if err := s.HandleViews(pages*srvPage, pattern{seed: 9}, a, b); err != nil {
-		t.Fatal(err)
-	}
 	run, _ := srvStart(t, s)
 	st, err := s.Prefetch(context.Background(), a, []PrefetchRange{{0, pages * int64(srvPage)}},
 		PrefetchOptions{InFlight: 1 << 20, MaxRange: 1 << 50})
@@ -135,12 +141,8 @@ func TestServerPrefetchAbsurdOptions(t *testing.T) {
 func TestServerPrefetchAbsurdInFlight(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 4096
-	u, a, b, cleanup := prefetchViews(t, pages)
+	s, a, _, cleanup := prefetchServer(t, pages, pattern{seed: 4})
 	defer cleanup()
-	s := NewServer(u, WithPrefetch())
-	if err := s.HandleViews(pages*srvPage, pattern{seed: 4}, a, b); err != nil {
-		t.Fatal(err)
-	}
 	run, _ := srvStart(t, s)
 	var m0, m1 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -178,14 +180,10 @@ func (g *gatedSource) ReadAt(b []byte, off int64) (int, error) {
 func TestServerPrefetchDemandFirst(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 16
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
 	src := &gatedSource{pattern: pattern{seed: 9}, started: make(chan [2]int64, 1), open: make(chan struct{})}
-	s := NewServer(u, WithPrefetch(), WithObserver(fc), WithoutFaultAround())
-	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, b, cleanup := prefetchServer(t, pages, src, WithObserver(fc), WithoutFaultAround())
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	done := make(chan PrefetchStats, 1)
 	go func() {
@@ -248,14 +246,10 @@ func TestServerPrefetchFollowsDemand(t *testing.T) {
 		t.Run(fmt.Sprintf("MaxRange=%dpages", maxRange), func(t *testing.T) {
 			defer srvLeakCheck(t)()
 			const pages, fetched = 48, 32
-			u, a, b, cleanup := prefetchViews(t, pages)
-			defer cleanup()
 			fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
 			src := &logSource{pattern: pattern{seed: 5}, started: make(chan struct{}), open: make(chan struct{})}
-			s := NewServer(u, WithPrefetch(), WithObserver(fc), WithoutFaultAround())
-			if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-				t.Fatal(err)
-			}
+			s, a, b, cleanup := prefetchServer(t, pages, src, WithObserver(fc), WithoutFaultAround())
+			defer cleanup()
 			run, _ := srvStart(t, s)
 			done := make(chan PrefetchStats, 1)
 			go func() {
@@ -307,13 +301,9 @@ func TestServerPrefetchFollowsDemand(t *testing.T) {
 func TestServerPrefetchDemandTakesTheLastPage(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 4
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	src := &logSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
-	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
-	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, b, cleanup := prefetchServer(t, pages, src, WithoutFaultAround())
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	done := make(chan PrefetchStats, 1)
 	go func() {
@@ -353,13 +343,9 @@ func (h *heldSource) ReadAt(b []byte, off int64) (int, error) {
 func TestServerPrefetchViewReplaced(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 16
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	src := &heldSource{pattern: pattern{seed: 9}, started: make(chan struct{}), open: make(chan struct{})}
-	s := NewServer(u, WithPrefetch(), WithoutFaultAround())
-	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, b, cleanup := prefetchServer(t, pages, src, WithoutFaultAround())
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	done := make(chan error, 1)
 	go func() {
@@ -396,13 +382,9 @@ func TestServerPrefetchViewReplaced(t *testing.T) {
 func TestServerPrefetchViewCut(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 16
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	src := &heldSource{pattern: pattern{seed: 6}, started: make(chan struct{}), open: make(chan struct{})}
-	s := NewServer(u, WithPrefetch())
-	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, _, cleanup := prefetchServer(t, pages, src)
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	done := make(chan PrefetchStats, 1)
 	go func() {
@@ -445,13 +427,9 @@ func (n *notedSource) ReadAt(b []byte, off int64) (int, error) {
 func TestServerPrefetchClosed(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 16
-	u, a, b, cleanup := prefetchViews(t, pages)
-	defer cleanup()
 	src := &notedSource{pattern: pattern{seed: 3}, reads: make(chan int64, pages)}
-	s := NewServer(u, WithPrefetch())
-	if err := s.HandleViews(pages*srvPage, src, a, b); err != nil {
-		t.Fatal(err)
-	}
+	s, a, _, cleanup := prefetchServer(t, pages, src)
+	defer cleanup()
 	run, _ := srvStart(t, s)
 	done := make(chan error, 1)
 	go func() {
@@ -477,12 +455,8 @@ func TestServerPrefetchRace(t *testing.T) {
 	defer srvLeakCheck(t)()
 	const pages = 128
 	for round := 0; round < 3; round++ {
-		u, a, b, cleanup := prefetchViews(t, pages)
 		fc := &fillCounter{fills: make([]atomic.Int32, pages), page: int64(srvPage)}
-		s := NewServer(u, WithPrefetch(), WithObserver(fc), WithWorkers(2), WithFaultAround(16*srvPage))
-		if err := s.HandleViews(pages*srvPage, pattern{seed: 5}, a, b); err != nil {
-			t.Fatal(err)
-		}
+		s, a, b, cleanup := prefetchServer(t, pages, pattern{seed: 5}, WithObserver(fc), WithWorkers(2), WithFaultAround(16*srvPage))
 		run, _ := srvStart(t, s)
 		r := rand.New(rand.NewSource(int64(round)))
 		var ranges []PrefetchRange
