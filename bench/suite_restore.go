@@ -56,6 +56,8 @@ const (
 	restoreRunMax  = 56
 	restoreFault   = 20 * time.Microsecond // a touch slower than this waited for a fault
 
+	restoreServerStart = 30 * time.Second // for the server process to make its image and listen
+
 	rowRestoreDemand   = "demand faults, 4 KiB"
 	rowRestoreAround   = "demand faults, fault-around up to 2 MiB"
 	rowRestorePrefetch = "recorded working set prefetched (mirror.Restore)"
@@ -104,18 +106,39 @@ func newRestoreServer(image []byte) (*restoreServer, func(), error) {
 	if err := cmd.Start(); err != nil {
 		return nil, nil, err
 	}
+	// The child ends when its standard input closes; one that does not, or that does not
+	// say it is ready in time, is killed rather than left to hang the suite.
+	exited := make(chan struct{})
+	kill := func() {
+		cmd.Process.Kill()
+		<-exited
+	}
+	ready := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(out).ReadString('\n')
+		ready <- line
+		cmd.Wait() // after the read: Wait closes the pipe
+		close(exited)
+	}()
+	var line string
+	select {
+	case line = <-ready:
+	case <-time.After(restoreServerStart):
+		kill()
+		return nil, nil, fmt.Errorf("server process: not ready within %v; %s", restoreServerStart, strings.TrimSpace(stderr.String()))
+	}
+	url, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
+	if !ok {
+		kill()
+		return nil, nil, fmt.Errorf("server process: %q; %s", line, strings.TrimSpace(stderr.String()))
+	}
 	stop := func() {
 		in.Close()
-		if cmd.Wait() != nil {
-			cmd.Process.Kill()
+		select {
+		case <-exited:
+		case <-time.After(5 * time.Second):
+			kill()
 		}
-	}
-	line, err := bufio.NewReader(out).ReadString('\n')
-	url, ok := strings.CutPrefix(strings.TrimSpace(line), "ready ")
-	if err != nil || !ok {
-		cmd.Process.Kill()
-		cmd.Wait()
-		return nil, nil, fmt.Errorf("server process: %q, %v; %s", line, err, strings.TrimSpace(stderr.String()))
 	}
 	return &restoreServer{image: image, url: url}, stop, nil
 }
