@@ -600,10 +600,7 @@ func (p *prefetch) piece(ctx context.Context, w *worker, ch PrefetchRange) error
 		for end < ch.Off+ch.Len && (s.tracker == nil || !s.tracker.Filled(end)) {
 			end += page
 		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if p.rate > 0 && !p.pace(ctx, end-off) {
+		if ctx.Err() != nil || !p.pace(ctx, end-off) {
 			return nil
 		}
 		// A demand fault may have filled pages of the run while this waited for the rate:
