@@ -24,9 +24,17 @@ func serveEngine(hp *handlerProcess, src io.ReaderAt) int {
 	if c.AliasFD >= 0 {
 		stage = os.NewFile(uintptr(c.AliasFD), "alias")
 	}
-	// The handler process has nothing else to do: its workers wait for faults in poll(2)
-	// on their own threads, woken by the fault itself rather than through the scheduler.
-	srv, obs, srcMap, err := newEngine(hp.u, hp.b, c, src, stage, uffd.WithDirectReads())
+	// Without a named source, the handler process has nothing else to do: its workers wait
+	// for faults in poll(2) on their own threads, woken by the fault itself rather than
+	// through the scheduler. A named source is Go code that may wait in the runtime's poller
+	// (a network source waits there for every answer), and workers blocked in poll(2) hold
+	// the Ps: a goroutine whose answer has come then waits for the runtime's monitor to poll
+	// the network, up to 10 ms later. Its workers park in the poller too (see uffdOptions).
+	var extra []uffd.ServerOption
+	if c.SourceName == "" {
+		extra = append(extra, uffd.WithDirectReads())
+	}
+	srv, obs, srcMap, err := newEngine(hp.u, hp.b, c, src, stage, extra...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
 		return 2

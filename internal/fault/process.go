@@ -113,6 +113,17 @@ type handlerProcess struct {
 	b *block
 }
 
+// uffdOptions: the userfaultfd of a handler process that serves a named source (Go code,
+// which may wait in the runtime's poller: a network source waits there for every answer)
+// is read through the poller too; any other is kept out of it, for direct reads (see
+// serveEngine).
+func uffdOptions(c *procConfig) []uffd.Option {
+	if c.SourceName != "" {
+		return nil
+	}
+	return []uffd.Option{uffd.WithoutPoller()}
+}
+
 // pending is the handler process waiting for its source's constructor to be registered.
 var pending *handlerProcess
 
@@ -124,7 +135,7 @@ func setUpHandlerProcess(env string) (*handlerProcess, int) {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: bad %s: %v\n", envHandler, err)
 		return nil, 2
 	}
-	u, err := uffd.FromFD(c.UFFDFD, uffd.WithoutPoller())
+	u, err := uffd.FromFD(c.UFFDFD, uffdOptions(&c)...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "mirrormem: fault handler process: %v\n", err)
 		return nil, 2

@@ -77,6 +77,7 @@ type Source struct {
 	cond     http.Header // header plus the precondition (If-Match or If-Unmodified-Since)
 
 	tr     *http.Transport
+	direct *directPool     // plain HTTP, no proxy: the Source's own connections (see direct.go)
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 	closed atomic.Bool
@@ -140,6 +141,13 @@ func newSource(cfg Config, tlsConf *tls.Config) (*Source, error) {
 		MaxConnsPerHost:     d.MaxConns,
 		IdleConnTimeout:     90 * time.Second,
 		Protocols:           &protos,
+	}
+	if proxy, err := http.ProxyFromEnvironment(s.tmpl); u.Scheme == "http" && proxy == nil && err == nil {
+		port := u.Port()
+		if port == "" {
+			port = "80"
+		}
+		s.direct = newDirectPool(net.JoinHostPort(u.Hostname(), port), d.MaxConns, s.tr.DialContext)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.retry = netsrc.Retry{Retries: d.Retries, Done: s.ctx.Done(), Closed: ErrClosed}
@@ -220,7 +228,7 @@ func (s *Source) Config() Config {
 func (s *Source) Close() error {
 	s.closed.Store(true)
 	s.cancel()
-	s.tr.CloseIdleConnections()
+	s.closeIdle()
 	return nil
 }
 
@@ -248,8 +256,8 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 	}
 	err := s.readRange(p[:n], off)
 	if s.closed.Load() {
-		// A connection that went back to the pool after Close's CloseIdleConnections.
-		s.tr.CloseIdleConnections()
+		// A connection that went back to the pool after Close's closeIdle.
+		s.closeIdle()
 	}
 	if err != nil {
 		return 0, err
@@ -258,6 +266,23 @@ func (s *Source) ReadAt(p []byte, off int64) (int, error) {
 		return int(n), io.EOF
 	}
 	return int(n), nil
+}
+
+// closeIdle closes the idle connections.
+func (s *Source) closeIdle() {
+	s.tr.CloseIdleConnections()
+	if s.direct != nil {
+		s.direct.closeIdle()
+	}
+}
+
+// roundTrip makes one request: on the Source's own connections for plain HTTP (see direct.go),
+// else through the Transport.
+func (s *Source) roundTrip(req *http.Request) (*http.Response, error) {
+	if s.direct != nil {
+		return s.direct.roundTrip(req)
+	}
+	return s.tr.RoundTrip(req)
 }
 
 // readRange fills p from offset start, with retries.
@@ -292,7 +317,7 @@ func (s *Source) request(ctx context.Context, start, end int64, h http.Header) *
 func (s *Source) attempt(p []byte, start, end int64) (transient bool, err error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
-	resp, err := s.tr.RoundTrip(s.request(ctx, start, end, s.cond))
+	resp, err := s.roundTrip(s.request(ctx, start, end, s.cond))
 	if err != nil {
 		return s.netErr(ctx, err)
 	}
@@ -323,7 +348,7 @@ func (s *Source) attempt(p []byte, start, end int64) (transient bool, err error)
 func (s *Source) probe() (transient bool, err error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.timeout)
 	defer cancel()
-	resp, err := s.tr.RoundTrip(s.request(ctx, 0, 0, s.header))
+	resp, err := s.roundTrip(s.request(ctx, 0, 0, s.header))
 	if err != nil {
 		return s.netErr(ctx, err)
 	}

@@ -126,10 +126,12 @@ func TestReadAtParallel(t *testing.T) {
 	}
 }
 
-// reuseSlack is how many connections beyond the expected a test tolerates: net/http drops a
+// reuseSlack is how many connections beyond the expected a test tolerates. None: the test
+// servers are plain HTTP, whose requests a Source makes on its own connections, reused
+// whenever an answer was read to its end (net/http's Transport, used for HTTPS, drops a
 // connection instead of reusing it if its write goroutine has not reported within 50ms that
-// the request went out, which happens on a heavily loaded machine.
-const reuseSlack = 2
+// the request went out, which happens on a heavily loaded machine).
+const reuseSlack = 0
 
 // TestKeepAlive: many reads, sequential then parallel, reuse the pooled connections, and no more
 // than MaxConns requests are ever in flight.

@@ -1,0 +1,189 @@
+package httpsrc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// TestDirectOnlyForPlainHTTP: plain-HTTP URLs are read on the Source's own connections,
+// HTTPS ones through the Transport.
+func TestDirectOnlyForPlainHTTP(t *testing.T) {
+	o := newObject(4*page, 30)
+	s := open(t, startServer(t, o.serveContent), Config{})
+	if s.direct == nil {
+		t.Fatal("a plain-HTTP source does not use its own connections")
+	}
+	tls := startTLS(t, o.serveContent)
+	ts, err := newSource(Config{URL: tls.URL}, tls.Client().Transport.(*http.Transport).TLSClientConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ts.Close()
+	if ts.direct != nil {
+		t.Fatal("an HTTPS source bypasses the Transport")
+	}
+}
+
+// TestStaleConnection: a pooled connection that the server closed while it was idle costs the
+// next request nothing but a new connection: the request itself succeeds (it is not left to
+// ReadAt's retries, with their backoff).
+func TestStaleConnection(t *testing.T) {
+	o := newObject(8*page, 31)
+	srv := startServer(t, o.serveContent)
+	s := open(t, srv, Config{})
+	for i := range 4 {
+		srv.CloseClientConnections()
+		resp, err := s.roundTrip(s.request(context.Background(), int64(i)*page, int64(i+1)*page-1, s.cond))
+		if err != nil {
+			t.Fatalf("request %d on a connection the server closed: %v", i, err)
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusPartialContent || !bytes.Equal(b, o.data[i*page:(i+1)*page]) {
+			t.Fatalf("request %d: %d, %d bytes, %v", i, resp.StatusCode, len(b), err)
+		}
+	}
+	if r, c := srv.requests.Load(), srv.conns.Load(); r != 4 || c != 5 {
+		t.Fatalf("%d requests on %d connections, want 4 on 5 (the probe's, then one per request)", r, c)
+	}
+}
+
+// rawServer answers each request on a connection with answer(i, w), i counting the requests
+// of every connection; it counts the connections accepted.
+type rawServer struct {
+	url   string
+	conns atomic.Int64
+	reqs  atomic.Int64
+}
+
+func startRaw(t *testing.T, answer func(i int64, r *http.Request, w io.Writer) (keep bool)) *rawServer {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs := &rawServer{url: "http://" + ln.Addr().String() + "/object"}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	var mu sync.Mutex
+	var open []net.Conn
+	t.Cleanup(func() {
+		mu.Lock()
+		for _, c := range open {
+			c.Close()
+		}
+		mu.Unlock()
+	})
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			rs.conns.Add(1)
+			mu.Lock()
+			open = append(open, c)
+			mu.Unlock()
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					r, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					if !answer(rs.reqs.Add(1)-1, r, c) {
+						return
+					}
+				}
+			})
+		}
+	})
+	return rs
+}
+
+// partial writes a 206 answer with bytes a-b of data, then extra.
+func partial(w io.Writer, data []byte, r *http.Request, header, extra string) {
+	a, b, _ := parseRangeHeader(r.Header.Get("Range"))
+	fmt.Fprintf(w, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n%s\r\n", a, b, len(data), b-a+1, header)
+	w.Write(data[a : b+1])
+	io.WriteString(w, extra)
+}
+
+// TestDirectConnectionReuse: a connection is reused only after an answer that leaves it in a
+// known state: not after "Connection: close", nor after bytes past the body's end (which
+// would be read as the next answer).
+func TestDirectConnectionReuse(t *testing.T) {
+	data := randBytes(8*page, 32)
+	for _, tc := range []struct {
+		name   string
+		header string
+		extra  string
+		conns  int64 // for the probe and 4 reads
+	}{
+		{"KeepAlive", "", "", 1},
+		{"ConnectionClose", "Connection: close\r\n", "", 5},
+		{"BytesAfterBody", "", "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes 0-0/1\r\nContent-Length: 1\r\n\r\nX", 5},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rs := startRaw(t, func(i int64, r *http.Request, w io.Writer) bool {
+				partial(w, data, r, tc.header, tc.extra)
+				return !strings.Contains(tc.header, "close")
+			})
+			s, err := New(Config{URL: rs.url, Retries: 0})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			for i := range 4 {
+				checkRead(t, s, data, int64(i)*page, page)
+			}
+			if c := rs.conns.Load(); c != tc.conns {
+				t.Fatalf("%d connections for the probe and 4 reads, want %d", c, tc.conns)
+			}
+		})
+	}
+}
+
+// TestDirectWholeObjectNotDrained: a server that answers a range with the whole object (200)
+// fails the read at once; the Source closes the connection rather than read the object.
+func TestDirectWholeObjectNotDrained(t *testing.T) {
+	data := randBytes(8*page, 33)
+	big := make([]byte, 64<<20)
+	var sent atomic.Int64
+	rs := startRaw(t, func(i int64, r *http.Request, w io.Writer) bool {
+		if i != 1 { // the probe and the second read
+			partial(w, data, r, "", "")
+			return true
+		}
+		fmt.Fprintf(w, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", len(big))
+		for off := 0; off < len(big); off += 1 << 20 {
+			n, err := w.Write(big[off : off+1<<20])
+			sent.Add(int64(n))
+			if err != nil {
+				return false
+			}
+		}
+		return true
+	})
+	s, err := New(Config{URL: rs.url, Retries: 0})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.ReadAt(make([]byte, page), 0); err == nil || !strings.Contains(err.Error(), "200 OK") {
+		t.Fatalf("ReadAt = %v; want the 200 refused", err)
+	}
+	checkRead(t, s, data, page, page) // a new connection: the server's first is still sending
+	if n := sent.Load(); n >= int64(len(big)) {
+		t.Fatalf("the whole object (%d bytes) was read", n)
+	}
+}
