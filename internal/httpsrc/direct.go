@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // A plain-HTTP request is made on the Source's own connections, by the goroutine that asks:
@@ -66,11 +68,34 @@ func (p *directPool) get(ctx context.Context) (c *directConn, reused bool, err e
 			c, err := p.open(ctx)
 			return c, false, err
 		}
-		if time.Since(c.since) < directIdle {
+		if time.Since(c.since) < directIdle && quiet(c.c) {
 			return c, true, nil
 		}
 		p.drop(c)
 	}
+}
+
+// quiet reports whether an idle connection has nothing to read: no bytes that the server
+// sent after its last answer (they would be read as the next answer) and no end (the server
+// closed it). It peeks without blocking (MSG_PEEK, MSG_DONTWAIT); a connection it cannot
+// check counts as quiet.
+func quiet(nc net.Conn) bool {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return true
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	ok = true
+	rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		ok = err == unix.EAGAIN
+		return true
+	})
+	return ok
 }
 
 // open dials a connection in a slot taken.
@@ -110,8 +135,9 @@ func (p *directPool) closeIdle() {
 // roundTrip sends req on a connection of the pool and reads the answer's header; the body
 // returned gives the connection back once read to its end and closed. req's context bounds
 // the whole exchange, body included: when it is done, the connection's reads and writes fail
-// and the connection is closed. A reused connection that the server closed while it was idle
-// fails before any byte of an answer: the request is made again once on a new one.
+// and the connection is closed. An idle connection is reused only if it has nothing to read
+// (see quiet); one that the server closed just as the request went out fails before any byte
+// of an answer, and the request is made again once on a new one.
 func (p *directPool) roundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	for try := 0; ; try++ {

@@ -11,7 +11,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestDirectOnlyForPlainHTTP: plain-HTTP URLs are read on the Source's own connections,
@@ -110,12 +113,14 @@ func startRaw(t *testing.T, answer func(i int64, r *http.Request, w io.Writer) (
 	return rs
 }
 
-// partial writes a 206 answer with bytes a-b of data, then extra.
+// partial writes a 206 answer with bytes a-b of data, then extra, in one write.
 func partial(w io.Writer, data []byte, r *http.Request, header, extra string) {
 	a, b, _ := parseRangeHeader(r.Header.Get("Range"))
-	fmt.Fprintf(w, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n%s\r\n", a, b, len(data), b-a+1, header)
-	w.Write(data[a : b+1])
-	io.WriteString(w, extra)
+	var buf bytes.Buffer
+	fmt.Fprintf(&buf, "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes %d-%d/%d\r\nContent-Length: %d\r\n%s\r\n", a, b, len(data), b-a+1, header)
+	buf.Write(data[a : b+1])
+	buf.WriteString(extra)
+	w.Write(buf.Bytes())
 }
 
 // TestDirectConnectionReuse: a connection is reused only after an answer that leaves it in a
@@ -185,5 +190,91 @@ func TestDirectWholeObjectNotDrained(t *testing.T) {
 	checkRead(t, s, data, page, page) // a new connection: the server's first is still sending
 	if n := sent.Load(); n >= int64(len(big)) {
 		t.Fatalf("the whole object (%d bytes) was read", n)
+	}
+}
+
+// TestQuiet: an idle connection with bytes to read, or whose server closed it, is not reused;
+// one with nothing to read is.
+func TestQuiet(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	server, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer server.Close()
+	// readable waits until the client has something to read: bytes, or the end.
+	readable := func() {
+		raw, err := client.(syscall.Conn).SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			for {
+				if _, err := unix.Poll(pfd, -1); err != unix.EINTR {
+					return
+				}
+			}
+		})
+	}
+	if !quiet(client) {
+		t.Fatal("a connection with nothing to read is not quiet")
+	}
+	server.Write([]byte("HTTP/1.1 200 OK\r\n"))
+	readable()
+	if quiet(client) {
+		t.Fatal("a connection with bytes to read is quiet")
+	}
+	buf := make([]byte, 64)
+	if n, err := client.Read(buf); err != nil || n != 17 {
+		t.Fatalf("read %d, %v", n, err)
+	}
+	if !quiet(client) {
+		t.Fatal("a connection read to its end is not quiet")
+	}
+	server.Close()
+	readable()
+	if quiet(client) {
+		t.Fatal("a connection the server closed is quiet")
+	}
+}
+
+// TestClosedAfterRequest: a server that closes a reused connection after reading a request,
+// without answering (an idle timeout racing the request), costs a new connection, not a failed
+// request.
+func TestClosedAfterRequest(t *testing.T) {
+	data := randBytes(8*page, 34)
+	rs := startRaw(t, func(i int64, r *http.Request, w io.Writer) bool {
+		if i == 1 { // the first request after the probe, on the probe's connection
+			return false
+		}
+		partial(w, data, r, "", "")
+		return true
+	})
+	s, err := New(Config{URL: rs.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	resp, err := s.roundTrip(s.request(context.Background(), page, 2*page-1, s.cond))
+	if err != nil {
+		t.Fatalf("request on a connection closed under it: %v", err)
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || !bytes.Equal(b, data[page:2*page]) {
+		t.Fatalf("%d bytes, %v", len(b), err)
+	}
+	if r, c := rs.reqs.Load(), rs.conns.Load(); r != 3 || c != 2 {
+		t.Fatalf("%d requests on %d connections, want 3 on 2", r, c)
 	}
 }
