@@ -37,7 +37,8 @@ type directPool struct {
 // directConn is a connection and its buffers.
 type directConn struct {
 	c     net.Conn
-	br    *bufio.Reader
+	br    *bufio.Reader // reads lim
+	lim   capReader     // the connection, capped while an answer's header is read
 	bw    *bufio.Writer
 	since time.Time // idle since
 }
@@ -106,7 +107,36 @@ func (p *directPool) open(ctx context.Context) (*directConn, error) {
 		<-p.slots
 		return nil, err
 	}
-	return &directConn{c: nc, br: bufio.NewReaderSize(nc, 32<<10), bw: bufio.NewWriterSize(nc, 4<<10)}, nil
+	c := &directConn{c: nc, bw: bufio.NewWriterSize(nc, 4<<10)}
+	c.lim.r = nc
+	c.br = bufio.NewReaderSize(&c.lim, 32<<10)
+	return c, nil
+}
+
+// maxHeader caps the bytes of an answer's status line and header, as the Transport caps
+// them: a server that sends an endless header fails the request instead of filling memory.
+const maxHeader = 1 << 20
+
+// capReader reads from r while left > 0 (a negative left: no cap).
+type capReader struct {
+	r    io.Reader
+	left int64
+}
+
+var errLongHeader = errors.New("the answer's header is over 1 MiB")
+
+func (l *capReader) Read(p []byte) (int, error) {
+	if l.left == 0 {
+		return 0, errLongHeader
+	}
+	if l.left > 0 && int64(len(p)) > l.left {
+		p = p[:l.left]
+	}
+	n, err := l.r.Read(p)
+	if l.left > 0 {
+		l.left -= int64(n)
+	}
+	return n, err
 }
 
 // put returns a connection whose answer was read to its end.
@@ -172,6 +202,7 @@ func (p *directPool) exchange(ctx context.Context, c *directConn, req *http.Requ
 	}
 	// The first byte alone, to tell a connection closed before any answer (io.EOF: the
 	// parser would say io.ErrUnexpectedEOF) from an answer cut short.
+	c.lim.left = maxHeader
 	if _, err := c.br.Peek(1); err != nil {
 		return fail(err)
 	}
@@ -179,6 +210,7 @@ func (p *directPool) exchange(ctx context.Context, c *directConn, req *http.Requ
 	if err != nil {
 		return fail(err)
 	}
+	c.lim.left = -1 // the body: Content-Length or the chunks bound it
 	resp.Body = &directBody{rc: resp.Body, p: p, c: c, stop: stop, keep: !resp.Close, eof: resp.ContentLength == 0}
 	return resp, nil
 }

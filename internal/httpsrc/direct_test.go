@@ -278,3 +278,38 @@ func TestClosedAfterRequest(t *testing.T) {
 		t.Fatalf("%d requests on %d connections, want 3 on 2", r, c)
 	}
 }
+
+// TestDirectEndlessHeader: a server that sends an answer's header without end fails the read
+// once a megabyte of it has come, not when the attempt times out or memory runs out.
+func TestDirectEndlessHeader(t *testing.T) {
+	data := randBytes(8*page, 35)
+	var sent atomic.Int64
+	rs := startRaw(t, func(i int64, r *http.Request, w io.Writer) bool {
+		if i == 0 {
+			partial(w, data, r, "", "")
+			return true
+		}
+		io.WriteString(w, "HTTP/1.1 206 Partial Content\r\n")
+		line := []byte("X-Filler: " + strings.Repeat("x", 4000) + "\r\n")
+		for sent.Load() < 64<<20 {
+			n, err := w.Write(line)
+			sent.Add(int64(n))
+			if err != nil {
+				return false
+			}
+		}
+		return false
+	})
+	s, err := New(Config{URL: rs.url, Retries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	_, err = s.ReadAt(make([]byte, page), 0)
+	if err == nil || !strings.Contains(err.Error(), "header is over 1 MiB") {
+		t.Fatalf("ReadAt = %v; want the header refused", err)
+	}
+	if n := sent.Load(); n >= 64<<20 {
+		t.Fatalf("the server sent its whole %d-byte header", n)
+	}
+}
