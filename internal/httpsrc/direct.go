@@ -46,7 +46,13 @@ type directConn struct {
 // directIdle: a connection idle this long may have been closed by the server; it is not used.
 const directIdle = 90 * time.Second
 
+// maxDirectConns caps a pool's connections whatever MaxConns says: the pool's bookkeeping
+// takes memory in proportion (an absurd MaxConns must not), and a process runs out of
+// descriptors long before.
+const maxDirectConns = 4096
+
 func newDirectPool(addr string, maxConns int, dial func(ctx context.Context, network, addr string) (net.Conn, error)) *directPool {
+	maxConns = min(maxConns, maxDirectConns)
 	return &directPool{addr: addr, dial: dial, idle: make(chan *directConn, maxConns), slots: make(chan struct{}, maxConns)}
 }
 

@@ -313,3 +313,14 @@ func TestDirectEndlessHeader(t *testing.T) {
 		t.Fatalf("the server sent its whole %d-byte header", n)
 	}
 }
+
+// TestDirectAbsurdMaxConns: a MaxConns far past what a process can open makes a Source that
+// reads, without memory in proportion.
+func TestDirectAbsurdMaxConns(t *testing.T) {
+	o := newObject(4*page, 36)
+	s := open(t, startServer(t, o.serveContent), Config{MaxConns: 1 << 40})
+	if c := cap(s.direct.slots); c != maxDirectConns {
+		t.Fatalf("the pool holds %d slots", c)
+	}
+	checkRead(t, s, o.data, page, page)
+}
