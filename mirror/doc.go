@@ -70,5 +70,8 @@
 // pages only after Populate, or with plain loops and system calls (never copy, clear, append,
 // string(b), bytes.*, hash/*, fmt, strconv, nor a channel send of a value read from the view:
 // they run runtime assembly); a watchdog thread aborts the process with a message naming this
-// rule if it is broken. See ServeFaults.
+// rule if it is broken. Pages already filled need no Go code: if the kernel unmaps one from a
+// view (reclaim does, with no swap, and MADV_DONTNEED) and a goroutine then faults on it inside
+// runtime assembly while Go code cannot run, the watchdog maps it again itself after at most a
+// second (FaultStats.Rescued counts them). See ServeFaults.
 package mirror

@@ -91,7 +91,13 @@ const DefaultWatchdog = 10 * time.Second
 //     garbage collection: copy, clear, append, string(b), the bytes, strings and hash/*
 //     packages, fmt, strconv, encoding/*, and a channel send or receive of a value read from
 //     the view, which the runtime copies with memmove. A watchdog (a C thread) aborts the
-//     process with a message naming this rule if it is broken and the program hangs.
+//     process with a message naming this rule if it is broken and the program hangs. A page
+//     once filled stays safe to touch any way: the kernel may unmap it from a view later
+//     (reclaim unmaps shared memory it cannot write out, kswapd and DAMON included, and
+//     MADV_DONTNEED does), and the next touch is a minor fault; if that fault stops Go code,
+//     the watchdog maps the page (and every filled page missing from a view) itself once Go
+//     code has not run for half its timeout, at most a second, and counts it in
+//     FaultStats.Rescued.
 //
 // Every handler runs the same fault engine (a uffd.Server, or the C thread with the same wake
 // policy and the same counter block), so every companion option works with every handler and
@@ -262,7 +268,8 @@ const (
 
 // Watchdog sets how long the Go runtime may stand still while a thread waits in a fault of a
 // mirror served by Go code before the process is aborted with a message (default
-// DefaultWatchdog); d must be between MinWatchdog and MaxWatchdog. It applies to the only
+// DefaultWatchdog); after half of it, at most a second, the watchdog maps the filled pages
+// missing from the views (see ServeFaults); d must be between MinWatchdog and MaxWatchdog. It applies to the only
 // handler that is Go code of this process, so it needs ServeFaults with WithHandler(HandlerGo);
 // with any other handler it is refused (ErrOption), since nothing of this process could hang.
 func Watchdog(d time.Duration) Option {
@@ -301,6 +308,10 @@ type FaultStats struct {
 	Mapped  uint64 // pages mapped from the page cache with UFFDIO_CONTINUE
 	Exists  uint64 // resolves answered EEXIST: someone filled the page first (not an error)
 	Bytes   uint64 // bytes filled through this view (copied, zeroed or staged)
+	// Rescued counts filled pages that HandlerGo's watchdog mapped into this view while Go
+	// code could not run and a thread waited in a page fault: pages the kernel had unmapped
+	// (reclaim) that would otherwise have waited for the Go server. 0 for other handlers.
+	Rescued uint64
 }
 
 // FaultEvent is one entry of the VerifyFaults log.

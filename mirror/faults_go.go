@@ -37,7 +37,7 @@ func startGoServing(sv *serving, fc fault.Config, src io.ReaderAt, f *faultConfi
 		"is waiting for it and the fault server, a goroutine, can never run. Fix: serve Go code from a handler process "+
 		"(RegisterSource and NamedSource), call Pair.Populate on a range before touching it with copy(), or touch unfilled pages "+
 		"only with plain Go loops or system calls. Aborting instead of hanging.", sv.srcKind)
-	wd, err := fault.StartWatchdog(watchdog, msg)
+	wd, err := fault.StartWatchdog(watchdog, msg, h)
 	if err != nil {
 		h.Stop()
 		return err

@@ -604,6 +604,7 @@ func (sv *serving) stats(i int) FaultStats {
 		st.Mapped += h.Mapped
 		st.Exists += h.Exists
 		st.Bytes += h.Bytes
+		st.Rescued += h.Rescued
 	}
 	return st
 }
@@ -616,7 +617,7 @@ func (sv *serving) viewStats(i int) FaultStats {
 		}
 		v := s.Views[i]
 		return FaultStats{Missing: v.Missing, Minor: v.Minor, WP: v.WP, Filled: v.Copied + v.Zeroed + v.Staged,
-			Mapped: v.Continued - v.Staged, Exists: v.EEXIST, Bytes: v.Bytes}
+			Mapped: v.Continued - v.Staged, Exists: v.EEXIST, Bytes: v.Bytes, Rescued: v.Rescued}
 	}
 	return FaultStats{}
 }

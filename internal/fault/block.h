@@ -28,7 +28,9 @@ enum {
 // Counter words per view (uint64 each).
 enum {
 	C_MISSING = 0, C_MINOR, C_WP, C_COPIED, C_ZEROED, C_CONTINUED, C_EEXIST, C_EAGAIN, C_WAKES,
-	C_STAGED, C_BYTES, C_DIRTY, C_AROUND, C_WORDS = 16,
+	C_STAGED, C_BYTES, C_DIRTY, C_AROUND,
+	C_RESCUED, // pages the in-process server's watchdog mapped while Go code could not run
+	C_WORDS = 16,
 };
 // Page states (one byte per page).
 enum { ST_EMPTY = 0, ST_FILLED = 1, ST_PRESENT = 2, ST_RESET = 3 };
@@ -60,7 +62,7 @@ struct mm_log {
 _Static_assert(sizeof(struct mm_log) == 32, "a log entry is 32 bytes");
 _Static_assert(H_ERR_TEXT + 8 <= H_TID, "the error text ends before the thread id");
 _Static_assert(H_SPIN_MISSES < H_WORDS, "the header holds every word");
-_Static_assert(C_AROUND < C_WORDS, "the counters fit");
+_Static_assert(C_RESCUED < C_WORDS, "the counters fit");
 
 // Byte offsets of the log entry's fields, for Go's checks.
 enum {

@@ -65,6 +65,7 @@ type ViewStats struct {
 	Around    uint64 // extra pages resolved by fault-around
 	Bytes     uint64 // bytes filled through this view
 	Dirty     uint64 // pages first written since dirty tracking (re)started
+	Rescued   uint64 // filled pages the watchdog mapped while Go code could not run (StartGo)
 }
 
 // Stats is a snapshot of a handler's counters.
@@ -95,7 +96,7 @@ func (h *Handler) Stats() Stats {
 			Copied: b.ctr(v, cCopied), Zeroed: b.ctr(v, cZeroed), Continued: b.ctr(v, cContinued),
 			Staged: b.ctr(v, cStaged), EEXIST: b.ctr(v, cEEXIST), EAGAIN: b.ctr(v, cEAGAIN),
 			Wakes: b.ctr(v, cWakes), Around: b.ctr(v, cAround), Bytes: b.ctr(v, cBytes),
-			Dirty: b.ctr(v, cDirty),
+			Dirty: b.ctr(v, cDirty), Rescued: b.ctr(v, cRescued),
 		})
 	}
 	if s.Violations > 0 {

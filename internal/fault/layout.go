@@ -57,7 +57,8 @@ const (
 	cBytes
 	cDirty
 	cAround
-	cWords = 16
+	cRescued // pages the in-process server's watchdog mapped while Go code could not run
+	cWords   = 16
 )
 
 // Page states.

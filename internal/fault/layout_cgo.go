@@ -43,6 +43,7 @@ var (
 	_ [0]int = [C.C_BYTES - cBytes]int{}
 	_ [0]int = [C.C_DIRTY - cDirty]int{}
 	_ [0]int = [C.C_AROUND - cAround]int{}
+	_ [0]int = [C.C_RESCUED - cRescued]int{}
 
 	_ [0]int = [C.ST_EMPTY - stEmpty]int{}
 	_ [0]int = [C.ST_FILLED - stFilled]int{}

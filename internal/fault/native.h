@@ -43,8 +43,18 @@ void mm_join(struct mm_handler *h);
 
 // The watchdog of an in-process Go fault server (watchdog.c).
 struct mm_watchdog;
-struct mm_watchdog *mm_watch_start(volatile uint64_t *heartbeat, uint64_t timeout_ms, int stopfd, const char *msg,
-				   int *err);
+// What the watchdog needs to map filled pages while Go code cannot run: the server's
+// userfaultfd, the views and its block (none of it owned).
+struct mm_rescue {
+	int uffd;
+	uint32_t nviews; // 0: no rescue
+	uint64_t npages, page;
+	uint64_t views[MM_MAX_VIEWS];
+	uint64_t *hdr, *counters;
+	uint8_t *state;
+};
+struct mm_watchdog *mm_watch_start(volatile uint64_t *heartbeat, uint64_t timeout_ms, uint64_t period_ms, int stopfd,
+				   const char *msg, const struct mm_rescue *r, int *err);
 void mm_watch_join(struct mm_watchdog *w);
 
 #endif

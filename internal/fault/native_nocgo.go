@@ -20,7 +20,9 @@ func StartNative(cfg Config) (*Handler, error) { return nil, ErrNoNative }
 type Watchdog struct{}
 
 // StartWatchdog is not available without cgo.
-func StartWatchdog(timeout time.Duration, msg string) (*Watchdog, error) { return nil, ErrNoNative }
+func StartWatchdog(timeout time.Duration, msg string, h *Handler) (*Watchdog, error) {
+	return nil, ErrNoNative
+}
 
 // Stop does nothing.
 func (w *Watchdog) Stop() {}
