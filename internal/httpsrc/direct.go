@@ -17,10 +17,10 @@ import (
 // it writes the request and reads the answer itself, with the standard library's request
 // writer and response parser. http.Transport hands every request between three goroutines
 // (the caller's, and a writer and a reader per connection), and on a small virtual machine
-// those hand-offs cost more CPU than the request: about 180 µs of the client's CPU per 4 KiB
-// read over loopback, from a server in another process, through the Transport, and about
-// 100 µs this way. (BenchmarkReadAt's -transport rows run both against a server in the test
-// process, whose own hand-offs make the two cost about the same there.) A fault handler that
+// those hand-offs cost more CPU than the request: 150–170 µs of the client's CPU per 4 KiB
+// read over loopback, from a server in another process, through the Transport, and 85–100 µs
+// this way (BenchmarkReadAtServerProcess). BenchmarkReadAt's -transport rows run both against
+// a server in the test process, whose own hand-offs make the two cost about the same there. A fault handler that
 // prefetches while it serves faults spends that CPU on the same cores as the faults it serves.
 //
 // HTTPS, and a URL that the environment sends through a proxy, go through the Transport.
