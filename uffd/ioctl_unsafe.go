@@ -359,11 +359,45 @@ func (u *UFFD) ReadMessages(msgs []Msg) (int, error) {
 	return n / sizeofMsg, nil
 }
 
+// waitReadable calls try, which reads without blocking and returns how many messages it read,
+// until it reads some or fails, waiting between calls until the userfaultfd is readable: parked
+// in the runtime poller (in poll(2) on this thread under WithoutPoller). It is ReadMessages
+// with the read the caller's (the Server's, which applies the events it reads before another
+// worker reads). try must have read until EAGAIN when it returns 0: the poller wakes on new
+// messages only.
+func (u *UFFD) waitReadable(try func() (int, error)) error {
+	if u.unpolled {
+		_, err := u.pollUntil(try)
+		return err
+	}
+	rc, err := u.f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var terr error
+	if err := rc.Read(func(uintptr) bool {
+		var n int
+		n, terr = try()
+		return n > 0 || terr != nil
+	}); err != nil {
+		if u.state.Load()&closingBit != 0 {
+			return errClosed // the poller's "use of closed file", as ReadMessages reports it
+		}
+		return err
+	}
+	return terr
+}
+
 // pollMessages is ReadMessages for a UFFD outside the runtime poller: it waits in poll(2) on
 // this thread.
 func (u *UFFD) pollMessages(msgs []Msg) (int, error) {
+	return u.pollUntil(func() (int, error) { return u.TryReadMessages(msgs) })
+}
+
+// pollUntil calls try until it returns messages or an error, waiting in poll(2) between calls.
+func (u *UFFD) pollUntil(try func() (int, error)) (int, error) {
 	for {
-		if n, err := u.TryReadMessages(msgs); n > 0 || err != nil {
+		if n, err := try(); n > 0 || err != nil {
 			return n, err
 		}
 		pfd := []unix.PollFd{{Fd: int32(u.fd), Events: unix.POLLIN}}

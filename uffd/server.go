@@ -79,6 +79,7 @@ type Server struct {
 	stopFD   int          // WithDirectReads: an eventfd that Close and cancellation make readable
 	direct   bool         // this Serve reads directly (WithDirectReads, or a UFFD WithoutPoller)
 	spinning atomic.Bool  // a worker is spinning (server_spin.go): one at a time
+	readMu   sync.Mutex   // held over each read and the events it returned (tryRead)
 
 	pf prefetchGate // WithPrefetch: demand faults in flight, for Prefetch
 }

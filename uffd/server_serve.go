@@ -71,8 +71,6 @@ func (s *Server) serveLoop(w *worker) error {
 			}
 			return fmt.Errorf("uffd: reading the userfaultfd: %w", err)
 		}
-		s.sstats.reads.Add(1)
-		s.sstats.messages.Add(uint64(n))
 		t := time.Now()
 		for i := 0; i < n; i++ {
 			if err := s.dispatch(w, &w.msgs[i], t); err != nil {
@@ -106,9 +104,9 @@ func (s *Server) readDirect(w *worker) (int, error) {
 	var t0 time.Time // when this wait began (zero: it has not)
 	for {
 		if !wait {
-			n, err := s.u.TryReadMessages(w.msgs)
+			n, read, err := s.tryRead(w.msgs)
 			if n > 0 || err != nil {
-				w.full = n == len(w.msgs)
+				w.full = read == len(w.msgs)
 				if n > 0 && !t0.IsZero() {
 					d := time.Since(t0)
 					w.spin.waited(d, false)
@@ -174,28 +172,48 @@ func (s *Server) dispatch(w *worker, m *Msg, t time.Time) error {
 	return nil
 }
 
+// tryRead reads what is pending into msgs without blocking, applies the events among them,
+// and returns the faults, moved to the front of msgs, and how many messages it read. The read
+// and the events are one step for every worker: a fault read after an event is then handled
+// after it. With the events left to dispatch, a worker could read MADV_REMOVE's event (which
+// lets madvise return), and another the fault of the touch that follows, then record the
+// refill before the removal, a page "filled twice" that was not.
+func (s *Server) tryRead(msgs []Msg) (faults, read int, err error) {
+	s.readMu.Lock()
+	defer s.readMu.Unlock()
+	read, err = s.u.TryReadMessages(msgs)
+	if read > 0 {
+		s.sstats.reads.Add(1)
+		s.sstats.messages.Add(uint64(read))
+	}
+	for i := 0; i < read; i++ {
+		if msgs[i].Event() != EventPagefault {
+			s.event(&msgs[i])
+			continue
+		}
+		msgs[faults] = msgs[i]
+		faults++
+	}
+	return faults, read, err
+}
+
 // drain reads what is pending without blocking, handles the events and keeps the faults for
 // later. It is called when a resolve returned EAGAIN: an event waits to be read.
 func (s *Server) drain(w *worker) error {
-	n, err := s.u.TryReadMessages(w.extra)
+	n, read, err := s.tryRead(w.extra)
 	if err != nil {
 		return err
 	}
-	if n == 0 {
+	if read == 0 {
 		// The event is queued right after the kernel counts it, or another worker has read it
 		// and is applying it: let that happen. Not blocking in read(2) here: another worker
 		// may be parked there already and would take the event, leaving this one stuck.
 		runtime.Gosched()
 		return nil
 	}
-	s.sstats.messages.Add(uint64(n))
 	t := time.Now()
 	for i := 0; i < n; i++ {
-		if w.extra[i].Event() == EventPagefault {
-			w.later = append(w.later, laterMsg{w.extra[i], t})
-		} else {
-			s.event(&w.extra[i])
-		}
+		w.later = append(w.later, laterMsg{w.extra[i], t})
 	}
 	return nil
 }

@@ -75,7 +75,7 @@ func (s *Server) spinRead(w *worker, t0 time.Time) (int, error) {
 			if pfd[0].Revents&unix.POLLIN == 0 {
 				return 0, nil // POLLERR or POLLNVAL: the caller's wait deals with it
 			}
-			n, err := s.u.TryReadMessages(w.msgs)
+			n, _, err := s.tryRead(w.msgs)
 			if n > 0 || err != nil {
 				if n > 0 {
 					s.sstats.spinHits.Add(1)
@@ -100,7 +100,11 @@ func (s *Server) readPolled(w *worker) (int, error) {
 	if n, err := s.spinRead(w, t0); n > 0 || err != nil {
 		return n, err
 	}
-	n, err := s.u.ReadMessages(w.msgs)
+	var n int
+	err := s.u.waitReadable(func() (read int, err error) {
+		n, read, err = s.tryRead(w.msgs)
+		return read, err
+	})
 	if n > 0 {
 		d := time.Since(t0)
 		w.spin.waited(d, false)

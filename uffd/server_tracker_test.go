@@ -1,8 +1,12 @@
 package uffd
 
 import (
+	"slices"
 	"sync"
 	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // recTracker records what a Server tells its Tracker. It tracks nothing itself: Filled is
@@ -109,4 +113,56 @@ func TestServerTrackerFastAndSlowPaths(t *testing.T) {
 			t.Errorf("page %d: %d, want %d", i/srvPage, m[i], want)
 		}
 	}
+}
+
+// orderTracker records, in order, the removals and the faults a Server reports. Its Removed
+// takes a while (slowRemove), as a Tracker that writes states for a large range does: the
+// window in which another worker could handle a fault read after the removal's event.
+type orderTracker struct {
+	recTracker
+	mu2        sync.Mutex
+	seq        []string
+	slowRemove time.Duration
+}
+
+func (o *orderTracker) Faulted(view int, off int64, flags PagefaultFlags) {
+	o.mu2.Lock()
+	o.seq = append(o.seq, "fault")
+	o.mu2.Unlock()
+}
+
+func (o *orderTracker) Removed(view int, off, n int64) {
+	for t := time.Now(); time.Since(t) < o.slowRemove; {
+	}
+	o.mu2.Lock()
+	o.seq = append(o.seq, "removed")
+	o.mu2.Unlock()
+}
+
+// A fault raised after MADV_REMOVE returned is handled after its event is applied, whichever
+// workers read the two: madvise returns once the event is read, and the refill that follows
+// must not be recorded before the removal (a Tracker would see a page "filled twice").
+func TestServerEventBeforeLaterFault(t *testing.T) {
+	fx, done := srvFixture(t, FeatureMissingShmem|FeatureEventRemove, 1, ModeMissing)
+	defer done()
+	tr := &orderTracker{recTracker: recTracker{resolved: map[int64]int{}}, slowRemove: 2 * time.Millisecond}
+	_, stop := fx.serve(t, pattern{seed: 3}, WithObserver(tr), WithWorkers(4), WithoutFaultAround())
+	const rounds = 20
+	for i := 0; i < rounds; i++ {
+		srvWait(t, srvTouch(fx.a, []int{0}), "touch")
+		srvMadvise(t, fx.a, fx.n, unix.MADV_REMOVE) // returns once a worker has read the event
+	}
+	srvWait(t, srvTouch(fx.a, []int{0}), "last touch")
+	srvStopOK(t, stop)
+	tr.mu2.Lock()
+	defer tr.mu2.Unlock()
+	want := []string{}
+	for i := 0; i < rounds; i++ {
+		want = append(want, "fault", "removed")
+	}
+	want = append(want, "fault")
+	if !slices.Equal(tr.seq, want) {
+		t.Errorf("order seen by the Tracker:\n%v\nwant each removal before the next fault:\n%v", tr.seq, want)
+	}
+	fx.expect(t, 3)
 }
