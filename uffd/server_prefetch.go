@@ -416,15 +416,18 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 		p.wcond.Wait()
 	}
 	if ctx.Err() != nil || p.left == 0 {
+		p.wcond.Broadcast() // the other workers end too
 		return ch, false
 	}
 	p.followDemand()
 	if p.left == 0 { // the program faulted on the last page left
+		p.wcond.Broadcast()
 		return ch, false
 	}
 	for k := 0; p.chunks[p.cur].Len == 0; k++ { // ends at a chunk left: p.left > 0
 		if k == len(p.chunks) { // none: p.left was wrong; never spin under wmu
 			p.left = 0
+			p.wcond.Broadcast()
 			return ch, false
 		}
 		if p.cur++; p.cur == len(p.chunks) {
@@ -438,6 +441,9 @@ func (p *prefetch) take(ctx context.Context) (ch PrefetchRange, ok bool) {
 		p.left--
 	}
 	p.inFlight++
+	if p.inFlight < p.win.window() {
+		p.wcond.Signal() // room for another read: pass it on
+	}
 	return ch, true
 }
 
@@ -531,11 +537,16 @@ func (p *prefetch) jump(off int64) {
 	p.cur = i
 }
 
-// done gives back the window's room taken by take.
+// done gives back the window's room taken by take, to one worker waiting for it.
+//
+// Room is handed on one worker at a time (take passes it on while the window has more):
+// waking every worker at each read's end and each measurement, when the window holds a
+// read or two, made the other workers (up to InFlight) wake and sleep again for nothing,
+// twice a read, on the CPUs that serve the demand faults.
 func (p *prefetch) done() {
 	p.wmu.Lock()
 	p.inFlight--
-	p.wcond.Broadcast()
+	p.wcond.Signal()
 	p.wmu.Unlock()
 }
 
@@ -551,7 +562,7 @@ func (p *prefetch) observe(n int64, d time.Duration) {
 	}
 	p.win.quiet = time.Since(last) > quietReads*ref
 	p.win.observe(n, d)
-	p.wcond.Broadcast() // the window may have grown
+	p.wcond.Signal() // the window may have grown: take passes it on
 	p.wmu.Unlock()
 }
 
