@@ -72,7 +72,9 @@ type Tracker interface {
 	// Protect reports whether pages resolved through view are to be mapped write-protected
 	// (write tracking; the view must be registered with ModeWP).
 	Protect(view int) bool
-	// Removed is called for an EventRemove (MADV_DONTNEED, MADV_REMOVE) over [off, off+n) of view.
+	// Removed is called for an EventRemove (MADV_DONTNEED, MADV_REMOVE) over [off, off+n) of view,
+	// before any fault read after the event is handled: no worker reads meanwhile, so keep it
+	// short.
 	Removed(view int, off, n int64)
 	// Handled is called once per fault message, after it is resolved and before its waiters
 	// are woken (except on the fast path: see Filling).

@@ -173,12 +173,13 @@ func (s *Server) dispatch(w *worker, m *Msg, t time.Time) error {
 }
 
 // tryRead reads what is pending into msgs without blocking, applies the events among them,
-// and returns the faults, moved to the front of msgs, and how many messages it read. The read
+// and returns the rest, moved to the front of msgs, and how many messages it read. The read
 // and the events are one step for every worker: a fault read after an event is then handled
 // after it. With the events left to dispatch, a worker could read MADV_REMOVE's event (which
 // lets madvise return), and another the fault of the touch that follows, then record the
-// refill before the removal, a page "filled twice" that was not.
-func (s *Server) tryRead(msgs []Msg) (faults, read int, err error) {
+// refill before the removal, a page "filled twice" that was not. A fork's event is left to
+// dispatch: it runs the caller's WithForkHandler, which must not hold up every read.
+func (s *Server) tryRead(msgs []Msg) (left, read int, err error) {
 	s.readMu.Lock()
 	defer s.readMu.Unlock()
 	read, err = s.u.TryReadMessages(msgs)
@@ -187,14 +188,14 @@ func (s *Server) tryRead(msgs []Msg) (faults, read int, err error) {
 		s.sstats.messages.Add(uint64(read))
 	}
 	for i := 0; i < read; i++ {
-		if msgs[i].Event() != EventPagefault {
+		if e := msgs[i].Event(); e != EventPagefault && e != EventFork {
 			s.event(&msgs[i])
 			continue
 		}
-		msgs[faults] = msgs[i]
-		faults++
+		msgs[left] = msgs[i]
+		left++
 	}
-	return faults, read, err
+	return left, read, err
 }
 
 // drain reads what is pending without blocking, handles the events and keeps the faults for
@@ -213,7 +214,11 @@ func (s *Server) drain(w *worker) error {
 	}
 	t := time.Now()
 	for i := 0; i < n; i++ {
-		w.later = append(w.later, laterMsg{w.extra[i], t})
+		if w.extra[i].Event() == EventPagefault {
+			w.later = append(w.later, laterMsg{w.extra[i], t})
+		} else {
+			s.event(&w.extra[i]) // a fork
+		}
 	}
 	return nil
 }
