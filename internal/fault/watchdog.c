@@ -72,6 +72,21 @@ static int threads_in_fault(void) {
 	return n;
 }
 
+// faulting samples threads_in_fault up to 10 times, a millisecond apart, and returns the first
+// count that is not 0 (-1: /proc cannot tell, so any thread may be). A thread that the collector keeps signalling (to stop it) leaves its fault at
+// each signal and faults again: one look can find it between the two.
+static int faulting(void) {
+	int n = 0;
+	for (int i = 0; i < 10 && n == 0; i++) {
+		if (i > 0) {
+			struct timespec ts = {.tv_nsec = 1000000};
+			nanosleep(&ts, NULL);
+		}
+		n = threads_in_fault();
+	}
+	return n;
+}
+
 static uint64_t mono_ms(void) {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -158,19 +173,19 @@ static void *watch(void *arg) {
 			since = now;
 			continue;
 		}
-		if (w->r.nviews && now - since >= rescue_ms && now - rescued >= rescue_ms && threads_in_fault() > 0) {
+		if (w->r.nviews && now - since >= rescue_ms && now - rescued >= rescue_ms && faulting() != 0) {
 			rescued = now;
 			rescue(w);
 		}
 		if (now - since < w->timeout_ms)
 			continue;
-		int faulting = threads_in_fault();
-		if (faulting == 0) {
+		int nfault = faulting();
+		if (nfault == 0) {
 			since = now; // Go is stopped, but not by a page fault (a debugger?): not ours
 			continue;
 		}
 		fprintf(stderr, "%s\n(the Go runtime has not run for %llu ms; %d thread(s) wait in a page fault)\n", w->msg,
-			(unsigned long long)(now - since), faulting);
+			(unsigned long long)(now - since), nfault);
 		fflush(stderr);
 		kill(getpid(), SIGABRT);
 		struct timespec ts = {.tv_sec = 3};
