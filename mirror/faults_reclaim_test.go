@@ -17,7 +17,6 @@ import (
 	"github.com/mirrormem/mirrormem/internal/fault"
 	"github.com/mirrormem/mirrormem/internal/gcstress"
 	"github.com/mirrormem/mirrormem/internal/mem"
-	"github.com/mirrormem/mirrormem/internal/mem/memtest"
 )
 
 // envReclaim runs one case of TestGoHandlerAfterReclaim in a child process.
@@ -87,11 +86,11 @@ func reclaimChild(t *testing.T, c string) {
 		if err := mem.Madvise(mem.Ptr(p.Original()), uintptr(n), unix.MADV_PAGEOUT); err != nil {
 			t.Skipf("MADV_PAGEOUT (Linux 5.4): %v", err)
 		}
-		paged := npages - memtest.Mapped(t, p.Original())
+		paged := npages - mapped(t, p.Original())
 		if err := p.Discard(0, 0, n); err != nil {
 			t.Fatal(err)
 		}
-		if k, m := memtest.Mapped(t, p.Original()), memtest.Mapped(t, p.Mirror()); k != 0 || m != 0 {
+		if k, m := mapped(t, p.Original()), mapped(t, p.Mirror()); k != 0 || m != 0 {
 			t.Fatalf("after MADV_PAGEOUT and Discard, %d and %d pages are still mapped", k, m)
 		}
 		fmt.Printf("MADV_PAGEOUT unmapped %d of %d pages\n", paged, npages)
@@ -119,7 +118,7 @@ func reclaimChild(t *testing.T, c string) {
 				break
 			}
 			loopSum(p.Mirror()[:n/2])
-			if k := memtest.Mapped(t, p.Original()[:n/2]); k != 0 {
+			if k := mapped(t, p.Original()[:n/2]); k != 0 {
 				err = fmt.Errorf("after Reset and the refill, %d pages of the original are mapped", k)
 				break
 			}
@@ -148,4 +147,15 @@ func atOneP(f func()) {
 	prev := runtime.GOMAXPROCS(1)
 	defer runtime.GOMAXPROCS(prev)
 	f()
+}
+
+// mapped counts the pages of b that this process's page table maps (see present).
+func mapped(t *testing.T, b []byte) int {
+	n := 0
+	for _, in := range present(t, b) {
+		if in {
+			n++
+		}
+	}
+	return n
 }

@@ -677,7 +677,7 @@ func TestServerNoAllocPerFault(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		opts []ServerOption
-	}{{"4k", []ServerOption{WithoutFaultAround()}}, {"fault-around", nil}, {"2-workers", []ServerOption{WithWorkers(2), WithoutFaultAround()}}} {
+	}{{"4k", []ServerOption{WithoutFaultAround()}}, {"fault-around", nil}, {"2-workers", []ServerOption{WithWorkers(2), WithoutFaultAround()}}, {"no-spin", []ServerOption{WithoutSpin(), WithoutFaultAround()}}} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, stop := fx.serve(t, pattern{seed: 16}, tc.opts...)
 			defer func() { srvStopOK(t, stop) }()

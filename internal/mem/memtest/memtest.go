@@ -4,7 +4,6 @@
 package memtest
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -68,28 +67,6 @@ func Resident(t testing.TB, b []byte) int {
 	n := 0
 	for _, v := range vec {
 		n += int(v & 1)
-	}
-	return n
-}
-
-// Mapped returns how many pages of b have a page-table entry, by /proc/self/pagemap (a page in
-// the page cache but unmapped, as reclaim or MADV_DONTNEED leaves shared memory, does not
-// count); b starts on a page boundary.
-func Mapped(t testing.TB, b []byte) int {
-	t.Helper()
-	ps := os.Getpagesize()
-	f, err := os.Open("/proc/self/pagemap")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	e := make([]byte, 8*((len(b)+ps-1)/ps))
-	if _, err := f.ReadAt(e, int64(mem.Addr(mem.Ptr(b))/uintptr(ps)*8)); err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for i := 0; i < len(e); i += 8 {
-		n += int(binary.LittleEndian.Uint64(e[i:]) >> 63)
 	}
 	return n
 }
